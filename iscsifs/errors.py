@@ -1,0 +1,84 @@
+"""The exception hierarchy of iscsifs.
+
+Owns: every error type the layers raise. Knows nothing of errno (the FUSE layer maps errors to
+errno in one place, ``iscsifs.fs.errno_map``) and nothing of I/O. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+# iscsiadm exit codes that users script against (open-iscsi's include/iscsi_err.h)
+EXIT_OK = 0
+EXIT_GENERIC = 1
+EXIT_SESSION_EXISTS = 15
+EXIT_TRANSPORT_FAILURE = 4   # ISCSI_ERR_TRANS: cannot connect
+EXIT_INVALID_ARGUMENT = 7    # ISCSI_ERR_INVAL
+EXIT_LOGIN_FAILED = 19       # ISCSI_ERR_FATAL_LOGIN
+EXIT_NO_OBJECTS = 21         # ISCSI_ERR_NO_OBJS_FOUND
+EXIT_AUTH_FAILED = 24        # ISCSI_ERR_LOGIN_AUTH_FAILED
+
+
+class IscsiError(Exception):
+    """Base class of every error iscsifs raises on purpose."""
+
+
+class LocalProtocolError(IscsiError):
+    """We used the protocol machinery wrongly (a bug on our side, or a bad call)."""
+
+
+class RemoteProtocolError(IscsiError):
+    """The target sent something RFC 7143 does not allow."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LoginError(IscsiError):
+    """The target refused the login (status class/detail from the Login Response)."""
+
+    exit_code = EXIT_LOGIN_FAILED
+
+    def __init__(self, message: str, status_class: int = 0, status_detail: int = 0,
+                 target_address: str | None = None):
+        super().__init__(message)
+        self.status_class = status_class
+        self.status_detail = status_detail
+        self.target_address = target_address
+
+
+class AuthenticationError(LoginError):
+    """CHAP failed: the target rejected our credentials, or failed to prove its own."""
+
+    exit_code = EXIT_AUTH_FAILED
+
+
+class ConfigError(IscsiError):
+    """A configuration file, option or record is invalid."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message)
+        self.path = path
+        self.line = line
+
+
+class ConnectionLost(IscsiError):
+    """The TCP connection to the target is gone (reset, closed, NOP timeout)."""
+
+
+class CommandTimeout(IscsiError):
+    """A command did not complete in time (and could not be recovered)."""
+
+
+class SessionFailed(IscsiError):
+    """The session could not be re-established within the replacement timeout."""
+
+
+class QuietError(IscsiError):
+    """A user-facing error: printed as one line, no traceback, with an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_GENERIC):
+        super().__init__(message)
+        self.exit_code = exit_code
