@@ -1,0 +1,243 @@
+"""One LUN as a byte-addressed device.
+
+Owns: the translation of byte ranges into whole blocks (READ/WRITE(10/16) split at the largest
+transfer the target accepts), read-modify-write of partial edge blocks (serialised against
+every overlapping write by a block range lock), retries on UNIT ATTENTION, and the LUN's
+identity (INQUIRY, VPD pages, capacity, write protection). Knows nothing of FUSE or errno.
+"""
+
+from __future__ import annotations
+
+import logging
+import trio
+
+from .errors import IscsiError
+from .scsi import cdb as scsi_cdb
+from .scsi import parse as scsi_parse
+from .scsi.sense import ScsiError, is_capacity_changed, is_unit_attention
+
+log = logging.getLogger(__name__)
+
+# Largest single READ/WRITE we issue when the target states no limit (VPD 0xB0).
+DEFAULT_MAX_TRANSFER = 1024 * 1024
+# How many times a command is retried after UNIT ATTENTION (each one reports one condition).
+UA_RETRIES = 5
+
+
+class NoSpace(IscsiError):
+    """A write starts at or beyond the end of the LUN."""
+
+
+class _RangeLock:
+    """Exclusive locks on block ranges: a writer waits while an overlapping write runs."""
+
+    def __init__(self):
+        self._held: list[tuple[int, int, trio.Event]] = []
+
+    async def acquire(self, first: int, last: int) -> tuple[int, int, trio.Event]:
+        while True:
+            for start, end, event in self._held:
+                if start <= last and first <= end:
+                    await event.wait()
+                    break
+            else:
+                entry = (first, last, trio.Event())
+                self._held.append(entry)
+                return entry
+
+    def release(self, entry) -> None:
+        self._held.remove(entry)
+        entry[2].set()
+
+
+class Lun:
+    """A block device behind a session; create with :meth:`open`."""
+
+    def __init__(self, session, lun: int):
+        self.session = session
+        self.lun = lun
+        self.block_size = 512
+        self.num_blocks = 0
+        self.write_protected = False
+        self.max_transfer_bytes = DEFAULT_MAX_TRANSFER
+        self.inquiry = None
+        self.serial: str | None = None
+        self.wwn: str | None = None
+        self.block_limits = None
+        self._locks = _RangeLock()
+        self.capacity_changed = False
+
+    @classmethod
+    async def open(cls, session, lun: int, inquiry=None) -> Lun:
+        device = cls(session, lun)
+        await device.probe(inquiry)
+        return device
+
+    @property
+    def size(self) -> int:
+        return self.num_blocks * self.block_size
+
+    async def command(self, cdb: bytes, *, read_length: int = 0, read_buffer=None,
+                      write_data=None):
+        """Run a command, retrying after UNIT ATTENTION (capacity change noted on the way)."""
+        for attempt in range(UA_RETRIES + 1):
+            try:
+                return await self.session.execute(self.lun, cdb, read_length=read_length,
+                                                  read_buffer=read_buffer, write_data=write_data)
+            except ScsiError as exc:
+                if not is_unit_attention(exc) or attempt == UA_RETRIES:
+                    raise
+                log.info("LUN %d: unit attention (%s); retrying", self.lun, exc)
+                if is_capacity_changed(exc):
+                    self.capacity_changed = True
+        raise AssertionError("unreachable")
+
+    async def _read_bytes(self, cdb: bytes, alloc: int) -> bytes:
+        buf = bytearray(alloc)
+        result = await self.command(cdb, read_length=alloc, read_buffer=buf)
+        return bytes(buf[:alloc - result.residual_count]) if result.underflow else bytes(buf)
+
+    async def probe(self, inquiry=None) -> None:
+        """INQUIRY, VPD pages, READ CAPACITY and MODE SENSE: fill in what the LUN is."""
+        if inquiry is None:
+            inquiry = scsi_parse.parse_inquiry(await self._read_bytes(scsi_cdb.inquiry(alloc=96), 96))
+        self.inquiry = inquiry
+        pages: list[int] = []
+        try:
+            pages = scsi_parse.parse_vpd_supported_pages(
+                await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0x00, alloc=255), 255))
+        except ScsiError:
+            pass
+        if 0x80 in pages:
+            self.serial = scsi_parse.parse_vpd_serial(
+                await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0x80, alloc=255), 255))
+        if 0x83 in pages:
+            ids = scsi_parse.parse_vpd_device_id(
+                await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0x83, alloc=1024), 1024))
+            self.wwn = scsi_parse.pick_wwn(ids)
+        if 0xB0 in pages:
+            self.block_limits = scsi_parse.parse_vpd_block_limits(
+                await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0xB0, alloc=64), 64))
+        await self.read_capacity()
+        try:
+            data = await self._read_bytes(scsi_cdb.mode_sense6(page=0x3F, alloc=192), 192)
+            self.write_protected = scsi_parse.parse_mode_sense_wp(data, ten=False)
+        except ScsiError as exc:
+            log.debug("LUN %d: MODE SENSE failed: %s", self.lun, exc)
+
+    async def read_capacity(self) -> None:
+        """READ CAPACITY(16), falling back to (10); sets block size and block count."""
+        try:
+            cap = scsi_parse.parse_read_capacity16(
+                await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
+        except ScsiError:
+            cap = scsi_parse.parse_read_capacity10(
+                await self._read_bytes(scsi_cdb.read_capacity10(), 8))
+        self.block_size = cap.block_size
+        self.num_blocks = cap.num_blocks
+        self.capacity_changed = False
+        limit = DEFAULT_MAX_TRANSFER
+        limits = self.block_limits
+        if limits is not None and getattr(limits, "max_transfer_length", 0):
+            limit = min(limit, limits.max_transfer_length * self.block_size)
+        burst = self.session.negotiated.max_burst_length if self.session.negotiated else limit
+        # keep each command within one burst of Data-In/R2T when the target is small-burst
+        self.max_transfer_bytes = max(self.block_size, min(limit, max(burst, self.block_size))
+                                      // self.block_size * self.block_size)
+
+    # ------------------------------------------------------------------ data path
+    def _chunks(self, lba: int, blocks: int):
+        per = max(1, self.max_transfer_bytes // self.block_size)
+        while blocks > 0:
+            n = min(per, blocks)
+            yield lba, n
+            lba += n
+            blocks -= n
+
+    async def _read_blocks(self, lba: int, blocks: int, buf: memoryview) -> None:
+        """Read whole blocks into ``buf`` (len == blocks * block_size); chunks run in parallel."""
+        bs = self.block_size
+        chunks = list(self._chunks(lba, blocks))
+        if len(chunks) == 1:
+            await self.command(scsi_cdb.read(lba, blocks), read_length=len(buf), read_buffer=buf)
+            return
+        async with trio.open_nursery() as nursery:
+            for clba, n in chunks:
+                off = (clba - lba) * bs
+                nursery.start_soon(self._read_chunk, clba, n, buf[off:off + n * bs])
+
+    async def _read_chunk(self, lba: int, blocks: int, view: memoryview) -> None:
+        await self.command(scsi_cdb.read(lba, blocks), read_length=len(view), read_buffer=view)
+
+    async def _write_blocks(self, lba: int, data: memoryview) -> None:
+        bs = self.block_size
+        blocks = len(data) // bs
+        chunks = list(self._chunks(lba, blocks))
+        if len(chunks) == 1:
+            await self.command(scsi_cdb.write(lba, blocks), write_data=data)
+            return
+        async with trio.open_nursery() as nursery:
+            for clba, n in chunks:
+                off = (clba - lba) * bs
+                nursery.start_soon(self._write_chunk, clba, n, data[off:off + n * bs])
+
+    async def _write_chunk(self, lba: int, blocks: int, view: memoryview) -> None:
+        await self.command(scsi_cdb.write(lba, blocks), write_data=view)
+
+    async def read(self, offset: int, length: int) -> bytes | memoryview:
+        """Read ``length`` bytes at ``offset``; short (or empty) at the end of the LUN."""
+        size = self.size
+        if offset >= size or length <= 0:
+            return b""
+        length = min(length, size - offset)
+        bs = self.block_size
+        first = offset // bs
+        last = (offset + length - 1) // bs
+        buf = bytearray((last - first + 1) * bs)
+        await self._read_blocks(first, last - first + 1, memoryview(buf))
+        start = offset - first * bs
+        # any contiguous buffer will do for pyfuse3's read reply: no copy of the payload
+        return memoryview(buf)[start:start + length]
+
+    async def write(self, offset: int, data) -> int:
+        """Write ``data`` at ``offset``; returns the bytes written (short at the end).
+
+        Raises :class:`NoSpace` when ``offset`` is at or past the end: nothing is written
+        beyond the LUN. Partial blocks are read, merged and written back under a lock that
+        covers their blocks, so concurrent writes to the same block never lose each other.
+        """
+        size = self.size
+        length = len(data)
+        if length == 0:
+            return 0
+        if offset >= size:
+            raise NoSpace(f"write at offset {offset} is beyond the end of LUN {self.lun} "
+                          f"({size} bytes)")
+        length = min(length, size - offset)
+        data = memoryview(data)[:length]
+        bs = self.block_size
+        first = offset // bs
+        last = (offset + length - 1) // bs
+        head = offset - first * bs
+        tail = (last + 1) * bs - (offset + length)
+        entry = await self._locks.acquire(first, last)
+        try:
+            if head == 0 and tail == 0:
+                await self._write_blocks(first, data)
+                return length
+            buf = bytearray((last - first + 1) * bs)
+            view = memoryview(buf)
+            # read only the edge blocks that are partly overwritten
+            if head:
+                await self._read_blocks(first, 1, view[:bs])
+            if tail and (last != first or not head):
+                await self._read_blocks(last, 1, view[len(buf) - bs:])
+            view[head:head + length] = data
+            await self._write_blocks(first, view)
+            return length
+        finally:
+            self._locks.release(entry)
+
+    async def flush(self) -> None:
+        """SYNCHRONIZE CACHE for the whole LUN."""
+        await self.command(scsi_cdb.synchronize_cache())

@@ -1,0 +1,38 @@
+"""SendTargets discovery over a short-lived discovery session (RFC 7143 §4.3, Appendix C)."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ..core.chap import ChapCredentials
+from ..core.discovery import DiscoveredTarget, Portal, parse_sendtargets, sendtargets_request
+from ..core.keys import LoginParams
+from .session import Session, Timeouts
+
+log = logging.getLogger(__name__)
+
+# open-iscsi's discovery.sendtargets.iscsi.MaxRecvDataSegmentLength
+DISCOVERY_MAX_RECV = 32768
+
+
+async def discover(portal: Portal, *, initiator_name: str, chap: ChapCredentials | None = None,
+                   timeouts: Timeouts | None = None, params: LoginParams | None = None,
+                   initiator_alias: str | None = None) -> list[DiscoveredTarget]:
+    """Log in to ``portal`` as a discovery session, ask ``SendTargets=All``, log out."""
+    timeouts = timeouts or Timeouts()
+    if params is None:
+        params = LoginParams(max_recv_data_segment_length=DISCOVERY_MAX_RECV)
+    async with trio.open_nursery() as nursery:
+        session = await Session.connect(portal, None, initiator_name=initiator_name,
+                                        nursery=nursery, params=params, chap=chap,
+                                        timeouts=timeouts, recover=False,
+                                        initiator_alias=initiator_alias)
+        try:
+            pairs = await session.text(sendtargets_request())
+        finally:
+            await session.close()
+    targets = parse_sendtargets(pairs)
+    log.info("discovery at %s:%d found %d target(s)", portal.host, portal.port, len(targets))
+    return targets

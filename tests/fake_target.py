@@ -1,0 +1,173 @@
+"""A scripted iSCSI target for hostile cases that no real target produces.
+
+It logs in anyone (AuthMethod None, or CHAP through a hook), answers the operational keys the
+initiator offers, serves SendTargets from a list, answers NOP-Out and Logout, and hands every
+SCSI command to a script that returns the PDUs to send back (or raw bytes). It listens on
+127.0.0.1 only. Real data-path tests use tgtd; this exists for malformed PDUs, bad digests,
+oversized lengths, hostile names and CHAP algorithms tgt gets wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import trio
+
+from iscsifs.core.keys import decode_text, encode_text
+from iscsifs.core.pdu import (DataIn, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
+                              NopIn, NopOut, PduDecoder, ScsiCommand, ScsiResponse, TextRequest,
+                              TextResponse, encode)
+
+
+@dataclass
+class TargetConn:
+    """State of one accepted connection, handed to scripts."""
+
+    stream: trio.SocketStream
+    number: int
+    stat_sn: int = 1
+    exp_cmd_sn: int = 0
+    header_digest: bool = False
+    data_digest: bool = False
+    logged_in: bool = False
+
+    def sns(self, status: bool = True) -> dict:
+        """StatSN / ExpCmdSN / MaxCmdSN for a response (advances StatSN when ``status``)."""
+        values = dict(stat_sn=self.stat_sn, exp_cmd_sn=self.exp_cmd_sn,
+                      max_cmd_sn=self.exp_cmd_sn + 31)
+        if status:
+            self.stat_sn += 1
+        return values
+
+    async def send(self, *pdus, raw: bytes = b"") -> None:
+        out = bytearray()
+        for pdu in pdus:
+            for buf in encode(pdu, header_digest=self.header_digest,
+                              data_digest=self.data_digest if self.logged_in else False):
+                out += buf
+        out += raw
+        await self.stream.send_all(bytes(out))
+
+
+def good_read(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
+    """A well-formed answer to a read: one Data-In with status."""
+    return [DataIn(itt=cmd.itt, ttt=0xFFFFFFFF, lun=0, data_sn=0, buffer_offset=0,
+                   residual_count=0, final=True, acknowledge=False, overflow=False,
+                   underflow=False, status_present=True, status=0, data=payload,
+                   **conn.sns())]
+
+
+@dataclass
+class FakeTarget:
+    """``on_command(conn, cmd) -> list of PDUs | bytes``; ``sendtargets``: raw key pairs."""
+
+    target_name: str = "iqn.2026-11.org.iscsifs.test:fake"
+    on_command: Callable | None = None
+    sendtargets: list = field(default_factory=list)
+    digests: bool = False           # accept CRC32C digests when offered
+    login_hook: Callable | None = None   # (conn, req, pairs) -> list of answer pairs or None
+    connections: int = 0
+    port: int = 0
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        listeners = await nursery.start(trio.serve_tcp, self._handle, 0, )
+        for listener in listeners:
+            sock = listener.socket
+            if sock.family.name == "AF_INET":
+                self.port = sock.getsockname()[1]
+        assert self.port
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = TargetConn(stream, self.connections)
+        decoder = PduDecoder(initiator_side=False, max_data_segment_length=1 << 20)
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                decoder.feed(data)
+                while (pdu := decoder.next_pdu()) is not None:
+                    if await self._dispatch(conn, pdu, decoder) is False:
+                        return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            await stream.aclose()
+
+    async def _dispatch(self, conn: TargetConn, pdu, decoder: PduDecoder):
+        if isinstance(pdu, LoginRequest):
+            return await self._login(conn, pdu, decoder)
+        if isinstance(pdu, ScsiCommand):
+            if not pdu.immediate:
+                conn.exp_cmd_sn = pdu.cmd_sn + 1
+            answer = self.on_command(conn, pdu) if self.on_command else []
+            if isinstance(answer, (bytes, bytearray)):
+                await conn.send(raw=bytes(answer))
+            elif answer is False:
+                return False
+            else:
+                await conn.send(*answer)
+        elif isinstance(pdu, TextRequest):
+            if not pdu.immediate:
+                conn.exp_cmd_sn = pdu.cmd_sn + 1
+            await conn.send(TextResponse(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, final=True,
+                                         cont=False, data=encode_text(self.sendtargets),
+                                         **conn.sns()))
+        elif isinstance(pdu, NopOut):
+            if pdu.itt != 0xFFFFFFFF:
+                await conn.send(NopIn(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, data=pdu.data,
+                                      **conn.sns()))
+        elif isinstance(pdu, LogoutRequest):
+            await conn.send(LogoutResponse(itt=pdu.itt, response=0, time2wait=0, time2retain=0,
+                                           **conn.sns()))
+            return False
+        return True
+
+    async def _login(self, conn: TargetConn, req: LoginRequest, decoder: PduDecoder):
+        conn.exp_cmd_sn = req.cmd_sn
+        pairs = decode_text(req.data)
+        answer: list[tuple[str, str]] = []
+        status = (0, 0)
+        if self.login_hook is not None:
+            hooked = self.login_hook(conn, req, pairs)
+            if hooked is not None:
+                answer, status, nsg, transit = hooked
+                await self._login_reply(conn, req, answer, status, req.csg, nsg, transit)
+                return status == (0, 0)
+        if req.csg == 0:
+            answer.append(("AuthMethod", "None"))
+            answer.append(("TargetPortalGroupTag", "1"))
+            nsg, transit = (req.nsg, req.transit)
+        else:
+            for key, value in pairs:
+                if key in ("HeaderDigest", "DataDigest"):
+                    choice = "None"
+                    if self.digests and "CRC32C" in value.split(","):
+                        choice = "CRC32C"
+                    answer.append((key, choice))
+                elif key == "MaxRecvDataSegmentLength":
+                    answer.append((key, "8192"))
+                elif key in ("InitiatorName", "SessionType", "TargetName", "InitiatorAlias",
+                             "X-com.example:whatever"):
+                    continue
+                else:
+                    answer.append((key, value))
+            nsg, transit = 3, True
+        await self._login_reply(conn, req, answer, status, req.csg, nsg, transit)
+        if transit and nsg == 3:
+            keys = dict(answer)
+            conn.logged_in = True
+            conn.header_digest = keys.get("HeaderDigest") == "CRC32C"
+            conn.data_digest = keys.get("DataDigest") == "CRC32C"
+            decoder.header_digest = conn.header_digest
+            decoder.data_digest = conn.data_digest
+        return True
+
+    async def _login_reply(self, conn, req, answer, status, csg, nsg, transit):
+        await conn.send(LoginResponse(
+            isid=req.isid, tsih=1 if transit and nsg == 3 else 0, itt=req.itt,
+            status_class=status[0], status_detail=status[1], csg=csg, nsg=nsg if transit else 0,
+            transit=transit, cont=False, version_max=0, version_active=0,
+            data=encode_text(answer), **conn.sns()))
