@@ -41,6 +41,10 @@ TMF_ABORT_TASK = 1
 
 # Reconnect back-off: first retry at once, then doubling up to this cap (seconds).
 RETRY_CAP = 5.0
+# A command is re-issued after at most this many connection failures, then fails (like the
+# SCSI midlayer's retry limit): a target that logs in fine but breaks on one command must not
+# keep it spinning forever.
+MAX_REISSUE = 5
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class _Command:
     result: object = None
     error: BaseException | None = None
     itt: int | None = None
+    attempts: int = 0
 
     def finish(self, result=None, error=None) -> None:
         if not self.done.is_set():
@@ -427,6 +432,12 @@ class Session:
 
     def _reissue(self, link: _Link) -> None:
         for cmd in list(self._unfinished):
+            if cmd.attempts > MAX_REISSUE:
+                self._unfinished.discard(cmd)
+                cmd.finish(error=SessionFailed(
+                    f"command to {self._who()} failed: the connection broke "
+                    f"{cmd.attempts} times while it ran"))
+                continue
             self._start(link, cmd)
         link.wake_writer()
 
@@ -435,6 +446,7 @@ class Session:
         itt = link.conn.start_command(cmd.lun, cmd.cdb, read_length=cmd.read_length,
                                       read_buffer=cmd.read_buffer, write_data=cmd.write_data)
         cmd.itt = itt
+        cmd.attempts += 1
         self._commands[itt] = cmd
 
     async def _wait_logged_in(self) -> _Link:
