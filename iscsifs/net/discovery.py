@@ -10,6 +10,7 @@ from ..core.chap import ChapCredentials
 from ..core.discovery import DiscoveredTarget, Portal, parse_sendtargets, sendtargets_request
 from ..core.keys import LoginParams
 from .session import Session, Timeouts
+from .util import unwrap_group
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +25,16 @@ async def discover(portal: Portal, *, initiator_name: str, chap: ChapCredentials
     timeouts = timeouts or Timeouts()
     if params is None:
         params = LoginParams(max_recv_data_segment_length=DISCOVERY_MAX_RECV)
-    async with trio.open_nursery() as nursery:
-        session = await Session.connect(portal, None, initiator_name=initiator_name,
-                                        nursery=nursery, params=params, chap=chap,
-                                        timeouts=timeouts, recover=False,
-                                        initiator_alias=initiator_alias)
-        try:
-            pairs = await session.text(sendtargets_request())
-        finally:
-            await session.close()
+    with unwrap_group():
+        async with trio.open_nursery() as nursery:
+            session = await Session.connect(portal, None, initiator_name=initiator_name,
+                                            nursery=nursery, params=params, chap=chap,
+                                            timeouts=timeouts, recover=False,
+                                            initiator_alias=initiator_alias)
+            try:
+                pairs = await session.text(sendtargets_request())
+            finally:
+                await session.close()
     targets = parse_sendtargets(pairs)
     log.info("discovery at %s:%d found %d target(s)", portal.host, portal.port, len(targets))
     return targets

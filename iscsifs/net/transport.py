@@ -16,6 +16,7 @@ import trio
 from ..core.discovery import Portal
 from ..core.pdu import PduDecoder, encode
 from ..errors import ConnectionLost
+from .util import os_reason
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Transport:
         try:
             stream = await trio.open_tcp_stream(portal.host, portal.port)
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            reason = os_reason(exc)
             if isinstance(exc, socket.gaierror):
                 reason = f"cannot resolve {portal.host}"
             raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}") from None
