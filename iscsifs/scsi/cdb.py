@@ -1,0 +1,272 @@
+"""SCSI command descriptor block (CDB) builders.
+
+Owns: the byte layout of every CDB iscsifs sends (SPC-4 / SBC-3), one ``struct.Struct`` per
+layout, and the choice between the 10- and 16-byte READ/WRITE/SYNCHRONIZE CACHE forms.
+Knows nothing of iSCSI (no LUN field, no task attributes, no data direction bookkeeping) and
+does no I/O. Every builder validates its arguments and raises ``LocalProtocolError`` for a
+value that does not fit its field. The CONTROL byte is always 0 (no NACA, no linking).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from iscsifs.errors import LocalProtocolError
+
+__all__ = [
+    "Opcode", "VpdPage", "READ_CAPACITY_16_SERVICE_ACTION", "READ_CAPACITY_16_DATA_LEN",
+    "MAX_BLOCKS_10", "MAX_BLOCKS_16", "MAX_LBA_10", "MAX_LBA_16",
+    "test_unit_ready", "inquiry", "read_capacity10", "read_capacity16", "report_luns",
+    "read10", "write10", "read16", "write16", "read", "write", "fits_cdb10",
+    "max_blocks_per_cdb", "synchronize_cache10", "synchronize_cache16", "synchronize_cache",
+    "mode_sense6", "mode_sense10",
+]
+
+
+class Opcode(enum.IntEnum):
+    """Operation codes used by iscsifs (SPC-4 Annex D.3.1 / SBC-3 §5.1 table 13)."""
+
+    TEST_UNIT_READY = 0x00
+    INQUIRY = 0x12
+    MODE_SENSE_6 = 0x1A
+    READ_CAPACITY_10 = 0x25
+    READ_10 = 0x28
+    WRITE_10 = 0x2A
+    SYNCHRONIZE_CACHE_10 = 0x35
+    MODE_SENSE_10 = 0x5A
+    READ_16 = 0x88
+    WRITE_16 = 0x8A
+    SYNCHRONIZE_CACHE_16 = 0x91
+    SERVICE_ACTION_IN_16 = 0x9E
+    REPORT_LUNS = 0xA0
+
+
+class VpdPage(enum.IntEnum):
+    """Vital product data page codes (SPC-4 §7.8.1 table 588, SBC-3 §6.5.1 table 182)."""
+
+    SUPPORTED_PAGES = 0x00
+    UNIT_SERIAL_NUMBER = 0x80
+    DEVICE_IDENTIFICATION = 0x83
+    BLOCK_LIMITS = 0xB0
+    BLOCK_DEVICE_CHARACTERISTICS = 0xB1
+    LOGICAL_BLOCK_PROVISIONING = 0xB2
+
+
+READ_CAPACITY_16_SERVICE_ACTION = 0x10   # SBC-3 §5.16: SERVICE ACTION IN(16) / 10h
+READ_CAPACITY_16_DATA_LEN = 32           # SBC-3 §5.16.2 table 65: parameter data length
+
+MAX_LBA_10 = 0xFFFF_FFFF
+MAX_BLOCKS_10 = 0xFFFF
+MAX_LBA_16 = 0xFFFF_FFFF_FFFF_FFFF
+MAX_BLOCKS_16 = 0xFFFF_FFFF
+
+# CDB byte 1 flag bits (SBC-3 §5.11 READ(10) table 51, §5.32 WRITE(10), §5.22 SYNC CACHE(10))
+_DPO = 0x10
+_FUA = 0x08
+_IMMED = 0x02
+# SPC-4 §6.6.1 INQUIRY table 142
+_EVPD = 0x01
+# SPC-4 §6.11.1 MODE SENSE(6) table 164 / §6.12 MODE SENSE(10) table 172
+_DBD = 0x08
+_LLBAA = 0x10
+
+# ---------------------------------------------------------------------------------------------
+# Layouts. ``x`` marks reserved/obsolete bytes that are always sent as zero.
+# ---------------------------------------------------------------------------------------------
+
+# TEST UNIT READY, SPC-4 §6.47 table 300: opcode, 4 reserved, control
+_TEST_UNIT_READY = struct.Struct(">B4xB")
+# INQUIRY, SPC-4 §6.6.1 table 142: opcode, EVPD (bit 0), page code, allocation length (2),
+# control
+_INQUIRY = struct.Struct(">BBBHB")
+# READ CAPACITY(10), SBC-3 §5.15.1 table 62: opcode, reserved, LBA (obsolete, 4), reserved (2),
+# PMI (bit 0, obsolete), control
+_READ_CAPACITY_10 = struct.Struct(">Bx4x2xBB")
+# SERVICE ACTION IN(16) / READ CAPACITY(16), SBC-3 §5.16.1 table 64: opcode, service action
+# (bits 4-0), LBA (obsolete, 8), allocation length (4), PMI (bit 0, obsolete), control
+_READ_CAPACITY_16 = struct.Struct(">BB8xIBB")
+# REPORT LUNS, SPC-4 §6.33 table 284: opcode, reserved, select report, reserved (3),
+# allocation length (4), reserved, control
+_REPORT_LUNS = struct.Struct(">BxB3xIxB")
+# READ(10)/WRITE(10), SBC-3 §5.11 table 51 / §5.32 table 107, and SYNCHRONIZE CACHE(10),
+# SBC-3 §5.22 table 84: opcode, flags, LBA (4), group number (bits 4-0),
+# transfer length / number of logical blocks (2), control
+_CDB10 = struct.Struct(">BBIBHB")
+# READ(16)/WRITE(16), SBC-3 §5.13 table 56 / §5.34 table 111, and SYNCHRONIZE CACHE(16),
+# SBC-3 §5.23 table 85: opcode, flags, LBA (8), transfer length / number of logical blocks (4),
+# group number (bits 4-0), control
+_CDB16 = struct.Struct(">BBQIBB")
+# MODE SENSE(6), SPC-4 §6.11.1 table 164: opcode, DBD (bit 3), PC (bits 7-6) + page code
+# (bits 5-0), subpage code, allocation length (1), control
+_MODE_SENSE_6 = struct.Struct(">BBBBBB")
+# MODE SENSE(10), SPC-4 §6.12 table 172: opcode, LLBAA (bit 4) + DBD (bit 3), PC + page code,
+# subpage code, reserved (3), allocation length (2), control
+_MODE_SENSE_10 = struct.Struct(">BBBB3xHB")
+
+
+def _check(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LocalProtocolError(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise LocalProtocolError(f"{name} {value} out of range [{low}, {high:#x}]")
+    return value
+
+
+def _rw_flags(dpo: bool, fua: bool) -> int:
+    return (_DPO if dpo else 0) | (_FUA if fua else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# SPC commands
+# ---------------------------------------------------------------------------------------------
+
+def test_unit_ready() -> bytes:
+    """TEST UNIT READY (SPC-4 §6.47): no data."""
+    return _TEST_UNIT_READY.pack(Opcode.TEST_UNIT_READY, 0)
+
+
+def inquiry(evpd: bool = False, page: int = 0, alloc: int = 255) -> bytes:
+    """INQUIRY (SPC-4 §6.6): standard data, or the VPD ``page`` when ``evpd``.
+
+    The default allocation length of 255 keeps the high byte 0, which SPC-2 devices (that
+    had a one-byte allocation length at byte 4) also understand.
+    """
+    _check("page", page, 0, 0xFF)
+    _check("alloc", alloc, 0, 0xFFFF)
+    if not evpd and page != 0:
+        # SPC-4 §6.6.1: EVPD=0 with a non-zero page code is an ILLEGAL REQUEST.
+        raise LocalProtocolError("INQUIRY page code needs evpd=True")
+    return _INQUIRY.pack(Opcode.INQUIRY, _EVPD if evpd else 0, page, alloc, 0)
+
+
+def report_luns(alloc: int = 4096, select_report: int = 0) -> bytes:
+    """REPORT LUNS (SPC-4 §6.33). ``alloc`` must be at least 16 (§6.33: smaller may fail)."""
+    _check("alloc", alloc, 16, 0xFFFF_FFFF)
+    _check("select_report", select_report, 0, 0xFF)
+    return _REPORT_LUNS.pack(Opcode.REPORT_LUNS, select_report, alloc, 0)
+
+
+def mode_sense6(page: int = 0x3F, subpage: int = 0, *, pc: int = 0, dbd: bool = False,
+                alloc: int = 192) -> bytes:
+    """MODE SENSE(6) (SPC-4 §6.11). ``pc``: 0 current, 1 changeable, 2 default, 3 saved."""
+    _check("page", page, 0, 0x3F)
+    _check("subpage", subpage, 0, 0xFF)
+    _check("pc", pc, 0, 3)
+    _check("alloc", alloc, 0, 0xFF)
+    return _MODE_SENSE_6.pack(Opcode.MODE_SENSE_6, _DBD if dbd else 0, (pc << 6) | page,
+                              subpage, alloc, 0)
+
+
+def mode_sense10(page: int = 0x3F, subpage: int = 0, *, pc: int = 0, dbd: bool = False,
+                 llbaa: bool = False, alloc: int = 512) -> bytes:
+    """MODE SENSE(10) (SPC-4 §6.12)."""
+    _check("page", page, 0, 0x3F)
+    _check("subpage", subpage, 0, 0xFF)
+    _check("pc", pc, 0, 3)
+    _check("alloc", alloc, 0, 0xFFFF)
+    flags = (_DBD if dbd else 0) | (_LLBAA if llbaa else 0)
+    return _MODE_SENSE_10.pack(Opcode.MODE_SENSE_10, flags, (pc << 6) | page, subpage, alloc, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# SBC commands
+# ---------------------------------------------------------------------------------------------
+
+def read_capacity10() -> bytes:
+    """READ CAPACITY(10) (SBC-3 §5.15): 8 bytes of parameter data."""
+    return _READ_CAPACITY_10.pack(Opcode.READ_CAPACITY_10, 0, 0)
+
+
+def read_capacity16(alloc: int = READ_CAPACITY_16_DATA_LEN) -> bytes:
+    """READ CAPACITY(16) (SBC-3 §5.16): SERVICE ACTION IN(16) with service action 10h."""
+    _check("alloc", alloc, 0, 0xFFFF_FFFF)
+    return _READ_CAPACITY_16.pack(Opcode.SERVICE_ACTION_IN_16, READ_CAPACITY_16_SERVICE_ACTION,
+                                  alloc, 0, 0)
+
+
+def _cdb10(opcode: int, flags: int, lba: int, blocks: int) -> bytes:
+    _check("lba", lba, 0, MAX_LBA_10)
+    _check("blocks", blocks, 0, MAX_BLOCKS_10)
+    return _CDB10.pack(opcode, flags, lba, 0, blocks, 0)
+
+
+def _cdb16(opcode: int, flags: int, lba: int, blocks: int) -> bytes:
+    _check("lba", lba, 0, MAX_LBA_16)
+    _check("blocks", blocks, 0, MAX_BLOCKS_16)
+    if lba + blocks > MAX_LBA_16 + 1:
+        raise LocalProtocolError(f"lba {lba} + blocks {blocks} runs past the 64-bit LBA space")
+    return _CDB16.pack(opcode, flags, lba, blocks, 0, 0)
+
+
+def read10(lba: int, blocks: int, *, fua: bool = False, dpo: bool = False) -> bytes:
+    """READ(10) (SBC-3 §5.11). A transfer length of 0 transfers nothing (not 65536)."""
+    return _cdb10(Opcode.READ_10, _rw_flags(dpo, fua), lba, blocks)
+
+
+def write10(lba: int, blocks: int, *, fua: bool = False, dpo: bool = False) -> bytes:
+    """WRITE(10) (SBC-3 §5.32)."""
+    return _cdb10(Opcode.WRITE_10, _rw_flags(dpo, fua), lba, blocks)
+
+
+def read16(lba: int, blocks: int, *, fua: bool = False, dpo: bool = False) -> bytes:
+    """READ(16) (SBC-3 §5.13)."""
+    return _cdb16(Opcode.READ_16, _rw_flags(dpo, fua), lba, blocks)
+
+
+def write16(lba: int, blocks: int, *, fua: bool = False, dpo: bool = False) -> bytes:
+    """WRITE(16) (SBC-3 §5.34)."""
+    return _cdb16(Opcode.WRITE_16, _rw_flags(dpo, fua), lba, blocks)
+
+
+def fits_cdb10(lba: int, blocks: int) -> bool:
+    """Whether a 10-byte CDB can address ``blocks`` blocks starting at ``lba``.
+
+    Stricter than "lba < 2**32": every block of the range must have a 32-bit address, so a
+    transfer never straddles the 2**32 boundary with a 10-byte CDB (as Linux sd does).
+    """
+    return 0 <= blocks <= MAX_BLOCKS_10 and 0 <= lba and lba + blocks <= MAX_LBA_10 + 1
+
+
+def max_blocks_per_cdb(lba: int) -> int:
+    """The most blocks one :func:`read`/:func:`write` CDB can carry starting at ``lba``."""
+    _check("lba", lba, 0, MAX_LBA_16)
+    return min(MAX_BLOCKS_16, MAX_LBA_16 + 1 - lba)
+
+
+def read(lba: int, blocks: int, *, fua: bool = False, dpo: bool = False,
+         use_16: bool = False) -> bytes:
+    """READ(10) when it can address the whole range, else READ(16) (or always when use_16)."""
+    if not use_16 and fits_cdb10(lba, blocks):
+        return read10(lba, blocks, fua=fua, dpo=dpo)
+    return read16(lba, blocks, fua=fua, dpo=dpo)
+
+
+def write(lba: int, blocks: int, *, fua: bool = False, dpo: bool = False,
+          use_16: bool = False) -> bytes:
+    """WRITE(10) when it can address the whole range, else WRITE(16) (or always when use_16)."""
+    if not use_16 and fits_cdb10(lba, blocks):
+        return write10(lba, blocks, fua=fua, dpo=dpo)
+    return write16(lba, blocks, fua=fua, dpo=dpo)
+
+
+def synchronize_cache10(lba: int = 0, blocks: int = 0, *, immed: bool = False) -> bytes:
+    """SYNCHRONIZE CACHE(10) (SBC-3 §5.22). ``blocks`` 0 = from ``lba`` to the end."""
+    return _cdb10(Opcode.SYNCHRONIZE_CACHE_10, _IMMED if immed else 0, lba, blocks)
+
+
+def synchronize_cache16(lba: int = 0, blocks: int = 0, *, immed: bool = False) -> bytes:
+    """SYNCHRONIZE CACHE(16) (SBC-3 §5.23). ``blocks`` 0 = from ``lba`` to the end."""
+    return _cdb16(Opcode.SYNCHRONIZE_CACHE_16, _IMMED if immed else 0, lba, blocks)
+
+
+def synchronize_cache(lba: int = 0, blocks: int = 0, *, immed: bool = False,
+                      use_16: bool = False) -> bytes:
+    """SYNCHRONIZE CACHE(10) when the range fits, else (16). Defaults flush the whole medium."""
+    _check("lba", lba, 0, MAX_LBA_16)
+    _check("blocks", blocks, 0, MAX_BLOCKS_16)
+    fits = lba <= MAX_LBA_10 and blocks <= MAX_BLOCKS_10 and (
+        blocks == 0 or lba + blocks <= MAX_LBA_10 + 1)
+    if fits and not use_16:
+        return synchronize_cache10(lba, blocks, immed=immed)
+    return synchronize_cache16(lba, blocks, immed=immed)

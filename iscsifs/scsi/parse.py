@@ -1,0 +1,506 @@
+"""Parsers for the data-in of SCSI commands iscsifs sends.
+
+Owns: standard INQUIRY data (SPC-4 §6.6.2), the VPD pages 00h/80h/83h (SPC-4 §7.8) and B0h
+(SBC-3 §6.5.3), READ CAPACITY(10)/(16) parameter data (SBC-3 §5.15.2, §5.16.2), REPORT LUNS
+parameter data (SPC-4 §6.33) with LUN decoding (SAM-5 §4.7), and the WP bit of a MODE SENSE
+header (SPC-4 §7.5.5, SBC-3 §6.4.1). Knows nothing of iSCSI and does no I/O.
+
+Every parser accepts truncated data (a short allocation length, or a residual): fields that
+are missing read as 0/empty, and a length field that claims more than is present is clamped.
+Data too short to hold its header, or that contradicts itself in a way that leaves nothing
+usable, raises ``RemoteProtocolError``; nothing raises ``IndexError`` or ``struct.error``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from iscsifs.errors import RemoteProtocolError
+from iscsifs.scsi.cdb import VpdPage
+
+__all__ = [
+    "DeviceType", "device_type_name", "Inquiry", "parse_inquiry",
+    "parse_vpd_supported_pages", "parse_vpd_serial",
+    "Designator", "DesignatorType", "Association", "CodeSet", "parse_vpd_device_id", "pick_wwn",
+    "BlockLimits", "parse_vpd_block_limits",
+    "Capacity", "parse_read_capacity10", "parse_read_capacity16",
+    "decode_lun_entry", "parse_report_luns", "report_luns_needed", "parse_mode_sense_wp",
+]
+
+Buffer = bytes | bytearray | memoryview
+
+
+class DeviceType(enum.IntEnum):
+    """Peripheral device types (SPC-4 §6.6.2 table 146)."""
+
+    DISK = 0x00
+    TAPE = 0x01
+    PRINTER = 0x02
+    PROCESSOR = 0x03
+    WRITE_ONCE = 0x04
+    CD_DVD = 0x05
+    SCANNER = 0x06
+    OPTICAL = 0x07
+    MEDIUM_CHANGER = 0x08
+    COMMUNICATIONS = 0x09
+    STORAGE_CONTROLLER = 0x0C
+    ENCLOSURE = 0x0D
+    SIMPLIFIED_DISK = 0x0E
+    OPTICAL_CARD = 0x0F
+    BRIDGE = 0x10
+    OBJECT_STORAGE = 0x11
+    AUTOMATION = 0x12
+    SECURITY_MANAGER = 0x13
+    ZONED_BLOCK = 0x14
+    WELL_KNOWN_LU = 0x1E
+    UNKNOWN = 0x1F
+
+
+_DEVICE_TYPE_NAMES = {
+    DeviceType.DISK: "disk",
+    DeviceType.TAPE: "tape",
+    DeviceType.PRINTER: "printer",
+    DeviceType.PROCESSOR: "processor",
+    DeviceType.WRITE_ONCE: "write-once",
+    DeviceType.CD_DVD: "CD/DVD",
+    DeviceType.SCANNER: "scanner",
+    DeviceType.OPTICAL: "optical memory",
+    DeviceType.MEDIUM_CHANGER: "medium changer",
+    DeviceType.COMMUNICATIONS: "communications",
+    DeviceType.STORAGE_CONTROLLER: "RAID/storage controller",
+    DeviceType.ENCLOSURE: "enclosure services",
+    DeviceType.SIMPLIFIED_DISK: "simplified disk",
+    DeviceType.OPTICAL_CARD: "optical card reader/writer",
+    DeviceType.BRIDGE: "bridge controller",
+    DeviceType.OBJECT_STORAGE: "object storage",
+    DeviceType.AUTOMATION: "automation/drive interface",
+    DeviceType.SECURITY_MANAGER: "security manager",
+    DeviceType.ZONED_BLOCK: "zoned block device",
+    DeviceType.WELL_KNOWN_LU: "well known LU",
+    DeviceType.UNKNOWN: "unknown",
+}
+
+
+def device_type_name(device_type: int) -> str:
+    """``disk``, ``CD/DVD``, ``RAID/storage controller``, ... or ``type 0x15``."""
+    name = _DEVICE_TYPE_NAMES.get(device_type)  # type: ignore[call-overload]
+    return name if name is not None else f"type {device_type:#04x}"
+
+
+def _whole_fields(raw: bytes, ends: tuple[int, ...], size: int) -> bytes:
+    """Cut ``raw`` back to the last complete field (``ends``: field end offsets) and pad it
+    with zeros to ``size``, so a field cut in half by truncation reads as 0, not as garbage."""
+    keep = max((end for end in ends if end <= len(raw)), default=0)
+    return raw[:keep].ljust(size, b"\0")
+
+
+def _text(raw: Buffer) -> str:
+    """ASCII field (SPC-4 §4.3.1): left-aligned, space padded; NULs tolerated."""
+    return bytes(raw).decode("ascii", errors="replace").strip(" \0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Standard INQUIRY
+# ---------------------------------------------------------------------------------------------
+
+# SPC-4 §6.6.2 table 145: peripheral qualifier + device type, RMB, version, flags + response
+# data format, additional length, 3 flag bytes, T10 vendor (8), product (16), revision (4)
+_INQUIRY = struct.Struct(">BBBBBBBB8s16s4s")   # 36 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Inquiry:
+    """Standard INQUIRY data. Fields beyond a truncated answer read as 0/False/""."""
+
+    peripheral_qualifier: int
+    device_type: int
+    removable: bool = False
+    version: int = 0
+    response_data_format: int = 0
+    hisup: bool = False
+    tpgs: int = 0
+    protect: bool = False
+    cmdque: bool = False
+    vendor: str = ""
+    product: str = ""
+    revision: str = ""
+
+    @property
+    def device_type_name(self) -> str:
+        return device_type_name(self.device_type)
+
+    @property
+    def connected(self) -> bool:
+        """Qualifier 000b: a device of this type is connected to this LU (SPC-4 table 145)."""
+        return self.peripheral_qualifier == 0
+
+    @property
+    def is_disk(self) -> bool:
+        return self.connected and self.device_type in (DeviceType.DISK, DeviceType.SIMPLIFIED_DISK)
+
+
+def parse_inquiry(data: Buffer) -> Inquiry:
+    """Standard INQUIRY data (SPC-4 §6.6.2), whole or truncated (at least 1 byte)."""
+    raw = bytes(data)
+    if not raw:
+        raise RemoteProtocolError("empty INQUIRY data")
+    # ADDITIONAL LENGTH (byte 4) is not used to cut the data: the fields parsed here are in
+    # the first 36 bytes, which every device returns, and some report a too-small length
+    # (Linux scsi_probe_lun does the same).
+    (b0, b1, version, b3, _add_len, b5, _b6, b7, vendor, product,
+     revision) = _INQUIRY.unpack(raw.ljust(_INQUIRY.size, b"\0")[:_INQUIRY.size])
+    return Inquiry(
+        peripheral_qualifier=b0 >> 5,
+        device_type=b0 & 0x1F,
+        removable=bool(b1 & 0x80),
+        version=version,
+        response_data_format=b3 & 0x0F,
+        hisup=bool(b3 & 0x10),
+        tpgs=(b5 >> 4) & 0x03,
+        protect=bool(b5 & 0x01),
+        cmdque=bool(b7 & 0x02),
+        vendor=_text(vendor),
+        product=_text(product),
+        revision=_text(revision),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# VPD pages
+# ---------------------------------------------------------------------------------------------
+
+# SPC-4 §7.8.1 table 587: peripheral qualifier + device type, page code, page length (2)
+_VPD_HEADER = struct.Struct(">BBH")
+
+
+def _vpd_body(data: Buffer, page: int) -> bytes:
+    """The page's payload after the 4-byte header, clamped to what is present."""
+    raw = bytes(data)
+    if len(raw) < _VPD_HEADER.size:
+        raise RemoteProtocolError(f"VPD page {page:#04x}: {len(raw)} bytes, no header")
+    _b0, code, length = _VPD_HEADER.unpack_from(raw)
+    if code != page:
+        raise RemoteProtocolError(f"asked for VPD page {page:#04x}, got {code:#04x}")
+    return raw[_VPD_HEADER.size:_VPD_HEADER.size + length]
+
+
+def parse_vpd_supported_pages(data: Buffer) -> list[int]:
+    """Supported VPD pages (SPC-4 §7.8.13): the list of page codes."""
+    return list(_vpd_body(data, VpdPage.SUPPORTED_PAGES))
+
+
+def parse_vpd_serial(data: Buffer) -> str:
+    """Unit serial number (SPC-4 §7.8.15), stripped of padding."""
+    return _text(_vpd_body(data, VpdPage.UNIT_SERIAL_NUMBER))
+
+
+class CodeSet(enum.IntEnum):
+    """Designator code set (SPC-4 §7.8.6.1 table 597 / table 485)."""
+
+    BINARY = 1
+    ASCII = 2
+    UTF8 = 3
+
+
+class Association(enum.IntEnum):
+    """What a designator names (SPC-4 §7.8.6.1 table 598)."""
+
+    LOGICAL_UNIT = 0
+    TARGET_PORT = 1
+    TARGET_DEVICE = 2
+
+
+class DesignatorType(enum.IntEnum):
+    """Designator types (SPC-4 §7.8.6.1 table 599)."""
+
+    VENDOR_SPECIFIC = 0x0
+    T10_VENDOR_ID = 0x1
+    EUI64 = 0x2
+    NAA = 0x3
+    RELATIVE_TARGET_PORT = 0x4
+    TARGET_PORT_GROUP = 0x5
+    LOGICAL_UNIT_GROUP = 0x6
+    MD5_LOGICAL_UNIT = 0x7
+    SCSI_NAME_STRING = 0x8
+    PROTOCOL_SPECIFIC_PORT = 0x9
+    UUID = 0xA
+
+
+# SPC-4 §7.8.6.1 table 596: protocol identifier + code set, PIV + association + designator
+# type, reserved, designator length
+_DESIGNATION = struct.Struct(">BBxB")
+
+
+@dataclass(frozen=True, slots=True)
+class Designator:
+    """One designation descriptor of the Device Identification VPD page."""
+
+    protocol_id: int
+    code_set: int
+    piv: bool
+    association: int
+    designator_type: int
+    value: bytes
+
+    @property
+    def text(self) -> str:
+        """``naa.<hex>``, ``eui.<hex>``, ``t10.<vendor id>``, a SCSI name string, or hex."""
+        t = self.designator_type
+        if t == DesignatorType.NAA:
+            return "naa." + self.value.hex()
+        if t == DesignatorType.EUI64:
+            return "eui." + self.value.hex()
+        if t == DesignatorType.T10_VENDOR_ID:
+            return "t10." + _text(self.value)
+        if t == DesignatorType.SCSI_NAME_STRING:
+            return self.value.decode("utf-8", errors="replace").rstrip("\0")
+        if self.code_set in (CodeSet.ASCII, CodeSet.UTF8):
+            return self.value.decode("utf-8", errors="replace").strip(" \0")
+        return self.value.hex()
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_vpd_device_id(data: Buffer) -> list[Designator]:
+    """Device Identification (SPC-4 §7.8.6): every complete designation descriptor, in order.
+
+    A descriptor cut off by truncation (or a lying length) ends the list.
+    """
+    body = _vpd_body(data, VpdPage.DEVICE_IDENTIFICATION)
+    out: list[Designator] = []
+    offset = 0
+    while offset + _DESIGNATION.size <= len(body):
+        b0, b1, length = _DESIGNATION.unpack_from(body, offset)
+        start = offset + _DESIGNATION.size
+        value = body[start:start + length]
+        if len(value) < length:
+            break
+        out.append(Designator(protocol_id=b0 >> 4, code_set=b0 & 0x0F, piv=bool(b1 & 0x80),
+                              association=(b1 >> 4) & 0x03, designator_type=b1 & 0x0F,
+                              value=value))
+        offset = start + length
+    return out
+
+
+def _wwn_rank(d: Designator) -> tuple[int, int] | None:
+    if d.association != Association.LOGICAL_UNIT or not d.value:
+        return None
+    if d.designator_type == DesignatorType.NAA:
+        naa = d.value[0] >> 4   # 6 IEEE registered extended > 5 registered > 3 local > 2
+        return (3, {6: 4, 5: 3, 2: 2, 3: 1}.get(naa, 0))
+    if d.designator_type == DesignatorType.EUI64:
+        return (2, len(d.value))
+    if d.designator_type == DesignatorType.T10_VENDOR_ID:
+        return (1, 0)
+    return None
+
+
+def pick_wwn(designators: list[Designator]) -> str | None:
+    """The best logical-unit name: NAA (preferring type 6), then EUI-64, then T10 vendor ID."""
+    best: Designator | None = None
+    best_rank: tuple[int, int] | None = None
+    for d in designators:
+        rank = _wwn_rank(d)
+        if rank is not None and (best_rank is None or rank > best_rank):
+            best, best_rank = d, rank
+    return best.text if best is not None else None
+
+
+# SBC-3 §6.5.3 table 193, after the VPD header: WSNZ, max COMPARE AND WRITE length,
+# optimal transfer length granularity (2), max transfer length (4), optimal transfer length (4),
+# max prefetch length (4), max UNMAP LBA count (4), max UNMAP block descriptor count (4),
+# optimal unmap granularity (4), UGAVALID + unmap granularity alignment (4),
+# max WRITE SAME length (8)
+_BLOCK_LIMITS = struct.Struct(">BBHIIIIIIIQ")   # 40 bytes (page bytes 4..43)
+_BLOCK_LIMITS_ENDS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 40)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLimits:
+    """Block Limits VPD page (B0h). Lengths are in logical blocks; 0 = no limit/not reported."""
+
+    max_transfer_length: int = 0
+    optimal_transfer_length: int = 0
+    optimal_transfer_length_granularity: int = 0
+    max_compare_and_write_length: int = 0
+    max_prefetch_length: int = 0
+    max_unmap_lba_count: int = 0
+    max_unmap_block_descriptor_count: int = 0
+    optimal_unmap_granularity: int = 0
+    unmap_granularity_alignment: int | None = None
+    max_write_same_length: int = 0
+    wsnz: bool = False
+
+
+def parse_vpd_block_limits(data: Buffer) -> BlockLimits:
+    """Block Limits (SBC-3 §6.5.3). Old short pages (length 0Ch) give the fields they have."""
+    body = _vpd_body(data, VpdPage.BLOCK_LIMITS)
+    (b4, cw, otlg, mtl, otl, mpl, mulc, mubdc, oug, uga,
+     mwsl) = _BLOCK_LIMITS.unpack(_whole_fields(body, _BLOCK_LIMITS_ENDS, _BLOCK_LIMITS.size))
+    return BlockLimits(
+        max_transfer_length=mtl,
+        optimal_transfer_length=otl,
+        optimal_transfer_length_granularity=otlg,
+        max_compare_and_write_length=cw,
+        max_prefetch_length=mpl,
+        max_unmap_lba_count=mulc,
+        max_unmap_block_descriptor_count=mubdc,
+        optimal_unmap_granularity=oug,
+        unmap_granularity_alignment=uga & 0x7FFF_FFFF if uga & 0x8000_0000 else None,
+        max_write_same_length=mwsl,
+        wsnz=bool(b4 & 0x01),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# READ CAPACITY
+# ---------------------------------------------------------------------------------------------
+
+# SBC-3 §5.15.2 table 63: returned logical block address (4), logical block length (4)
+_RC10 = struct.Struct(">II")
+# SBC-3 §5.16.2 table 65: returned LBA (8), logical block length (4), P_TYPE + PROT_EN,
+# P_I_EXPONENT + LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT, LBPME + LBPRZ + lowest aligned
+# LBA (14 bits, 2 bytes)
+_RC16 = struct.Struct(">QIBBH")   # 16 bytes; bytes 16..31 reserved
+_RC16_ENDS = (8, 12, 13, 14, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """READ CAPACITY result. ``needs_16``: RC(10) said "too big, ask READ CAPACITY(16)"."""
+
+    last_lba: int
+    block_size: int
+    needs_16: bool = False
+    protection_type: int | None = None      # P_TYPE + 1 when PROT_EN, else None
+    logical_per_physical_exponent: int = 0
+    lbpme: bool = False                     # thin provisioned (UNMAP supported)
+    lbprz: bool = False                     # unmapped blocks read as zeros
+    lowest_aligned_lba: int = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.last_lba + 1
+
+    @property
+    def size(self) -> int:
+        """Capacity in bytes."""
+        return self.num_blocks * self.block_size
+
+    @property
+    def physical_block_size(self) -> int:
+        return self.block_size << self.logical_per_physical_exponent
+
+
+def _check_block_size(block_size: int) -> None:
+    if block_size == 0:
+        raise RemoteProtocolError("READ CAPACITY returned a logical block length of 0")
+
+
+def parse_read_capacity10(data: Buffer) -> Capacity:
+    """READ CAPACITY(10) data (SBC-3 §5.15.2). LBA FFFFFFFFh sets ``needs_16``."""
+    raw = bytes(data)
+    if len(raw) < _RC10.size:
+        raise RemoteProtocolError(f"READ CAPACITY(10) data of {len(raw)} bytes (need 8)")
+    last_lba, block_size = _RC10.unpack_from(raw)
+    _check_block_size(block_size)
+    return Capacity(last_lba=last_lba, block_size=block_size, needs_16=last_lba == 0xFFFF_FFFF)
+
+
+def parse_read_capacity16(data: Buffer) -> Capacity:
+    """READ CAPACITY(16) data (SBC-3 §5.16.2); at least the 12 bytes of LBA and length."""
+    raw = bytes(data)
+    if len(raw) < 12:
+        raise RemoteProtocolError(f"READ CAPACITY(16) data of {len(raw)} bytes (need 12)")
+    last_lba, block_size, b12, b13, b14_15 = _RC16.unpack(
+        _whole_fields(raw, _RC16_ENDS, _RC16.size))
+    _check_block_size(block_size)
+    return Capacity(
+        last_lba=last_lba,
+        block_size=block_size,
+        protection_type=((b12 >> 1) & 0x07) + 1 if b12 & 0x01 else None,
+        logical_per_physical_exponent=b13 & 0x0F,
+        lbpme=bool(b14_15 & 0x8000),
+        lbprz=bool(b14_15 & 0x4000),
+        lowest_aligned_lba=b14_15 & 0x3FFF,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# REPORT LUNS
+# ---------------------------------------------------------------------------------------------
+
+# SPC-4 §6.33 table 286: LUN list length (4), reserved (4), then 8-byte LUN entries
+_REPORT_LUNS_HEADER = struct.Struct(">I4x")
+_ADDRESS_PERIPHERAL = 0b00
+_ADDRESS_FLAT = 0b01
+
+
+def decode_lun_entry(entry: Buffer) -> int | None:
+    """An 8-byte single-level LUN (SAM-5 §4.7) as a number, or None if not representable.
+
+    Peripheral device addressing (00b, bus 0) gives 0-255, flat space addressing (01b)
+    0-16383. Multi-level LUNs, other buses, logical unit / extended addressing (e.g. well
+    known LUs) give None.
+    """
+    raw = bytes(entry)
+    if len(raw) != 8 or any(raw[2:]):
+        return None
+    method = raw[0] >> 6
+    if method == _ADDRESS_PERIPHERAL:
+        return raw[1] if raw[0] & 0x3F == 0 else None
+    if method == _ADDRESS_FLAT:
+        return ((raw[0] & 0x3F) << 8) | raw[1]
+    return None
+
+
+def report_luns_needed(data: Buffer) -> int:
+    """The allocation length the whole answer needs (to re-issue when it was truncated)."""
+    raw = bytes(data)
+    if len(raw) < 4:
+        raise RemoteProtocolError(f"REPORT LUNS data of {len(raw)} bytes has no list length")
+    return int.from_bytes(raw[:4], "big") + _REPORT_LUNS_HEADER.size
+
+
+def parse_report_luns(data: Buffer) -> list[int]:
+    """LUN numbers from REPORT LUNS data (SPC-4 §6.33), in the target's order, deduplicated.
+
+    A truncated list yields the complete entries present (see :func:`report_luns_needed`).
+    Entries that are not single-level peripheral/flat LUNs are skipped.
+    """
+    raw = bytes(data)
+    if len(raw) < _REPORT_LUNS_HEADER.size:
+        raise RemoteProtocolError(f"REPORT LUNS data of {len(raw)} bytes (need 8)")
+    (list_length,) = _REPORT_LUNS_HEADER.unpack_from(raw)
+    body = raw[_REPORT_LUNS_HEADER.size:_REPORT_LUNS_HEADER.size + list_length]
+    luns: dict[int, None] = {}
+    for offset in range(0, len(body) - 7, 8):
+        lun = decode_lun_entry(body[offset:offset + 8])
+        if lun is not None:
+            luns[lun] = None
+    return list(luns)
+
+
+# ---------------------------------------------------------------------------------------------
+# MODE SENSE
+# ---------------------------------------------------------------------------------------------
+
+_WP = 0x80   # SBC-3 §6.4.1 table 178: device-specific parameter bit 7 for direct-access
+
+
+def parse_mode_sense_wp(data: Buffer, ten: bool) -> bool:
+    """The WP bit from a MODE SENSE(6) (``ten=False``) or (10) parameter header.
+
+    SPC-4 §7.5.5 tables 452/453: the device-specific parameter is byte 2 of the 6-byte
+    header and byte 3 of the 8-byte one.
+    """
+    raw = bytes(data)
+    index = 3 if ten else 2
+    if len(raw) <= index:
+        raise RemoteProtocolError(
+            f"MODE SENSE({10 if ten else 6}) data of {len(raw)} bytes has no device-specific "
+            "parameter")
+    return bool(raw[index] & _WP)
