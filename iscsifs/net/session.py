@@ -322,9 +322,7 @@ class Session:
                 self._unfinished.discard(cmd)
                 cmd.finish(error=RemoteProtocolError(f"command failed: {event.reason}"))
         elif isinstance(event, (NopReceived, TextComplete, TaskManagementComplete, LogoutComplete)):
-            waiter = self._waiters.pop(event.itt, None) if hasattr(event, "itt") else None
-            if waiter is None and isinstance(event, LogoutComplete):
-                waiter = next(iter(self._waiters.values()), None) if self._waiters else None
+            waiter = self._waiters.pop(event.itt, None)
             if waiter is not None:
                 waiter.result = event
                 waiter.done.set()
