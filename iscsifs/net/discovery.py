@@ -35,6 +35,8 @@ async def discover(portal: Portal, *, initiator_name: str, chap: ChapCredentials
                 pairs = await session.text(sendtargets_request())
             finally:
                 await session.close()
-    targets = parse_sendtargets(pairs)
+    # a target listed without TargetAddress is reached through the portal we asked (§C)
+    targets = [t if t.portals else DiscoveredTarget(t.name, (portal,))
+               for t in parse_sendtargets(pairs)]
     log.info("discovery at %s:%d found %d target(s)", portal.host, portal.port, len(targets))
     return targets

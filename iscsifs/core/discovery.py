@@ -1,0 +1,216 @@
+"""SendTargets discovery, the text part (RFC 7143 §13.3 and Appendix C).
+
+Owns: portals (`Portal`, `parse_portal`), the SendTargets request keys, parsing of the answer
+(`TargetName=` lines each followed by their `TargetAddress=host:port,tpgt` lines) into
+`DiscoveredTarget` values, and validation of iSCSI names coming from a target
+(`valid_iscsi_name`, RFC 7143 §4.2.7, RFC 3722).
+
+Knows nothing of sessions, PDUs or I/O: `iscsifs.net.discovery` runs the discovery session and
+hands the decoded pairs here. Names from a target are untrusted (they end up as file names
+and node-record paths): invalid ones are dropped with a warning, never passed on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+from iscsifs.errors import RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 3260          # IANA iscsi-target port (RFC 7143 §13.8)
+DEFAULT_TPGT = 1
+MAX_NAME_LENGTH = 223        # RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes
+MAX_ADDRESS_LENGTH = 255     # RFC 7143 §6.1: text values are at most 255 bytes
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})\Z")
+_NUMBER_RE = re.compile(r"[0-9]{1,5}\Z")
+# RFC 7143 §4.2.7.2 (iqn.yyyy-mm.reversed-domain[:identifier]); eui.: 16 hex digits;
+# naa.: 16 or 32 hex digits (RFC 3980).
+_IQN_RE = re.compile(r"iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[A-Za-z0-9][^:]*(:.*)?\Z", re.DOTALL)
+_EUI_RE = re.compile(r"eui\.[0-9A-Fa-f]{16}\Z")
+_NAA_RE = re.compile(r"naa\.(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{32})\Z")
+
+
+@dataclass(frozen=True, order=True)
+class Portal:
+    """A target portal: host (name, IPv4 or IPv6 address), TCP port and portal group tag."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    tpgt: int = DEFAULT_TPGT
+
+    def __post_init__(self) -> None:
+        _check_host(self.host)
+        if isinstance(self.port, bool) or not isinstance(self.port, int) \
+                or not 1 <= self.port <= 65535:
+            raise ValueError(f"invalid port {self.port!r} (1-65535)")
+        if isinstance(self.tpgt, bool) or not isinstance(self.tpgt, int) \
+                or not 0 <= self.tpgt <= 65535:
+            raise ValueError(f"invalid portal group tag {self.tpgt!r} (0-65535)")
+
+    @property
+    def address(self) -> str:
+        """``host:port`` with IPv6 addresses in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.address},{self.tpgt}"
+
+
+def _check_host(host: str) -> None:
+    if not isinstance(host, str) or not host:
+        raise ValueError("empty host in portal")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address {host[:60]!r}") from None
+        return
+    if not _HOSTNAME_RE.match(host) or ".." in host:
+        raise ValueError(f"invalid host name {host[:60]!r}")
+
+
+def parse_portal(text: str, *, default_port: int = DEFAULT_PORT,
+                 default_tpgt: int = DEFAULT_TPGT) -> Portal:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``, each optionally followed by
+    ``,tpgt`` (RFC 7143 §13.8 TargetAddress syntax). A bare IPv6 address without brackets is
+    accepted (it cannot carry a port). ValueError with a clear message otherwise."""
+    if not isinstance(text, str):
+        raise ValueError("portal must be a string")
+    original = text
+    text = text.strip()
+    if not text:
+        raise ValueError("empty portal address")
+    tpgt = default_tpgt
+    port = default_port
+    if "," in text:
+        text, _, tag = text.rpartition(",")
+        if not _NUMBER_RE.match(tag):
+            raise ValueError(f"invalid portal group tag in {original[:80]!r}")
+        tpgt = int(tag)
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"missing ']' in portal {original[:80]!r}")
+        if rest:
+            if not rest.startswith(":") or not _NUMBER_RE.match(rest[1:]):
+                raise ValueError(f"invalid port in portal {original[:80]!r}")
+            port = int(rest[1:])
+        if ":" not in host:
+            raise ValueError(f"brackets are only for IPv6 addresses: {original[:80]!r}")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not _NUMBER_RE.match(port_text):
+            raise ValueError(f"invalid port in portal {original[:80]!r}")
+        port = int(port_text)
+    else:
+        host = text       # a host name, an IPv4 address or a bare IPv6 address
+    try:
+        return Portal(host, port, tpgt)
+    except ValueError as exc:
+        raise ValueError(f"invalid portal {original[:80]!r}: {exc}") from None
+
+
+def valid_iscsi_name(name: object) -> bool:
+    """True if ``name`` is a well-formed iSCSI name that is also safe to use as a path
+    component: iqn./eui./naa. form, at most 223 bytes, no ``/``, no ``..``, no whitespace,
+    NUL, control or other non-printable characters (RFC 7143 §4.2.7, RFC 3722)."""
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        if len(name.encode("utf-8")) > MAX_NAME_LENGTH:
+            return False
+    except UnicodeEncodeError:        # lone surrogates
+        return False
+    if "/" in name or "\\" in name or ".." in name:
+        return False
+    for ch in name:
+        # RFC 3722 (stringprep) prohibits spaces and control characters
+        if ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z"):
+            return False
+    lower = name[:4].lower()
+    if lower == "iqn.":
+        return bool(_IQN_RE.match("iqn." + name[4:]))
+    if lower == "eui.":
+        return bool(_EUI_RE.match("eui." + name[4:]))
+    if lower == "naa.":
+        return bool(_NAA_RE.match("naa." + name[4:]))
+    return False
+
+
+@dataclass(frozen=True)
+class DiscoveredTarget:
+    """One target from a SendTargets answer. An empty ``portals`` tuple means the target
+    gave no TargetAddress: it is reachable through the portal discovery ran on (Appendix C)."""
+
+    name: str
+    portals: tuple[Portal, ...]
+
+
+def sendtargets_request(target: str = "All") -> list[tuple[str, str]]:
+    """The Text Request keys asking for targets (RFC 7143 §13.3): ``SendTargets=All`` on a
+    discovery session, or a target name / empty value on a normal session."""
+    return [("SendTargets", target)]
+
+
+def split_sendtargets(pairs: Iterable[tuple[str, str]]
+                      ) -> tuple[list[DiscoveredTarget], list[str]]:
+    """Parse a SendTargets answer; return (targets, rejected), where ``rejected`` describes
+    every entry dropped because its name or address was invalid (for the log; printable).
+
+    RemoteProtocolError only for a broken structure: a TargetAddress before any TargetName.
+    """
+    order: list[str] = []
+    portals: dict[str, list[Portal]] = {}
+    rejected: list[str] = []
+    current: str | None = None      # None before the first TargetName
+    current_valid = False
+    for key, value in pairs:
+        if key == "TargetName":
+            current = value
+            current_valid = valid_iscsi_name(value)
+            if not current_valid:
+                rejected.append(f"invalid target name {_printable(value)}")
+                continue
+            if value not in portals:
+                order.append(value)
+                portals[value] = []
+        elif key == "TargetAddress":
+            if current is None:
+                raise RemoteProtocolError("SendTargets answer has a TargetAddress before "
+                                          "any TargetName")
+            if not current_valid:
+                continue
+            try:
+                if len(value.encode("utf-8", "surrogatepass")) > MAX_ADDRESS_LENGTH:
+                    raise ValueError("address too long")
+                portal = parse_portal(value)
+            except ValueError:
+                rejected.append(f"invalid address {_printable(value)} for {current}")
+                continue
+            if portal not in portals[current]:
+                portals[current].append(portal)
+        else:
+            log.debug("ignoring %s in SendTargets answer", key)
+    targets = [DiscoveredTarget(name, tuple(portals[name])) for name in order]
+    return targets, rejected
+
+
+def parse_sendtargets(pairs: Iterable[tuple[str, str]]) -> list[DiscoveredTarget]:
+    """Parse a SendTargets answer; invalid names and addresses are logged and dropped."""
+    targets, rejected = split_sendtargets(pairs)
+    for what in rejected:
+        log.warning("discovery: dropping %s", what)
+    return targets
+
+
+def _printable(value: str, limit: int = 80) -> str:
+    """A log-safe rendering of an untrusted string."""
+    return ascii(value[:limit]) + ("..." if len(value) > limit else "")
