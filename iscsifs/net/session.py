@@ -184,6 +184,10 @@ class Session:
             self.connection_state = "FREE"
             raise ConnectionLost(f"login to {self._who()} timed out after "
                                  f"{self.timeouts.login:g} s") from None
+        except AuthenticationError as exc:
+            self.connection_state = "FREE"
+            raise AuthenticationError(f"authentication failed for {self._who()}: {exc}",
+                                      exc.status_class, exc.status_detail) from None
         except BaseException:
             self.connection_state = "FREE"
             raise

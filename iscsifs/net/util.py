@@ -39,12 +39,13 @@ def unwrap_group():
 
 def os_reason(exc: BaseException) -> str:
     """The most useful words of a (possibly chained) connect error: 'Connection refused'."""
-    seen = exc
-    while seen is not None:
+    seen, visited = exc, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         if isinstance(seen, BaseExceptionGroup):
             seen = _single(seen) or seen.exceptions[0]
             continue
         if isinstance(seen, OSError) and seen.errno:
             return os.strerror(seen.errno)
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
     return str(exc)
