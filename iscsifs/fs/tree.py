@@ -1,0 +1,290 @@
+"""The filesystem tree: inodes, names and the shape of the mount.
+
+Owns: the inode table and the names under the mount point::
+
+    InitiatorName                                  text file
+    portals/<addr:port>/targets/<iqn>/session      text file
+    portals/<addr:port>/targets/<iqn>/luns/<n>/raw   the LUN's bytes (disk LUNs only)
+    portals/<addr:port>/targets/<iqn>/luns/<n>/info  text file
+
+Inodes are allocated once per path (a dict path-tuple -> inode) and never reused, so a target
+that disappears and comes back gets its old inode. Names coming from the target are untrusted:
+a target name becomes a directory name only if it passes ``safe_name`` (and the iSCSI name rules
+of ``iscsifs.core.discovery.valid_iscsi_name``); others are skipped with a warning.
+
+Must not know: pyfuse3, trio, sessions. The tree is pure data; ``fs/ops.py`` asks the Initiator
+and feeds the answers in through ``set_targets`` / ``set_luns``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1               # == pyfuse3.ROOT_INODE (FUSE_ROOT_ID)
+MAX_NAME_BYTES = 223         # RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes
+
+try:  # the discovery engineer's check (iqn./eui./naa. syntax, length, characters)
+    from iscsifs.core.discovery import valid_iscsi_name as _valid_iscsi_name
+except ImportError:  # pragma: no cover - until core/discovery.py lands
+    _valid_iscsi_name = None
+
+
+class Kind(enum.Enum):
+    ROOT = "root"
+    INITIATOR_NAME = "initiator_name"   # text: InitiatorName=...
+    PORTALS = "portals"                 # dir of portal dirs
+    PORTAL = "portal"                   # dir: targets/
+    TARGETS = "targets"                 # dir, filled by discovery
+    TARGET = "target"                   # dir: session, luns/
+    SESSION = "session"                 # text: iscsiadm -m session -P 3 layout
+    LUNS = "luns"                       # dir, filled by REPORT LUNS (lazy login)
+    LUN = "lun"                         # dir: raw, info
+    RAW = "raw"                         # the LUN's bytes
+    INFO = "info"                       # text: inquiry / capacity
+
+    @property
+    def is_dir(self) -> bool:
+        return self in _DIR_KINDS
+
+    @property
+    def is_text(self) -> bool:
+        return self in (Kind.INITIATOR_NAME, Kind.SESSION, Kind.INFO)
+
+
+_DIR_KINDS = frozenset({Kind.ROOT, Kind.PORTALS, Kind.PORTAL, Kind.TARGETS, Kind.TARGET,
+                        Kind.LUNS, Kind.LUN})
+
+
+@dataclass(eq=False)
+class Node:
+    inode: int
+    kind: Kind
+    path: tuple[str, ...]
+    parent: int
+    portal: Any = None              # core.discovery.Portal
+    target: str | None = None
+    lun: int | None = None
+    entry: Any = None               # net.initiator.LunEntry for LUN / RAW / INFO nodes
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    # name -> inode; None for a dynamic directory that has not been listed yet
+    children: dict[str, int] | None = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path[-1] if self.path else ""
+
+    @property
+    def device(self) -> Any:
+        """The LUN's device.Lun, or None (non-disk LUN / not a LUN node)."""
+        return getattr(self.entry, "device", None) if self.entry is not None else None
+
+
+def format_host(host: str) -> str:
+    """IPv6 addresses in brackets, everything else as is."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def portal_dir_name(portal: Any) -> str:
+    """``127.0.0.1:3260`` / ``[::1]:3260`` — the portal's directory name (no TPGT)."""
+    return f"{format_host(portal.host)}:{portal.port}"
+
+
+def portal_text(portal: Any) -> str:
+    """``127.0.0.1:3260,1`` — host:port,tpgt as iscsiadm prints a portal."""
+    return f"{portal_dir_name(portal)},{getattr(portal, 'tpgt', 1)}"
+
+
+def safe_name(name: object) -> bool:
+    """May this untrusted name (from the target) become one path component?
+
+    Always applies our own rules (belt and braces), then the iSCSI name syntax check from
+    core/discovery.py when it is available.
+    """
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        return False
+    if "/" in name or ".." in name:
+        return False
+    for ch in name:
+        if ch == "\0" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+            return False
+    try:
+        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            return False
+    except UnicodeEncodeError:
+        return False
+    if _valid_iscsi_name is not None and not _valid_iscsi_name(name):
+        return False
+    return True
+
+
+def _printable(name: object) -> str:
+    """A name made safe for one log line (escaped, shortened)."""
+    text = ascii(name)
+    if len(text) > 100:
+        size = len(name.encode("utf-8", "replace")) if isinstance(name, str) else len(text)
+        text = f"{text[:80]}... ({size} bytes)"
+    return text
+
+
+class Tree:
+    """Inode table + directory contents. Synchronous; no await inside, so no races."""
+
+    def __init__(self, portals: Iterable[Any] = (), *, now_ns: int | None = None):
+        self.mount_time_ns = time.time_ns() if now_ns is None else now_ns
+        self._next_inode = itertools.count(ROOT_INODE + 1)
+        self._by_path: dict[tuple[str, ...], int] = {(): ROOT_INODE}
+        self._nodes: dict[int, Node] = {}
+        self._rejected: set[tuple[str, object]] = set()   # (portal dir, name) warned about
+        root = Node(ROOT_INODE, Kind.ROOT, (), ROOT_INODE,
+                    mtime_ns=self.mount_time_ns, ctime_ns=self.mount_time_ns)
+        self._nodes[ROOT_INODE] = root
+        self._add(root, "InitiatorName", Kind.INITIATOR_NAME)
+        self.portals_dir = self._add(root, "portals", Kind.PORTALS)
+        for portal in portals:
+            self.add_portal(portal)
+
+    # -- lookups --------------------------------------------------------------------------
+    def node(self, inode: int) -> Node:
+        """The node for inode; KeyError if unknown."""
+        return self._nodes[inode]
+
+    def get(self, inode: int) -> Node | None:
+        return self._nodes.get(inode)
+
+    def child(self, parent: Node, name: str) -> Node | None:
+        if parent.children is None:
+            return None
+        inode = parent.children.get(name)
+        return None if inode is None else self._nodes[inode]
+
+    def children(self, parent: Node) -> list[Node]:
+        """Current children in listing order (None-children dirs list as empty)."""
+        if not parent.children:
+            return []
+        return [self._nodes[i] for i in parent.children.values()]
+
+    def by_path(self, *path: str) -> Node | None:
+        inode = self._by_path.get(tuple(path))
+        return None if inode is None else self._nodes.get(inode)
+
+    @property
+    def inode_count(self) -> int:
+        return len(self._nodes)
+
+    def subdir_count(self, node: Node) -> int | None:
+        """Number of child directories, or None while a dynamic directory is unlisted."""
+        if node.children is None:
+            return None
+        return sum(1 for i in node.children.values() if self._nodes[i].kind.is_dir)
+
+    def listed_devices(self) -> list[Any]:
+        """device.Lun of every raw file currently in the tree (for statfs)."""
+        seen: dict[int, Any] = {}
+        for node in self._nodes.values():
+            if node.kind is Kind.RAW and self._is_listed(node):
+                dev = node.device
+                if dev is not None:
+                    seen[id(dev)] = dev
+        return list(seen.values())
+
+    def _is_listed(self, node: Node) -> bool:
+        while node.inode != ROOT_INODE:
+            parent = self._nodes[node.parent]
+            if not parent.children or parent.children.get(node.name) != node.inode:
+                return False
+            node = parent
+        return True
+
+    # -- building -------------------------------------------------------------------------
+    def _add(self, parent: Node, name: str, kind: Kind, **attrs: Any) -> Node:
+        path = parent.path + (name,)
+        inode = self._by_path.get(path)
+        node = self._nodes.get(inode) if inode is not None else None
+        if node is None:
+            inode = next(self._next_inode)
+            self._by_path[path] = inode
+            node = Node(inode, kind, path, parent.inode,
+                        mtime_ns=self.mount_time_ns, ctime_ns=self.mount_time_ns,
+                        children=None if kind in (Kind.TARGETS, Kind.LUNS) else {})
+            self._nodes[inode] = node
+        for key, value in attrs.items():
+            setattr(node, key, value)
+        if parent.children is None:
+            parent.children = {}
+        parent.children[name] = node.inode
+        return node
+
+    def add_portal(self, portal: Any) -> Node:
+        """portals/<addr:port>/targets/ for one portal (idempotent)."""
+        pnode = self._add(self.portals_dir, portal_dir_name(portal), Kind.PORTAL, portal=portal)
+        self._add(pnode, "targets", Kind.TARGETS, portal=portal)
+        return pnode
+
+    def targets_dir(self, portal: Any) -> Node:
+        node = self.by_path("portals", portal_dir_name(portal), "targets")
+        if node is None:
+            raise KeyError(portal_dir_name(portal))
+        return node
+
+    def set_targets(self, targets_dir: Node, names: Iterable[str]) -> list[Node]:
+        """Replace the listing of a targets/ directory with the discovered names.
+
+        Unsafe names are skipped (warning). Targets that vanished leave the listing but keep
+        their inode (an open file on them keeps working until the session says otherwise).
+        """
+        assert targets_dir.kind is Kind.TARGETS
+        portal = targets_dir.portal
+        old = targets_dir.children or {}
+        targets_dir.children = {}
+        result = []
+        for name in names:
+            if not safe_name(name):
+                key = (portal_dir_name(portal), name)
+                level = logging.DEBUG if key in self._rejected else logging.WARNING
+                self._rejected.add(key)
+                log.log(level, "portal %s: skipping target with unusable name %s",
+                        portal_dir_name(portal), _printable(name))
+                continue
+            if name in targets_dir.children:
+                continue
+            tnode = self._add(targets_dir, name, Kind.TARGET, portal=portal, target=name)
+            self._add(tnode, "session", Kind.SESSION, portal=portal, target=name)
+            self._add(tnode, "luns", Kind.LUNS, portal=portal, target=name)
+            result.append(tnode)
+        if set(old) != set(targets_dir.children):
+            targets_dir.mtime_ns = targets_dir.ctime_ns = time.time_ns()
+        return result
+
+    def set_luns(self, luns_dir: Node, entries: Iterable[Any]) -> list[Node]:
+        """Replace the listing of a luns/ directory with LunEntry values.
+
+        Every LUN gets ``info``; only LUNs with a block device (``entry.device``) get ``raw``.
+        """
+        assert luns_dir.kind is Kind.LUNS
+        old = luns_dir.children or {}
+        luns_dir.children = {}
+        result = []
+        for entry in entries:
+            number = int(entry.lun)
+            name = str(number)
+            attrs = dict(portal=luns_dir.portal, target=luns_dir.target, lun=number, entry=entry)
+            lnode = self._add(luns_dir, name, Kind.LUN, **attrs)
+            lnode.children = {}
+            self._add(lnode, "info", Kind.INFO, **attrs)
+            if getattr(entry, "device", None) is not None:
+                self._add(lnode, "raw", Kind.RAW, **attrs)
+            result.append(lnode)
+        if set(old) != set(luns_dir.children):
+            luns_dir.mtime_ns = luns_dir.ctime_ns = time.time_ns()
+        return result

@@ -1,0 +1,215 @@
+"""An in-memory stand-in for net.initiator.Initiator, for the filesystem tests.
+
+Implements the facade of docs/contracts.md (discover, luns, session_info, aclose) over
+bytearrays, so fs/ops.py and mount.py can be exercised — handlers called directly, and a real
+FUSE mount (``python tests/fs_fake.py PORTAL MOUNTPOINT -o ...``, always foreground) — before
+the iSCSI layers exist. Not a model of a target: no PDUs, no SCSI.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import trio
+
+HOSTILE_NAMES = [
+    "iqn.2026-11.org.example:../../etc",
+    "iqn.2026-11.org.example:a/b",
+    "iqn.2026-11.org.example:nl\nInitiatorName=evil",
+    "..",
+    "iqn.2026-11.org.example:" + "x" * 250,
+]
+
+
+class FakeScsiError(Exception):
+    """Named like scsi.sense.ScsiError's subclass chain for errno_map (matched by name)."""
+
+
+class ScsiError(FakeScsiError):
+    def __init__(self, key: int, asc: int, ascq: int, status: int = 2):
+        super().__init__(f"CHECK CONDITION key={key:#x} asc/ascq={asc:02x}/{ascq:02x}")
+        self.status = status
+        self.sense = SimpleNamespace(key=key, asc=asc, ascq=ascq)
+
+
+class NoSpace(Exception):
+    pass
+
+
+@dataclass
+class FakeLun:
+    size: int
+    block_size: int = 512
+    write_protected: bool = False
+    max_transfer_bytes: int | None = 1 << 20
+    serial: str | None = "beaf11"
+    wwn: str | None = "naa.60000000000000000e00000000010001"
+    inquiry: Any = field(default_factory=lambda: SimpleNamespace(
+        vendor="IET     ", product="VIRTUAL-DISK    ", revision="0001", device_type=0))
+    data: bytearray = field(default_factory=bytearray)
+    flush_error: BaseException | None = None
+    reads: int = 0
+    writes: int = 0
+    flushes: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            self.data = bytearray(os.urandom(self.size)) if self.size <= (1 << 20) \
+                else bytearray(self.size)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.size // self.block_size
+
+    async def _io(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await trio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self.reads += 1
+        await self._io()
+        return bytes(self.data[offset:offset + length])
+
+    async def write(self, offset: int, data: Any) -> int:
+        self.writes += 1
+        if self.write_protected:
+            raise ScsiError(0x7, 0x27, 0x00)          # DATA PROTECT, WRITE PROTECTED
+        if offset + len(data) > self.size:
+            raise NoSpace("write beyond the end of the LUN")
+        await self._io()
+        self.data[offset:offset + len(data)] = bytes(data)
+        return len(data)
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        await self._io()
+        if self.flush_error is not None:
+            raise self.flush_error
+
+
+@dataclass(frozen=True)
+class FakeLunEntry:
+    lun: int
+    device_type: int
+    type_name: str
+    device: Any
+
+
+@dataclass(frozen=True)
+class FakeTarget:
+    name: str
+    portals: tuple = ()
+
+
+class FakeInitiator:
+    def __init__(self, targets: dict[str, list[FakeLunEntry]], *, extra_names=(),
+                 read_only: bool = False, **_: Any):
+        self.targets = targets
+        self.extra_names = list(extra_names)       # e.g. hostile names the "target" sends
+        self.read_only = read_only
+        self.logged_in: set[tuple[str, Any]] = set()
+        self.discover_calls = 0
+        self.closed = False
+        self.discover_error: BaseException | None = None
+
+    async def discover(self, portal: Any, *, refresh: bool = False) -> list[FakeTarget]:
+        self.discover_calls += 1
+        await trio.sleep(0)
+        if self.discover_error is not None:
+            raise self.discover_error
+        return [FakeTarget(n) for n in list(self.targets) + self.extra_names]
+
+    async def luns(self, target: str, portal: Any) -> list[FakeLunEntry]:
+        await trio.sleep(0)
+        if target not in self.targets:
+            raise OSError(errno.ENOENT, "no such target")
+        self.logged_in.add((target, portal))
+        return list(self.targets[target])
+
+    def session_info(self, target: str, portal: Any) -> Any:
+        if (target, portal) not in self.logged_in:
+            return None
+        return make_session_info(target, portal, tuple(self.targets[target]))
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.logged_in.clear()
+
+
+def make_session_info(target: str, portal: Any, luns: tuple = ()) -> Any:
+    timeouts = SimpleNamespace(login=15, logout=15, noop_out_interval=5, noop_out_timeout=5,
+                               replacement_timeout=120, abort=15, lu_reset=30, tgt_reset=30,
+                               command=30)
+    params = SimpleNamespace(header_digest=True, data_digest=False,
+                             max_recv_data_segment_length=262144,
+                             max_xmit_data_segment_length=65536, first_burst_length=65536,
+                             max_burst_length=262144, immediate_data=True, initial_r2t=False,
+                             max_outstanding_r2t=1)
+    counters = {"txdata_octets": 1234, "rxdata_octets": 5678, "scsicmd_pdus": 9,
+                "scsirsp_pdus": 9, "datain_pdus": 4, "login_pdus": 2}
+    return SimpleNamespace(target=target, portal=portal, sid=3,
+                           initiator_name="iqn.2016-04.com.open-iscsi:0123456789ab",
+                           local_address="127.0.0.1", connection_state="LOGGED IN",
+                           session_state="LOGGED_IN", timeouts=timeouts,
+                           chap_username="alice", chap_username_in=None, params=params,
+                           luns=luns, counters=counters, isid=0x23D000000001, tsih=1)
+
+
+DISK1 = "iqn.2026-11.org.example:disk1"
+
+
+def standard_targets() -> dict[str, list[FakeLunEntry]]:
+    """tgt-like: LUN 0 controller, LUN 1 1 MiB/512, LUN 2 256 KiB/4096, LUN 3 read-only."""
+    return {
+        DISK1: [
+            FakeLunEntry(0, 0x0C, "storage array controller", None),
+            FakeLunEntry(1, 0, "disk", FakeLun(1 << 20)),
+            FakeLunEntry(2, 0, "disk", FakeLun(256 << 10, block_size=4096)),
+            FakeLunEntry(3, 0, "disk", FakeLun(128 << 10, write_protected=True)),
+        ],
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Mount the fake in the foreground through iscsifs.mount (its option parsing/lifetime)."""
+    from iscsifs import mount
+
+    opts = mount.parse_args(argv)
+    opts.foreground = True
+    mount.setup_logging(opts, to_stderr=True)
+    fake = FakeInitiator(standard_targets(), extra_names=HOSTILE_NAMES)
+
+    def make(opts: Any, name: str, nursery: Any) -> FakeInitiator:
+        fake.read_only = opts.read_only
+        return fake
+
+    async def no_tcp_check(portal: Any, timeout: float) -> None:
+        return None
+
+    mount.check_portal_tcp = no_tcp_check        # the fake needs no listening portal
+    try:
+        trio.run(mount.run_mount, opts, mount._Reporter(None), make)
+    except BaseException as exc:
+        quiet = mount._quiet_error_in(exc)
+        if quiet is None:
+            raise
+        print(f"fs_fake: {quiet}", file=sys.stderr)
+        return quiet.exit_code
+    print("LOGGED_OUT" if fake.closed else "NOT_LOGGED_OUT", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
