@@ -140,10 +140,9 @@ class Lun:
         limits = self.block_limits
         if limits is not None and getattr(limits, "max_transfer_length", 0):
             limit = min(limit, limits.max_transfer_length * self.block_size)
-        burst = self.session.negotiated.max_burst_length if self.session.negotiated else limit
-        # keep each command within one burst of Data-In/R2T when the target is small-burst
-        self.max_transfer_bytes = max(self.block_size, min(limit, max(burst, self.block_size))
-                                      // self.block_size * self.block_size)
+        # MaxBurstLength bounds one Data-In sequence or one R2T, not a command: the target
+        # splits a large READ into sequences and asks for a large WRITE in several R2Ts.
+        self.max_transfer_bytes = max(self.block_size, limit // self.block_size * self.block_size)
 
     # ------------------------------------------------------------------ data path
     def _chunks(self, lba: int, blocks: int):
