@@ -19,7 +19,7 @@ from ..core.keys import LoginParams, NegotiatedParams
 from ..device import Lun
 from ..scsi import cdb as scsi_cdb
 from ..scsi import parse as scsi_parse
-from ..scsi.sense import ScsiError
+from ..scsi.sense import ScsiError, is_unit_attention
 from .discovery import discover
 from .session import Session, Timeouts
 
@@ -29,6 +29,8 @@ __all__ = ["Initiator", "LunEntry", "SessionInfo", "Timeouts", "NodeOptions"]
 
 # SendTargets results older than this are refreshed on the next listing (seconds).
 DISCOVERY_TTL = 30.0
+# REPORT LUNS / INQUIRY during a scan: retries after UNIT ATTENTION
+_UA_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,9 @@ class Initiator:
                  chap: ChapCredentials | None = None, discovery_chap: ChapCredentials | None = None,
                  read_only: bool = False, initiator_alias: str | None = None,
                  queue_depth: int = 32,
-                 node_options: Callable[[str, Portal], NodeOptions | None] | None = None):
+                 node_options: Callable[[str, Portal], NodeOptions | None] | None = None,
+                 discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
+                 on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -99,6 +103,10 @@ class Initiator:
         self.read_only = read_only
         self.queue_depth = queue_depth
         self.node_options = node_options
+        # per-portal discovery credentials (overrides discovery_chap when given)
+        self.discovery_chap_for = discovery_chap_for
+        # called after every SendTargets answer (not for cached ones): e.g. to record nodes
+        self.on_discovered = on_discovered
         self._nursery = nursery
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
@@ -114,11 +122,23 @@ class Initiator:
             cached = self._discovered.get(key)
             if cached and not refresh and trio.current_time() - cached[0] < DISCOVERY_TTL:
                 return cached[1]
+            chap = (self.discovery_chap_for(portal) if self.discovery_chap_for is not None
+                    else self.discovery_chap)
             targets = await discover(portal, initiator_name=self.initiator_name,
-                                     chap=self.discovery_chap, timeouts=self.timeouts,
+                                     chap=chap, timeouts=self.timeouts,
                                      initiator_alias=self.initiator_alias)
             self._discovered[key] = (trio.current_time(), targets)
+            if self.on_discovered is not None:
+                try:
+                    self.on_discovered(portal, targets)
+                except Exception:     # recording is a side effect: never fail the listing
+                    log.warning("recording the discovery at %s:%d failed", portal.host,
+                                portal.port, exc_info=True)
             return targets
+
+    def forget_discovery(self, portal: Portal) -> None:
+        """Drop the cached SendTargets answer of ``portal`` (the next listing asks again)."""
+        self._discovered.pop((portal.host, portal.port), None)
 
     def cached_targets(self, portal: Portal) -> list[DiscoveredTarget] | None:
         cached = self._discovered.get((portal.host, portal.port))
@@ -204,6 +224,11 @@ class Initiator:
             params=s.negotiated or NegotiatedParams(), luns=tuple(entry.luns or ()),
             counters=s.counters(), isid=s.isid, tsih=s.tsih, reconnects=s.reconnects)
 
+    def logged_in_targets(self, portal: Portal) -> list[str]:
+        """Targets with a session at ``portal`` (host and port)."""
+        return [target for (target, host, port), e in self._entries.items()
+                if e.session is not None and (host, port) == (portal.host, portal.port)]
+
     def sessions(self) -> list[Session]:
         return [e.session for e in self._entries.values() if e.session is not None]
 
@@ -224,7 +249,15 @@ class Initiator:
 
 async def _read(session: Session, lun: int, cdb: bytes, alloc: int) -> bytes:
     buf = bytearray(alloc)
-    result = await session.execute(lun, cdb, read_length=alloc, read_buffer=buf)
+    for attempt in range(_UA_RETRIES + 1):
+        try:
+            result = await session.execute(lun, cdb, read_length=alloc, read_buffer=buf)
+            break
+        except ScsiError as exc:      # e.g. 3F/0E REPORTED LUNS DATA HAS CHANGED after a rescan
+            if not is_unit_attention(exc) or attempt == _UA_RETRIES:
+                raise
+            log.info("LUN %d of %s: unit attention (%s); retrying", lun,
+                     session.target_name, exc)
     if result.underflow:
         return bytes(buf[:alloc - result.residual_count])
     return bytes(buf)

@@ -208,6 +208,7 @@ class Session:
                       params=self.params, chap=self.chap, initiator_alias=self.initiator_alias)
         request = login.start()
         while True:
+            self._counters_base["login_pdus"] = self._counters_base.get("login_pdus", 0) + 1
             await transport.send_pdu(request)
             response = await transport.receive_pdu()
             if not isinstance(response, LoginResponse):
@@ -515,8 +516,6 @@ class Session:
         self._forget(cmd)
         cmd.finish(error=CommandTimeout(
             f"command to {self._who()} timed out after {self.timeouts.command:g} s"))
-        if not cmd.done.is_set():  # pragma: no cover - finish() always sets it
-            cmd.done.set()
 
     # ------------------------------------------------------------------ text, ping
     async def text(self, pairs) -> list[tuple[str, str]]:

@@ -45,6 +45,8 @@ class Transport:
         self.portal = portal
         self.decoder = PduDecoder()
         self.send_lock = trio.StrictFIFOLock()
+        self.header_digest = False      # digests start after login (RFC 7143 §13.1)
+        self.data_digest = False
         self.tx_bytes = 0
         self.rx_bytes = 0
         self._closed = False
@@ -74,9 +76,6 @@ class Transport:
         self.decoder.max_data_segment_length = max_recv
         self.header_digest = header
         self.data_digest = data
-
-    header_digest = False
-    data_digest = False
 
     async def send_pdu(self, pdu) -> None:
         """Encode and send one PDU (login and logout; the full feature phase uses send_buffers)."""
