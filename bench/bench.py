@@ -42,7 +42,8 @@ def emit(name: str, value: float, unit: str) -> None:
 
 def fio(name: str, path: str, rw: str, bs: str, qd: int, direct: int, *, engine="psync",
         time_based=True, extra=()) -> dict:
-    args = ["fio", f"--name={name}", f"--filename={path}", f"--rw={rw}", f"--bs={bs}",
+    escaped = path.replace(":", "\\:")          # ':' separates file names for fio
+    args = ["fio", f"--name={name}", f"--filename={escaped}", f"--rw={rw}", f"--bs={bs}",
             f"--iodepth={qd}", f"--ioengine={engine}", f"--direct={direct}",
             f"--size={SIZE}", "--numjobs=1", f"--runtime={RUNTIME}", "--allow_file_create=0",
             "--fallocate=none", "--randrepeat=0", "--norandommap", "--output-format=json",
