@@ -118,7 +118,7 @@ def run_mode(mode: str, portal: str, work: Path) -> None:
             emit(f"{p}.qemu_img_convert_read", SIZE / wall / 1e6, "MB/s")
         log(f"{mode}: fio --verify")
         fio(f"{p}.verify", raw, "randwrite", "64k", 8, 1, engine="libaio", time_based=False,
-            extra=["--verify=crc32c", "--do_verify=1", f"--size={min(SIZE, 256 << 20)}"])
+            extra=["--verify=crc32c", "--do_verify=1", "--verify_state_save=0", f"--size={min(SIZE, 256 << 20)}"])
         emit(f"{p}.fio_verify_ok", 1, "bool")
         emit(f"{p}.daemon_peak_rss", peak_rss_mib(pid), "MiB")
     finally:

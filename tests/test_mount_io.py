@@ -65,7 +65,7 @@ def test_fio_verify_and_cmp(fresh_mount, cache):
     out = subprocess.run(["fio", "--name=verify", f"--filename={fio_name}", "--rw=randwrite",
                           "--bs=4k", "--bsrange=512-64k", "--ioengine=libaio", "--iodepth=16",
                           "--direct=1", "--size=24M", "--verify=crc32c", "--do_verify=1",
-                          "--verify_fatal=1", "--randrepeat=1", "--allow_file_create=0"],
+                          "--verify_fatal=1", "--verify_state_save=0", "--randrepeat=1", "--allow_file_create=0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "verify" in out.stdout and "err= 0" in out.stdout
