@@ -153,35 +153,24 @@ class Lun:
             lba += n
             blocks -= n
 
-    async def _read_blocks(self, lba: int, blocks: int, buf: memoryview) -> None:
-        """Read whole blocks into ``buf`` (len == blocks * block_size); chunks run in parallel."""
+    async def _transfer(self, lba: int, view: memoryview, write: bool) -> None:
+        """READ into / WRITE from ``view`` (whole blocks at ``lba``); chunks run concurrently."""
         bs = self.block_size
-        chunks = list(self._chunks(lba, blocks))
+        chunks = list(self._chunks(lba, len(view) // bs))
         if len(chunks) == 1:
-            await self.command(scsi_cdb.read(lba, blocks), read_length=len(buf), read_buffer=buf)
+            await self._command_rw(lba, chunks[0][1], view, write)
             return
         async with trio.open_nursery() as nursery:
             for clba, n in chunks:
                 off = (clba - lba) * bs
-                nursery.start_soon(self._read_chunk, clba, n, buf[off:off + n * bs])
+                nursery.start_soon(self._command_rw, clba, n, view[off:off + n * bs], write)
 
-    async def _read_chunk(self, lba: int, blocks: int, view: memoryview) -> None:
-        await self.command(scsi_cdb.read(lba, blocks), read_length=len(view), read_buffer=view)
-
-    async def _write_blocks(self, lba: int, data: memoryview) -> None:
-        bs = self.block_size
-        blocks = len(data) // bs
-        chunks = list(self._chunks(lba, blocks))
-        if len(chunks) == 1:
-            await self.command(scsi_cdb.write(lba, blocks), write_data=data)
-            return
-        async with trio.open_nursery() as nursery:
-            for clba, n in chunks:
-                off = (clba - lba) * bs
-                nursery.start_soon(self._write_chunk, clba, n, data[off:off + n * bs])
-
-    async def _write_chunk(self, lba: int, blocks: int, view: memoryview) -> None:
-        await self.command(scsi_cdb.write(lba, blocks), write_data=view)
+    async def _command_rw(self, lba: int, blocks: int, view: memoryview, write: bool) -> None:
+        if write:
+            await self.command(scsi_cdb.write(lba, blocks), write_data=view)
+        else:
+            await self.command(scsi_cdb.read(lba, blocks), read_length=len(view),
+                               read_buffer=view)
 
     async def read(self, offset: int, length: int) -> bytes | memoryview:
         """Read ``length`` bytes at ``offset``; short (or empty) at the end of the LUN."""
@@ -193,7 +182,7 @@ class Lun:
         first = offset // bs
         last = (offset + length - 1) // bs
         buf = bytearray((last - first + 1) * bs)
-        await self._read_blocks(first, last - first + 1, memoryview(buf))
+        await self._transfer(first, memoryview(buf), write=False)
         start = offset - first * bs
         # any contiguous buffer will do for pyfuse3's read reply: no copy of the payload
         return memoryview(buf)[start:start + length]
@@ -222,17 +211,17 @@ class Lun:
         entry = await self._locks.acquire(first, last)
         try:
             if head == 0 and tail == 0:
-                await self._write_blocks(first, data)
+                await self._transfer(first, data, write=True)
                 return length
             buf = bytearray((last - first + 1) * bs)
             view = memoryview(buf)
             # read only the edge blocks that are partly overwritten
             if head:
-                await self._read_blocks(first, 1, view[:bs])
+                await self._transfer(first, view[:bs], write=False)
             if tail and (last != first or not head):
-                await self._read_blocks(last, 1, view[len(buf) - bs:])
+                await self._transfer(last, view[len(buf) - bs:], write=False)
             view[head:head + length] = data
-            await self._write_blocks(first, view)
+            await self._transfer(first, view, write=True)
             return length
         finally:
             self._locks.release(entry)
