@@ -87,6 +87,7 @@ def run_mode(mode: str, portal: str, work: Path) -> None:
     mnt = work / f"mnt-{mode}"
     mnt.mkdir()
     cfg = work / "config"
+    cfg.mkdir(exist_ok=True)
     subprocess.run([shutil.which("mount.iscsifs") or "mount.iscsifs", portal, str(mnt),
                     "-o", f"cache={mode},config_dir={cfg}"], check=True, timeout=60)
     try:
