@@ -11,6 +11,13 @@ created with it; ``pyfuse3.init`` -> ``pyfuse3.main`` -> log out every session -
 User errors are one line on stderr (``mount.iscsifs: ...``) and an iscsiadm-style exit code
 (``iscsifs.errors``); nothing is left mounted.
 
+Configuration: ``config_dir=`` (default ``iscsifs.cli.default_config_dir()``: our own state,
+never open-iscsi's /etc/iscsi) holds ``initiatorname.iscsi`` (generated and saved on the first
+mount), ``iscsid.conf`` (global defaults: CHAP, timeouts, login parameters) and the node and
+discovery records (open-iscsi's layout). ``open_iscsi`` also reads /etc/iscsi/iscsid.conf and
+/etc/iscsi/initiatorname.iscsi under ours. Precedence for one login: mount options > the
+target's node record > iscsid.conf > built-in defaults.
+
 Must not know: PDUs, SCSI, sessions — it talks to ``net.initiator.Initiator`` only.
 """
 
@@ -22,7 +29,6 @@ import getopt
 import logging
 import logging.handlers
 import os
-import secrets
 import signal
 import stat
 import sys
@@ -31,14 +37,20 @@ from typing import Any, Callable
 
 from iscsifs import __version__
 from iscsifs.errors import (
-    EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED, EXIT_TRANSPORT_FAILURE, QuietError,
+    EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED, EXIT_TRANSPORT_FAILURE, ConfigError,
+    QuietError,
 )
 
 log = logging.getLogger(__name__)
 
 PROG = "mount.iscsifs"
-DEFAULT_CONFIG_DIR = "/etc/iscsi"
+OPEN_ISCSI_DIR = "/etc/iscsi"                 # read (never written) with -o open_iscsi
 INAME_PREFIX = "iqn.2016-04.com.open-iscsi"   # iscsi-iname's default prefix
+
+
+def default_config_dir() -> str:
+    from iscsifs.cli import default_config_dir as default
+    return default()
 
 USAGE = (f"usage: {PROG} PORTAL[,PORTAL...] MOUNTPOINT [-o OPTION[,OPTION...]] "
          f"[-f] [-d] [-v] [-s] [-n]")
@@ -77,8 +89,12 @@ CACHE_MODES = ("direct", "page")
 OPTION_HELP = """\
 options (-o, comma separated; later ones win):
   ro | rw                  read-only mount (no WRITE is ever sent) / read-write (default)
-  initiator_name=IQN       our iSCSI name (default: CONFIG_DIR/initiatorname.iscsi)
-  config_dir=DIR           open-iscsi style configuration directory (default /etc/iscsi)
+  initiator_name=IQN       our iSCSI name (default: CONFIG_DIR/initiatorname.iscsi,
+                           generated and saved there on the first mount)
+  config_dir=DIR           iscsid.conf, initiatorname.iscsi and node records (default
+                           $ISCSIFS_CONFIG_DIR, /etc/iscsifs as root, ~/.config/iscsifs)
+  open_iscsi               also read /etc/iscsi/iscsid.conf and initiatorname.iscsi
+  nodiscovery              never send SendTargets: list the node records of each portal
   cache=direct|page        raw files: direct = no page cache (default), page = kernel cache
   allow_other              let other users access the mount (modes still apply)
   debug                    stay in the foreground, log at DEBUG (one line per PDU)
@@ -100,8 +116,10 @@ class MountOptions:
     spec: str = ""
     read_only: bool = False
     initiator_name: str | None = None
-    config_dir: str = DEFAULT_CONFIG_DIR
+    config_dir: str = field(default_factory=default_config_dir)
     config_dir_given: bool = False
+    open_iscsi: bool = False
+    nodiscovery: bool = False
     cache: str = "direct"
     allow_other: bool = False
     debug: bool = False
@@ -196,6 +214,10 @@ def apply_option(opts: MountOptions, item: str) -> None:
         opts.foreground = True
     elif item == "foreground":
         opts.foreground = True
+    elif item == "open_iscsi":
+        opts.open_iscsi = True
+    elif item == "nodiscovery":
+        opts.nodiscovery = True
     elif item in FUSE_PASSTHROUGH:
         opts.fuse_options.append(item)
     elif item in FUSE_DROPPED:
@@ -209,7 +231,7 @@ def apply_option(opts: MountOptions, item: str) -> None:
     elif key == "config_dir":
         if not value:
             raise _usage_error("config_dir= needs a value")
-        opts.config_dir = value
+        opts.config_dir = os.path.abspath(value)
         opts.config_dir_given = True
     elif key == "logfile":
         if not value:
@@ -346,7 +368,8 @@ def _valid_name(name: str) -> bool:
 
 
 def resolve_initiator_name(opts: MountOptions) -> str:
-    """initiator_name= > CONFIG_DIR/initiatorname.iscsi > a generated name (warning)."""
+    """initiator_name= > CONFIG_DIR/initiatorname.iscsi > (open_iscsi) /etc/iscsi's > a new
+    name, generated and saved in CONFIG_DIR/initiatorname.iscsi (reused by later mounts)."""
     if opts.initiator_name is not None:
         name = opts.initiator_name
         if not _valid_name(name):
@@ -354,24 +377,21 @@ def resolve_initiator_name(opts: MountOptions) -> str:
         return name
     if opts.config_dir_given and not os.path.isdir(opts.config_dir):
         raise _usage_error(f"config_dir {opts.config_dir} is not a directory")
+    from iscsifs.config import ensure_initiator_name
     path = os.path.join(opts.config_dir, "initiatorname.iscsi")
+    existed = os.path.exists(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("InitiatorName="):
-                    name = line.partition("=")[2].strip()
-                    if not _valid_name(name):
-                        raise QuietError(f"{path}: bad InitiatorName {name!r}",
-                                         EXIT_INVALID_ARGUMENT)
-                    return name
-    except FileNotFoundError:
-        pass
+        name, _alias = ensure_initiator_name(
+            opts.config_dir, open_iscsi_dir=OPEN_ISCSI_DIR if opts.open_iscsi else None,
+            prefix=INAME_PREFIX)
+    except ConfigError as exc:
+        raise QuietError(str(exc), EXIT_INVALID_ARGUMENT) from None
     except OSError as exc:
-        raise QuietError(f"{path}: {exc.strerror}", EXIT_INVALID_ARGUMENT) from None
-    name = f"{INAME_PREFIX}:{secrets.token_hex(6)}"
-    opts.warnings.append(f"no initiator name configured (initiator_name= or {path}); "
-                         f"using {name} for this mount")
+        raise QuietError(f"{path}: cannot save a new initiator name: "
+                         f"{exc.strerror or exc}", EXIT_INVALID_ARGUMENT) from None
+    if not existed and os.path.exists(path):
+        opts.warnings.append(f"no initiator name configured: generated {name} and saved it "
+                             f"in {path}")
     return name
 
 
@@ -505,20 +525,81 @@ def _discovery_error(portal: Any, exc: BaseException) -> QuietError:
                       EXIT_GENERIC)
 
 
-def _make_initiator(opts: MountOptions, initiator_name: str, nursery: Any) -> Any:
-    try:
-        from iscsifs.net.initiator import Initiator, Timeouts
-        from iscsifs.core.keys import LoginParams
-    except ImportError as exc:
-        raise QuietError(f"the iSCSI layer is not available ({exc})", EXIT_GENERIC) from None
-    timeouts = dataclasses.replace(Timeouts(), **opts.timeouts)
+@dataclass
+class MountConfig:
+    """What the config dir gives one mount (see ``load_config``)."""
+
+    db: Any
+    records: Any
+    default_options: Any          # net.initiator.NodeOptions from iscsid.conf (+ mount options)
+    node_options: Callable[..., Any]
+    discovery_chap_for: Callable[[Any], Any]
+
+
+def _override(options: Any, opts: MountOptions) -> Any:
+    """NodeOptions with the mount's explicit options applied on top."""
+    timeouts, params = options.timeouts, options.login_params
+    if opts.timeouts and timeouts is not None:
+        timeouts = dataclasses.replace(timeouts, **opts.timeouts)
     digests = {k: v for k, v in (("header_digest", opts.header_digest),
                                  ("data_digest", opts.data_digest)) if v is not None}
-    login_params = dataclasses.replace(LoginParams(), **digests)
-    # TODO(config.py): CHAP credentials from CONFIG_DIR (iscsid.conf / node records)
+    if digests and params is not None:
+        params = dataclasses.replace(params, **digests)
+    return dataclasses.replace(options, timeouts=timeouts, login_params=params)
+
+
+def load_config(opts: MountOptions) -> MountConfig:
+    """Read CONFIG_DIR (and /etc/iscsi with open_iscsi). QuietError (exit 7) if it's bad.
+    Warnings (unknown keys, weak secrets: never the secret itself) are logged."""
+    from iscsifs.config import NodeDB, NodeSettings
+    from iscsifs.fs.records import NodeRecords
+    from iscsifs.nodeopts import node_options_from_db, node_options_from_settings
+    try:
+        db = NodeDB(opts.config_dir, use_open_iscsi=opts.open_iscsi,
+                    open_iscsi_dir=OPEN_ISCSI_DIR)
+        where = " + ".join(str(s) for s in db.sources) or None
+        settings = NodeSettings.from_keys(db.defaults, strict=False)
+        warnings = list(db.warnings) + settings.warnings
+        db.warnings.clear()
+        default_options = _override(node_options_from_settings(settings, where), opts)
+        for portal in opts.portals:      # fail now, not at the first listing
+            dsettings = db.discovery_settings(portal, strict=False)
+            warnings += [w for w in dsettings.warnings if w not in warnings]
+            dsettings.check()
+    except ConfigError as exc:
+        raise QuietError(str(exc), EXIT_INVALID_ARGUMENT) from None
+    except OSError as exc:
+        raise QuietError(f"{opts.config_dir}: {exc.strerror or exc}",
+                         EXIT_INVALID_ARGUMENT) from None
+    for warning in warnings:
+        log.warning("%s", warning)
+    from_db = node_options_from_db(db)
+
+    def node_options(target: str, portal: Any) -> Any:
+        found = from_db(target, portal)
+        return None if found is None else _override(found, opts)
+
+    return MountConfig(db=db, records=NodeRecords(db, nodiscovery=opts.nodiscovery),
+                       default_options=default_options, node_options=node_options,
+                       discovery_chap_for=db.discovery_chap)
+
+
+def _make_initiator(opts: MountOptions, initiator_name: str, nursery: Any,
+                    config: MountConfig | None = None) -> Any:
+    try:
+        from iscsifs.net.initiator import Initiator
+    except ImportError as exc:
+        raise QuietError(f"the iSCSI layer is not available ({exc})", EXIT_GENERIC) from None
+    if config is None:
+        config = load_config(opts)
+    defaults = config.default_options
     return Initiator(initiator_name=initiator_name, portals=list(opts.portals),
-                     nursery=nursery, timeouts=timeouts, login_params=login_params,
-                     read_only=opts.read_only)
+                     nursery=nursery, timeouts=defaults.timeouts,
+                     login_params=defaults.login_params, chap=defaults.chap,
+                     queue_depth=defaults.queue_depth or 32,
+                     read_only=opts.read_only, node_options=config.node_options,
+                     discovery_chap_for=config.discovery_chap_for,
+                     on_discovered=config.records.record_discovery)
 
 
 async def run_mount(opts: MountOptions, reporter: _Reporter,
@@ -532,8 +613,9 @@ async def run_mount(opts: MountOptions, reporter: _Reporter,
     initiator_name = resolve_initiator_name(opts)
     for warning in opts.warnings:
         log.warning("%s", warning)
-    login_timeout = float(opts.timeouts.get("login", 15)) or 15.0
-    logout_timeout = float(opts.timeouts.get("logout", 15)) or 15.0
+    config = load_config(opts)
+    login_timeout = float(config.default_options.timeouts.login) or 15.0
+    logout_timeout = float(config.default_options.timeouts.logout) or 15.0
     for portal in opts.portals:
         await check_portal_tcp(portal, login_timeout)
 
@@ -573,18 +655,26 @@ async def run_mount(opts: MountOptions, reporter: _Reporter,
         stack.callback(nursery.cancel_scope.cancel)
         stack.callback(close_fuse)                       # runs after logout_all
         await nursery.start(watch_signals, nursery)
-        initiator = (make_initiator or _make_initiator)(opts, initiator_name, nursery)
+        if make_initiator is None:
+            initiator = _make_initiator(opts, initiator_name, nursery, config)
+        else:
+            initiator = make_initiator(opts, initiator_name, nursery)
         stack.push_async_callback(logout_all, initiator)
-        for portal in opts.portals:
+        for portal in opts.portals if not opts.nodiscovery else ():
             try:
                 with trio.fail_after(login_timeout + 5):
                     await initiator.discover(portal)
             except Exception as exc:
                 log.debug("discovery on %s failed", portal, exc_info=True)
-                raise _discovery_error(portal, exc) from None
+                error = _discovery_error(portal, exc)
+                if not config.records.targets_at(portal, static_only=False):
+                    raise error from None
+                # targets that refuse discovery: their node records are listed instead
+                log.warning("%s; listing the node records of that portal", error)
         tree = Tree(opts.portals)
         ops = Operations(initiator, tree, initiator_name=initiator_name,
-                         read_only=opts.read_only, cache=opts.cache)
+                         read_only=opts.read_only, cache=opts.cache,
+                         records=config.records, kernel_notify=True)
         if terminated:
             return
         try:

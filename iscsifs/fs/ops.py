@@ -7,7 +7,21 @@ lock here serialises I/O). Every handler is wrapped by ``errno_map.fuse_errors``
 where exceptions become errno.
 
 Must not know: PDUs, sessions, SCSI. It talks only to the ``net.initiator.Initiator`` facade
-(``discover``, ``luns``, ``session_info``) and to ``device.Lun`` objects it hands out.
+(``discover``, ``luns``, ``rescan``, ``logout``, ``session_info``), to ``device.Lun`` objects it
+hands out, and to ``fs/records.NodeRecords`` (node records for mkdir / rmdir / listings).
+
+mkdir / rmdir (need ``records``; otherwise EPERM):
+  mkdir portals/<p>/targets/<iqn>   add a static node record (``iscsiadm -m node -o new``) and
+                                    list the target even if SendTargets doesn't report it.
+                                    A name that is not a valid iqn./eui./naa. name -> EINVAL.
+  rmdir portals/<p>/targets/<iqn>   log the target's session out, delete its record(s) at that
+                                    portal, and hide it until the next explicit rediscovery
+                                    (write to portals/<p>/rescan). EBUSY while a raw is open.
+  mkdir portals/<addr:port>         add a portal to this mount (not persistent).
+  rmdir portals/<p>                 log out its sessions, delete its discovery records
+                                    (``iscsiadm -m discovery -p P -o delete``); a portal of the
+                                    mount command line comes back at once, empty of cached
+                                    answers. EBUSY while a raw under it is open.
 
 raw cache modes (mount option ``cache=``):
   direct (default)  FOPEN_DIRECT_IO: no page cache; every read and write goes to the target, so
@@ -24,6 +38,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -33,7 +48,8 @@ import pyfuse3
 
 from iscsifs.fs import render
 from iscsifs.fs.errno_map import fuse_errors
-from iscsifs.fs.tree import Kind, Node, Tree
+from iscsifs.fs.render import by_path_name
+from iscsifs.fs.tree import Kind, Node, Tree, portal_dir_name, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +57,9 @@ CACHE_MODES = ("direct", "page")
 STATFS_BLOCK_SIZE = 4096
 RAW_BLKSIZE = 1 << 20        # st_blksize of raw: the largest request the kernel sends (1 MiB)
 NAME_MAX = 255
+# by-path/ names: ip-<addr:port>-iscsi-<iqn>-lun-<n>
+_BY_PATH_RE = re.compile(r"^ip-(?P<portal>\[[0-9a-fA-F:.]+\]:\d+|[^\[\]/:]+:\d+)-iscsi-"
+                         r"(?P<target>.+)-lun-(?P<lun>\d+)$")
 
 
 def _fail(code: int) -> pyfuse3.FUSEError:
@@ -61,7 +80,8 @@ class Operations(pyfuse3.Operations):
     def __init__(self, initiator: Any, tree: Tree, *, initiator_name: str,
                  read_only: bool = False, cache: str = "direct",
                  uid: int | None = None, gid: int | None = None,
-                 attr_timeout: float = 1.0, entry_timeout: float = 1.0):
+                 attr_timeout: float = 1.0, entry_timeout: float = 1.0,
+                 records: Any = None, kernel_notify: bool = False):
         super().__init__()
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}")
@@ -77,9 +97,12 @@ class Operations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, list[tuple[str, int]]] = {}
-        # TODO(targets by mkdir): a later issue sets this to an async callable
-        # (parent: Node, name: str) -> Node to add a portal / a target without discovery.
-        self.mkdir_hook: Any = None
+        # fs.records.NodeRecords (or None: no mkdir/rmdir, listings are SendTargets only)
+        self.records = records
+        # tell the kernel to drop cached attributes after a rescan (only when mounted)
+        self.kernel_notify = kernel_notify
+        # the portals given on the command line: their directories can't go away
+        self.mount_portals = [n.portal for n in tree.portal_nodes()]
 
     # -- helpers --------------------------------------------------------------------------
     def _node(self, inode: int) -> Node:
@@ -131,6 +154,16 @@ class Operations(pyfuse3.Operations):
             attr.st_nlink = 1 if subdirs is None else 2 + subdirs
             attr.st_size = 0
             attr.st_blocks = 0
+        elif node.kind is Kind.RESCAN:
+            attr.st_mode = stat.S_IFREG | 0o200
+            attr.st_nlink = 1
+            attr.st_size = 0
+            attr.st_blocks = 0
+        elif node.kind is Kind.LINK:
+            attr.st_mode = stat.S_IFLNK | 0o777
+            attr.st_nlink = 1
+            attr.st_size = len((node.link or "").encode("utf-8"))
+            attr.st_blocks = 0
         elif node.kind is Kind.RAW:
             dev = node.device
             size = int(getattr(dev, "size", 0) or 0)
@@ -161,11 +194,133 @@ class Operations(pyfuse3.Operations):
     async def _populate(self, node: Node) -> None:
         """Fill a dynamic directory from the Initiator (discovery / REPORT LUNS, lazy login)."""
         if node.kind is Kind.TARGETS:
-            targets = await self.initiator.discover(node.portal)
-            self.tree.set_targets(node, [t.name for t in targets])
+            self.tree.set_targets(node, await self._target_names(node.portal))
         elif node.kind is Kind.LUNS:
             entries = await self.initiator.luns(node.target, node.portal)
+            if any(getattr(e.device, "luns_changed", False) for e in entries):
+                # a command saw UNIT ATTENTION 3F/0E (REPORTED LUNS DATA HAS CHANGED)
+                log.info("%s: the target reports changed LUNs; rescanning", node.target)
+                entries = await self.initiator.rescan(node.target, node.portal)
+                for e in entries:
+                    if getattr(e.device, "luns_changed", False):
+                        e.device.luns_changed = False
             self.tree.set_luns(node, entries)
+        elif node.kind is Kind.BY_PATH:
+            self._build_by_path(node)
+
+    def _hidden_at(self, portal: Any) -> set[str]:
+        """Targets removed with rmdir (kept by fs.records so discovery won't record them)."""
+        return self.records.hidden(portal) if self.records is not None else set()
+
+    async def _target_names(self, portal: Any) -> list[str]:
+        """SendTargets answer + static node records (or only the records: nodiscovery)."""
+        records = self.records
+        if records is not None and records.nodiscovery:
+            return records.targets_at(portal, static_only=False)
+        try:
+            targets = await self.initiator.discover(portal)
+        except Exception as exc:
+            if records is None:
+                raise
+            fallback = records.targets_at(portal, static_only=False)
+            if not fallback:
+                raise
+            log.warning("discovery at %s failed (%s); listing its %d node record(s)",
+                        portal_dir_name(portal), exc or type(exc).__name__, len(fallback))
+            return fallback
+        hidden = self._hidden_at(portal)
+        names = [t.name for t in targets if t.name not in hidden]
+        if records is not None:
+            names += [n for n in records.targets_at(portal, static_only=True) if n not in names]
+        return names
+
+    def _build_by_path(self, node: Node) -> None:
+        links = []
+        for lnode in self.tree.known_luns():
+            name = by_path_name(lnode.target, lnode.portal, int(lnode.lun))
+            if len(name.encode("utf-8")) > NAME_MAX:
+                log.debug("by-path: name for %s LUN %s too long; skipped", lnode.target, lnode.lun)
+                continue
+            links.append((name, "../" + "/".join(lnode.path + ("raw",))))
+        self.tree.set_links(node, links)
+
+    async def _resolve_by_path(self, directory: Node, name: str) -> Node | None:
+        """Look up a by-path name not known yet: list that target's LUNs (logs in)."""
+        match = _BY_PATH_RE.match(name)
+        if match is None:
+            return None
+        pnode = self.tree.by_path("portals", match["portal"])
+        if pnode is None:
+            return None
+        tdir = self.tree.child(pnode, "targets")
+        if tdir is None:
+            return None
+        if tdir.children is None:
+            await self._populate(tdir)
+        tnode = self.tree.child(tdir, match["target"])
+        if tnode is None or tnode.kind is not Kind.TARGET:
+            return None
+        luns = self.tree.child(tnode, "luns")
+        if luns is not None and luns.children is None:
+            await self._populate(luns)
+        self._build_by_path(directory)
+        return self.tree.child(directory, name)
+
+    def _notify_attrs(self, nodes: list[Node]) -> None:
+        """Make the kernel forget cached attributes (e.g. a raw's size after a rescan)."""
+        if not self.kernel_notify:
+            return
+        for node in nodes:
+            try:
+                pyfuse3.invalidate_inode(node.inode, attr_only=True)
+            except OSError:          # the kernel never looked it up: nothing cached
+                pass
+            except Exception:
+                log.debug("invalidate_inode(%d) failed", node.inode, exc_info=True)
+
+    async def _refresh_capacity(self, node: Node) -> None:
+        """READ CAPACITY again if a command saw UNIT ATTENTION 2A/09 (capacity changed)."""
+        dev = node.device
+        if dev is None or not getattr(dev, "capacity_changed", False):
+            return
+        old = int(getattr(dev, "size", 0) or 0)
+        try:
+            await dev.read_capacity()
+        except Exception as exc:
+            log.warning("%s: re-reading the capacity failed: %s", "/".join(node.path), exc)
+            return
+        if int(dev.size) != old:
+            log.info("%s: capacity changed from %d to %d bytes", "/".join(node.path), old,
+                     int(dev.size))
+            node.ctime_ns = time.time_ns()
+            self._notify_attrs([node])
+
+    async def _rescan_target(self, node: Node) -> None:
+        """``iscsiadm -m node -R`` for one target: new LUNs appear, capacities re-read."""
+        tnode = self.tree.by_path(*node.path[:-1])
+        entries = await self.initiator.rescan(node.target, node.portal)
+        luns = self.tree.child(tnode, "luns") if tnode is not None else None
+        if luns is not None:
+            self.tree.set_luns(luns, entries)
+            changed = [luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW]
+            for n in changed:
+                if n.kind is Kind.RAW:
+                    n.ctime_ns = time.time_ns()
+            self._notify_attrs(changed)
+        log.info("%s at %s: rescanned, %d LUN(s)", node.target, portal_dir_name(node.portal),
+                 len(entries))
+
+    async def _rediscover(self, node: Node) -> None:
+        """portals/<p>/rescan: SendTargets again now; targets removed by rmdir come back."""
+        portal = node.portal
+        if self.records is not None:
+            self.records.unhide_all(portal)
+        if self.records is None or not self.records.nodiscovery:
+            await self.initiator.discover(portal, refresh=True)
+        tdir = self.tree.by_path(*node.path[:-1], "targets")
+        if tdir is not None:
+            await self._populate(tdir)
+            self._notify_attrs([tdir])
 
     @staticmethod
     def _decode(name: bytes) -> str | None:
@@ -188,17 +343,35 @@ class Operations(pyfuse3.Operations):
             return self.attributes(parent)
         if text == "..":
             return self.attributes(self._node(parent.parent))
-        child = self.tree.child(parent, text)
-        if child is None and parent.children is None:
-            await self._populate(parent)
+        if parent.kind is Kind.BY_PATH:
+            self._build_by_path(parent)
             child = self.tree.child(parent, text)
+            if child is None:
+                child = await self._resolve_by_path(parent, text)
+        else:
+            child = self.tree.child(parent, text)
+            if child is None and parent.children is None:
+                await self._populate(parent)
+                child = self.tree.child(parent, text)
         if child is None:
             raise _fail(errno.ENOENT)
+        if child.kind is Kind.RAW:
+            await self._refresh_capacity(child)
         return self.attributes(child)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self.attributes(self._node(inode))
+        node = self._node(inode)
+        if node.kind is Kind.RAW:
+            await self._refresh_capacity(node)
+        return self.attributes(node)
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        node = self._node(inode)
+        if node.kind is not Kind.LINK or node.link is None:
+            raise _fail(errno.EINVAL)
+        return node.link.encode("utf-8")
 
     @fuse_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None,
@@ -213,6 +386,8 @@ class Operations(pyfuse3.Operations):
                     raise _fail(errno.EINVAL)
             elif node.kind.is_dir:
                 raise _fail(errno.EISDIR)
+            elif node.kind is Kind.RESCAN and attr.st_size == 0:
+                pass                      # `echo 1 > rescan` opens with O_TRUNC: harmless
             else:
                 raise _fail(errno.EPERM)
         if fields.update_mode or fields.update_uid or fields.update_gid:
@@ -246,7 +421,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.kind.is_dir:
             raise _fail(errno.ENOTDIR)
-        if node.kind in (Kind.TARGETS, Kind.LUNS):
+        if node.kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH):
             # each listing asks again (the Initiator caches discovery; luns() re-reports)
             await self._populate(node)
         fh = next(self._fh)
@@ -271,23 +446,81 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
+    def _open_under(self, node: Node) -> bool:
+        prefix = node.path
+        return any(h.node.kind is Kind.RAW and h.node.path[:len(prefix)] == prefix
+                   for h in self._handles.values())
+
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
                     ) -> pyfuse3.EntryAttributes:
-        # TODO(targets by mkdir): `mkdir portals/<addr:port>` / `mkdir targets/<iqn>` will call
-        # self.mkdir_hook (a later issue: add a portal or a target the target won't advertise).
-        if self.mkdir_hook is not None:
-            parent = self._node(parent_inode)
-            text = self._decode(name)
-            if text is None:
-                raise _fail(errno.EINVAL)
-            return self.attributes(await self.mkdir_hook(parent, text))
-        raise _fail(errno.EPERM)
+        parent = self._node(parent_inode)
+        if self.records is None or parent.kind not in (Kind.TARGETS, Kind.PORTALS):
+            raise _fail(errno.EPERM)
+        text = self._decode(name)
+        if text is None:
+            raise _fail(errno.EINVAL)
+        if parent.kind is Kind.PORTALS:
+            return self.attributes(self._mkdir_portal(parent, text))
+        if not safe_name(text):
+            log.info("mkdir: %s is not a valid iSCSI name (iqn./eui./naa., at most 223 bytes)",
+                     ascii(text)[:100])
+            raise _fail(errno.EINVAL)
+        if parent.children is None:
+            try:
+                await self._populate(parent)
+            except Exception as exc:      # a target that refuses discovery: that's why we're here
+                log.debug("listing before mkdir failed: %s", exc)
+        if self.tree.child(parent, text) is not None:
+            raise _fail(errno.EEXIST)
+        self.records.add_static(text, parent.portal)
+        self._hidden_at(parent.portal).discard(text)
+        return self.attributes(self.tree.add_target(parent, text))
+
+    def _mkdir_portal(self, parent: Node, text: str) -> Node:
+        from iscsifs.core.discovery import parse_portal
+        try:
+            portal = parse_portal(text)
+        except ValueError:
+            raise _fail(errno.EINVAL) from None
+        if portal_dir_name(portal) != text:     # only the canonical spelling: addr:port
+            raise _fail(errno.EINVAL)
+        if self.tree.child(parent, text) is not None:
+            raise _fail(errno.EEXIST)
+        log.info("portal %s added to this mount", text)
+        return self.tree.add_portal(portal)
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
-        # TODO(targets by mkdir): rmdir of a target dir will log it out and forget it.
-        raise _fail(errno.EPERM)
+        parent = self._node(parent_inode)
+        if self.records is None or parent.kind not in (Kind.TARGETS, Kind.PORTALS):
+            raise _fail(errno.EPERM)
+        text = self._decode(name)
+        child = self.tree.child(parent, text) if text is not None else None
+        if child is None:
+            raise _fail(errno.ENOENT)
+        if child.kind not in (Kind.TARGET, Kind.PORTAL):
+            raise _fail(errno.ENOTDIR)
+        if self._open_under(child):
+            raise _fail(errno.EBUSY)
+        portal = child.portal
+        if child.kind is Kind.TARGET:
+            await self.initiator.logout(child.target, portal)
+            self.records.delete(child.target, portal)
+            self._hidden_at(portal).add(child.target)
+            self.tree.forget(child)
+            log.info("target %s at %s removed (logged out, record deleted)", child.target,
+                     portal_dir_name(portal))
+            return
+        for target in list(self.initiator.logged_in_targets(portal)):
+            await self.initiator.logout(target, portal)
+        self.records.delete_discovery(portal)
+        self.initiator.forget_discovery(portal)
+        self.records.unhide_all(portal)
+        self.tree.forget(child)
+        if portal in self.mount_portals:
+            self.tree.add_portal(portal)        # new inodes: the kernel now holds the old dead
+        log.info("portal %s: discovery records deleted", portal_dir_name(portal))
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -332,6 +565,10 @@ class Operations(pyfuse3.Operations):
             self._handles[fh] = _Handle(node, data=self.render_text(node))
             # direct_io: reads are answered from the snapshot whatever size getattr reported
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        if node.kind is Kind.RESCAN:
+            fh = next(self._fh)
+            self._handles[fh] = _Handle(node, writable=wants_write)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if node.kind is not Kind.RAW or node.device is None:
             raise _fail(errno.ENXIO)
         if wants_write and self._lun_read_only(node):
@@ -348,16 +585,27 @@ class Operations(pyfuse3.Operations):
         handle = self._handle(fh)
         if handle.data is not None:
             return handle.data[off:off + size]
+        if handle.node.kind is Kind.RESCAN:
+            return b""
         dev = handle.node.device
         total = int(dev.size)
         if off >= total or size <= 0:
             return b""
-        return await dev.read(off, min(size, total - off))
+        data = await dev.read(off, min(size, total - off))
+        if getattr(dev, "capacity_changed", False):
+            await self._refresh_capacity(handle.node)
+        return data
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handle(fh)
         node = handle.node
+        if node.kind is Kind.RESCAN and handle.writable:
+            if node.target is None:
+                await self._rediscover(node)
+            else:
+                await self._rescan_target(node)
+            return len(buf)
         if handle.data is not None or node.kind is not Kind.RAW:
             raise _fail(errno.EBADF)
         if self._lun_read_only(node):
@@ -373,6 +621,8 @@ class Operations(pyfuse3.Operations):
             buf = memoryview(buf)[:room]
         written = await dev.write(off, buf)
         node.mtime_ns = node.ctime_ns = time.time_ns()
+        if getattr(dev, "capacity_changed", False):
+            await self._refresh_capacity(node)
         return written
 
     @fuse_errors

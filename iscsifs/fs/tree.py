@@ -3,12 +3,17 @@
 Owns: the inode table and the names under the mount point::
 
     InitiatorName                                  text file
+    by-path/ip-<addr:port>-iscsi-<iqn>-lun-<n>     symlink -> ../portals/.../luns/<n>/raw
+    portals/<addr:port>/rescan                     write: SendTargets again (bypass the cache)
     portals/<addr:port>/targets/<iqn>/session      text file
+    portals/<addr:port>/targets/<iqn>/rescan       write: REPORT LUNS + capacities again
     portals/<addr:port>/targets/<iqn>/luns/<n>/raw   the LUN's bytes (disk LUNs only)
     portals/<addr:port>/targets/<iqn>/luns/<n>/info  text file
 
 Inodes are allocated once per path (a dict path-tuple -> inode) and never reused, so a target
-that disappears and comes back gets its old inode. Names coming from the target are untrusted:
+that disappears and comes back gets its old inode - except after ``forget`` (a directory removed
+with rmdir is dead for the kernel, so what comes back at that path needs a new inode). Names
+coming from the target are untrusted:
 a target name becomes a directory name only if it passes ``safe_name`` (and the iSCSI name rules
 of ``iscsifs.core.discovery.valid_iscsi_name``); others are skipped with a warning.
 
@@ -49,6 +54,9 @@ class Kind(enum.Enum):
     LUN = "lun"                         # dir: raw, info
     RAW = "raw"                         # the LUN's bytes
     INFO = "info"                       # text: inquiry / capacity
+    RESCAN = "rescan"                   # write-only trigger (portal: rediscover; target: -R)
+    BY_PATH = "by_path"                 # dir of LINKs, built from the LUNs already known
+    LINK = "link"                       # symlink (node.link is the relative target)
 
     @property
     def is_dir(self) -> bool:
@@ -60,7 +68,7 @@ class Kind(enum.Enum):
 
 
 _DIR_KINDS = frozenset({Kind.ROOT, Kind.PORTALS, Kind.PORTAL, Kind.TARGETS, Kind.TARGET,
-                        Kind.LUNS, Kind.LUN})
+                        Kind.LUNS, Kind.LUN, Kind.BY_PATH})
 
 
 @dataclass(eq=False)
@@ -73,6 +81,7 @@ class Node:
     target: str | None = None
     lun: int | None = None
     entry: Any = None               # net.initiator.LunEntry for LUN / RAW / INFO nodes
+    link: str | None = None         # LINK nodes: the symlink's (relative) target
     mtime_ns: int = 0
     ctime_ns: int = 0
     # name -> inode; None for a dynamic directory that has not been listed yet
@@ -150,6 +159,7 @@ class Tree:
                     mtime_ns=self.mount_time_ns, ctime_ns=self.mount_time_ns)
         self._nodes[ROOT_INODE] = root
         self._add(root, "InitiatorName", Kind.INITIATOR_NAME)
+        self.by_path_dir = self._add(root, "by-path", Kind.BY_PATH)
         self.portals_dir = self._add(root, "portals", Kind.PORTALS)
         for portal in portals:
             self.add_portal(portal)
@@ -216,7 +226,8 @@ class Tree:
             self._by_path[path] = inode
             node = Node(inode, kind, path, parent.inode,
                         mtime_ns=self.mount_time_ns, ctime_ns=self.mount_time_ns,
-                        children=None if kind in (Kind.TARGETS, Kind.LUNS) else {})
+                        children=None if kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH)
+                        else {})
             self._nodes[inode] = node
         for key, value in attrs.items():
             setattr(node, key, value)
@@ -229,7 +240,63 @@ class Tree:
         """portals/<addr:port>/targets/ for one portal (idempotent)."""
         pnode = self._add(self.portals_dir, portal_dir_name(portal), Kind.PORTAL, portal=portal)
         self._add(pnode, "targets", Kind.TARGETS, portal=portal)
+        self._add(pnode, "rescan", Kind.RESCAN, portal=portal)
         return pnode
+
+    def portal_nodes(self) -> list[Node]:
+        return [n for n in self.children(self.portals_dir) if n.kind is Kind.PORTAL]
+
+    def forget(self, node: Node) -> None:
+        """Unlink ``node`` from its parent and drop the path -> inode mappings of its subtree,
+        so that whatever is added at those paths later gets new inodes. The nodes themselves
+        stay (open handles keep working on them)."""
+        parent = self._nodes.get(node.parent)
+        if parent is not None and parent.children and parent.children.get(node.name) == node.inode:
+            del parent.children[node.name]
+            parent.mtime_ns = parent.ctime_ns = time.time_ns()
+        prefix = node.path
+        for path in [p for p in self._by_path if p[:len(prefix)] == prefix]:
+            del self._by_path[path]
+
+    def subtree(self, node: Node) -> list[Node]:
+        """node and every node below it that is still reachable by path."""
+        prefix = node.path
+        return [self._nodes[i] for p, i in self._by_path.items()
+                if p[:len(prefix)] == prefix and i in self._nodes]
+
+    def add_target(self, targets_dir: Node, name: str) -> Node:
+        """Add one target directory (name already validated by the caller)."""
+        portal = targets_dir.portal
+        if targets_dir.children is None:
+            targets_dir.children = {}
+        tnode = self._add(targets_dir, name, Kind.TARGET, portal=portal, target=name)
+        self._add(tnode, "session", Kind.SESSION, portal=portal, target=name)
+        self._add(tnode, "luns", Kind.LUNS, portal=portal, target=name)
+        self._add(tnode, "rescan", Kind.RESCAN, portal=portal, target=name)
+        targets_dir.mtime_ns = targets_dir.ctime_ns = time.time_ns()
+        return tnode
+
+    def known_luns(self) -> list[Node]:
+        """LUN nodes with a raw file, in listed luns/ directories (no network needed)."""
+        found = []
+        for pnode in self.portal_nodes():
+            tdir = self.child(pnode, "targets")
+            for tnode in self.children(tdir) if tdir is not None else ():
+                luns = self.child(tnode, "luns")
+                for lnode in self.children(luns) if luns is not None else ():
+                    if self.child(lnode, "raw") is not None:
+                        found.append(lnode)
+        return found
+
+    def set_links(self, directory: Node, links: Iterable[tuple[str, str]]) -> None:
+        """Replace the symlinks of a BY_PATH directory with (name, target) pairs."""
+        assert directory.kind is Kind.BY_PATH
+        old = directory.children or {}
+        directory.children = {}
+        for name, target in links:
+            self._add(directory, name, Kind.LINK, link=target)
+        if set(old) != set(directory.children):
+            directory.mtime_ns = directory.ctime_ns = time.time_ns()
 
     def targets_dir(self, portal: Any) -> Node:
         node = self.by_path("portals", portal_dir_name(portal), "targets")
@@ -261,6 +328,7 @@ class Tree:
             tnode = self._add(targets_dir, name, Kind.TARGET, portal=portal, target=name)
             self._add(tnode, "session", Kind.SESSION, portal=portal, target=name)
             self._add(tnode, "luns", Kind.LUNS, portal=portal, target=name)
+            self._add(tnode, "rescan", Kind.RESCAN, portal=portal, target=name)
             result.append(tnode)
         if set(old) != set(targets_dir.children):
             targets_dir.mtime_ns = targets_dir.ctime_ns = time.time_ns()
