@@ -14,7 +14,7 @@ import trio
 from .errors import IscsiError
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
-from .scsi.sense import ScsiError, is_capacity_changed, is_unit_attention
+from .scsi.sense import ScsiError, is_capacity_changed, is_luns_changed, is_unit_attention
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Lun:
         self.block_limits = None
         self._locks = _RangeLock()
         self.capacity_changed = False
+        self.luns_changed = False       # 3F/0E seen: the target's LUN list changed
 
     @classmethod
     async def open(cls, session, lun: int, inquiry=None) -> Lun:
@@ -90,6 +91,8 @@ class Lun:
                 log.info("LUN %d: unit attention (%s); retrying", self.lun, exc)
                 if is_capacity_changed(exc):
                     self.capacity_changed = True
+                elif is_luns_changed(exc):
+                    self.luns_changed = True
         raise AssertionError("unreachable")
 
     async def _read_bytes(self, cdb: bytes, alloc: int) -> bytes:

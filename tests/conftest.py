@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,6 +80,11 @@ def pytest_report_header(config):
 # ---------------------------------------------------------------- markers
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: needs a real tgtd and/or /dev/fuse")
+    # mounts and CLI runs without config_dir= must never touch the machine's /etc/iscsifs
+    if "ISCSIFS_CONFIG_DIR" not in os.environ:
+        os.environ["ISCSIFS_CONFIG_DIR"] = tempfile.mkdtemp(prefix="iscsifs-test-config-")
+        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("ISCSIFS_CONFIG_DIR"),
+                                                 ignore_errors=True))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,7 +16,7 @@ import trio
 
 from iscsifs.core.keys import decode_text, encode_text
 from iscsifs.core.pdu import (DataIn, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
-                              NopIn, NopOut, PduDecoder, ScsiCommand, ScsiResponse, TextRequest,
+                              NopIn, NopOut, PduDecoder, ScsiCommand, TextRequest,
                               TextResponse, encode)
 
 

@@ -17,7 +17,6 @@ from iscsifs.errors import LoginError, SessionFailed
 from iscsifs.net.discovery import discover
 from iscsifs.net.initiator import Initiator
 from iscsifs.net.session import Session, Timeouts
-from iscsifs.scsi import cdb
 from iscsifs.scsi.sense import ScsiError, SenseKey
 
 INITIATOR = "iqn.2026-11.org.iscsifs.test:initiator"

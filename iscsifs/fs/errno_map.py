@@ -8,8 +8,6 @@ Must not know: how the errors arise (sessions, PDUs, CDBs). It only reads the at
 contracts give the exception types (``ScsiError.sense.key/asc/ascq``, ``ScsiError.status``,
 ``LoginError.status_class/status_detail``).
 
-The exception classes of other modules are looked up by class name along the MRO, so that this
-module imports nothing from ``scsi/`` or ``net/`` and keeps working while they change.
 """
 
 from __future__ import annotations
@@ -23,32 +21,12 @@ from typing import Any, Awaitable, Callable, Iterator, TypeVar
 import pyfuse3
 import trio
 
+from iscsifs.device import NoSpace
+from iscsifs.errors import (AuthenticationError, CommandTimeout, ConfigError, ConnectionLost,
+                            LoginError, RemoteProtocolError, SessionFailed)
+from iscsifs.scsi.sense import ScsiError, ScsiStatus, SenseKey
+
 log = logging.getLogger(__name__)
-
-# SPC-4 sense keys (kept here as plain numbers: scsi.sense.SenseKey is an IntEnum with the same
-# values, and ``int()`` of either works).
-NO_SENSE = 0x0
-RECOVERED_ERROR = 0x1
-NOT_READY = 0x2
-MEDIUM_ERROR = 0x3
-HARDWARE_ERROR = 0x4
-ILLEGAL_REQUEST = 0x5
-UNIT_ATTENTION = 0x6
-DATA_PROTECT = 0x7
-BLANK_CHECK = 0x8
-ABORTED_COMMAND = 0xB
-VOLUME_OVERFLOW = 0xD
-MISCOMPARE = 0xE
-
-_SENSE_KEY_NAMES = {
-    0x0: "NO SENSE", 0x1: "RECOVERED ERROR", 0x2: "NOT READY", 0x3: "MEDIUM ERROR",
-    0x4: "HARDWARE ERROR", 0x5: "ILLEGAL REQUEST", 0x6: "UNIT ATTENTION", 0x7: "DATA PROTECT",
-    0x8: "BLANK CHECK", 0x9: "VENDOR SPECIFIC", 0xA: "COPY ABORTED", 0xB: "ABORTED COMMAND",
-    0xD: "VOLUME OVERFLOW", 0xE: "MISCOMPARE", 0xF: "COMPLETED",
-}
-
-# SAM-5 status codes that can reach us without sense data
-STATUS_RESERVATION_CONFLICT = 0x18
 
 # Socket errors that say "the portal cannot be reached": passed through as they are.
 _NETWORK_ERRNOS = frozenset({
@@ -57,65 +35,23 @@ _NETWORK_ERRNOS = frozenset({
 })
 
 
-def _class_names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
-def sense_text(sense: Any) -> str:
-    """'NOT READY, ASC/ASCQ 04/02 (...)' for a Sense object (duck-typed)."""
-    key = _int(getattr(sense, "key", None))
-    asc = _int(getattr(sense, "asc", None))
-    ascq = _int(getattr(sense, "ascq", None))
-    text = _SENSE_KEY_NAMES.get(key, f"sense key {key:#x}") if key is not None else "no sense"
-    if asc is not None and ascq is not None:
-        text += f", ASC/ASCQ {asc:02x}/{ascq:02x}"
-        name = _asc_name(asc, ascq)
-        if name:
-            text += f" ({name})"
-    return text
-
-
-def _asc_name(asc: int, ascq: int) -> str | None:
-    try:
-        from iscsifs.scsi.sense import asc_name  # written by the SCSI engineer
-    except ImportError:
-        return None
-    try:
-        return asc_name(asc, ascq)
-    except Exception:  # a naming helper must never turn an I/O error into a crash
-        return None
-
-
-def _int(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _scsi_errno(exc: BaseException) -> tuple[int, int]:
-    """(errno, log level) for a ScsiError."""
-    sense = getattr(exc, "sense", None)
-    status = _int(getattr(exc, "status", None))
+def _scsi_errno(exc: ScsiError) -> tuple[int, int]:
+    """(errno, log level) for a ScsiError, by sense key and ASC/ASCQ."""
+    sense = exc.sense
     if sense is None:
-        if status == STATUS_RESERVATION_CONFLICT:
+        if exc.status == ScsiStatus.RESERVATION_CONFLICT:
             # Linux's sd reports a reservation conflict as EBADE (BLK_STS_RESV_CONFLICT)
             return errno.EBADE, logging.WARNING
         return errno.EIO, logging.WARNING
-    key = _int(getattr(sense, "key", None))
-    asc = _int(getattr(sense, "asc", None))
-    ascq = _int(getattr(sense, "ascq", None))
-    if key == DATA_PROTECT:
+    if sense.key == SenseKey.DATA_PROTECT:
         return errno.EROFS, logging.INFO
-    if key == ILLEGAL_REQUEST:
-        if (asc, ascq) == (0x21, 0x00):          # LOGICAL BLOCK ADDRESS OUT OF RANGE
+    if sense.key == SenseKey.ILLEGAL_REQUEST:
+        if sense.asc_ascq == (0x21, 0x00):       # LOGICAL BLOCK ADDRESS OUT OF RANGE
             return errno.ENOSPC, logging.INFO
-        if (asc, ascq) == (0x25, 0x00):          # LOGICAL UNIT NOT SUPPORTED (LUN went away)
+        if sense.asc_ascq == (0x25, 0x00):       # LOGICAL UNIT NOT SUPPORTED (LUN went away)
             return errno.ENXIO, logging.WARNING
         return errno.EINVAL, logging.WARNING
-    if key == VOLUME_OVERFLOW:
+    if sense.key == SenseKey.VOLUME_OVERFLOW:
         return errno.ENOSPC, logging.INFO
     # NOT READY, MEDIUM ERROR, HARDWARE ERROR, UNIT ATTENTION (the layer below already
     # retried), ABORTED COMMAND, MISCOMPARE, anything else: an I/O error, logged with the sense.
@@ -136,23 +72,19 @@ def _network_errno(exc: BaseException) -> int | None:
     return None
 
 
-def _login_errno(exc: BaseException, names: set[str]) -> int:
-    if "AuthenticationError" in names:
+def _login_errno(exc: LoginError) -> int:
+    if isinstance(exc, AuthenticationError):
         return errno.EACCES
-    status_class = _int(getattr(exc, "status_class", None))
-    detail = _int(getattr(exc, "status_detail", None))
-    if status_class == 2:
-        if detail in (0x01, 0x02):        # authentication / authorization failure
+    if exc.status_class == 2:
+        if exc.status_detail in (0x01, 0x02):    # authentication / authorization failure
             return errno.EACCES
-        if detail in (0x03, 0x04):        # target not found / target removed
+        if exc.status_detail in (0x03, 0x04):    # target not found / target removed
             return errno.ENOENT
         return errno.EIO
-    if status_class == 1:                 # a redirect we could not follow
+    if exc.status_class == 1:                    # a redirect we could not follow
         return errno.EHOSTUNREACH
     net = _network_errno(exc)
-    if net is not None:
-        return net
-    return errno.EIO
+    return errno.EIO if net is None else net
 
 
 def classify(exc: BaseException) -> tuple[int, int]:
@@ -169,20 +101,17 @@ def classify(exc: BaseException) -> tuple[int, int]:
             if result[0] != errno.EIO:
                 return result
         return results[0] if results else (errno.EIO, logging.ERROR)
-    names = _class_names(exc)
-    if "ScsiError" in names:
+    if isinstance(exc, ScsiError):
         return _scsi_errno(exc)
-    if "NoSpace" in names:
+    if isinstance(exc, NoSpace):
         return errno.ENOSPC, logging.INFO
-    if "LoginError" in names:          # includes AuthenticationError
-        return _login_errno(exc, names), logging.WARNING
-    if "CommandTimeout" in names or isinstance(exc, trio.TooSlowError):
+    if isinstance(exc, LoginError):          # includes AuthenticationError
+        return _login_errno(exc), logging.WARNING
+    if isinstance(exc, (CommandTimeout, trio.TooSlowError)):
         return errno.ETIMEDOUT, logging.WARNING
-    if "ConnectionLost" in names or "SessionFailed" in names:
+    if isinstance(exc, (ConnectionLost, SessionFailed, RemoteProtocolError)):
         return errno.EIO, logging.WARNING
-    if "RemoteProtocolError" in names:
-        return errno.EIO, logging.WARNING
-    if "ConfigError" in names:
+    if isinstance(exc, ConfigError):
         return errno.EINVAL, logging.WARNING
     if isinstance(exc, OSError):
         net = _network_errno(exc)
@@ -209,13 +138,8 @@ def errno_for(exc: BaseException, op: str = "operation") -> int:
         log.error("%s: unexpected %s, returning %s", op, type(exc).__name__, name,
                   exc_info=exc)
         return code
-    sense = getattr(exc, "sense", None)
-    detail = str(exc)
-    if sense is not None and not detail:
-        detail = sense_text(sense)
-    elif sense is not None and "ScsiError" not in _class_names(exc):
-        detail = f"{detail} [{sense_text(sense)}]"
-    log.log(level, "%s: %s: %s -> %s", op, type(exc).__name__, detail, name)
+    # str(ScsiError) names the sense: "NOT READY: Logical unit not ready, ... (04/02)"
+    log.log(level, "%s: %s: %s -> %s", op, type(exc).__name__, exc, name)
     return code
 
 

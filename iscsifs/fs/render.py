@@ -17,18 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from iscsifs import __version__
+from iscsifs.core.connection import COUNTER_NAMES   # iscsiadm -m session -s order
 from iscsifs.fs.tree import format_host, portal_dir_name, portal_text
 
 PASSWORD_MASK = "********"
 EMPTY = "<empty>"
 
-# iscsiadm -m session -s counter names, in iscsiadm's order
-COUNTER_NAMES = (
-    "txdata_octets", "rxdata_octets", "noptx_pdus", "scsicmd_pdus", "tmfcmd_pdus", "login_pdus",
-    "text_pdus", "dataout_pdus", "logout_pdus", "snack_pdus", "noprx_pdus", "scsirsp_pdus",
-    "tmfrsp_pdus", "textrsp_pdus", "datain_pdus", "logoutrsp_pdus", "r2t_pdus", "async_pdus",
-    "rjt_pdus", "digest_err", "timeout_err",
-)
 
 # SPC-4 peripheral device types, for LUNs whose LunEntry has no type_name
 DEVICE_TYPES = {

@@ -28,7 +28,7 @@ from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
 from ..core.pdu import LoginResponse
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
-                      LoginError, RemoteProtocolError, SessionFailed)
+                      RemoteProtocolError, SessionFailed)
 from ..scsi.sense import check_status
 from .transport import Transport
 
