@@ -80,25 +80,20 @@ class Lun:
 
     async def command(self, cdb: bytes, *, read_length: int = 0, read_buffer=None,
                       write_data=None):
-        """Run a command, retrying after UNIT ATTENTION (capacity change noted on the way)."""
-        for attempt in range(UA_RETRIES + 1):
-            try:
-                return await self.session.execute(self.lun, cdb, read_length=read_length,
-                                                  read_buffer=read_buffer, write_data=write_data)
-            except ScsiError as exc:
-                if not is_unit_attention(exc) or attempt == UA_RETRIES:
-                    raise
-                log.info("LUN %d: unit attention (%s); retrying", self.lun, exc)
-                if is_capacity_changed(exc):
-                    self.capacity_changed = True
-                elif is_luns_changed(exc):
-                    self.luns_changed = True
-        raise AssertionError("unreachable")
+        """Run a command, retrying after UNIT ATTENTION (and noting what the UA said)."""
+        return await execute_retrying(self.session, self.lun, cdb, read_length=read_length,
+                                      read_buffer=read_buffer, write_data=write_data,
+                                      on_unit_attention=self._unit_attention)
+
+    def _unit_attention(self, exc: ScsiError) -> None:
+        if is_capacity_changed(exc):
+            self.capacity_changed = True
+        elif is_luns_changed(exc):
+            self.luns_changed = True
 
     async def _read_bytes(self, cdb: bytes, alloc: int) -> bytes:
-        buf = bytearray(alloc)
-        result = await self.command(cdb, read_length=alloc, read_buffer=buf)
-        return bytes(buf[:alloc - result.residual_count]) if result.underflow else bytes(buf)
+        return await read_data(self.session, self.lun, cdb, alloc,
+                               on_unit_attention=self._unit_attention)
 
     async def probe(self, inquiry=None) -> None:
         """INQUIRY, VPD pages, READ CAPACITY and MODE SENSE: fill in what the LUN is."""
@@ -232,3 +227,27 @@ class Lun:
     async def flush(self) -> None:
         """SYNCHRONIZE CACHE for the whole LUN."""
         await self.command(scsi_cdb.synchronize_cache())
+
+
+async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=None, **kw):
+    """``session.execute`` retried after UNIT ATTENTION, which reports one condition and does
+    not run the command (capacity changed, LUNs changed, power on / reset, ...)."""
+    for attempt in range(UA_RETRIES + 1):
+        try:
+            return await session.execute(lun, cdb, **kw)
+        except ScsiError as exc:
+            if not is_unit_attention(exc) or attempt == UA_RETRIES:
+                raise
+            log.info("LUN %d: unit attention (%s); retrying", lun, exc)
+            if on_unit_attention is not None:
+                on_unit_attention(exc)
+    raise AssertionError("unreachable")
+
+
+async def read_data(session, lun: int, cdb: bytes, alloc: int, *,
+                    on_unit_attention=None) -> bytes:
+    """Run a data-in command with an ``alloc``-byte buffer; return the bytes that arrived."""
+    buf = bytearray(alloc)
+    result = await execute_retrying(session, lun, cdb, read_length=alloc, read_buffer=buf,
+                                    on_unit_attention=on_unit_attention)
+    return bytes(buf[:alloc - result.residual_count]) if result.underflow else bytes(buf)

@@ -16,10 +16,10 @@ import trio
 from ..core.chap import ChapCredentials
 from ..core.discovery import DiscoveredTarget, Portal
 from ..core.keys import LoginParams, NegotiatedParams
-from ..device import Lun
+from ..device import Lun, read_data
 from ..scsi import cdb as scsi_cdb
 from ..scsi import parse as scsi_parse
-from ..scsi.sense import ScsiError, is_unit_attention
+from ..scsi.sense import ScsiError
 from .discovery import discover
 from .session import Session, Timeouts
 
@@ -29,8 +29,6 @@ __all__ = ["Initiator", "LunEntry", "SessionInfo", "Timeouts", "NodeOptions"]
 
 # SendTargets results older than this are refreshed on the next listing (seconds).
 DISCOVERY_TTL = 30.0
-# REPORT LUNS / INQUIRY during a scan: retries after UNIT ATTENTION
-_UA_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -190,7 +188,7 @@ class Initiator:
     async def _scan(self, session: Session, known: list[LunEntry]) -> list[LunEntry]:
         old = {e.lun: e for e in known}
         buf_len = 16384
-        data = await _read(session, 0, scsi_cdb.report_luns(alloc=buf_len), buf_len)
+        data = await read_data(session, 0, scsi_cdb.report_luns(alloc=buf_len), buf_len)
         numbers = scsi_parse.parse_report_luns(data)
         result = []
         for n in sorted(set(numbers)):
@@ -199,7 +197,7 @@ class Initiator:
                 await prev.device.read_capacity()
                 result.append(prev)
                 continue
-            inquiry = scsi_parse.parse_inquiry(await _read(session, n, scsi_cdb.inquiry(alloc=96), 96))
+            inquiry = scsi_parse.parse_inquiry(await read_data(session, n, scsi_cdb.inquiry(alloc=96), 96))
             device = None
             if inquiry.is_disk:
                 try:
@@ -245,19 +243,3 @@ class Initiator:
             for entry in entries:
                 if entry.session is not None:
                     nursery.start_soon(entry.session.close)
-
-
-async def _read(session: Session, lun: int, cdb: bytes, alloc: int) -> bytes:
-    buf = bytearray(alloc)
-    for attempt in range(_UA_RETRIES + 1):
-        try:
-            result = await session.execute(lun, cdb, read_length=alloc, read_buffer=buf)
-            break
-        except ScsiError as exc:      # e.g. 3F/0E REPORTED LUNS DATA HAS CHANGED after a rescan
-            if not is_unit_attention(exc) or attempt == _UA_RETRIES:
-                raise
-            log.info("LUN %d of %s: unit attention (%s); retrying", lun,
-                     session.target_name, exc)
-    if result.underflow:
-        return bytes(buf[:alloc - result.residual_count])
-    return bytes(buf)
