@@ -46,6 +46,7 @@ from iscsifs.core.pdu import (
     Opcode,
     Reject,
     ScsiCommand,
+    summary,
     ScsiResponse,
     TaskManagementRequest,
     TaskManagementResponse,
@@ -475,6 +476,11 @@ class Connection:
         if self._broken is None:
             self._pump()
 
+    @property
+    def has_output(self) -> bool:
+        """Whether data_to_send() would return anything (cheap: no encoding)."""
+        return bool(self._outq)
+
     def data_to_send(self) -> list[bytes | memoryview]:
         """Buffers to write, in order, for every PDU queued since the last call."""
         self._check_usable()
@@ -491,7 +497,7 @@ class Connection:
                 self._expand(item, out, debug)
                 continue
             if debug:
-                log.debug("send %r", item)
+                log.debug("send %s", summary(item))
             out.extend(encode(item, header_digest=hd, data_digest=dd))
             counters[_TX_COUNTER[type(item)]] += 1
             if type(item) is ScsiCommand and item.data:
@@ -508,8 +514,6 @@ class Connection:
             if handler is None:
                 raise RemoteProtocolError(
                     f"unexpected {type(pdu).__name__} PDU in the full feature phase")
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("recv %r", pdu)
             # every target PDU of the full feature phase carries ExpCmdSN/MaxCmdSN
             self._update_cmd_window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
             events = handler(pdu)

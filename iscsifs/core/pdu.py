@@ -530,6 +530,26 @@ TARGET_OPCODES = frozenset(op for op in Opcode if op >= 0x20)     # what an init
 # LUN field (SAM-5 §4.7: single level, peripheral or flat space addressing)
 # ---------------------------------------------------------------------------------------------
 
+def summary(pdu) -> str:
+    """One line naming a PDU and its header fields; the data segment only by its length
+    (debug traces must not dump payloads, and login data is never shown)."""
+    fields = []
+    for name in pdu.__dataclass_fields__:
+        if name == "data":
+            fields.append(f"data_len={len(pdu.data)}")
+        elif name == "ahs":
+            fields.append(f"ahs_len={len(pdu.ahs)}")
+        else:
+            value = getattr(pdu, name)
+            if name in ("itt", "ttt", "isid"):
+                fields.append(f"{name}={value:#x}")
+            elif name == "cdb":
+                fields.append(f"cdb={bytes(value).hex()}")
+            else:
+                fields.append(f"{name}={value!r}")
+    return f"{type(pdu).__name__}({', '.join(fields)})"
+
+
 def encode_lun(lun: int) -> int:
     """LUN number -> 8-byte LUN field as an int.
 

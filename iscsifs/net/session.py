@@ -87,6 +87,8 @@ class _Command:
     error: BaseException | None = None
     itt: int | None = None
     attempts: int = 0
+    sent_at: float = 0.0        # when it was handed to the current connection
+    aborting: bool = False
 
     def finish(self, result=None, error=None) -> None:
         if not self.done.is_set():
@@ -278,6 +280,8 @@ class Session:
                     nursery.start_soon(self._writer, link)
                     if self.timeouts.noop_out_interval > 0 and self.session_type == "Normal":
                         nursery.start_soon(self._keepalive, link)
+                    if self.timeouts.command > 0:
+                        nursery.start_soon(self._watchdog, link, nursery)
             except* (IscsiError, OSError, trio.BrokenResourceError) as group:
                 self._link_failed(link, group.exceptions[0])
         await link.transport.aclose()
@@ -289,16 +293,28 @@ class Session:
             link.last_rx = trio.current_time()
             for event in conn.receive_pdu(pdu):
                 self._dispatch(link, event)
-            link.wake_writer()
+            if conn.has_output:         # R2T answers, NOP replies, commands the window freed
+                link.wake_writer()
 
     async def _writer(self, link: _Link) -> None:
+        """Sends what the reader's events queued (R2T answers, NOP replies, freed window)."""
         conn, transport = link.conn, link.transport
         while True:
             await link.kick.wait()
             link.kick = trio.Event()
-            buffers = conn.data_to_send()
-            if buffers:
-                await transport.send_buffers(buffers)
+            await transport.send_pending(conn.data_to_send)
+
+    async def _watchdog(self, link: _Link, nursery: trio.Nursery) -> None:
+        """A command silent for ``timeouts.command`` gets ABORT TASK and fails (one timer per
+        connection, not one per command)."""
+        timeout = self.timeouts.command
+        while True:
+            await trio.sleep(min(1.0, timeout / 4))
+            now = trio.current_time()
+            for cmd in list(self._commands.values()):
+                if not cmd.aborting and now - cmd.sent_at >= timeout:
+                    cmd.aborting = True
+                    nursery.start_soon(self._abort, link, cmd)
 
     async def _keepalive(self, link: _Link) -> None:
         """NOP-Out after noop_out_interval of silence; no answer in noop_out_timeout: fail."""
@@ -325,7 +341,11 @@ class Session:
             cmd = self._commands.pop(event.itt, None)
             if cmd is not None:
                 self._unfinished.discard(cmd)
-                cmd.finish(error=RemoteProtocolError(f"command failed: {event.reason}"))
+                if cmd.aborting:    # our ABORT TASK after a timeout ended it
+                    cmd.finish(error=CommandTimeout(f"command to {self._who()} timed out "
+                                                    f"after {self.timeouts.command:g} s"))
+                else:
+                    cmd.finish(error=RemoteProtocolError(f"command failed: {event.reason}"))
         elif isinstance(event, (NopReceived, TextComplete, TaskManagementComplete, LogoutComplete)):
             waiter = self._waiters.pop(event.itt, None)
             if waiter is not None:
@@ -450,6 +470,8 @@ class Session:
                                       read_buffer=cmd.read_buffer, write_data=cmd.write_data)
         cmd.itt = itt
         cmd.attempts += 1
+        cmd.sent_at = trio.current_time()
+        cmd.aborting = False
         self._commands[itt] = cmd
 
     async def _wait_logged_in(self) -> _Link:
@@ -469,6 +491,7 @@ class Session:
         cmd = _Command(lun, bytes(cdb), read_length, read_buffer, write_data)
         self._unfinished.add(cmd)
         self._start(link, cmd)
+        # the writer task sends it: at queue depth it sends many commands in one write
         link.wake_writer()
         await self._wait_command(cmd)
         if cmd.error is not None:
@@ -479,20 +502,9 @@ class Session:
                           event.overflow)
 
     async def _wait_command(self, cmd: _Command) -> None:
-        """Wait for completion; a command silent for ``timeouts.command`` while the session is
-        logged in is aborted (ABORT TASK) and failed with CommandTimeout."""
+        """Wait for completion (the watchdog times it out, recovery re-issues it)."""
         try:
-            while True:
-                with trio.move_on_after(self.timeouts.command):
-                    await cmd.done.wait()
-                    return
-                if cmd.done.is_set():
-                    return
-                link = self._link
-                if link is None or not self.logged_in or cmd.itt not in self._commands:
-                    continue  # recovering: the replacement timeout governs
-                await self._abort(link, cmd)
-                return
+            await cmd.done.wait()
         except BaseException:
             # cancelled (e.g. the FUSE request was interrupted): forget it on the wire
             if not cmd.done.is_set():
@@ -507,6 +519,8 @@ class Session:
             link.conn.abandon(cmd.itt)
 
     async def _abort(self, link: _Link, cmd: _Command) -> None:
+        if cmd.done.is_set() or self._commands.get(cmd.itt) is not cmd:
+            return
         log.warning("%s: command 0x%s timed out after %g s; aborting", self._who(),
                     cmd.cdb[:1].hex(), self.timeouts.command)
         with trio.move_on_after(self.timeouts.abort):

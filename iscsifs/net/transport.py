@@ -14,7 +14,7 @@ import socket
 import trio
 
 from ..core.discovery import Portal
-from ..core.pdu import PduDecoder, encode
+from ..core.pdu import PduDecoder, encode, summary
 from ..errors import ConnectionLost
 from .util import os_reason
 
@@ -24,17 +24,6 @@ log = logging.getLogger(__name__)
 RECV_CHUNK = 1024 * 1024
 # Buffers smaller than this are joined before sending; larger ones go out as they are.
 COALESCE = 64 * 1024
-
-
-def pdu_summary(pdu) -> str:
-    """One line naming a PDU and its header fields, without the data segment (debug traces)."""
-    fields = []
-    for name in pdu.__dataclass_fields__:
-        if name == "data":
-            fields.append(f"data_len={len(pdu.data)}")
-        elif name != "ahs":
-            fields.append(f"{name}={getattr(pdu, name)!r}")
-    return f"{type(pdu).__name__}({', '.join(fields)})"
 
 
 class Transport:
@@ -80,36 +69,53 @@ class Transport:
     async def send_pdu(self, pdu) -> None:
         """Encode and send one PDU (login and logout; the full feature phase uses send_buffers)."""
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("send %s", pdu_summary(pdu))
+            log.debug("send %s", summary(pdu))
         await self.send_buffers(encode(pdu, header_digest=self.header_digest,
                                        data_digest=self.data_digest))
 
     async def send_buffers(self, buffers) -> None:
-        """Send encoded PDU bytes in order. Small pieces are joined, large payloads sent as is."""
-        if not buffers:
-            return
+        """Send encoded PDU bytes in order (login and logout PDUs)."""
+        if buffers:
+            async with self.send_lock:
+                await self._send(buffers)
+
+    async def send_pending(self, take) -> None:
+        """Send what ``take()`` returns, taken while holding the send lock.
+
+        ``take`` is ``Connection.data_to_send``: whoever holds the lock drains every PDU the
+        state machine queued so far, so PDUs leave in exactly the order they were produced,
+        whichever task sends them. The send itself is shielded: a cancelled caller must never
+        leave half a PDU on the wire (closing the stream still interrupts it).
+        """
         async with self.send_lock:
-            pending = bytearray()
-            try:
-                for buf in buffers:
-                    n = len(buf)
-                    if n == 0:
-                        continue
-                    self.tx_bytes += n
-                    if n < COALESCE:
-                        pending += buf
-                        if len(pending) >= COALESCE:
-                            await self.stream.send_all(pending)
-                            pending = bytearray()
-                    else:
-                        if pending:
-                            await self.stream.send_all(pending)
-                            pending = bytearray()
-                        await self.stream.send_all(buf)
-                if pending:
-                    await self.stream.send_all(pending)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise ConnectionLost(f"connection to {self.portal} lost while sending: {_why(exc)}") from None
+            buffers = take()
+            if buffers:
+                with trio.CancelScope(shield=True):
+                    await self._send(buffers)
+
+    async def _send(self, buffers) -> None:
+        """Small pieces are joined, large payloads (write data) go out as they are."""
+        pending = bytearray()
+        try:
+            for buf in buffers:
+                n = len(buf)
+                if n == 0:
+                    continue
+                self.tx_bytes += n
+                if n < COALESCE:
+                    pending += buf
+                    if len(pending) >= COALESCE:
+                        await self.stream.send_all(pending)
+                        pending = bytearray()
+                else:
+                    if pending:
+                        await self.stream.send_all(pending)
+                        pending = bytearray()
+                    await self.stream.send_all(buf)
+            if pending:
+                await self.stream.send_all(pending)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ConnectionLost(f"connection to {self.portal} lost while sending: {_why(exc)}") from None
 
     async def receive_pdu(self):
         """Return the next PDU from the target; raises ConnectionLost at EOF or on error."""
@@ -118,7 +124,7 @@ class Transport:
             pdu = decoder.next_pdu()
             if pdu is not None:
                 if log.isEnabledFor(logging.DEBUG):
-                    log.debug("recv %s", pdu_summary(pdu))
+                    log.debug("recv %s", summary(pdu))
                 return pdu
             try:
                 data = await self.stream.receive_some(RECV_CHUNK)
