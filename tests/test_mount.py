@@ -13,10 +13,11 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from helpers import wait_for
 
 from tgt import IQN1, IQN2, MiB
 
@@ -24,13 +25,7 @@ HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 pytestmark = pytest.mark.integration
 
 
-def _wait(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+_wait = wait_for
 
 
 def _no_sessions(tgtd, tids) -> bool:

@@ -10,10 +10,11 @@ import errno
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from helpers import wait_for
 
 from tgt import MiB
 
@@ -24,13 +25,7 @@ SECRET = "cfg-Secret-0123456789"          # tgtd account password (>= 12 bytes: 
 WRONG = "cfg-Wrong-9876543210"
 
 
-def _wait(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+_wait = wait_for
 
 
 def run_helper(portal: str, mp: Path, options: str, timeout: float = 60):

@@ -8,10 +8,11 @@ import errno
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from helpers import wait_for
 import trio
 
 from tgt import MiB
@@ -19,13 +20,7 @@ from tgt import MiB
 HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 
 
-def _wait(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+_wait = wait_for
 
 
 def mount(tmp_path: Path, portal: str, *options: str, name: str = "mnt") -> Path:

@@ -10,10 +10,11 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from helpers import wait_for
 
 from tgt import MiB
 
@@ -24,13 +25,9 @@ SECRET_OUT = "Init1ator-Secret-4f9a2c"      # we prove ourselves to the target w
 SECRET_IN = "Targ3t-Secret-81d0e7b5"        # the target proves itself to us with this
 
 
+
 def _wait(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    return wait_for(predicate, timeout, interval)
 
 
 def _forms(secret: str) -> list[bytes]:
