@@ -17,6 +17,8 @@ from typing import Any
 
 import trio
 
+from iscsifs.device import NoSpace
+
 HOSTILE_NAMES = [
     "iqn.2026-11.org.example:../../etc",
     "iqn.2026-11.org.example:a/b",
@@ -26,19 +28,10 @@ HOSTILE_NAMES = [
 ]
 
 
-class FakeScsiError(Exception):
-    """Named like scsi.sense.ScsiError's subclass chain for errno_map (matched by name)."""
-
-
-class ScsiError(FakeScsiError):
-    def __init__(self, key: int, asc: int, ascq: int, status: int = 2):
-        super().__init__(f"CHECK CONDITION key={key:#x} asc/ascq={asc:02x}/{ascq:02x}")
-        self.status = status
-        self.sense = SimpleNamespace(key=key, asc=asc, ascq=ascq)
-
-
-class NoSpace(Exception):
-    pass
+def ScsiError(key: int, asc: int, ascq: int, status: int = 2):
+    """A real ``scsi.sense.ScsiError`` with fixed-format sense, as a target would produce."""
+    from iscsifs.scsi.sense import ScsiError as _ScsiError, Sense, SenseKey
+    return _ScsiError(status, Sense(0x70, SenseKey(key), asc, ascq))
 
 
 @dataclass

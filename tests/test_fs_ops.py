@@ -108,6 +108,14 @@ async def test_raw_io_semantics():
     assert dev.flushes == 1
     dev.flush_error = ConnectionLost("target gone")
     await expect_errno(errno.EIO, ops.fsync(fh, True))                # not swallowed
+    # errors from below go through the real errno mapping
+    dev.flush_error = ScsiError(0x7, 0x27, 0x00)                      # DATA PROTECT
+    await expect_errno(errno.EROFS, ops.fsync(fh, True))
+    dev.flush_error = ScsiError(0x3, 0x11, 0x00)                      # MEDIUM ERROR
+    await expect_errno(errno.EIO, ops.fsync(fh, True))
+    dev.flush_error = ScsiError(0x5, 0x21, 0x00)                      # LBA out of range
+    await expect_errno(errno.ENOSPC, ops.fsync(fh, True))
+    dev.flush_error = None
     await ops.release(fh)
     await expect_errno(errno.EBADF, ops.read(fh, 0, 1))
 
