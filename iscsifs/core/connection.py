@@ -342,6 +342,11 @@ class Connection:
         return sn_le(self.cmd_sn, self.max_cmd_sn)
 
     @property
+    def accepts_commands(self) -> bool:
+        """False once the connection is broken or a Logout Request has been queued."""
+        return self._broken is None and not self._logged_out
+
+    @property
     def broken(self) -> str | None:
         """The reason the connection is unusable (after a RemoteProtocolError), else None."""
         return self._broken

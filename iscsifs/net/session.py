@@ -315,18 +315,22 @@ class Session:
         decoder = transport.decoder
         commands = link.commands
         complete = self._complete
-        while True:
-            await transport.receive()
-            link.last_rx = trio.current_time()
-            while (pdu := decoder.next_pdu()) is not None:
-                for event in conn.receive_pdu(pdu):
-                    if type(event) is TaskComplete:
-                        cmd = commands.pop(event.itt, None)
-                        if cmd is not None:
-                            complete(cmd, event, None)
-                    else:
-                        self._dispatch(link, event)
-            link.push()         # R2T answers, NOP replies, commands the window let through
+        try:
+            while True:
+                await transport.receive()
+                link.last_rx = trio.current_time()
+                while (pdu := decoder.next_pdu()) is not None:
+                    for event in conn.receive_pdu(pdu):
+                        if type(event) is TaskComplete:
+                            cmd = commands.pop(event.itt, None)
+                            if cmd is not None:
+                                complete(cmd, event, None)
+                        else:
+                            self._dispatch(link, event)
+                link.push()     # R2T answers, NOP replies, commands the window let through
+        except IscsiError as exc:
+            # at once, so that no command is given to this connection any more
+            self._link_failed(link, exc)
 
     def _dispatch(self, link: _Link, event) -> None:
         if isinstance(event, TaskFailed):
@@ -452,6 +456,8 @@ class Session:
                 f"times while it ran"))
             return
         conn = link.conn
+        if not conn.accepts_commands:   # logging out or broken: wait for the next connection
+            return
         cmd.itt = itt = conn.start_command(cmd.lun, cmd.cdb, read_length=cmd.read_length,
                                            read_buffer=cmd.read_buffer,
                                            write_data=cmd.write_data)
