@@ -568,6 +568,11 @@ def table(results: dict, subjects: list[str], measures: list[Measure], mem: dict
                        ("hwm_after", "peak RSS up to qd16 × 1 MiB (MiB)"),
                        ("peak", "peak RSS, whole run (MiB)")):
         row(label, {s: mem.get(s, {}).get(key) for s in subjects}, "MiB")
+    print()
+    print(f"Median of {ROUNDS} rounds, {RUNTIME} s per time-based fio job, 1 MB/s = 10^6 B/s, "
+          f"LUN {SIZE >> 20} MiB on tmpfs behind tgtd. CPU = user+system time of the FUSE daemon "
+          "(its threads and children); CPU and RSS rows: lower is better, a ratio above 1 means "
+          "iscsifs uses more.")
 
 
 def main() -> int:
