@@ -1,7 +1,5 @@
-"""The one place the benchmark imports the private-tgtd harness from.
+"""The one place the benchmarks (bench.py, breakdown.py, soak.py) import the private-tgtd
+harness from."""
+from iscsifs.localtarget import Tgtd, free_tcp_port, missing_requirements  # noqa: F401
 
-The harness is moving to another package; when it does, only this import changes.
-"""
-from iscsifs.localtarget import Tgtd, missing_requirements  # noqa: F401
-
-__all__ = ["Tgtd", "missing_requirements"]
+__all__ = ["Tgtd", "free_tcp_port", "missing_requirements"]
