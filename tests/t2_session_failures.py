@@ -14,7 +14,7 @@ from fake_target import FakeTarget, good_read, tmf_answer
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
 from iscsifs.core.discovery import Portal
-from iscsifs.core.pdu import AsyncMessage, TaskManagementRequest
+from iscsifs.core.pdu import AsyncMessage, NopIn, NopOut, TaskManagementRequest
 from iscsifs.errors import CommandTimeout, LocalProtocolError, SessionFailed
 from iscsifs.net.session import ASYNC_EVENTS_KEPT, Session, Timeouts
 
@@ -223,4 +223,17 @@ async def test_async_event_log_is_bounded(nursery, autojump_clock):
     assert len(session.async_events) == ASYNC_EVENTS_KEPT
     assert str(10 * ASYNC_EVENTS_KEPT - 1) in session.async_events[-1]
     assert await read(session) == PAYLOAD
+    await session.close()
+
+
+async def test_idle_connection_still_answers_target_pings(nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery)
+    assert await read(session) == PAYLOAD
+    await trio.sleep(1)                              # an idle connection is still read
+    conn = target.live[1]
+    await conn.send(NopIn(itt=0xFFFFFFFF, ttt=0x1234, lun=0, **conn.sns(False)))
+    with trio.fail_after(1):
+        while not any(isinstance(p, NopOut) and p.ttt == 0x1234 for _, p in target.received):
+            await trio.sleep(0.01)
     await session.close()
