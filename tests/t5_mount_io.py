@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from test_mount import Mount, _wait, do_mount
+from t5_mount import Mount, _wait, do_mount
 from tgt import MiB
 
 pytestmark = pytest.mark.integration
