@@ -1,11 +1,13 @@
-"""Shared fixtures: a private tgtd with a standard target, fresh targets, CI no-skip rule.
+"""Shared fixtures: a private tgtd with a standard target, fresh targets, CI no-skip rule,
+the layer markers and the log check (tests/logcheck.py). The layers: tests/README.md.
 
 Fixtures (see tests/tgt.py for the Tgtd API):
   tgtd          session  Tgtd           one private tgtd per pytest run
   tgt_target    session  StandardTarget the standard targets (disk1: LUN 1/2/3, disk2: LUN 1)
   fresh_target  function TargetFactory  make throw-away targets (own tid, removed afterwards)
   fuse_available function None          skips unless /dev/fuse is usable (root)
-Tests using tgtd/tgt_target/fresh_target/fuse_available are marked ``integration``.
+Tests using tgtd/tgt_target/fresh_target/fuse_available are marked ``integration``; every test
+in a t4_* or t5_* file is marked ``slow`` (``pytest -m "not slow"`` runs t1-t3 in seconds).
 
 CI rule: with CI set (not "", "0", "false") or ISCSIFS_NO_SKIP=1 (ISCSIFS_NO_SKIP=0 turns it
 off), a skip whose reason mentions tgtd, tgtadm, fuse or root is reported as a failure.
@@ -29,7 +31,29 @@ import pytest
 from tgt import (INITIATOR_IQN, IQN1, IQN2, MiB, LunInfo, TargetInfo, Tgtd, TgtadmError,
                  missing_requirements)
 
+pytest_plugins = ("logcheck", "pytester")
+
 INTEGRATION_FIXTURES = {"tgtd", "tgt_target", "fresh_target", "fuse_available"}
+SLOW_LAYERS = ("t4_", "t5_")      # a real tgtd, real FUSE mounts
+
+# The log check's declarations for test files whose content is being rewritten on another
+# branch (they can't carry their own expect_log marks yet): node id prefix -> (pattern, logger).
+_CONN_FAILED = (r"connection to .* failed: ", "iscsifs.net.session")
+EXPECTED_LOGS: dict[str, list[tuple[str, str]]] = {
+    "t1_connection.py::test_reject_of_": [("target rejected a PDU", "iscsifs.core.connection")],
+    "t2_hostile.py::test_malformed_answer_drops_connection_and_recovers": [_CONN_FAILED],
+    "t2_hostile.py::test_bad_header_digest_is_detected_and_recovered": [_CONN_FAILED],
+    "t2_hostile.py::test_target_that_never_behaves_fails_io_after_replacement_timeout":
+        [_CONN_FAILED],
+    "t2_hostile.py::test_silent_target_command_times_out":
+        [(r"command 0x28 timed out after .*; aborting", "iscsifs.net.session")],
+    "t2_hostile.py::test_hostile_target_names_are_dropped":
+        [("dropping invalid target name", "iscsifs.core.discovery")],
+    "t4_session.py::test_dropped_connection_is_recovered": [_CONN_FAILED],
+    "t4_session.py::test_stalled_target_detected_by_nop_and_recovered": [_CONN_FAILED],
+    "t4_session.py::test_replacement_timeout_fails_io":
+        [_CONN_FAILED, (r"replacement timeout .* expired", "iscsifs.net.session")],
+}
 
 
 # ---------------------------------------------------------------- CI no-skip rule
@@ -80,6 +104,8 @@ def pytest_report_header(config):
 # ---------------------------------------------------------------- markers
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: needs a real tgtd and/or /dev/fuse")
+    config.addinivalue_line("markers", "slow: a t4/t5 test (real tgtd or FUSE mount) or a long "
+                            "hypothesis run; deselect with -m 'not slow'")
     # mounts and CLI runs without config_dir= must never touch the machine's /etc/iscsifs
     if "ISCSIFS_CONFIG_DIR" not in os.environ:
         os.environ["ISCSIFS_CONFIG_DIR"] = tempfile.mkdtemp(prefix="iscsifs-test-config-")
@@ -91,6 +117,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        if item.path.name.startswith(SLOW_LAYERS):
+            item.add_marker(pytest.mark.slow)
+        name = f"{item.path.name}::{item.name}"
+        for prefix, expected in EXPECTED_LOGS.items():
+            if name.startswith(prefix):
+                for pattern, logger in expected:
+                    item.add_marker(pytest.mark.expect_log(pattern, logger=logger))
 
 
 # ---------------------------------------------------------------- leak checks

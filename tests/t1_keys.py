@@ -447,6 +447,7 @@ def test_tpgt_out_of_range():
         Negotiator(LoginParams()).receive([("TargetPortalGroupTag", "65536")])
 
 
+@pytest.mark.expect_log("ignoring malformed TargetAlias", logger="iscsifs.core.keys")
 def test_alias_with_control_characters_dropped():
     n = Negotiator(LoginParams())
     n.receive([("TargetAlias", "evil\x1b[2J")])

@@ -345,6 +345,7 @@ def test_not_a_login_response():
                             max_cmd_sn=0))
 
 
+@pytest.mark.expect_log("StatSN .* resynchronising", logger="iscsifs.core.login")
 def test_statsn_gap_is_resynchronised(caplog):
     login = make_login()
     target = Target()

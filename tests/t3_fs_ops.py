@@ -20,6 +20,11 @@ from fs_fake import DISK1, HOSTILE_NAMES, FakeInitiator, ScsiError, standard_tar
 
 PORTAL = Portal("127.0.0.1", 3260)
 
+# The fake target reports HOSTILE_NAMES in every SendTargets answer: each listing of targets/
+# skips them with a warning.
+pytestmark = pytest.mark.expect_log("skipping target with unusable name", logger="iscsifs.fs.tree",
+                                    optional=True)
+
 
 def make_ops(**kw) -> tuple[Operations, FakeInitiator]:
     fake = FakeInitiator(standard_targets(), extra_names=HOSTILE_NAMES)
@@ -81,6 +86,8 @@ async def test_lookup_and_attributes():
     assert stat.S_IMODE((await raw(ro_ops, 1)).st_mode) == 0o400
 
 
+@pytest.mark.expect_log("fsync: ConnectionLost: target gone -> EIO", logger="iscsifs.fs.errno_map")
+@pytest.mark.expect_log("fsync: ScsiError: MEDIUM ERROR", logger="iscsifs.fs.errno_map")
 async def test_raw_io_semantics():
     ops, fake = make_ops()
     dev = fake.targets[DISK1][1].device
@@ -173,6 +180,10 @@ async def test_handlers_run_concurrently():
     assert dev.max_in_flight == 16
 
 
+@pytest.mark.expect_log("opendir: ConnectionRefusedError: .* -> ECONNREFUSED",
+                        logger="iscsifs.fs.errno_map")
+@pytest.mark.expect_log("opendir: ScsiError: NOT READY", logger="iscsifs.fs.errno_map")
+@pytest.mark.expect_log("opendir: unexpected KeyError", logger="iscsifs.fs.errno_map")
 async def test_errors_from_the_initiator_become_errno():
     ops, fake = make_ops()
     fake.discover_error = ConnectionRefusedError(errno.ECONNREFUSED, "refused")
@@ -199,3 +210,56 @@ async def test_statfs():
     assert st.f_bsize == 4096 and st.f_bfree == 0 and st.f_bavail == 0
     assert st.f_blocks * st.f_frsize == (1 << 20) + (256 << 10) + (128 << 10)
     assert st.f_files == ops.tree.inode_count
+
+
+# -- by-path names and capacity changes ---------------------------------------------------
+def test_by_path_names_ipv6_and_parse():
+    from iscsifs.core.discovery import Portal
+    from iscsifs.fs.ops import _BY_PATH_RE
+    from iscsifs.fs.render import by_path_name
+    name = by_path_name("iqn.2026-11.org.example:disk-lun-1", Portal("::1", 3260), 3)
+    assert name == "ip-[::1]:3260-iscsi-iqn.2026-11.org.example:disk-lun-1-lun-3"
+    m = _BY_PATH_RE.match(name)
+    assert (m["portal"], m["target"], m["lun"]) == \
+        ("[::1]:3260", "iqn.2026-11.org.example:disk-lun-1", "3")
+    m = _BY_PATH_RE.match("ip-127.0.0.1:3260-iscsi-iqn.2026-11.org.x:y-lun-0")
+    assert (m["portal"], m["target"], m["lun"]) == ("127.0.0.1:3260", "iqn.2026-11.org.x:y", "0")
+
+
+
+def test_unit_attention_capacity_change_rereads_size():
+    """A LUN that saw UNIT ATTENTION 2A/09 (device.Lun sets capacity_changed) is asked for its
+    capacity again at the next getattr, and the new size is what stat shows."""
+    from fs_fake import DISK1, FakeInitiator, standard_targets
+    from iscsifs.fs.ops import Operations
+    from iscsifs.fs.tree import Tree
+    from iscsifs.core.discovery import Portal
+
+    async def main():
+        targets = standard_targets()
+        dev = targets[DISK1][1].device
+        calls = []
+
+        async def read_capacity():
+            calls.append(1)
+            dev.size = 2 << 20
+            dev.data.extend(bytes((2 << 20) - len(dev.data)))
+            dev.capacity_changed = False
+
+        dev.read_capacity = read_capacity
+        ops = Operations(FakeInitiator(targets), Tree([Portal("127.0.0.1", 3260)]),
+                         initiator_name="iqn.2016-04.com.open-iscsi:ab")
+        node = ops.tree.by_path("portals", "127.0.0.1:3260", "targets")
+        await ops.opendir(node.inode, None)
+        tnode = ops.tree.by_path("portals", "127.0.0.1:3260", "targets", DISK1, "luns")
+        await ops.opendir(tnode.inode, None)
+        raw = ops.tree.by_path("portals", "127.0.0.1:3260", "targets", DISK1, "luns", "1", "raw")
+        assert (await ops.getattr(raw.inode)).st_size == 1 << 20
+        assert not calls
+        dev.capacity_changed = True
+        assert (await ops.getattr(raw.inode)).st_size == 2 << 20
+        assert calls == [1]
+        assert (await ops.getattr(raw.inode)).st_size == 2 << 20
+        assert calls == [1]
+
+    trio.run(main)

@@ -188,6 +188,7 @@ def test_portal_dir_names():
     assert tree.by_path("portals", "[::1]:3261", "targets").kind is Kind.TARGETS
 
 
+@pytest.mark.expect_log("skipping target with unusable name", logger="iscsifs.fs.tree")
 @pytest.mark.parametrize("name", HOSTILE_NAMES + [
     "", ".", "iqn.2026-11.org.example:a\x00b", "iqn.2026-11.org.example:tab\tx",
     "iqn.2026-11.org.example:\u202ertl", "/etc/passwd", "iqn.2026-11.org.example:" + "é" * 110,
@@ -250,6 +251,7 @@ def _scsi(key, asc=0, ascq=0, status=2):
     return ScsiError(status, Sense(0x70, SenseKey(key), asc, ascq))
 
 
+@pytest.mark.expect_log(r" -> E[A-Z]+$", logger="iscsifs.fs.errno_map", optional=True)
 @pytest.mark.parametrize("exc_factory, expected", [
     (lambda: _scsi(0x7, 0x27, 0x00), errno.EROFS),        # DATA PROTECT
     (lambda: _scsi(0x3, 0x11, 0x00), errno.EIO),          # MEDIUM ERROR
@@ -264,6 +266,7 @@ def test_scsi_errors_map_by_sense_key(exc_factory, expected):
     assert errno_map.errno_for(exc_factory(), "test") == expected
 
 
+@pytest.mark.expect_log(r" -> E[A-Z]+$", logger="iscsifs.fs.errno_map")
 def test_other_errors_map():
     from iscsifs import errors
     from iscsifs.device import NoSpace
@@ -287,6 +290,7 @@ def test_other_errors_map():
     assert errno_map.errno_for(group, "r") == errno.ETIMEDOUT
 
 
+@pytest.mark.expect_log("NOT READY", logger="iscsifs.fs.errno_map")
 def test_not_ready_logs_the_sense(caplog):
     with caplog.at_level(logging.WARNING, logger="iscsifs.fs.errno_map"):
         errno_map.errno_for(_scsi(0x2, 0x04, 0x02), "read")
@@ -294,6 +298,7 @@ def test_not_ready_logs_the_sense(caplog):
     assert "NOT READY" in record.getMessage() and "04/02" in record.getMessage()
 
 
+@pytest.mark.expect_log("unexpected KeyError", logger="iscsifs.fs.errno_map")
 def test_unexpected_error_logs_traceback(caplog):
     with caplog.at_level(logging.ERROR, logger="iscsifs.fs.errno_map"):
         assert errno_map.errno_for(KeyError("bug"), "getattr") == errno.EIO

@@ -196,3 +196,43 @@ def test_helper_fails_cleanly(case, tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not _mounted(mp)
+
+
+# -- the config dir a mount reads --------------------------------------------------------
+def test_open_iscsi_option_reads_etc_iscsi(tmp_path, monkeypatch):
+    from iscsifs import mount
+    etc = tmp_path / "etc-iscsi"
+    etc.mkdir()
+    (etc / "initiatorname.iscsi").write_text("InitiatorName=iqn.1993-08.org.debian:01:abc\n")
+    (etc / "iscsid.conf").write_text("node.conn[0].timeo.noop_out_interval = 11\n")
+    monkeypatch.setattr(mount, "OPEN_ISCSI_DIR", str(etc))
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    opts = mount.parse_args(["127.0.0.1", str(tmp_path), "-o", f"config_dir={ours},open_iscsi"])
+    assert opts.open_iscsi and opts.config_dir == str(ours)
+    assert mount.resolve_initiator_name(opts) == "iqn.1993-08.org.debian:01:abc"
+    assert not (ours / "initiatorname.iscsi").exists()     # theirs is used, never copied
+    config = mount.load_config(opts)
+    assert config.default_options.timeouts.noop_out_interval == 11
+    # ours wins over theirs; without open_iscsi theirs is not read at all
+    (ours / "iscsid.conf").write_text("node.conn[0].timeo.noop_out_interval = 12\n")
+    assert mount.load_config(opts).default_options.timeouts.noop_out_interval == 12
+    (ours / "iscsid.conf").unlink()
+    plain = mount.parse_args(["127.0.0.1", str(tmp_path), "-o", f"config_dir={ours}"])
+    assert mount.load_config(plain).default_options.timeouts.noop_out_interval == 5
+    name = mount.resolve_initiator_name(plain)             # generated and saved in ours
+    assert (ours / "initiatorname.iscsi").read_text().count(name) == 1
+    assert (etc / "initiatorname.iscsi").read_text().count("debian") == 1
+
+
+
+def test_default_config_dir_is_ours(monkeypatch, tmp_path):
+    from iscsifs import mount
+    monkeypatch.setenv("ISCSIFS_CONFIG_DIR", str(tmp_path / "state"))
+    opts = mount.parse_args(["127.0.0.1", str(tmp_path)])
+    assert opts.config_dir == str(tmp_path / "state")
+    monkeypatch.delenv("ISCSIFS_CONFIG_DIR")
+    opts = mount.parse_args(["127.0.0.1", str(tmp_path)])
+    assert opts.config_dir != "/etc/iscsi"
+    if os.geteuid() == 0:
+        assert opts.config_dir == "/etc/iscsifs"

@@ -214,6 +214,7 @@ def _child_pytest(tmp_path: Path, body: str, env_extra: dict) -> subprocess.Comp
     proj = tmp_path / "proj"
     proj.mkdir()
     shutil.copy(HERE / "conftest.py", proj / "conftest.py")
+    shutil.copy(HERE / "logcheck.py", proj / "logcheck.py")
     shutil.copy(HERE / "tgt.py", proj / "tgt.py")
     (proj / "test_child.py").write_text(body)
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "ISCSIFS_NO_SKIP")}
