@@ -129,12 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prefix", default="iqn.2016-04.com.open-iscsi")
     p.set_defaults(run=_iname, is_async=False)
 
-    p = sub.add_parser("demo", help="run everything against a throwaway local tgtd target")
-    p.add_argument("--keep", action="store_true", help="stay mounted until Ctrl-C")
-    p.add_argument("mountpoint", nargs="?", help="where to mount (default: a temp dir)")
-    p.set_defaults(run=lambda a: __import__("iscsifs.demo").demo.run(a.keep, a.mountpoint),
-                   is_async=False)
-
     try:
         from .nodecli import add_node_commands
     except ImportError:  # pragma: no cover - during bring-up

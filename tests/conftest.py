@@ -1,7 +1,7 @@
 """Shared fixtures: a private tgtd with a standard target, fresh targets, CI no-skip rule,
 the layer markers and the log check (tests/logcheck.py). The layers: tests/README.md.
 
-Fixtures (see tests/tgt.py for the Tgtd API):
+Fixtures (see iscsifs_testbed/tgtd.py for the Tgtd API):
   tgtd          session  Tgtd           one private tgtd per pytest run
   tgt_target    session  StandardTarget the standard targets (disk1: LUN 1/2/3, disk2: LUN 1)
   fresh_target  function TargetFactory  make throw-away targets (own tid, removed afterwards)
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from tgt import (INITIATOR_IQN, IQN1, IQN2, MiB, LunInfo, TargetInfo, Tgtd, TgtadmError,
-                 missing_requirements)
+from iscsifs_testbed.tgtd import (INITIATOR_IQN, IQN1, IQN2, MiB, LunInfo, TargetInfo, Tgtd,
+                                  TgtadmError, missing_requirements)
 
 pytest_plugins = ("logcheck", "pytester")
 
@@ -266,7 +266,7 @@ def pytest_sessionfinish(session, exitstatus):
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def tgtd():
-    """The run's private tgtd (tests.tgt.Tgtd), started on first use."""
+    """The run's private tgtd (iscsifs_testbed.tgtd.Tgtd), started on first use."""
     reason = missing_requirements()
     if reason:
         pytest.skip(reason)

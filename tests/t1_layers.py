@@ -1,8 +1,11 @@
-"""iscsifs.core is sans-IO: importing any of its modules must not pull in I/O or concurrency
-libraries.  Each module is imported in a fresh interpreter and ``sys.modules`` inspected; the
-module list is globbed so that modules added later are covered too.
+"""The import rules of docs/design.md, checked on the code.
 
-Two checks per module:
+The import graph (read from the source with ``ast``, lazy imports inside functions included):
+the product (``iscsifs``) never imports the test and demo harness (``iscsifs_testbed``).
+
+iscsifs.core is sans-IO: importing any of its modules must not pull in I/O or concurrency
+libraries.  Each module is imported in a fresh interpreter and ``sys.modules`` inspected; the
+module list is globbed so that modules added later are covered too.  Two checks per module:
 
 * no module of iscsifs does ``import trio`` / ``socket`` / ``pyfuse3`` / ``asyncio`` /
   ``threading`` itself (an ``__import__`` hook records who imports what);
@@ -12,6 +15,7 @@ Two checks per module:
   and ``email`` (-> socket) from the standard library.
 """
 
+import ast
 import json
 import pathlib
 import subprocess
@@ -19,7 +23,10 @@ import sys
 
 import pytest
 
+import iscsifs
 import iscsifs.core
+
+PACKAGE_DIR = pathlib.Path(iscsifs.__file__).parent
 
 FORBIDDEN = ("trio", "socket", "_socket", "pyfuse3", "asyncio", "_asyncio", "threading")
 ALLOWED_DEPENDENCIES = ("crc32c",)
@@ -86,3 +93,38 @@ def test_core_module_imports_no_io(module, baseline):
     assert not found["direct"], f"{module}: forbidden imports {found['direct']}"
     extra = sorted(_forbidden(found["modules"]) - baseline)
     assert not extra, f"importing {module} loads {extra}"
+
+
+# ---------------------------------------------------------------------- the import graph
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Every module ``path`` imports (absolute names; relative imports resolved)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")
+                parent = parent[:len(parent) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def product_graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for p in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+def test_product_never_imports_the_testbed():
+    offenders = {module: sorted(i for i in imported if i.split(".")[0] == "iscsifs_testbed")
+                 for module, imported in product_graph().items()}
+    assert not {m: i for m, i in offenders.items() if i}

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from fake_target import FakeTarget
-from tgt import Tgtd
+from iscsifs_testbed.tgtd import Tgtd
 from iscsifs.core.chap import ChapCredentials
 from iscsifs.core.discovery import Portal, parse_portal
 from iscsifs.device import Lun

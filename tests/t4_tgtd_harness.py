@@ -1,4 +1,4 @@
-"""Tests of the tgtd harness (tests/tgt.py) and the conftest rules themselves."""
+"""Tests of the tgtd harness (iscsifs_testbed.tgtd) and the conftest rules themselves."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tgt import IQN1, IQN2, SOCKET_DIR, MiB, Tgtd, TgtadmError
+from iscsifs_testbed.tgtd import IQN1, IQN2, SOCKET_DIR, MiB, Tgtd, TgtadmError
 
 HERE = Path(__file__).resolve().parent
 
@@ -215,7 +215,6 @@ def _child_pytest(tmp_path: Path, body: str, env_extra: dict) -> subprocess.Comp
     proj.mkdir()
     shutil.copy(HERE / "conftest.py", proj / "conftest.py")
     shutil.copy(HERE / "logcheck.py", proj / "logcheck.py")
-    shutil.copy(HERE / "tgt.py", proj / "tgt.py")
     (proj / "test_child.py").write_text(body)
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "ISCSIFS_NO_SKIP")}
     env.update(env_extra)
@@ -260,7 +259,7 @@ def test_ci_rule_covers_module_level_skip(tmp_path):
 
 
 def test_leak_check_fails_a_test_that_leaves_tgtd(tmp_path):
-    body = ("from tgt import Tgtd\n"
+    body = ("from iscsifs_testbed.tgtd import Tgtd\n"
             "def test_leaky():\n    Tgtd().start()\n"
             "def test_after():\n    pass\n")
     r = _child_pytest(tmp_path, body, {})
@@ -281,7 +280,7 @@ def test_missing_tgtd_skips_or_fails(tmp_path, no_skip, rc):
 
 
 def test_leak_check_resumes_a_stalled_tgtd(tmp_path):
-    body = ("import pytest\nfrom tgt import Tgtd\n"
+    body = ("import pytest\nfrom iscsifs_testbed.tgtd import Tgtd\n"
             "@pytest.fixture(scope='session')\ndef d():\n"
             "    t = Tgtd(); t.long_lived = True; t.start(); yield t; t.stop()\n"
             "def test_stalls(d):\n    d.stall()\n"

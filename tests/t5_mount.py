@@ -19,7 +19,7 @@ import pytest
 
 from helpers import wait_for
 
-from tgt import IQN1, IQN2, MiB
+from iscsifs_testbed.tgtd import IQN1, IQN2, MiB
 
 HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 pytestmark = pytest.mark.integration

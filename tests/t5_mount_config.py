@@ -16,7 +16,7 @@ import pytest
 
 from helpers import wait_for
 
-from tgt import MiB
+from iscsifs_testbed.tgtd import MiB
 
 HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from t5_mount import Mount, _wait, do_mount
-from tgt import MiB
+from iscsifs_testbed.tgtd import MiB
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import wait_for
 import trio
 
-from tgt import MiB
+from iscsifs_testbed.tgtd import MiB
 
 HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 

@@ -1,4 +1,4 @@
-"""``iscsifs demo``: the whole product on a throwaway local target.
+"""``iscsifs-demo``: the whole product on a throwaway local target.
 
 Starts a private tgtd on 127.0.0.1 (a free port, its own control port) with a scratch target of
 two LUNs backed by sparse files in a temp dir, then does what an admin would: discovery, mount,
@@ -9,6 +9,7 @@ shell session. Everything it started is stopped (by PID) and removed at the end.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .localtarget import Tgtd, missing_requirements
+from .tgtd import Tgtd, missing_requirements
 
 DEMO_IQN = "iqn.2026-11.org.iscsifs.demo:scratch"
 MiB = 1 << 20
@@ -31,7 +32,7 @@ def _run(cmd: list[str], *, check: bool = True, quiet_output: bool = False) -> s
     if out and not quiet_output:
         print(out, flush=True)
     if check and proc.returncode != 0:
-        raise SystemExit(f"iscsifs demo: {cmd[0]} failed with exit {proc.returncode}")
+        raise SystemExit(f"iscsifs-demo: {cmd[0]} failed with exit {proc.returncode}")
     return proc.stdout
 
 
@@ -45,14 +46,14 @@ def _wait_mounted(path: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.ismount(path):
         if time.monotonic() > deadline:
-            raise SystemExit(f"iscsifs demo: {path} did not get mounted within {timeout:g} s")
+            raise SystemExit(f"iscsifs-demo: {path} did not get mounted within {timeout:g} s")
         time.sleep(0.05)
 
 
 def run(keep: bool = False, mountpoint: str | None = None) -> int:
     reason = missing_requirements()
     if reason:
-        print(f"iscsifs demo: {reason}", file=sys.stderr)
+        print(f"iscsifs-demo: {reason}", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="iscsifs-demo."))
     mnt = mountpoint or str(work / "san")
@@ -108,3 +109,17 @@ def run(keep: bool = False, mountpoint: str | None = None) -> int:
             subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True, timeout=30)
         tgtd.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="iscsifs-demo",
+        description="Run iscsifs against a throwaway local tgtd target (needs root and tgt).")
+    parser.add_argument("--keep", action="store_true", help="stay mounted until Ctrl-C")
+    parser.add_argument("mountpoint", nargs="?", help="where to mount (default: a temp dir)")
+    args = parser.parse_args(argv)
+    return run(args.keep, args.mountpoint)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
