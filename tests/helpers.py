@@ -28,7 +28,7 @@ def run_iscsifs(config_dir: Path, *args: str,
     """``iscsifs --config-dir CONFIG_DIR ARGS...`` run in this process through the console
     script's ``main``: its exit code, stdout and stderr. ``env`` is set while it runs. The
     logging it configures is undone afterwards."""
-    from iscsifs.cli import main
+    from iscsifs.cli.main import main
     argv = ["--config-dir", str(config_dir), *args]
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()

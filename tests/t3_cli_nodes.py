@@ -9,7 +9,7 @@ import math
 import pytest
 
 from helpers import ok, one_error_line, run_iscsifs, show_node
-from iscsifs.config import NodeDB
+from iscsifs.config.nodedb import NodeDB
 from iscsifs.core.discovery import Portal
 from iscsifs.errors import ConfigError
 from iscsifs.net.session import Timeouts

@@ -1,4 +1,4 @@
-"""open-iscsi configuration files and the node record database (iscsifs.config)."""
+"""open-iscsi configuration files and the node record database (iscsifs.config.*)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from collections import namedtuple
 import pytest
 from hypothesis import given, strategies as st
 
-from iscsifs.config import (
-    DiscoverySettings, NodeDB, NodeSettings, PortalKey, ensure_initiator_name, iname,
-    parse_conf, read_initiator_name, render_record, valid_iscsi_name, validate_iscsi_name,
-    write_initiator_name,
-)
+from iscsifs.config.conffile import parse_conf, render_record
+from iscsifs.config.initiatorname import (ensure_initiator_name, iname, read_initiator_name,
+                                          write_initiator_name)
+from iscsifs.config.keys import validate_iscsi_name
+from iscsifs.config.nodedb import NodeDB, PortalKey
+from iscsifs.config.settings import DiscoverySettings, NodeSettings
 from iscsifs.core.chap import ChapCredentials
+from iscsifs.core.discovery import valid_iscsi_name
 from iscsifs.errors import ConfigError
 
 T1 = "iqn.2003-01.org.example:t1"

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from iscsifs import mount
+from iscsifs.config import locations
 from iscsifs.core.discovery import Portal
+from iscsifs.mount.config import load_config, resolve_initiator_name
+from iscsifs.mount.lifetime import fuse_options
+from iscsifs.mount.options import MountOptions, parse_args
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_TRANSPORT_FAILURE, QuietError
 
 HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 
 
-def parse(*argv: str) -> mount.MountOptions:
-    return mount.parse_args(list(argv))
+def parse(*argv: str) -> MountOptions:
+    return parse_args(list(argv))
 
 
 def test_basic(tmp_path):
@@ -51,7 +54,7 @@ def test_options(tmp_path):
                              "replacement_timeout": -1, "command": 9, "logout": 4}
     assert opts.config_dir == "/tmp"
     assert opts.header_digest == "CRC32C,None" and opts.data_digest == "CRC32C"
-    fuse = mount.fuse_options(opts)
+    fuse = fuse_options(opts)
     assert {"fsname=iscsifs", "subtype=iscsifs", "default_permissions", "allow_other", "ro",
             "nosuid", "nodev", "noexec"} <= fuse
     assert "relatime" not in fuse          # libfuse 3 rejects it; the kernel default anyway
@@ -61,7 +64,7 @@ def test_options(tmp_path):
 def test_last_of_ro_rw_wins(tmp_path):
     assert parse("127.0.0.1", str(tmp_path), "-o", "ro,rw").read_only is False
     assert parse("127.0.0.1", str(tmp_path), "-o", "rw", "-o", "ro").read_only is True
-    assert "rw" in mount.fuse_options(parse("127.0.0.1", str(tmp_path)))
+    assert "rw" in fuse_options(parse("127.0.0.1", str(tmp_path)))
 
 
 def test_fstab_only_options_are_ignored(tmp_path):
@@ -103,7 +106,7 @@ def test_foreground_and_debug_flags(tmp_path):
 def test_bad_input_is_one_clean_error(argv, fragment, tmp_path):
     argv = [str(tmp_path) if a == "MP" else a for a in argv]
     with pytest.raises(QuietError) as info:
-        mount.parse_args(argv)
+        parse_args(argv)
     message = str(info.value)
     assert fragment in message
     assert "\n" not in message
@@ -118,29 +121,29 @@ def test_sloppy_only_warns(tmp_path):
 
 def test_initiator_name_sources(tmp_path):
     opts = parse("127.0.0.1", str(tmp_path), "-o", "initiator_name=iqn.2016-04.org.x:y")
-    assert mount.resolve_initiator_name(opts) == "iqn.2016-04.org.x:y"
+    assert resolve_initiator_name(opts) == "iqn.2016-04.org.x:y"
     with pytest.raises(QuietError, match="bad initiator_name"):
-        mount.resolve_initiator_name(parse("127.0.0.1", str(tmp_path),
+        resolve_initiator_name(parse("127.0.0.1", str(tmp_path),
                                            "-o", "initiator_name=not-an-iqn"))
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "initiatorname.iscsi").write_text("# comment\nInitiatorName=iqn.2016-04.org.x:z\n")
     opts = parse("127.0.0.1", str(tmp_path), "-o", f"config_dir={conf}")
-    assert mount.resolve_initiator_name(opts) == "iqn.2016-04.org.x:z"
+    assert resolve_initiator_name(opts) == "iqn.2016-04.org.x:z"
     opts = parse("127.0.0.1", str(tmp_path), "-o", f"config_dir={tmp_path / 'empty'}")
     with pytest.raises(QuietError, match="not a directory"):
-        mount.resolve_initiator_name(opts)
+        resolve_initiator_name(opts)
     (tmp_path / "empty").mkdir()
-    name = mount.resolve_initiator_name(opts)
+    name = resolve_initiator_name(opts)
     assert name.startswith("iqn.2016-04.com.open-iscsi:") and opts.warnings
 
 
 def test_help_and_version():
     with pytest.raises(QuietError) as info:
-        mount.parse_args(["--help"])
+        parse_args(["--help"])
     assert info.value.exit_code == 0 and "cache=direct|page" in str(info.value)
     with pytest.raises(QuietError) as info:
-        mount.parse_args(["-V"])
+        parse_args(["-V"])
     assert info.value.exit_code == 0 and "iscsifs" in str(info.value)
 
 
@@ -200,39 +203,37 @@ def test_helper_fails_cleanly(case, tmp_path):
 
 # -- the config dir a mount reads --------------------------------------------------------
 def test_open_iscsi_option_reads_etc_iscsi(tmp_path, monkeypatch):
-    from iscsifs import mount
     etc = tmp_path / "etc-iscsi"
     etc.mkdir()
     (etc / "initiatorname.iscsi").write_text("InitiatorName=iqn.1993-08.org.debian:01:abc\n")
     (etc / "iscsid.conf").write_text("node.conn[0].timeo.noop_out_interval = 11\n")
-    monkeypatch.setattr(mount, "OPEN_ISCSI_DIR", str(etc))
+    monkeypatch.setattr(locations, "OPEN_ISCSI_DIR", str(etc))
     ours = tmp_path / "ours"
     ours.mkdir()
-    opts = mount.parse_args(["127.0.0.1", str(tmp_path), "-o", f"config_dir={ours},open_iscsi"])
+    opts = parse_args(["127.0.0.1", str(tmp_path), "-o", f"config_dir={ours},open_iscsi"])
     assert opts.open_iscsi and opts.config_dir == str(ours)
-    assert mount.resolve_initiator_name(opts) == "iqn.1993-08.org.debian:01:abc"
+    assert resolve_initiator_name(opts) == "iqn.1993-08.org.debian:01:abc"
     assert not (ours / "initiatorname.iscsi").exists()     # theirs is used, never copied
-    config = mount.load_config(opts)
+    config = load_config(opts)
     assert config.default_options.timeouts.noop_out_interval == 11
     # ours wins over theirs; without open_iscsi theirs is not read at all
     (ours / "iscsid.conf").write_text("node.conn[0].timeo.noop_out_interval = 12\n")
-    assert mount.load_config(opts).default_options.timeouts.noop_out_interval == 12
+    assert load_config(opts).default_options.timeouts.noop_out_interval == 12
     (ours / "iscsid.conf").unlink()
-    plain = mount.parse_args(["127.0.0.1", str(tmp_path), "-o", f"config_dir={ours}"])
-    assert mount.load_config(plain).default_options.timeouts.noop_out_interval == 5
-    name = mount.resolve_initiator_name(plain)             # generated and saved in ours
+    plain = parse_args(["127.0.0.1", str(tmp_path), "-o", f"config_dir={ours}"])
+    assert load_config(plain).default_options.timeouts.noop_out_interval == 5
+    name = resolve_initiator_name(plain)             # generated and saved in ours
     assert (ours / "initiatorname.iscsi").read_text().count(name) == 1
     assert (etc / "initiatorname.iscsi").read_text().count("debian") == 1
 
 
 
 def test_default_config_dir_is_ours(monkeypatch, tmp_path):
-    from iscsifs import mount
     monkeypatch.setenv("ISCSIFS_CONFIG_DIR", str(tmp_path / "state"))
-    opts = mount.parse_args(["127.0.0.1", str(tmp_path)])
+    opts = parse_args(["127.0.0.1", str(tmp_path)])
     assert opts.config_dir == str(tmp_path / "state")
     monkeypatch.delenv("ISCSIFS_CONFIG_DIR")
-    opts = mount.parse_args(["127.0.0.1", str(tmp_path)])
+    opts = parse_args(["127.0.0.1", str(tmp_path)])
     assert opts.config_dir != "/etc/iscsi"
     if os.geteuid() == 0:
         assert opts.config_dir == "/etc/iscsifs"

@@ -15,7 +15,7 @@ from iscsifs.core.keys import LoginParams
 from iscsifs.device import Lun, NoSpace
 from iscsifs.errors import LoginError, SessionFailed
 from iscsifs.net.discovery import discover
-from iscsifs.net.initiator import Initiator
+from iscsifs.initiator import Initiator
 from iscsifs.net.session import Session, Timeouts
 from iscsifs.scsi.sense import ScsiError, SenseKey
 

@@ -137,7 +137,7 @@ def test_wrong_secret_gives_eacces_and_a_clear_log(tgt_target, fresh_target, fus
 
 
 def test_node_override_survives_remount(tgt_target, fresh_target, fuse_available, tmp_path):
-    from iscsifs.config import NodeDB
+    from iscsifs.config.nodedb import NodeDB
     t = fresh_target(luns=[(8 * MiB, 512)])
     conf = tmp_path / "conf"
     conf.mkdir()

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
-import trio
 
 from iscsifs_testbed.tgtd import MiB
 

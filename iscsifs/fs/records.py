@@ -1,7 +1,7 @@
 """Node records as the filesystem sees them: which targets a portal directory lists besides the
 SendTargets answer, and what mkdir / rmdir do to the records.
 
-Owns: the glue between ``fs/ops.py`` and ``iscsifs.config.NodeDB`` (open-iscsi's layout under
+Owns: the glue between the filesystem and ``iscsifs.config.nodedb.NodeDB`` (open-iscsi's layout under
 the mount's config dir). Synchronous and small: each call reads or writes a few small files.
 
 Must not know: pyfuse3, trio, sessions.
@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-from iscsifs.config import NodeDB, PortalKey, valid_iscsi_name
+from iscsifs.config.nodedb import NodeDB, PortalKey
+from iscsifs.core.discovery import valid_iscsi_name
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,7 @@ import trio
 
 from ..core.discovery import Portal
 from ..core.pdu import PduDecoder, encode, summary
-from ..errors import ConnectionLost
-from .util import os_reason
+from ..errors import ConnectionLost, os_reason
 
 log = logging.getLogger(__name__)
 

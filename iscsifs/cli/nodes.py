@@ -22,13 +22,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import (NodeDB, NodeRecord, NodeSettings, PortalKey, is_secret_key,
-                     render_record, validate_host, validate_iscsi_name)
-from .errors import (EXIT_AUTH_FAILED, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED,
-                     EXIT_NO_OBJECTS, EXIT_TRANSPORT_FAILURE, AuthenticationError, ConfigError,
-                     ConnectionLost, IscsiError, LoginError, QuietError, RemoteProtocolError)
+import trio
 
-__all__ = ["add_node_commands", "resolve_value"]
+from iscsifs.cli.common import initiator_name, portal_arg, quiet_error
+from iscsifs.cli.discover import discover
+from iscsifs.config.conffile import render_record
+from iscsifs.config.keys import is_secret_key, validate_host, validate_iscsi_name, validate_key
+from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
+from iscsifs.config.settings import NodeSettings
+from iscsifs.core.discovery import Portal, host_port
+from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, ConfigError, IscsiError, QuietError
+from iscsifs.net.session import Session
+from iscsifs.net.util import unwrap_group
+from iscsifs.nodeopts import login_params_from_settings, node_options_from_settings
+
+__all__ = ["add_commands", "resolve_value"]
 
 IFACE = "default"
 MAX_SECRET_FILE = 4096      # a secret file larger than this is surely the wrong file
@@ -84,11 +92,7 @@ def _portal_filter(text: str | None) -> tuple[str, int, int | None] | None:
     """``-p`` as (host, port, tpgt or None); host normalised as records store it."""
     if text is None:
         return None
-    from .core.discovery import parse_portal
-    try:
-        portal = parse_portal(text)
-    except ValueError as exc:
-        raise QuietError(f"bad portal {text!r}: {exc}", EXIT_INVALID_ARGUMENT) from None
+    portal = portal_arg(text)
     try:
         host = validate_host(portal.host)
     except ConfigError as exc:
@@ -193,8 +197,6 @@ def _check_update(record: NodeRecord, key: str, value: str, where: str) -> None:
     """Refuse, before anything is written, a value that would make the record unusable for a
     login (e.g. FirstBurstLength above MaxBurstLength). Bad values themselves are left to
     NodeDB.update, which names them."""
-    from .config import validate_key
-    from .nodeopts import login_params_from_settings
     try:
         value = validate_key(key, value)
     except ValueError:
@@ -232,10 +234,6 @@ def _discovery_selected(db: NodeDB, args: Any) -> list[tuple[str, int]]:
     return found
 
 
-def _portal_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _discovery(args: Any) -> int:
     if args.type is not None:
         if not args.portal:
@@ -250,7 +248,7 @@ def _discovery(args: Any) -> int:
         op = "show" if args.portal else "list"
     if op == "list":
         for host, port in _discovery_selected(db, args):
-            print(f"{_portal_text(host, port)} via sendtargets")
+            print(f"{host_port(host, port)} via sendtargets")
         return 0
     if not args.portal:
         raise QuietError(f"-o {op} needs -p PORTAL", EXIT_INVALID_ARGUMENT)
@@ -267,12 +265,12 @@ def _discovery(args: Any) -> int:
         value = resolve_value(args.name, args.value)
         settings = db.update_discovery(portal, args.name, value)
         for message in settings.warnings:
-            _warn(f"discovery at {_portal_text(*portal)}: {message}")
+            _warn(f"discovery at {host_port(*portal)}: {message}")
         _flush_warnings(db)
         return 0
     _discovery_selected(db, args)          # 21 when there is no such record
     if op == "show":
-        keys = db._discovery_keys(*portal)  # noqa: SLF001 - st_config merged with defaults
+        keys = db.discovery_keys(*portal)
         _flush_warnings(db)
         print(render_record(keys, hide_secrets=True, version=None), end="")
         return 0
@@ -284,49 +282,30 @@ def _discovery(args: Any) -> int:
 
 def _run_discovery(args: Any) -> int:
     """``iscsifs discovery -t st -p P`` = ``iscsifs discover P`` (iscsiadm's spelling)."""
-    import trio
-
-    from .cli import _discover
     ns = argparse.Namespace(**vars(args))
     ns.no_record = False
-    return trio.run(_discover, ns)
+    return trio.run(discover, ns)
 
 
 # ---------------------------------------------------------------------- login
 def _login_failure(record: NodeRecord, exc: BaseException) -> QuietError:
-    where = f"{record.target} at {record.portal.host}:{record.portal.port}"
     detail = str(exc)
     for prefix in (f"login to {record.target} failed: ", f"login to {record.target}: "):
         if detail.startswith(prefix):
             detail = detail[len(prefix):]
-    if isinstance(exc, AuthenticationError):
-        return QuietError(f"authentication failed for {where}: {detail}", EXIT_AUTH_FAILED)
-    if isinstance(exc, (LoginError, RemoteProtocolError)):
-        return QuietError(f"login to {where} failed: {detail}", EXIT_LOGIN_FAILED)
-    if isinstance(exc, ConfigError):
-        return QuietError(f"login to {where} not attempted: {detail}", EXIT_INVALID_ARGUMENT)
-    if isinstance(exc, ConnectionLost):     # its message names the portal and the reason
-        return QuietError(f"login to {record.target} failed: {detail}", EXIT_TRANSPORT_FAILURE)
-    if isinstance(exc, OSError):
-        return QuietError(f"login to {where} failed: {exc.strerror or detail}",
-                          EXIT_TRANSPORT_FAILURE)
-    return QuietError(f"login to {where} failed: {type(exc).__name__}: {detail}",
-                      EXIT_LOGIN_FAILED)
+    where = f"{record.target} at {host_port(record.portal.host, record.portal.port)}"
+    return quiet_error(exc, doing=f"login to {where}", who=where,
+                       detail=detail if isinstance(exc, IscsiError) else None)
 
 
-async def _login_one(record: NodeRecord, options: Any, initiator_name: str) -> None:
-    import trio
-
-    from .core.discovery import Portal
-    from .net.session import Session
-    from .net.util import unwrap_group
+async def _login_one(record: NodeRecord, options: Any, name: str) -> None:
     portal = Portal(record.portal.host, record.portal.port, record.portal.tpgt)
     timeouts = options.timeouts
     with trio.fail_after(timeouts.login + timeouts.logout + 5):
         with unwrap_group():
             async with trio.open_nursery() as nursery:
                 session = await Session.connect(
-                    portal, record.target, initiator_name=initiator_name, nursery=nursery,
+                    portal, record.target, initiator_name=name, nursery=nursery,
                     params=options.login_params, chap=options.chap, timeouts=timeouts,
                     queue_depth=options.queue_depth, recover=False)
                 await session.close()
@@ -334,8 +313,6 @@ async def _login_one(record: NodeRecord, options: Any, initiator_name: str) -> N
 
 
 async def _login(args: Any) -> int:
-    from .cli import initiator_name_for
-    from .nodeopts import node_options_from_settings
     db = NodeDB(args.config_dir)
     _flush_warnings(db)
     records = _select(db, args)
@@ -343,7 +320,7 @@ async def _login(args: Any) -> int:
         records = [r for r in records if r.settings.startup == args.startup]
         if not records:
             raise QuietError("no records found", EXIT_NO_OBJECTS)
-    name = initiator_name_for(args)
+    name, _note = initiator_name(args.initiator_name, args.config_dir)
     first_error: QuietError | None = None
     for record in records:
         print(f"Logging in to {_who(record)}", flush=True)
@@ -352,13 +329,8 @@ async def _login(args: Any) -> int:
             for message in record.settings.warnings:
                 _warn(f"{record.target} at {record.portal}: {message}")
             await _login_one(record, options, name)
-        except (IscsiError, OSError) as exc:
+        except (IscsiError, OSError, trio.TooSlowError) as exc:
             err = _login_failure(record, exc)
-        except Exception as exc:                # trio.TooSlowError
-            if type(exc).__name__ != "TooSlowError":
-                raise
-            err = QuietError(f"login to {record.target} at {record.portal.host}:"
-                             f"{record.portal.port} failed: timed out", EXIT_TRANSPORT_FAILURE)
         else:
             print(f"Login to {_who(record)} successful.", flush=True)
             continue
@@ -415,7 +387,7 @@ def _common(p: argparse.ArgumentParser, ops: list[str], *, target: bool = True) 
                         "out of ps)")
 
 
-def add_node_commands(subparsers: Any) -> None:
+def add_commands(subparsers: Any) -> None:
     """Add ``node``, ``discovery`` and ``login`` to the ``iscsifs`` command line."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("node", help="node records (iscsiadm -m node)",

@@ -1,8 +1,12 @@
-"""The initiator as the filesystem and the CLI see it: portals, targets, LUNs, sessions.
+"""The initiator as the filesystem and the mount see it: portals, targets, LUNs, sessions.
 
 Owns: the discovery cache, one session per (target, portal) created on first use (lazy login,
-shared by every open file), the LUN list of each session, rescans, and logging everything out
-at the end. Long-lived tasks run in the nursery its owner passes in.
+shared by every open file), the LUN list of each session (``device.Lun`` for disk LUNs),
+rescans, and logging everything out at the end. Long-lived tasks run in the nursery its owner
+passes in.
+
+This is the facade above the layers: it uses ``net`` (sessions, discovery) and ``device``;
+``fs``, ``mount`` and ``cli`` use it, and nothing below imports it.
 """
 
 from __future__ import annotations
@@ -13,15 +17,15 @@ from typing import Callable
 
 import trio
 
-from ..core.chap import ChapCredentials
-from ..core.discovery import DiscoveredTarget, Portal
-from ..core.keys import LoginParams, NegotiatedParams
-from ..device import Lun, read_data
-from ..scsi import cdb as scsi_cdb
-from ..scsi import parse as scsi_parse
-from ..scsi.sense import ScsiError
-from .discovery import discover
-from .session import Session, Timeouts
+from .core.chap import ChapCredentials
+from .core.discovery import DiscoveredTarget, Portal
+from .core.keys import LoginParams, NegotiatedParams
+from .device import Lun, read_data
+from .net.discovery import discover
+from .net.session import Session, Timeouts
+from .scsi import cdb as scsi_cdb
+from .scsi import parse as scsi_parse
+from .scsi.sense import ScsiError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,7 @@ class Initiator:
     def __init__(self, *, initiator_name: str, portals: list[Portal], nursery: trio.Nursery,
                  timeouts: Timeouts | None = None, login_params: LoginParams | None = None,
                  chap: ChapCredentials | None = None, discovery_chap: ChapCredentials | None = None,
-                 read_only: bool = False, initiator_alias: str | None = None,
+                 initiator_alias: str | None = None,
                  queue_depth: int = 32,
                  node_options: Callable[[str, Portal], NodeOptions | None] | None = None,
                  discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
@@ -98,7 +102,6 @@ class Initiator:
         self.login_params = login_params or LoginParams()
         self.chap = chap
         self.discovery_chap = discovery_chap
-        self.read_only = read_only
         self.queue_depth = queue_depth
         self.node_options = node_options
         # per-portal discovery credentials (overrides discovery_chap when given)
@@ -137,10 +140,6 @@ class Initiator:
     def forget_discovery(self, portal: Portal) -> None:
         """Drop the cached SendTargets answer of ``portal`` (the next listing asks again)."""
         self._discovered.pop((portal.host, portal.port), None)
-
-    def cached_targets(self, portal: Portal) -> list[DiscoveredTarget] | None:
-        cached = self._discovered.get((portal.host, portal.port))
-        return cached[1] if cached else None
 
     # ------------------------------------------------------------------ sessions
     def _options(self, target: str, portal: Portal) -> NodeOptions:
