@@ -215,14 +215,14 @@ async def test_statfs():
 # -- by-path names and capacity changes ---------------------------------------------------
 def test_by_path_names_ipv6_and_parse():
     from iscsifs.core.discovery import Portal
-    from iscsifs.fs.ops import _BY_PATH_RE
+    from iscsifs.fs.namespace import BY_PATH_RE
     from iscsifs.fs.render import by_path_name
     name = by_path_name("iqn.2026-11.org.example:disk-lun-1", Portal("::1", 3260), 3)
     assert name == "ip-[::1]:3260-iscsi-iqn.2026-11.org.example:disk-lun-1-lun-3"
-    m = _BY_PATH_RE.match(name)
+    m = BY_PATH_RE.match(name)
     assert (m["portal"], m["target"], m["lun"]) == \
         ("[::1]:3260", "iqn.2026-11.org.example:disk-lun-1", "3")
-    m = _BY_PATH_RE.match("ip-127.0.0.1:3260-iscsi-iqn.2026-11.org.x:y-lun-0")
+    m = BY_PATH_RE.match("ip-127.0.0.1:3260-iscsi-iqn.2026-11.org.x:y-lun-0")
     assert (m["portal"], m["target"], m["lun"]) == ("127.0.0.1:3260", "iqn.2026-11.org.x:y", "0")
 
 

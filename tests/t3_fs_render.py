@@ -13,8 +13,9 @@ import trio
 from iscsifs.core.discovery import Portal
 from iscsifs.core.keys import NegotiatedParams
 from iscsifs.fs import errno_map, render
-from iscsifs.fs.tree import Kind, Tree, portal_dir_name, safe_name
-from iscsifs.net.initiator import LunEntry, SessionInfo, Timeouts
+from iscsifs.core.discovery import valid_iscsi_name
+from iscsifs.fs.tree import Kind, Tree
+from iscsifs.initiator import LunEntry, SessionInfo, Timeouts
 
 from fs_fake import HOSTILE_NAMES, FakeLun
 
@@ -181,8 +182,8 @@ def test_initiator_name_file():
 
 # -- tree: names -------------------------------------------------------------------------------
 def test_portal_dir_names():
-    assert portal_dir_name(Portal("127.0.0.1", 3260)) == "127.0.0.1:3260"
-    assert portal_dir_name(Portal("::1", 3260)) == "[::1]:3260"
+    tree = Tree([Portal("127.0.0.1", 3260), Portal("::1", 3260)])
+    assert [n.name for n in tree.portal_nodes()] == ["127.0.0.1:3260", "[::1]:3260"]
     tree = Tree([Portal("127.0.0.1", 3260), Portal("::1", 3261)])
     assert [n.name for n in tree.children(tree.portals_dir)] == ["127.0.0.1:3260", "[::1]:3261"]
     assert tree.by_path("portals", "[::1]:3261", "targets").kind is Kind.TARGETS
@@ -194,7 +195,7 @@ def test_portal_dir_names():
     "iqn.2026-11.org.example:\u202ertl", "/etc/passwd", "iqn.2026-11.org.example:" + "é" * 110,
 ])
 def test_hostile_target_names_never_become_paths(name, caplog):
-    assert not safe_name(name)
+    assert not valid_iscsi_name(name)
     tree = Tree([PORTAL])
     targets = tree.targets_dir(PORTAL)
     with caplog.at_level(logging.WARNING, logger="iscsifs.fs.tree"):
@@ -269,7 +270,7 @@ def test_scsi_errors_map_by_sense_key(exc_factory, expected):
 @pytest.mark.expect_log(r" -> E[A-Z]+$", logger="iscsifs.fs.errno_map")
 def test_other_errors_map():
     from iscsifs import errors
-    from iscsifs.device import NoSpace
+    from iscsifs.errors import NoSpace
     assert errno_map.errno_for(NoSpace("beyond"), "w") == errno.ENOSPC
     assert errno_map.errno_for(errors.AuthenticationError("auth failed", 2, 1), "l") == \
         errno.EACCES
@@ -307,7 +308,7 @@ def test_unexpected_error_logs_traceback(caplog):
 
 
 async def test_decorator_turns_everything_into_fuse_errors():
-    from iscsifs.device import NoSpace
+    from iscsifs.errors import NoSpace
 
     class H:
         @errno_map.fuse_errors
@@ -322,8 +323,7 @@ async def test_decorator_turns_everything_into_fuse_errors():
         await H().write(pyfuse3.FUSEError(errno.EBADF))
     assert info.value.errno == errno.EBADF
     with pytest.raises(pyfuse3.FUSEError) as info:
-        with errno_map.fuse_errors_context("read"):
-            raise _scsi(0x7, 0x27, 0x00)
+        await H().write(_scsi(0x7, 0x27, 0x00))
     assert info.value.errno == errno.EROFS
     # cancellation is not an error to translate: it passes through to its scope
 

@@ -5,8 +5,8 @@ headings and key names, so admins recognise it and their greps keep working), fo
 ``iscsiadm -m session -s`` counters. Secrets never appear: CHAP passwords are always printed as
 ``********``, whatever their value, and SessionInfo carries no secret in the first place.
 
-Must not know: pyfuse3, trio, sessions. Input is the frozen snapshots from net/initiator.py
-(SessionInfo, LunEntry), read by attribute name only.
+Must not know: pyfuse3, trio, sessions. Input is the frozen snapshots from iscsifs/initiator.py
+(SessionInfo, LunEntry; ``fs/backend.py`` declares what is read of a LUN).
 
 Names that come from the target (target name, alias, inquiry strings) are printed with control
 characters escaped so that a hostile target cannot forge lines in these files.
@@ -18,7 +18,8 @@ from typing import Any
 
 from iscsifs import __version__
 from iscsifs.core.connection import COUNTER_NAMES   # iscsiadm -m session -s order
-from iscsifs.fs.tree import format_host, portal_dir_name, portal_text
+from iscsifs.core.discovery import Portal, format_host
+from iscsifs.fs.backend import LunListing
 
 PASSWORD_MASK = "********"
 EMPTY = "<empty>"
@@ -70,9 +71,9 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default) if obj is not None else default
 
 
-def by_path_name(target: str, portal: Any, lun: int) -> str:
+def by_path_name(target: str, portal: Portal, lun: int) -> str:
     """The udev /dev/disk/by-path name open-iscsi users know: ip-ADDR:PORT-iscsi-IQN-lun-N."""
-    return f"ip-{portal_dir_name(portal)}-iscsi-{clean(target)}-lun-{lun}"
+    return f"ip-{portal.address}-iscsi-{clean(target)}-lun-{lun}"
 
 
 def render_initiator_name(name: str) -> str:
@@ -84,20 +85,20 @@ def _star_heading(lines: list[str], indent: str, title: str) -> None:
     lines += [f"{indent}{stars}", f"{indent}{title}", f"{indent}{stars}"]
 
 
-def render_not_logged_in(target: str, portal: Any) -> str:
+def render_not_logged_in(target: str, portal: Portal) -> str:
     return (
         f"Target: {clean(target)} (non-flash)\n"
-        f"\tPersistent Portal: {portal_text(portal)}\n"
+        f"\tPersistent Portal: {str(portal)}\n"
         f"\t\tiSCSI Session State: NOT LOGGED IN\n"
         f"\tThis target is not logged in. Listing luns/ or opening a LUN's raw file logs in;\n"
         f"\tunmounting logs out.\n"
     )
 
 
-def render_session(info: Any, target: str, portal: Any) -> str:
+def render_session(info: Any, target: str, portal: Portal) -> str:
     """The ``session`` file: ``iscsiadm -m session -P 3`` layout + ``-s`` counters.
 
-    info is a net.initiator.SessionInfo, or None before login.
+    info is an iscsifs.initiator.SessionInfo, or None before login.
     """
     if info is None:
         return render_not_logged_in(target, portal)
@@ -109,8 +110,8 @@ def render_session(info: Any, target: str, portal: Any) -> str:
         "iSCSI Transport Class version userspace (iscsifs)",
         f"version iscsifs {__version__}",
         f"Target: {clean(_get(info, 'target', target))} (non-flash)",
-        f"{t1}Current Portal: {portal_text(cur_portal)}",
-        f"{t1}Persistent Portal: {portal_text(portal)}",
+        f"{t1}Current Portal: {str(cur_portal)}",
+        f"{t1}Persistent Portal: {str(portal)}",
     ]
     _star_heading(lines, t2, "Interface:")
     lines += [
@@ -186,7 +187,7 @@ def render_session(info: Any, target: str, portal: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_stats_portal(portal: Any) -> str:
+def format_stats_portal(portal: Portal) -> str:
     # iscsiadm -s writes the portal as addr,port
     return f"{format_host(portal.host)},{portal.port}"
 
@@ -217,8 +218,9 @@ def _size_text(n: int) -> str:
     return f"{n} B"
 
 
-def render_lun_info(entry: Any, target: str | None = None, portal: Any = None) -> str:
-    """The ``info`` file of one LUN (a net.initiator.LunEntry)."""
+def render_lun_info(entry: LunListing, target: str | None = None,
+                    portal: Portal | None = None) -> str:
+    """The ``info`` file of one LUN (an iscsifs.initiator.LunEntry)."""
     lun = int(entry.lun)
     dev = _get(entry, "device")
     inq = _get(dev, "inquiry")
@@ -228,7 +230,7 @@ def render_lun_info(entry: Any, target: str | None = None, portal: Any = None) -
     if target is not None:
         lines.append(f"Target: {clean(target)}")
     if portal is not None:
-        lines.append(f"Portal: {portal_text(portal)}")
+        lines.append(f"Portal: {str(portal)}")
     lines.append(f"Device type: {dtype_text}")
     if inq is not None:
         lines += [
