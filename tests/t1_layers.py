@@ -1,7 +1,9 @@
 """The import rules of docs/design.md, checked on the code.
 
 The import graph (read from the source with ``ast``, lazy imports inside functions included):
-the product (``iscsifs``) never imports the test and demo harness (``iscsifs_testbed``).
+no module imports itself through others (no cycles), every import points down the layers of
+``LAYERS``, and the product (``iscsifs``) never imports the test and demo harness
+(``iscsifs_testbed``).
 
 iscsifs.core is sans-IO: importing any of its modules must not pull in I/O or concurrency
 libraries.  Each module is imported in a fresh interpreter and ``sys.modules`` inspected; the
@@ -128,3 +130,94 @@ def test_product_never_imports_the_testbed():
     offenders = {module: sorted(i for i in imported if i.split(".")[0] == "iscsifs_testbed")
                  for module, imported in product_graph().items()}
     assert not {m: i for m, i in offenders.items() if i}
+
+
+# The layers of docs/design.md, from the bottom up: a module imports only its own layer and the
+# layers below it.
+LAYERS = [
+    ("errors", ("iscsifs.errors",)),
+    ("scsi", ("iscsifs.scsi",)),                  # SCSI, knows no iSCSI
+    ("core", ("iscsifs.core",)),                  # sans-IO iSCSI
+    ("config", ("iscsifs.config",)),              # open-iscsi's files
+    ("net", ("iscsifs.net",)),                    # trio: transport, sessions, discovery
+    ("device", ("iscsifs.device",)),              # a LUN over a session
+    ("initiator", ("iscsifs.initiator", "iscsifs.nodeopts")),   # the facade
+    ("fs", ("iscsifs.fs",)),                      # pyfuse3 (sees the facade as fs/backend.py)
+    ("cli", ("iscsifs.cli",)),                    # iscsifs, and what every command needs
+    ("mount", ("iscsifs.mount",)),                # mount.iscsifs
+]
+
+
+def layer_of(module: str) -> int | None:
+    for rank, (_name, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
+
+
+def internal_graph() -> dict[str, set[str]]:
+    """module -> the modules of iscsifs it imports."""
+    graph = product_graph()
+    return {m: {i for i in imported if i in graph and i != m} for m, imported in graph.items()}
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, imported in sorted(graph.items()):
+        here = layer_of(module)
+        for target in sorted(imported):
+            there = layer_of(target)
+            if here is not None and there is not None and there > here:
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_every_module_has_a_layer():
+    assert not [m for m in product_graph() if m != "iscsifs" and layer_of(m) is None]
+
+
+def test_imports_point_down_the_layers():
+    assert not upward_imports(internal_graph())
+
+
+def test_no_import_cycles():
+    assert not import_cycles(internal_graph())
+
+
+def test_the_checks_see_what_they_look_for():
+    planted = {"iscsifs.cli.main": {"iscsifs.cli.nodes"}, "iscsifs.cli.nodes": {"iscsifs.cli.main"},
+               "iscsifs.device": {"iscsifs.initiator"}, "iscsifs.initiator": set()}
+    assert import_cycles(planted) == [["iscsifs.cli.main", "iscsifs.cli.nodes"]]
+    assert upward_imports(planted) == ["iscsifs.device -> iscsifs.initiator"]
