@@ -226,9 +226,6 @@ class Initiator:
         return [target for (target, host, port), e in self._entries.items()
                 if e.session is not None and (host, port) == (portal.host, portal.port)]
 
-    def sessions(self) -> list[Session]:
-        return [e.session for e in self._entries.values() if e.session is not None]
-
     async def logout(self, target: str, portal: Portal) -> None:
         entry = self._entries.pop(_key(target, portal), None)
         if entry is not None and entry.session is not None:

@@ -105,9 +105,6 @@ class NodeRecord:
     def __str__(self) -> str:          # iscsiadm -m node output line
         return f"{self.portal} {self.target}"
 
-    def render(self, hide_secrets: bool = True) -> str:
-        return render_record(self.keys, hide_secrets=hide_secrets)
-
 
 @dataclass
 class DiscoveryUpdate:
@@ -429,23 +426,6 @@ class NodeDB:
         return [r for r in self.list_nodes(strict=False)
                 if r.discovery_type == "send_targets" and r.discovery_address == host
                 and r.discovery_port == port]
-
-    def prune_discovery(self, portal: Any, targets: Iterable[Any]) -> list[NodeRecord]:
-        """Delete records discovered from ``portal`` that its latest answer (``targets``) no
-        longer lists. Hand-added records and those of other portals stay. Returns the deleted."""
-        host, port = _discovery_portal(portal)
-        reported = set()
-        for name, portals in _targets_of(targets):
-            for p in portals:
-                try:
-                    reported.add((name, PortalKey.of(p)))
-                except (ConfigError, AttributeError, TypeError):
-                    continue
-        gone = [r for r in self._discovered_from(host, port)
-                if (r.target, r.portal) not in reported]
-        for record in gone:
-            self.delete(record.target, record.portal)
-        return gone
 
     def delete_discovery(self, portal: Any) -> int:
         """``iscsiadm -m discovery -p P -o delete``: drop P's st_config and the node records

@@ -13,6 +13,7 @@ from typing import Any
 
 from iscsifs.config.keys import EMPTY, validate_key
 from iscsifs.core.chap import ChapCredentials, normalize_algorithms
+from iscsifs.core.discovery import DISCOVERY_MAX_RECV
 from iscsifs.errors import ConfigError
 
 
@@ -186,5 +187,6 @@ class DiscoverySettings(_KeyedSettings):
         default=30, **_meta("discovery.sendtargets.timeo.active_timeout", int))
     reopen_max: int = field(default=5, **_meta("discovery.sendtargets.reopen_max", int))
     max_recv_data_segment_length: int = field(
-        default=32768, **_meta("discovery.sendtargets.iscsi.MaxRecvDataSegmentLength", int))
+        default=DISCOVERY_MAX_RECV,
+        **_meta("discovery.sendtargets.iscsi.MaxRecvDataSegmentLength", int))
 

@@ -29,6 +29,9 @@ DEFAULT_PORT = 3260          # IANA iscsi-target port (RFC 7143 §13.8)
 DEFAULT_TPGT = 1
 MAX_NAME_LENGTH = 223        # RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes
 MAX_ADDRESS_LENGTH = 255     # RFC 7143 §6.1: text values are at most 255 bytes
+# What a discovery session offers as MaxRecvDataSegmentLength (open-iscsi's default for
+# discovery.sendtargets.iscsi.MaxRecvDataSegmentLength)
+DISCOVERY_MAX_RECV = 32768
 
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})\Z")
 _NUMBER_RE = re.compile(r"[0-9]{1,5}\Z")

@@ -17,12 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from iscsifs import __version__
+from iscsifs.config.keys import EMPTY, HIDDEN
 from iscsifs.core.connection import COUNTER_NAMES   # iscsiadm -m session -s order
 from iscsifs.core.discovery import Portal, format_host
 from iscsifs.fs.backend import LunListing
 
-PASSWORD_MASK = "********"
-EMPTY = "<empty>"
 
 
 # SPC-4 peripheral device types, for LUNs whose LunEntry has no type_name
@@ -141,9 +140,9 @@ def render_session(info: Any, target: str, portal: Portal) -> str:
     user_in = _get(info, "chap_username_in")
     lines += [
         f"{t2}username: {clean(user) if user else EMPTY}",
-        f"{t2}password: {PASSWORD_MASK}",
+        f"{t2}password: {HIDDEN}",
         f"{t2}username_in: {clean(user_in) if user_in else EMPTY}",
-        f"{t2}password_in: {PASSWORD_MASK}",
+        f"{t2}password_in: {HIDDEN}",
     ]
     title = "Negotiated iSCSI params:"
     lines += [f"{t2}{'*' * 24}", f"{t2}{title}", f"{t2}{'*' * 24}"]
