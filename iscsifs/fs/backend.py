@@ -10,7 +10,7 @@ as an ``AttributeError`` in a FUSE handler.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from iscsifs.core.discovery import Portal
 
@@ -99,9 +99,9 @@ class Backend(Protocol):
         """The LUNs of a target; logs in on first use."""
     async def rescan(self, target: str, portal: Portal) -> Sequence[LunListing]:
         """REPORT LUNS again and every capacity re-read (``iscsiadm -m node -R``)."""
-    def session_info(self, target: str, portal: Portal) -> Any:
-        """A snapshot for the ``session`` file (``initiator.SessionInfo``), or None before the
-        first login."""
+    def session_info(self, target: str, portal: Portal) -> object:
+        """A snapshot for the ``session`` file (``initiator.SessionInfo``, read by
+        ``fs/render.py``), or None before the first login."""
     def logged_in_targets(self, portal: Portal) -> list[str]: ...
     async def logout(self, target: str, portal: Portal) -> None: ...
     async def aclose(self) -> None:

@@ -87,7 +87,7 @@ def _star_heading(lines: list[str], indent: str, title: str) -> None:
 def render_not_logged_in(target: str, portal: Portal) -> str:
     return (
         f"Target: {clean(target)} (non-flash)\n"
-        f"\tPersistent Portal: {str(portal)}\n"
+        f"\tPersistent Portal: {portal}\n"
         f"\t\tiSCSI Session State: NOT LOGGED IN\n"
         f"\tThis target is not logged in. Listing luns/ or opening a LUN's raw file logs in;\n"
         f"\tunmounting logs out.\n"
@@ -109,8 +109,8 @@ def render_session(info: Any, target: str, portal: Portal) -> str:
         "iSCSI Transport Class version userspace (iscsifs)",
         f"version iscsifs {__version__}",
         f"Target: {clean(_get(info, 'target', target))} (non-flash)",
-        f"{t1}Current Portal: {str(cur_portal)}",
-        f"{t1}Persistent Portal: {str(portal)}",
+        f"{t1}Current Portal: {cur_portal}",
+        f"{t1}Persistent Portal: {portal}",
     ]
     _star_heading(lines, t2, "Interface:")
     lines += [
@@ -200,14 +200,10 @@ def _device_state(session_state: str) -> str:
     return "blocked"
 
 
-def _type_name(entry: Any) -> str:
-    name = _get(entry, "type_name")
-    if name:
-        return str(name)
-    dtype = _get(entry, "device_type")
-    if dtype is None:
-        return "unknown"
-    return DEVICE_TYPES.get(int(dtype), f"type {int(dtype):#04x}")
+def _type_name(entry: LunListing) -> str:
+    if entry.type_name:
+        return str(entry.type_name)
+    return DEVICE_TYPES.get(int(entry.device_type), f"type {int(entry.device_type):#04x}")
 
 
 def _size_text(n: int) -> str:
@@ -221,37 +217,32 @@ def render_lun_info(entry: LunListing, target: str | None = None,
                     portal: Portal | None = None) -> str:
     """The ``info`` file of one LUN (an iscsifs.initiator.LunEntry)."""
     lun = int(entry.lun)
-    dev = _get(entry, "device")
-    inq = _get(dev, "inquiry")
-    dtype = _get(entry, "device_type", _get(inq, "device_type"))
+    dev = entry.device
+    inq = dev.inquiry if dev is not None else None
+    dtype = entry.device_type
     dtype_text = f"{int(dtype)} ({_type_name(entry)})" if dtype is not None else _type_name(entry)
     lines = [f"LUN: {lun}"]
     if target is not None:
         lines.append(f"Target: {clean(target)}")
     if portal is not None:
-        lines.append(f"Portal: {str(portal)}")
+        lines.append(f"Portal: {portal}")
     lines.append(f"Device type: {dtype_text}")
     if inq is not None:
         lines += [
-            f"Vendor: {clean(str(_get(inq, 'vendor', '') or '').strip())}",
-            f"Product: {clean(str(_get(inq, 'product', '') or '').strip())}",
-            f"Revision: {clean(str(_get(inq, 'revision', '') or '').strip())}",
+            f"Vendor: {clean(str(inq.vendor or '').strip())}",
+            f"Product: {clean(str(inq.product or '').strip())}",
+            f"Revision: {clean(str(inq.revision or '').strip())}",
         ]
     if dev is not None:
-        serial = _get(dev, "serial")
-        wwn = _get(dev, "wwn")
-        size = int(_get(dev, "size", 0) or 0)
-        block_size = int(_get(dev, "block_size", 0) or 0)
-        num_blocks = int(_get(dev, "num_blocks", 0) or 0)
-        max_transfer = _get(dev, "max_transfer_bytes")
+        size = dev.size
         lines += [
-            f"Serial: {clean(serial) if serial else '<none>'}",
-            f"WWN: {clean(wwn) if wwn else '<none>'}",
-            f"Block size: {block_size}",
-            f"Capacity blocks: {num_blocks}",
+            f"Serial: {clean(dev.serial) if dev.serial else '<none>'}",
+            f"WWN: {clean(dev.wwn) if dev.wwn else '<none>'}",
+            f"Block size: {dev.block_size}",
+            f"Capacity blocks: {dev.num_blocks}",
             f"Capacity bytes: {size} ({_size_text(size)})",
-            f"Max transfer: {int(max_transfer) if max_transfer else '<unlimited>'}",
-            f"Write protect: {_yes_no(_get(dev, 'write_protected', False))}",
+            f"Max transfer: {dev.max_transfer_bytes if dev.max_transfer_bytes else '<unlimited>'}",
+            f"Write protect: {_yes_no(dev.write_protected)}",
         ]
     else:
         lines.append("Raw: none (not a block device)")
