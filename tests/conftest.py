@@ -38,7 +38,13 @@ SLOW_LAYERS = ("t4_", "t5_")      # a real tgtd, real FUSE mounts
 
 # The log check's declarations for test files whose content is being rewritten on another
 # branch (they can't carry their own expect_log marks yet): node id prefix -> (pattern, logger).
-_CONN_FAILED = (r"connection to .* failed: ", "iscsifs.net.session")
+_SESSION = "iscsifs.net.session"
+_CONN_FAILED = (r"connection to .* failed: ", _SESSION)
+_TIMED_OUT = (r"command 0x28 to LUN 1 timed out after .*; aborting it", _SESSION)
+_TMF_UNANSWERED = (r"(ABORT TASK|LOGICAL UNIT RESET|TARGET WARM RESET) for command .* got no "
+                   r"answer", _SESSION)
+_RECOVERY_FAILED = (r"error recovery for command .* failed; dropping the connection", _SESSION)
+_REPLACEMENT = (r"replacement timeout .* expired", _SESSION)
 EXPECTED_LOGS: dict[str, list[tuple[str, str]]] = {
     "t1_connection.py::test_reject_of_": [("target rejected a PDU", "iscsifs.core.connection")],
     "t2_hostile.py::test_malformed_answer_drops_connection_and_recovers": [_CONN_FAILED],
@@ -46,13 +52,24 @@ EXPECTED_LOGS: dict[str, list[tuple[str, str]]] = {
     "t2_hostile.py::test_target_that_never_behaves_fails_io_after_replacement_timeout":
         [_CONN_FAILED],
     "t2_hostile.py::test_silent_target_command_times_out":
-        [(r"command 0x28 timed out after .*; aborting", "iscsifs.net.session")],
+        [_TIMED_OUT, _TMF_UNANSWERED, _RECOVERY_FAILED, _CONN_FAILED],
     "t2_hostile.py::test_hostile_target_names_are_dropped":
         [("dropping invalid target name", "iscsifs.core.discovery")],
+    "t2_session_failures.py::test_command_the_window_never_admits":
+        [(r"got no CmdSN within .* command window closed", _SESSION)],
+    "t2_session_failures.py::test_replacement_timeout_cancels_a_hanging_relogin":
+        [_CONN_FAILED, _REPLACEMENT],
+    "t2_session_failures.py::test_timed_out_command_escalates_from_abort_task_to_lu_reset":
+        [_TIMED_OUT, (r"ABORT TASK for command .* failed \(response", _SESSION),
+         (r"ended by LOGICAL UNIT RESET", _SESSION)],
+    "t2_session_failures.py::test_error_recovery_ends_by_dropping_the_connection":
+        [_TIMED_OUT, _TMF_UNANSWERED, _RECOVERY_FAILED, _CONN_FAILED],
+    "t2_session_failures.py::test_command_whose_start_failed_is_not_sent": [_CONN_FAILED],
+    "t2_session_failures.py::test_cancelled_command_is_not_sent": [_CONN_FAILED],
+    "t2_session_failures.py::test_unanswered_command_is_reissued": [_CONN_FAILED],
     "t4_session.py::test_dropped_connection_is_recovered": [_CONN_FAILED],
     "t4_session.py::test_stalled_target_detected_by_nop_and_recovered": [_CONN_FAILED],
-    "t4_session.py::test_replacement_timeout_fails_io":
-        [_CONN_FAILED, (r"replacement timeout .* expired", "iscsifs.net.session")],
+    "t4_session.py::test_replacement_timeout_fails_io": [_CONN_FAILED, _REPLACEMENT],
 }
 
 

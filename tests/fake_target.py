@@ -4,11 +4,14 @@ It logs in anyone (AuthMethod None, or CHAP through a hook), answers the operati
 initiator offers, serves SendTargets from a list, answers NOP-Out and Logout, and hands every
 SCSI command to a script that returns the PDUs to send back (or raw bytes). It listens on
 127.0.0.1 only. Real data-path tests use tgtd; this exists for malformed PDUs, bad digests,
-oversized lengths, hostile names and CHAP algorithms tgt gets wrong.
+oversized lengths, hostile names and CHAP algorithms tgt gets wrong, and for timing cases that
+must run on trio's MockClock: ``socketpair_connector()`` gives a ``Session`` a connector that
+joins it to this target over a socketpair in the same trio run, so no real time passes.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,8 +19,8 @@ import trio
 
 from iscsifs.core.keys import decode_text, encode_text
 from iscsifs.core.pdu import (DataIn, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
-                              NopIn, NopOut, PduDecoder, ScsiCommand, TextRequest,
-                              TextResponse, encode)
+                              NopIn, NopOut, PduDecoder, ScsiCommand, TaskManagementRequest,
+                              TaskManagementResponse, TextRequest, TextResponse, encode)
 
 
 @dataclass
@@ -31,11 +34,16 @@ class TargetConn:
     header_digest: bool = False
     data_digest: bool = False
     logged_in: bool = False
+    window: int = 32                # MaxCmdSN - ExpCmdSN + 1; 0 keeps the window shut
+
+    async def close(self) -> None:
+        """Drop the connection (as ``tgtadm --op delete --mode conn`` does)."""
+        await self.stream.aclose()
 
     def sns(self, status: bool = True) -> dict:
         """StatSN / ExpCmdSN / MaxCmdSN for a response (advances StatSN when ``status``)."""
         values = dict(stat_sn=self.stat_sn, exp_cmd_sn=self.exp_cmd_sn,
-                      max_cmd_sn=self.exp_cmd_sn + 31)
+                      max_cmd_sn=(self.exp_cmd_sn + self.window - 1) & 0xFFFFFFFF)
         if status:
             self.stat_sn += 1
         return values
@@ -50,6 +58,11 @@ class TargetConn:
         await self.stream.send_all(bytes(out))
 
 
+def tmf_answer(conn: TargetConn, req: TaskManagementRequest, response: int = 0):
+    """A Task Management Function Response (0: function complete)."""
+    return [TaskManagementResponse(itt=req.itt, response=response, **conn.sns())]
+
+
 def good_read(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
     """A well-formed answer to a read: one Data-In with status."""
     return [DataIn(itt=cmd.itt, ttt=0xFFFFFFFF, lun=0, data_sn=0, buffer_offset=0,
@@ -60,15 +73,42 @@ def good_read(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
 
 @dataclass
 class FakeTarget:
-    """``on_command(conn, cmd) -> list of PDUs | bytes``; ``sendtargets``: raw key pairs."""
+    """``on_command(conn, cmd) -> list of PDUs | bytes``; ``sendtargets``: raw key pairs.
+
+    ``on_tmf(conn, req) -> list of PDUs``: answers to task management requests (none by
+    default: a target that ignores them). ``hang_login_after=N``: connections after the N-th
+    get no login answer at all. ``window``: the command window of new connections.
+    ``received`` records every PDU as (connection number, PDU); ``live`` the open connections.
+    """
 
     target_name: str = "iqn.2026-11.org.iscsifs.test:fake"
     on_command: Callable | None = None
+    on_tmf: Callable | None = None
     sendtargets: list = field(default_factory=list)
     digests: bool = False           # accept CRC32C digests when offered
     login_hook: Callable | None = None   # (conn, req, pairs) -> list of answer pairs or None
+    hang_login_after: int | None = None
+    window: int = 32
     connections: int = 0
     port: int = 0
+    received: list = field(default_factory=list)
+    live: dict = field(default_factory=dict)
+
+    def socketpair_connector(self, nursery: trio.Nursery):
+        """A ``Session`` connector that serves each connection from this target over a
+        socketpair, in ``nursery`` (use with MockClock: nothing waits on real time)."""
+        async def connect(portal):
+            ours, theirs = socket.socketpair()
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+            nursery.start_soon(self._handle, stream)
+            await trio.lowlevel.checkpoint()
+            return ours
+        return connect
+
+    def commands_seen(self, opcode_byte: int | None = None) -> list:
+        """SCSI commands received, as (connection number, PDU), optionally by CDB opcode."""
+        return [(n, p) for n, p in self.received if isinstance(p, ScsiCommand)
+                and (opcode_byte is None or p.cdb[0] == opcode_byte)]
 
     async def start(self, nursery: trio.Nursery) -> None:
         listeners = await nursery.start(trio.serve_tcp, self._handle, 0, )
@@ -80,7 +120,8 @@ class FakeTarget:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
-        conn = TargetConn(stream, self.connections)
+        conn = TargetConn(stream, self.connections, window=self.window)
+        self.live[conn.number] = conn
         decoder = PduDecoder(initiator_side=False, max_data_segment_length=1 << 20)
         try:
             while True:
@@ -94,10 +135,15 @@ class FakeTarget:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
+            self.live.pop(conn.number, None)
             await stream.aclose()
 
     async def _dispatch(self, conn: TargetConn, pdu, decoder: PduDecoder):
+        self.received.append((conn.number, pdu))
         if isinstance(pdu, LoginRequest):
+            if self.hang_login_after is not None and conn.number > self.hang_login_after:
+                return True         # connected, but no login answer ever
+
             return await self._login(conn, pdu, decoder)
         if isinstance(pdu, ScsiCommand):
             if not pdu.immediate:
@@ -115,6 +161,10 @@ class FakeTarget:
             await conn.send(TextResponse(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, final=True,
                                          cont=False, data=encode_text(self.sendtargets),
                                          **conn.sns()))
+        elif isinstance(pdu, TaskManagementRequest):
+            answer = self.on_tmf(conn, pdu) if self.on_tmf else []
+            if answer:
+                await conn.send(*answer)
         elif isinstance(pdu, NopOut):
             if pdu.itt != 0xFFFFFFFF:
                 await conn.send(NopIn(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, data=pdu.data,

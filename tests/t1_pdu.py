@@ -187,14 +187,57 @@ def test_large_stream_compacts_buffer():
                overflow=False, underflow=False, status_present=False, status=0,
                data=b"q" * 8000)
     raw = wire(p)
-    d = PduDecoder()
+    d = PduDecoder(capacity=4 * len(raw))
     for _ in range(100):
         d.feed(raw[:5000])
         d.feed(raw[5000:] + raw[:100])
         assert d.next_pdu() == p
         d.feed(raw[100:])
         assert d.next_pdu() == p
-    assert len(d._buf) < 4 * len(raw)
+    assert len(d._buf) == 4 * len(raw)      # reused from the front, never grown
+
+
+def test_receive_into_get_buffer_whole_and_split():
+    p = DataIn(itt=1, ttt=RESERVED_TAG, lun=0, stat_sn=0, exp_cmd_sn=1, max_cmd_sn=1,
+               data_sn=0, buffer_offset=0, residual_count=0, final=False, acknowledge=False,
+               overflow=False, underflow=False, status_present=False, status=0,
+               data=b"z" * 20000)
+    raw = wire(p) * 3
+    d = PduDecoder(max_data_segment_length=65536, capacity=1024)
+    got = []
+    for i in range(0, len(raw), 777):          # any chunking, as recv_into would deliver it
+        piece = raw[i:i + 777]
+        view = d.get_buffer(len(piece))
+        assert len(view) >= len(piece)
+        view[:len(piece)] = piece
+        d.buffer_updated(len(piece))
+        while (pdu := d.next_pdu()) is not None:
+            got.append(pdu)
+    assert got == [p, p, p] and d.buffered == 0
+    # room for the whole PDU being received is offered at once
+    d.feed(raw[:100])
+    assert len(d.get_buffer(1)) >= len(wire(p)) - 100
+
+
+def test_buffer_updated_beyond_the_offer_is_a_local_error():
+    d = PduDecoder(capacity=64)
+    view = d.get_buffer(10)
+    with pytest.raises(LocalProtocolError):
+        d.buffer_updated(len(view) + 1)
+
+
+def test_borrowed_data_in_payload_is_a_view_until_the_next_receive():
+    p = DataIn(itt=1, ttt=RESERVED_TAG, lun=0, stat_sn=0, exp_cmd_sn=1, max_cmd_sn=1,
+               data_sn=0, buffer_offset=0, residual_count=0, final=True, acknowledge=False,
+               overflow=False, underflow=False, status_present=True, status=0,
+               data=b"payload!")
+    nop = NopIn(itt=2, ttt=RESERVED_TAG, lun=0, stat_sn=1, exp_cmd_sn=1, max_cmd_sn=1,
+                data=b"ping")
+    d = PduDecoder(borrow=True)
+    d.feed(wire(p) + wire(nop))
+    got = d.next_pdu()
+    assert isinstance(got.data, memoryview) and got.data == b"payload!" and got == p
+    assert isinstance(d.next_pdu().data, bytes)      # only Data-In payloads are borrowed
 
 
 def test_digest_settings_can_change_between_pdus():

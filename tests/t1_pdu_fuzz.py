@@ -131,3 +131,28 @@ def test_decode_only_raises_remote_protocol_error(data):
     except RemoteProtocolError:
         return
     assert type(p) in P.OPCODES
+
+
+@given(itt=u32, lun=u64, cdb=st.binary(min_size=1, max_size=16), edtl=u32, cmd_sn=u32,
+       exp_stat_sn=u32, read=st.booleans(), write=st.booleans(), final=st.booleans(),
+       data=st.binary(max_size=300), hd=st.booleans(), dd=st.booleans())
+def test_fast_scsi_command_encoder_matches_the_dataclass_one(itt, lun, cdb, edtl, cmd_sn,
+                                                             exp_stat_sn, read, write, final,
+                                                             data, hd, dd):
+    fast = P.encode_scsi_command(itt, lun, cdb, edtl, cmd_sn, exp_stat_sn, read, write, final,
+                                 data, hd, dd)
+    slow = encode(P.ScsiCommand(itt=itt, lun=lun, cdb=cdb, expected_data_transfer_length=edtl,
+                                cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn, read=read, write=write,
+                                final=final, data=data), header_digest=hd, data_digest=dd)
+    assert b"".join(map(bytes, fast)) == b"".join(map(bytes, slow))
+
+
+@given(itt=u32, ttt=u32, lun=u64, exp_stat_sn=u32, data_sn=u32, offset=u32,
+       final=st.booleans(), data=st.binary(max_size=300), hd=st.booleans(), dd=st.booleans())
+def test_fast_data_out_encoder_matches_the_dataclass_one(itt, ttt, lun, exp_stat_sn, data_sn,
+                                                         offset, final, data, hd, dd):
+    fast = P.encode_data_out(itt, ttt, lun, exp_stat_sn, data_sn, offset, final, data, hd, dd)
+    slow = encode(P.DataOut(itt=itt, ttt=ttt, lun=lun, exp_stat_sn=exp_stat_sn, data_sn=data_sn,
+                            buffer_offset=offset, final=final, data=data),
+                  header_digest=hd, data_digest=dd)
+    assert b"".join(map(bytes, fast)) == b"".join(map(bytes, slow))

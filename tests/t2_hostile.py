@@ -122,8 +122,8 @@ async def test_target_that_never_behaves_fails_io_after_replacement_timeout(nurs
 async def test_silent_target_command_times_out(nursery):
     target = await start(nursery, on_command=lambda conn, cmd: [])
     session = await session_to(target, nursery,
-                               timeouts=Timeouts(login=2, command=1, abort=1,
-                                                 noop_out_interval=0))
+                               timeouts=Timeouts(login=2, command=1, abort=1, lu_reset=1,
+                                                 tgt_reset=1, noop_out_interval=0))
     from iscsifs.errors import CommandTimeout
     with trio.fail_after(10):
         with pytest.raises(CommandTimeout):

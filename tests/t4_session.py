@@ -186,7 +186,7 @@ async def test_many_concurrent_commands_one_session(fresh_target, nursery):
         while True:
             link = session._link
             if link is not None:
-                max_seen = max(max_seen, len(session._commands))
+                max_seen = max(max_seen, len(link.commands))
             await trio.sleep(0)
 
     with trio.fail_after(60):

@@ -53,7 +53,9 @@ from iscsifs.core.pdu import (
     TextRequest,
     TextResponse,
     encode,
+    encode_data_out,
     encode_lun,
+    encode_scsi_command,
 )
 from iscsifs.errors import LocalProtocolError, RemoteProtocolError
 
@@ -133,10 +135,13 @@ class TaskComplete(Event):
 
 @dataclass(frozen=True, slots=True)
 class TaskFailed(Event):
-    """A SCSI command ended without a SCSI status (target failure, reject, aborted by a TMF)."""
+    """A SCSI command ended without a SCSI status (target failure, reject, aborted by a TMF).
+    ``aborted``: a task management function of ours ended it (the target never ran it to
+    completion, so it may safely be issued again)."""
 
     itt: int
     reason: str
+    aborted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +209,7 @@ class _Task:
         "itt", "lun", "lun_field", "cdb", "read_length", "read_buffer", "read_view",
         "write_data", "write_view", "edtl", "cmd_sn", "seq", "sent", "done",
         "next_data_sn", "received", "ranges", "next_r2t_sn", "r2t_outstanding", "written",
+        "immediate_data", "final",
     )
 
     def __init__(self, itt: int, lun: int, lun_field: int, cdb: bytes, read_length: int,
@@ -229,6 +235,8 @@ class _Task:
         self.next_r2t_sn = 0
         self.r2t_outstanding = 0
         self.written = 0         # write bytes handed to the transport
+        self.immediate_data: Any = b""   # sent inside the SCSI Command PDU
+        self.final = True        # F bit of the SCSI Command (no unsolicited Data-Out follows)
 
 
 class _DataJob:
@@ -332,6 +340,11 @@ class Connection:
     def window_open(self) -> bool:
         """True when the next non-immediate command's CmdSN is inside [ExpCmdSN, MaxCmdSN]."""
         return sn_le(self.cmd_sn, self.max_cmd_sn)
+
+    @property
+    def accepts_commands(self) -> bool:
+        """False once the connection is broken or a Logout Request has been queued."""
+        return self._broken is None and not self._logged_out
 
     @property
     def broken(self) -> str | None:
@@ -456,6 +469,12 @@ class Connection:
                                         exp_stat_sn=self.exp_stat_sn, immediate=True))
         return itt
 
+    def was_sent(self, itt: int) -> bool:
+        """Whether SCSI command ``itt`` has a CmdSN (it is on its way, or at the target);
+        False while it waits for the CmdSN window or the queue depth, and once it is over."""
+        item = self._itts.get(itt)
+        return type(item) is _Task and item.sent
+
     def abandon(self, itt: int) -> None:
         """Forget an exchange (a timed-out command being re-issued elsewhere, a lost ping).
         Later PDUs for it are dropped silently; its ITT is not reused while it may be live.
@@ -493,15 +512,39 @@ class Connection:
         debug = log.isEnabledFor(logging.DEBUG)
         while q:
             item = q.popleft()
-            if type(item) is _DataJob:
+            kind = type(item)
+            if kind is _Task:
+                # sent even if abandoned meanwhile: its CmdSN must not leave a gap (§4.2.2.1)
+                data = item.immediate_data
+                if debug:
+                    log.debug("send %s", summary(ScsiCommand(
+                        itt=item.itt, lun=item.lun_field, cdb=item.cdb,
+                        expected_data_transfer_length=item.edtl, cmd_sn=item.cmd_sn,
+                        exp_stat_sn=self.exp_stat_sn, read=item.read_view is not None,
+                        write=item.write_view is not None, final=item.final, data=data)))
+                if len(item.cdb) <= 16:
+                    out.extend(encode_scsi_command(
+                        item.itt, item.lun_field, item.cdb, item.edtl, item.cmd_sn,
+                        self.exp_stat_sn, item.read_view is not None,
+                        item.write_view is not None, item.final, data, hd, dd))
+                else:
+                    out.extend(encode(ScsiCommand(
+                        itt=item.itt, lun=item.lun_field, cdb=item.cdb,
+                        expected_data_transfer_length=item.edtl, cmd_sn=item.cmd_sn,
+                        exp_stat_sn=self.exp_stat_sn, read=item.read_view is not None,
+                        write=item.write_view is not None, final=item.final, data=data),
+                        header_digest=hd, data_digest=dd))
+                counters["scsicmd_pdus"] += 1
+                if data:
+                    counters["txdata_octets"] += len(data)
+                continue
+            if kind is _DataJob:
                 self._expand(item, out, debug)
                 continue
             if debug:
                 log.debug("send %s", summary(item))
             out.extend(encode(item, header_digest=hd, data_digest=dd))
-            counters[_TX_COUNTER[type(item)]] += 1
-            if type(item) is ScsiCommand and item.data:
-                counters["txdata_octets"] += len(item.data)
+            counters[_TX_COUNTER[kind]] += 1
         return out
 
     # ------------------------------------------------------------------------------- inbound
@@ -560,26 +603,21 @@ class Connection:
         task.sent = True
         self._in_flight += 1
         wv = task.write_view
-        imm = b""
-        final = True
         if wv is not None:
             edtl = task.edtl
             imm_len = 0
             if self._immediate_data:
                 imm_len = min(self._first_burst, self._mxdsl, edtl)
-                imm = wv[:imm_len]
+                task.immediate_data = wv[:imm_len]
             unsolicited = imm_len if self._initial_r2t else min(self._first_burst, edtl)
             task.written = imm_len
             if unsolicited > imm_len:
-                final = False
-        self._outq.append(ScsiCommand(
-            itt=task.itt, lun=task.lun_field, cdb=task.cdb,
-            expected_data_transfer_length=task.edtl, cmd_sn=task.cmd_sn,
-            exp_stat_sn=self.exp_stat_sn, read=task.read_view is not None, write=wv is not None,
-            final=final, attr=1, immediate=False, data=imm))
-        if not final:
-            self._outq.append(_DataJob(task, RESERVED_TAG, len(imm), unsolicited - len(imm),
-                                       False))
+                task.final = False
+        # the command itself is framed by data_to_send(), with the ExpStatSN of that moment
+        self._outq.append(task)
+        if not task.final:
+            imm = len(task.immediate_data)
+            self._outq.append(_DataJob(task, RESERVED_TAG, imm, unsolicited - imm, False))
 
     def _expand(self, job: _DataJob, out: list, debug: bool) -> None:
         """Data-Out PDUs for one unsolicited burst or one R2T (DataSN from 0, F on the last)."""
@@ -598,13 +636,11 @@ class Connection:
         end = offset + job.length
         data_sn = 0
         n = 0
+        itt, ttt, lun, exp_stat_sn = task.itt, job.ttt, task.lun_field, self.exp_stat_sn
         while offset < end:
             nxt = min(offset + mx, end)
-            out.extend(encode(DataOut(itt=task.itt, ttt=job.ttt, lun=task.lun_field,
-                                      exp_stat_sn=self.exp_stat_sn, data_sn=data_sn,
-                                      buffer_offset=offset, final=nxt == end,
-                                      data=wv[offset:nxt]),
-                              header_digest=hd, data_digest=dd))
+            out.extend(encode_data_out(itt, ttt, lun, exp_stat_sn, data_sn, offset, nxt == end,
+                                       wv[offset:nxt], hd, dd))
             data_sn += 1
             n += 1
             offset = nxt
@@ -868,7 +904,8 @@ class Connection:
                 self._itts[task.itt] = _ABANDONED   # stray Data-In may still be in flight
                 task.done = True
                 self._in_flight -= 1
-                events.append(TaskFailed(task.itt, f"aborted by task management function {f}"))
+                events.append(TaskFailed(task.itt, f"aborted by task management function {f}",
+                                          aborted=True))
         return events
 
     # -- Logout Response (§11.15)

@@ -14,7 +14,8 @@ Conventions:
 * every PDU dataclass is ``frozen`` and ``slots``; ``data`` is the unpadded data segment;
 * ``lun`` is the raw 8-byte LUN field as an int (see ``encode_lun`` / ``decode_lun``);
 * the decoder returns ``data`` (and ``ScsiCommand.ahs``) as immutable ``bytes`` copied out of its
-  buffer once, so a PDU never aliases the decoder's internal buffer;
+  buffer once, so a PDU never aliases the decoder's internal buffer -- except a Data-In payload
+  when the decoder is told to ``borrow`` (the read path: see ``PduDecoder``);
 * a decoded ``ScsiCommand.cdb`` is at least 16 bytes long (the BHS CDB field is fixed-size, so a
   short CDB comes back zero padded to 16), plus any extended-CDB AHS bytes.
 """
@@ -38,6 +39,7 @@ __all__ = [
     "LogoutResponse", "R2T", "AsyncMessage", "Reject",
     "Pdu", "PDU_TYPES", "INITIATOR_OPCODES", "TARGET_OPCODES",
     "encode", "decode", "PduDecoder", "encode_lun", "decode_lun", "crc32c",
+    "encode_scsi_command", "encode_data_out",
 ]
 
 
@@ -782,6 +784,12 @@ def encode(pdu: Pdu, *, header_digest: bool = False,
         header = encoder(pdu, dsl)
     except struct.error as exc:
         raise LocalProtocolError(f"{type(pdu).__name__} field out of range: {exc}") from None
+    return _frame(header, data, dsl, header_digest, data_digest)
+
+
+def _frame(header: bytes, data: Data, dsl: int, header_digest: bool,
+           data_digest: bool) -> list[bytes | memoryview]:
+    """Header digest, data segment, padding and data digest around an encoded header."""
     if header_digest:
         header += _DIGEST.pack(crc32c(header))
     if not dsl:
@@ -796,6 +804,34 @@ def encode(pdu: Pdu, *, header_digest: bool = False,
             digest = crc32c(pad, digest)
         out.append(_DIGEST.pack(digest))
     return out
+
+
+# The two PDUs of the data path, encoded straight from their field values (no PDU object per
+# command): byte for byte what ``encode(ScsiCommand(...))`` / ``encode(DataOut(...))`` give.
+
+def encode_scsi_command(itt: int, lun: int, cdb: bytes, edtl: int, cmd_sn: int,
+                        exp_stat_sn: int, read: bool, write: bool, final: bool, data: Data,
+                        header_digest: bool = False,
+                        data_digest: bool = False) -> list[bytes | memoryview]:
+    """A SIMPLE, non-immediate SCSI Command (§11.3) with a CDB of at most 16 bytes."""
+    dsl = len(data)
+    flags = ((_F_BIT if final else 0) | (_R_BIT if read else 0) | (_W_BIT if write else 0)
+             | 1)
+    header = _SCSI_COMMAND.pack(Opcode.SCSI_COMMAND, flags, dsl, lun, itt, edtl, cmd_sn,
+                                exp_stat_sn, cdb)
+    if not dsl and not header_digest:
+        return [header]
+    return _frame(header, data, dsl, header_digest, data_digest)
+
+
+def encode_data_out(itt: int, ttt: int, lun: int, exp_stat_sn: int, data_sn: int,
+                    buffer_offset: int, final: bool, data: Data, header_digest: bool = False,
+                    data_digest: bool = False) -> list[bytes | memoryview]:
+    """One Data-Out PDU (§11.7)."""
+    dsl = len(data)
+    header = _DATA_OUT.pack(Opcode.DATA_OUT, _F_BIT if final else 0, dsl, lun, itt, ttt,
+                            exp_stat_sn, data_sn, buffer_offset)
+    return _frame(header, data, dsl, header_digest, data_digest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -980,31 +1016,46 @@ def _split_ahs(ahs: bytes) -> tuple[bytes, bytes]:
     return ext_cdb, b"".join(others)
 
 
-_COMPACT_THRESHOLD = 1 << 16
+# Free space the decoder offers per receive: enough for several maximal PDUs at once.
+RECEIVE_CHUNK = 1 << 20
 
 
 class PduDecoder:
-    """Incremental PDU decoder: ``feed()`` bytes, then call ``next_pdu()`` until it returns None.
+    """Incremental PDU decoder: receive into ``get_buffer()`` (or ``feed()`` bytes), then call
+    ``next_pdu()`` until it returns None.
 
     ``initiator_side=True`` (we are the initiator) accepts target opcodes only; ``False`` (a test
     target) accepts initiator opcodes only.  ``max_data_segment_length`` (our
     MaxRecvDataSegmentLength), ``header_digest`` and ``data_digest`` may be changed between PDUs
-    (they apply from the next header parsed).  Data segments are returned as ``bytes``.
+    (they apply from the next header parsed).
+
+    Data segments are returned as ``bytes``, except the payload of a Data-In PDU when ``borrow``
+    is set: then it is a ``memoryview`` of the decoder's own buffer, valid only until the next
+    ``get_buffer()`` / ``feed()`` call. The connection copies it straight into the reader's
+    buffer, so a read is copied once in user space.
+
+    The receive buffer is never resized in place (a live view would forbid it): it is reused
+    from the front, and replaced by a larger one only when a single PDU does not fit.
 
     Any malformed input raises RemoteProtocolError; from then on every call raises it again.
     """
 
-    __slots__ = ("max_data_segment_length", "header_digest", "data_digest", "_initiator_side",
-                 "_table", "_buf", "_pos", "_pending", "_error")
+    __slots__ = ("max_data_segment_length", "header_digest", "data_digest", "borrow",
+                 "_initiator_side", "_table", "_buf", "_view", "_start", "_end", "_pending",
+                 "_error")
 
     def __init__(self, *, max_data_segment_length: int = 8192, header_digest: bool = False,
-                 data_digest: bool = False, initiator_side: bool = True):
+                 data_digest: bool = False, initiator_side: bool = True, borrow: bool = False,
+                 capacity: int = 1 << 16):
         self.max_data_segment_length = max_data_segment_length
         self.header_digest = header_digest
         self.data_digest = data_digest
+        self.borrow = borrow
         self.initiator_side = initiator_side
-        self._buf = bytearray()
-        self._pos = 0                 # start of the first unconsumed byte in _buf
+        self._buf = bytearray(capacity)
+        self._view = memoryview(self._buf)
+        self._start = 0               # first unconsumed byte
+        self._end = 0                 # end of the bytes received
         # header of the PDU being received, parsed once:
         # (decode fn, AHS length, header length incl. digest, DataSegmentLength, total, digest?)
         self._pending: tuple | None = None
@@ -1023,22 +1074,50 @@ class PduDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as PDUs."""
-        return len(self._buf) - self._pos
+        return self._end - self._start
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes."""
+    def get_buffer(self, sizehint: int = RECEIVE_CHUNK) -> memoryview:
+        """Writable space to receive into (``sock.recv_into``); then call ``buffer_updated``.
+
+        It holds at least ``sizehint`` bytes, and always room for the rest of the PDU being
+        received, so one PDU never needs two buffers.
+        """
         if self._error is not None:
             raise RemoteProtocolError(self._error.reason)
-        buf = self._buf
-        pos = self._pos
-        if pos:
-            if pos == len(buf):
-                buf.clear()
-                self._pos = 0
-            elif pos >= _COMPACT_THRESHOLD and pos * 2 >= len(buf):
-                del buf[:pos]
-                self._pos = 0
-        buf += data
+        pending = self._pending
+        need = sizehint
+        if pending is not None:
+            need = max(need, pending[4] - (self._end - self._start))
+        if len(self._buf) - self._end < need:
+            self._make_room(need)
+        return self._view[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last ``get_buffer()`` view."""
+        if not 0 <= nbytes <= len(self._buf) - self._end:
+            raise LocalProtocolError(f"buffer_updated({nbytes}) beyond the buffer offered")
+        self._end += nbytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes (a copy; ``get_buffer`` avoids it)."""
+        n = len(data)
+        self.get_buffer(n)[:n] = data
+        self._end += n
+
+    def _make_room(self, need: int) -> None:
+        start, end = self._start, self._end
+        live = end - start
+        if live + need <= len(self._buf):
+            if live:
+                tail = bytes(self._view[start:end])
+                self._view[:live] = tail
+            self._start, self._end = 0, live
+            return
+        bigger = bytearray(max(2 * len(self._buf), live + need))
+        bigger[:live] = self._view[start:end]
+        self._buf = bigger
+        self._view = memoryview(bigger)
+        self._start, self._end = 0, live
 
     def next_pdu(self) -> Pdu | None:
         """The next complete PDU, or None if more bytes are needed."""
@@ -1052,8 +1131,8 @@ class PduDecoder:
 
     def _next(self) -> Pdu | None:
         buf = self._buf
-        pos = self._pos
-        avail = len(buf) - pos
+        pos = self._start
+        avail = self._end - pos
         pending = self._pending
         if pending is None:
             if avail < BHS_LEN:
@@ -1069,8 +1148,7 @@ class PduDecoder:
             if self.header_digest:
                 if avail < hdr_len + 4:
                     return None
-                with memoryview(buf) as view:
-                    actual = crc32c(view[pos:pos + hdr_len])
+                actual = crc32c(self._view[pos:pos + hdr_len])
                 expected = _DIGEST.unpack_from(buf, pos + hdr_len)[0]
                 if actual != expected:
                     raise RemoteProtocolError(
@@ -1090,16 +1168,19 @@ class PduDecoder:
             return None
         data_start = pos + hdr_len
         if dsl:
-            with memoryview(buf) as view:
-                if digest:
-                    padded_end = data_start + ((dsl + 3) & ~3)
-                    actual = crc32c(view[data_start:padded_end])
-                    expected = _DIGEST.unpack_from(buf, padded_end)[0]
-                    if actual != expected:
-                        raise RemoteProtocolError(
-                            f"data digest mismatch on {_opname(buf[pos] & _OPCODE_MASK)}: "
-                            f"received {expected:#010x}, computed {actual:#010x}")
-                data = view[data_start:data_start + dsl].tobytes()
+            view = self._view
+            if digest:
+                padded_end = data_start + ((dsl + 3) & ~3)
+                actual = crc32c(view[data_start:padded_end])
+                expected = _DIGEST.unpack_from(buf, padded_end)[0]
+                if actual != expected:
+                    raise RemoteProtocolError(
+                        f"data digest mismatch on {_opname(buf[pos] & _OPCODE_MASK)}: "
+                        f"received {expected:#010x}, computed {actual:#010x}")
+            if self.borrow and fn is _dec_data_in:
+                data = view[data_start:data_start + dsl]
+            else:
+                data = bytes(view[data_start:data_start + dsl])
         else:
             data = b""
         ahs = bytes(buf[pos + BHS_LEN:pos + BHS_LEN + ahs_len]) if ahs_len else b""
@@ -1107,7 +1188,11 @@ class PduDecoder:
             _split_ahs(ahs)          # AHS is only defined for SCSI Command: validate, drop
         pdu = fn(buf, pos, ahs, data)
         self._pending = None
-        self._pos = pos + total
+        pos += total
+        if pos == self._end:
+            self._start = self._end = 0
+        else:
+            self._start = pos
         return pdu
 
     def _unknown_opcode(self, opcode: int) -> RemoteProtocolError:

@@ -1,11 +1,27 @@
 """One iSCSI session to one target portal, driven by trio.
 
-Owns: the TCP transport of the session's (single) connection, the tasks that serve it (one
-reader, one writer, one keepalive), login and relogin, and the commands until they complete.
-A command belongs to the session, not to a connection: when a connection fails, the session
+Owns: the session's (single) connection and the tasks that serve it (a reader, a backlog
+writer, the keepalive, the command watchdog and error recovery), login and relogin, and every
+SCSI command from the moment its caller hands it over until the caller has its answer.
+
+The command path is short: the caller's own task gives the command to the protocol state
+machine and sends its PDU (``Transport.send`` never yields); the reader task receives the
+answer into the caller's buffer and wakes the caller. Nothing else runs per command.
+
+Commands belong to the session, not to a connection. When a connection fails, the session
 logs in again with the same ISID (session reinstatement, RFC 7143 §6.3.5) and re-issues every
-unfinished command on the new connection. Commands wait while the session recovers; after
-``replacement_timeout`` seconds they fail with :class:`SessionFailed` (open-iscsi's rule).
+command whose caller is still waiting. Two rules keep that safe:
+
+* a command whose caller has been answered (status, error, timeout, cancellation) is never
+  sent again, on any connection;
+* a caller is answered "timed out" only once its command can no longer run at the target:
+  after ABORT TASK, a LOGICAL UNIT RESET or TARGET WARM RESET confirmed it, or after its
+  connection was dropped (open-iscsi's error handler order, each step bounded by its timeout).
+
+Waiting is bounded too: a command that never got a CmdSN (the target keeps the window shut)
+fails after ``command_timeout``; while the session is down, commands wait at most
+``replacement_timeout`` (a deadline: a login attempt still running then is cancelled), after
+which they, and new ones, fail at once until a relogin succeeds.
 
 The protocol itself lives in :mod:`iscsifs.core`; this module only does I/O and timing.
 """
@@ -14,13 +30,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 
 import trio
 
 from ..core.chap import ChapCredentials
-from ..core.connection import (AsyncEventReceived, Connection, LogoutComplete, NopReceived,
+from ..core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGET_WARM_RESET,
+                               AsyncEventReceived, Connection, LogoutComplete, NopReceived,
                                RejectReceived, TaskComplete, TaskFailed,
                                TaskManagementComplete, TextComplete)
 from ..core.discovery import Portal
@@ -30,14 +49,11 @@ from ..core.pdu import LoginResponse
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
                       RemoteProtocolError, SessionFailed)
 from ..scsi.sense import check_status
-from .transport import Transport
+from .transport import Connector, Transport, open_tcp
 
 log = logging.getLogger(__name__)
 
 _sid_counter = itertools.count(1)
-
-# RFC 7143 §11.5.1: Task Management Function codes
-TMF_ABORT_TASK = 1
 
 # Reconnect back-off: first retry at once, then doubling up to this cap (seconds).
 RETRY_CAP = 5.0
@@ -45,11 +61,19 @@ RETRY_CAP = 5.0
 # SCSI midlayer's retry limit): a target that logs in fine but breaks on one command must not
 # keep it spinning forever.
 MAX_REISSUE = 5
+# Asynchronous events kept for the session file (the newest).
+ASYNC_EVENTS_KEPT = 32
+# TMF responses (RFC 7143 §11.6.1) after which the referenced task no longer exists.
+_TMF_COMPLETE = 0
+_TMF_NO_TASK = 1
+
+ScsiResult = TaskComplete      # what execute() returns: status GOOD, residuals, data length
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Timeouts in seconds, open-iscsi's names and defaults (0 disables noop_out_*)."""
+    """Timeouts in seconds, open-iscsi's names and defaults (0 disables noop_out_* and
+    command; a negative replacement timeout waits for a relogin forever)."""
 
     login: float = 15
     logout: float = 15
@@ -62,61 +86,58 @@ class Timeouts:
     command: float = 30
 
 
-@dataclass(frozen=True)
-class ScsiResult:
-    """The outcome of a SCSI command that completed with GOOD status."""
-
-    status: int
-    sense: bytes
-    residual_count: int
-    underflow: bool
-    overflow: bool
-
-
-@dataclass(eq=False)
 class _Command:
-    """A SCSI command owned by the session until it completes (re-issued after a relogin)."""
+    """A SCSI command, owned by the session from ``execute()`` until its caller is answered."""
 
-    lun: int
-    cdb: bytes
-    read_length: int = 0
-    read_buffer: object = None
-    write_data: object = None
-    done: trio.Event = field(default_factory=trio.Event)
-    result: object = None
-    error: BaseException | None = None
-    itt: int | None = None
-    attempts: int = 0
-    sent_at: float = 0.0        # when it was handed to the current connection
-    aborting: bool = False
+    __slots__ = ("lun", "cdb", "read_length", "read_buffer", "write_data", "task", "done",
+                 "result", "error", "link", "itt", "attempts", "deadline", "timed_out")
 
-    def finish(self, result=None, error=None) -> None:
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
+    def __init__(self, lun: int, cdb: bytes, read_length: int, read_buffer, write_data):
+        self.lun = lun
+        self.cdb = cdb
+        self.read_length = read_length
+        self.read_buffer = read_buffer
+        self.write_data = write_data
+        self.task = None            # the caller's trio task while it sleeps
+        self.done = False           # the caller has (or is getting) its answer
+        self.result: TaskComplete | None = None
+        self.error: BaseException | None = None
+        self.link: _Link | None = None   # the connection it is issued on; None: waiting
+        self.itt = 0
+        self.attempts = 0
+        self.deadline = math.inf    # command timeout on its current connection
+        self.timed_out = False      # the watchdog handed it to error recovery
 
 
-@dataclass(eq=False)
-class _Waiter:
-    """A non-SCSI request (text, NOP, TMF, logout) waiting for its answer."""
+class _Request:
+    """A non-SCSI exchange (NOP, text, TMF, logout) waiting for its answer."""
 
-    done: trio.Event = field(default_factory=trio.Event)
-    result: object = None
+    __slots__ = ("event", "result")
+
+    def __init__(self):
+        self.event = trio.Event()
+        self.result = None
 
 
 class _Link:
-    """One logged-in connection: its transport, its protocol state and its task scope."""
+    """One logged-in connection: transport, protocol state, its commands and its tasks."""
 
     def __init__(self, transport: Transport, conn: Connection):
         self.transport = transport
         self.conn = conn
         self.scope = trio.CancelScope()
-        self.kick = trio.Event()
+        self.commands: dict[int, _Command] = {}     # itt -> command, in the order issued
+        self.requests: dict[int, _Request] = {}
         self.last_rx = trio.current_time()
         self.failed = False
+        self.timed_out: deque[_Command] = deque()   # waiting for error recovery
+        self.recovery_wanted = trio.Event()
 
-    def wake_writer(self) -> None:
-        self.kick.set()
+    def push(self) -> None:
+        """Send whatever the state machine has queued (synchronous; ordered)."""
+        conn = self.conn
+        if conn.has_output:
+            self.transport.send(conn.data_to_send())
 
 
 class Session:
@@ -126,7 +147,7 @@ class Session:
                  nursery: trio.Nursery, params: LoginParams | None = None,
                  chap: ChapCredentials | None = None, timeouts: Timeouts | None = None,
                  initiator_alias: str | None = None, queue_depth: int = 32,
-                 recover: bool = True):
+                 cmds_max: int = 128, recover: bool = True, connector: Connector = open_tcp):
         self.portal = portal
         self.target_name = target_name
         self.session_type = "Normal" if target_name else "Discovery"
@@ -137,6 +158,7 @@ class Session:
         self.timeouts = timeouts or Timeouts()
         self.queue_depth = queue_depth
         self.recover = recover
+        self.connector = connector
         self.sid = next(_sid_counter)
         # ISID type 0x80 "random" (RFC 7143 §11.12.5): T=10b, then 24 random bits, qualifier 0.
         self.isid = (0x80 << 40) | (secrets.randbits(24) << 16)
@@ -146,17 +168,17 @@ class Session:
         self.session_state = "FREE"
         self.local_address = ""
         self.reconnects = 0
+        self.async_events: deque[str] = deque(maxlen=ASYNC_EVENTS_KEPT)
         self._nursery = nursery
         self._link: _Link | None = None
-        self._commands: dict[int, _Command] = {}    # itt -> command, on the current link
-        self._unfinished: set[_Command] = set()      # every command not yet completed
-        self._waiters: dict[int, _Waiter] = {}
+        # every command whose caller still waits, in arrival order (bounded by cmds_max)
+        self._unfinished: dict[_Command, None] = {}
+        self._admission = trio.Semaphore(cmds_max)
         self._state_changed = trio.Event()
         self._recovering = False
         self._given_up = False          # replacement timeout expired: fail I/O at once
         self._closed = False
         self._counters_base: dict[str, int] = {}
-        self.async_events: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -172,11 +194,12 @@ class Session:
         return self.session_state == "LOGGED_IN"
 
     async def _login(self) -> _Link:
-        """Open a TCP connection and run the login phase on it (RFC 7143 §6)."""
+        """Open a connection and run the login phase on it (RFC 7143 §6), within
+        ``login_timeout``."""
         self.connection_state = "IN LOGIN"
         try:
             with trio.fail_after(self.timeouts.login):
-                transport = await Transport.open(self.portal)
+                transport = await Transport.open(self.portal, self.connector)
                 try:
                     complete = await self._login_exchange(transport)
                 except BaseException:
@@ -210,7 +233,7 @@ class Session:
                       params=self.params, chap=self.chap, initiator_alias=self.initiator_alias)
         request = login.start()
         while True:
-            self._counters_base["login_pdus"] = self._counters_base.get("login_pdus", 0) + 1
+            self._count("login_pdus")
             await transport.send_pdu(request)
             response = await transport.receive_pdu()
             if not isinstance(response, LoginResponse):
@@ -236,6 +259,9 @@ class Session:
     def _who(self) -> str:
         return f"{self.target_name or 'discovery'} at {self.portal.host}:{self.portal.port}"
 
+    def _count(self, name: str, n: int = 1) -> None:
+        self._counters_base[name] = self._counters_base.get(name, 0) + n
+
     async def close(self) -> None:
         """Log out (bounded by the logout timeout) and stop the connection's tasks."""
         if self._closed:
@@ -244,32 +270,29 @@ class Session:
         link = self._link
         if link is not None and not link.failed and self.logged_in:
             self.connection_state = "IN LOGOUT"
-            try:
-                with trio.move_on_after(self.timeouts.logout):
-                    waiter = self._register(link.conn.logout(0))
-                    link.wake_writer()
-                    await waiter.done.wait()
-            except IscsiError as exc:
-                log.debug("logout from %s: %s", self._who(), exc)
+            with trio.move_on_after(self.timeouts.logout):
+                try:
+                    await self._request(link, link.conn.logout(0))
+                except IscsiError as exc:
+                    log.debug("logout from %s: %s", self._who(), exc)
         self._drop_link(link)
         self.connection_state = "FREE"
         self.session_state = "FREE"
-        error = SessionFailed(f"session to {self._who()} was logged out")
-        for cmd in list(self._unfinished):
-            cmd.finish(error=error)
-        self._unfinished.clear()
+        self._fail_waiting(SessionFailed(f"session to {self._who()} was logged out"))
         self._notify()
         log.info("logged out of %s", self._who())
 
     def _drop_link(self, link: _Link | None) -> None:
-        if link is None:
+        if link is None or link.failed:
             return
         link.failed = True
         link.scope.cancel()
+        for request in link.requests.values():
+            request.event.set()
+        link.requests.clear()
         if self._link is link:
             self._counters_base = self.counters()
             self._link = None
-            self._commands.clear()
 
     # ------------------------------------------------------------------ connection tasks
     async def _serve(self, link: _Link) -> None:
@@ -277,44 +300,62 @@ class Session:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, link)
-                    nursery.start_soon(self._writer, link)
+                    nursery.start_soon(link.transport.drain)
+                    nursery.start_soon(self._error_recovery, link)
                     if self.timeouts.noop_out_interval > 0 and self.session_type == "Normal":
                         nursery.start_soon(self._keepalive, link)
                     if self.timeouts.command > 0:
-                        nursery.start_soon(self._watchdog, link, nursery)
-            except* (IscsiError, OSError, trio.BrokenResourceError) as group:
+                        nursery.start_soon(self._watchdog, link)
+            except* (IscsiError, OSError) as group:
                 self._link_failed(link, group.exceptions[0])
         await link.transport.aclose()
 
     async def _reader(self, link: _Link) -> None:
         transport, conn = link.transport, link.conn
-        while True:
-            pdu = await transport.receive_pdu()
-            link.last_rx = trio.current_time()
-            for event in conn.receive_pdu(pdu):
-                self._dispatch(link, event)
-            if conn.has_output:         # R2T answers, NOP replies, commands the window freed
-                link.wake_writer()
+        decoder = transport.decoder
+        commands = link.commands
+        complete = self._complete
+        try:
+            while True:
+                await transport.receive()
+                link.last_rx = trio.current_time()
+                while (pdu := decoder.next_pdu()) is not None:
+                    for event in conn.receive_pdu(pdu):
+                        if type(event) is TaskComplete:
+                            cmd = commands.pop(event.itt, None)
+                            if cmd is not None:
+                                complete(cmd, event, None)
+                        else:
+                            self._dispatch(link, event)
+                link.push()     # R2T answers, NOP replies, commands the window let through
+        except IscsiError as exc:
+            # at once, so that no command is given to this connection any more
+            self._link_failed(link, exc)
 
-    async def _writer(self, link: _Link) -> None:
-        """Sends what the reader's events queued (R2T answers, NOP replies, freed window)."""
-        conn, transport = link.conn, link.transport
-        while True:
-            await link.kick.wait()
-            link.kick = trio.Event()
-            await transport.send_pending(conn.data_to_send)
-
-    async def _watchdog(self, link: _Link, nursery: trio.Nursery) -> None:
-        """A command silent for ``timeouts.command`` gets ABORT TASK and fails (one timer per
-        connection, not one per command)."""
-        timeout = self.timeouts.command
-        while True:
-            await trio.sleep(min(1.0, timeout / 4))
-            now = trio.current_time()
-            for cmd in list(self._commands.values()):
-                if not cmd.aborting and now - cmd.sent_at >= timeout:
-                    cmd.aborting = True
-                    nursery.start_soon(self._abort, link, cmd)
+    def _dispatch(self, link: _Link, event) -> None:
+        if isinstance(event, TaskFailed):
+            cmd = link.commands.pop(event.itt, None)
+            if cmd is None:
+                return
+            if cmd.timed_out:
+                self._complete(cmd, None, self._timeout_error())
+            elif event.aborted:
+                # ended by a reset we sent for another command: it never completed at the
+                # target and its caller still waits, so it goes again
+                cmd.link = None
+                self._reissue(link, cmd)
+            else:
+                self._complete(cmd, None, RemoteProtocolError(f"command failed: {event.reason}"))
+        elif isinstance(event, (NopReceived, TextComplete, TaskManagementComplete,
+                                LogoutComplete, RejectReceived)):
+            request = link.requests.pop(event.itt, None) if event.itt is not None else None
+            if request is not None:
+                request.result = event
+                request.event.set()
+            if isinstance(event, RejectReceived):
+                log.warning("%s rejected a PDU (reason 0x%02x)", self._who(), event.reason)
+        elif isinstance(event, AsyncEventReceived):
+            self._async_event(link, event.pdu)
 
     async def _keepalive(self, link: _Link) -> None:
         """NOP-Out after noop_out_interval of silence; no answer in noop_out_timeout: fail."""
@@ -323,42 +364,25 @@ class Session:
             await trio.sleep_until(link.last_rx + interval)
             if trio.current_time() < link.last_rx + interval:
                 continue
-            waiter = self._register(link.conn.send_nop())
-            link.wake_writer()
-            with trio.move_on_after(timeout if timeout > 0 else float("inf")):
-                await waiter.done.wait()
-            if not waiter.done.is_set():
-                self._counters_base["timeout_err"] = self._counters_base.get("timeout_err", 0) + 1
-                raise ConnectionLost(f"no answer to NOP-Out from {self._who()} within {timeout:g} s")
+            itt = link.conn.send_nop()
+            with trio.move_on_after(timeout if timeout > 0 else math.inf):
+                await self._request(link, itt)
+                continue
+            link.conn.abandon(itt)
+            self._count("timeout_err")
+            raise ConnectionLost(f"no answer to NOP-Out from {self._who()} within {timeout:g} s")
 
-    def _dispatch(self, link: _Link, event) -> None:
-        if isinstance(event, TaskComplete):
-            cmd = self._commands.pop(event.itt, None)
-            if cmd is not None:
-                self._unfinished.discard(cmd)
-                cmd.finish(result=event)
-        elif isinstance(event, TaskFailed):
-            cmd = self._commands.pop(event.itt, None)
-            if cmd is not None:
-                self._unfinished.discard(cmd)
-                if cmd.aborting:    # our ABORT TASK after a timeout ended it
-                    cmd.finish(error=CommandTimeout(f"command to {self._who()} timed out "
-                                                    f"after {self.timeouts.command:g} s"))
-                else:
-                    cmd.finish(error=RemoteProtocolError(f"command failed: {event.reason}"))
-        elif isinstance(event, (NopReceived, TextComplete, TaskManagementComplete, LogoutComplete)):
-            waiter = self._waiters.pop(event.itt, None)
-            if waiter is not None:
-                waiter.result = event
-                waiter.done.set()
-        elif isinstance(event, AsyncEventReceived):
-            self._async_event(link, event.pdu)
-        elif isinstance(event, RejectReceived):
-            log.warning("%s rejected a PDU (reason 0x%02x)", self._who(), event.reason)
-            if event.itt is not None and event.itt in self._waiters:
-                waiter = self._waiters.pop(event.itt)
-                waiter.result = event
-                waiter.done.set()
+    async def _request(self, link: _Link, itt: int):
+        """Send what the state machine queued for request ``itt`` and wait for its answer
+        (None if the connection failed meanwhile)."""
+        request = _Request()
+        link.requests[itt] = request
+        link.push()
+        try:
+            await request.event.wait()
+        finally:
+            link.requests.pop(itt, None)
+        return request.result
 
     def _async_event(self, link: _Link, pdu) -> None:
         """RFC 7143 §11.9.1 AsyncEvent codes."""
@@ -381,15 +405,205 @@ class Session:
         if link.failed:
             return
         with trio.move_on_after(self.timeouts.logout):
-            waiter = self._register(link.conn.logout(2))  # reason 2: remove for recovery
-            link.wake_writer()
-            await waiter.done.wait()
+            try:
+                await self._request(link, link.conn.logout(2))   # reason 2: remove for recovery
+            except IscsiError as exc:
+                log.debug("logout for recovery from %s: %s", self._who(), exc)
         self._link_failed(link, ConnectionLost("target requested logout"))
 
-    def _register(self, itt: int) -> _Waiter:
-        waiter = _Waiter()
-        self._waiters[itt] = waiter
-        return waiter
+    # ------------------------------------------------------------------ commands
+    async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0, read_buffer=None,
+                      write_data=None) -> ScsiResult:
+        """Run one SCSI command; returns on GOOD status, raises ScsiError otherwise.
+
+        Raises SessionFailed when the session is closed or could not be recovered in time,
+        CommandTimeout when the command timed out (or the caller was cancelled). In every
+        case where this raises, the command will not be sent again.
+        """
+        if self._closed:
+            raise SessionFailed(f"session to {self._who()} is closed")
+        if self._link is None and (self._given_up or not self.recover):
+            raise SessionFailed(f"session to {self._who()} is not logged in")
+        try:
+            self._admission.acquire_nowait()
+        except trio.WouldBlock:
+            await self._admission.acquire()
+        cmd = _Command(lun, cdb, read_length, read_buffer, write_data)
+        self._unfinished[cmd] = None
+        try:
+            link = self._link
+            if link is not None:
+                self._issue(link, cmd)
+            if not cmd.done:
+                cmd.task = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(_abort_wait(cmd))
+        finally:
+            self._admission.release()
+            if not cmd.done:
+                self._forget(cmd)       # the caller is leaving unanswered: never send it again
+        if cmd.error is not None:
+            raise cmd.error
+        result = cmd.result
+        if result.status:
+            check_status(result.status, result.sense)
+        return result
+
+    def _issue(self, link: _Link, cmd: _Command) -> None:
+        """Give ``cmd`` to the connection and send it (no await: callers rely on that)."""
+        if cmd.attempts > MAX_REISSUE:
+            self._complete(cmd, None, SessionFailed(
+                f"command to {self._who()} failed: the connection broke {cmd.attempts - 1} "
+                f"times while it ran"))
+            return
+        conn = link.conn
+        if not conn.accepts_commands:   # logging out or broken: wait for the next connection
+            return
+        cmd.itt = itt = conn.start_command(cmd.lun, cmd.cdb, read_length=cmd.read_length,
+                                           read_buffer=cmd.read_buffer,
+                                           write_data=cmd.write_data)
+        cmd.link = link
+        cmd.attempts += 1
+        timeout = self.timeouts.command
+        cmd.deadline = trio.current_time() + timeout if timeout > 0 else math.inf
+        link.commands[itt] = cmd
+        try:
+            link.push()
+        except ConnectionLost as exc:
+            self._link_failed(link, exc)
+
+    def _reissue(self, link: _Link, cmd: _Command) -> None:
+        """``_issue`` from a task that is not the command's caller: a local error fails the
+        command instead of the task."""
+        try:
+            self._issue(link, cmd)
+        except IscsiError as exc:
+            log.error("%s: cannot re-issue a command: %s", self._who(), exc)
+            self._complete(cmd, None, exc)
+
+    def _complete(self, cmd: _Command, result, error) -> None:
+        """Answer the caller of ``cmd`` (result or error) and forget the command."""
+        if cmd.done:
+            return
+        cmd.done = True
+        cmd.result, cmd.error = result, error
+        del self._unfinished[cmd]
+        link = cmd.link
+        if link is not None and link.commands.get(cmd.itt) is cmd:
+            del link.commands[cmd.itt]
+        task = cmd.task
+        if task is not None:
+            cmd.task = None
+            trio.lowlevel.reschedule(task)
+
+    def _forget(self, cmd: _Command) -> None:
+        """The caller left without an answer (cancelled, or an error on its own path)."""
+        cmd.done = True
+        self._unfinished.pop(cmd, None)
+        link = cmd.link
+        if link is not None and link.commands.get(cmd.itt) is cmd:
+            del link.commands[cmd.itt]
+            if not link.failed:
+                link.conn.abandon(cmd.itt)
+                try:
+                    link.push()
+                except ConnectionLost as exc:
+                    self._link_failed(link, exc)
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        for cmd in list(self._unfinished):
+            self._complete(cmd, None, error)
+
+    def _timeout_error(self) -> CommandTimeout:
+        return CommandTimeout(f"command to {self._who()} timed out after "
+                              f"{self.timeouts.command:g} s")
+
+    # ------------------------------------------------------------------ timeouts
+    async def _watchdog(self, link: _Link) -> None:
+        """Time out commands ``timeouts.command`` after they were issued (one timer per
+        connection). A command that never got a CmdSN is simply withdrawn and fails; one that
+        was sent goes to error recovery."""
+        timeout = self.timeouts.command
+        commands = link.commands
+        while True:
+            now = trio.current_time()
+            wake = now + timeout
+            for cmd in list(commands.values()):
+                if cmd.timed_out:
+                    continue
+                if cmd.deadline > now:
+                    wake = cmd.deadline     # commands are in issue order: this is the next
+                    break
+                if link.conn.was_sent(cmd.itt):
+                    cmd.timed_out = True
+                    link.timed_out.append(cmd)
+                    link.recovery_wanted.set()
+                else:
+                    log.warning("%s: command 0x%s got no CmdSN within %g s (the target keeps "
+                                "its command window closed)", self._who(), cmd.cdb[:1].hex(),
+                                timeout)
+                    del commands[cmd.itt]
+                    link.conn.abandon(cmd.itt)
+                    self._complete(cmd, None, self._timeout_error())
+            link.push()
+            await trio.sleep_until(wake)
+
+    async def _error_recovery(self, link: _Link) -> None:
+        """open-iscsi's escalation for timed-out commands, one at a time: ABORT TASK, then
+        LOGICAL UNIT RESET, then TARGET WARM RESET, then drop the connection (the relogin
+        reinstates the session, which ends every task of the old connection)."""
+        t = self.timeouts
+        while True:
+            if not link.timed_out:
+                await link.recovery_wanted.wait()
+                link.recovery_wanted = trio.Event()
+                continue
+            cmd = link.timed_out.popleft()
+            if cmd.done:
+                continue
+            what = f"command 0x{cmd.cdb[:1].hex()} to LUN {cmd.lun}"
+            log.warning("%s: %s timed out after %g s; aborting it", self._who(), what, t.command)
+            steps = ((TMF_ABORT_TASK, t.abort, "ABORT TASK"),
+                     (TMF_LOGICAL_UNIT_RESET, t.lu_reset, "LOGICAL UNIT RESET"),
+                     (TMF_TARGET_WARM_RESET, t.tgt_reset, "TARGET WARM RESET"))
+            for function, timeout, name in steps:
+                if cmd.done:
+                    break
+                response = await self._task_management(link, function, cmd, timeout)
+                if response in (_TMF_COMPLETE, _TMF_NO_TASK) and (
+                        function == TMF_ABORT_TASK or response == _TMF_COMPLETE):
+                    log.warning("%s: %s ended by %s", self._who(), what, name)
+                    if not cmd.done:    # "no such task": the TMF's events did not end it
+                        link.conn.abandon(cmd.itt)
+                        self._complete(cmd, None, self._timeout_error())
+                    break
+                log.warning("%s: %s for %s %s", self._who(), name, what,
+                            "got no answer" if response is None else
+                            f"failed (response {response})")
+            else:
+                if not cmd.done:
+                    log.error("%s: error recovery for %s failed; dropping the connection",
+                              self._who(), what)
+                    self._link_failed(link, ConnectionLost(
+                        f"error recovery for a timed-out {what} failed"))
+                    return
+
+    async def _task_management(self, link: _Link, function: int, cmd: _Command,
+                               timeout: float) -> int | None:
+        """Send one TMF about ``cmd``; its response code, or None (no answer in time)."""
+        ref = cmd.itt if function == TMF_ABORT_TASK else None
+        if function == TMF_ABORT_TASK and not link.conn.was_sent(cmd.itt):
+            return _TMF_NO_TASK
+        itt = link.conn.task_management(function, cmd.lun, ref)
+        result = None
+        with trio.move_on_after(timeout):
+            result = await self._request(link, itt)
+        if result is None:
+            if not link.failed:
+                link.conn.abandon(itt)
+            return None
+        if isinstance(result, TaskManagementComplete):
+            return result.response
+        return -1       # rejected
 
     # ------------------------------------------------------------------ recovery
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
@@ -397,161 +611,90 @@ class Session:
             return
         was_current = self._link is link
         self._drop_link(link)
+        # commands of this connection wait for the next one, except those in error
+        # recovery: their connection is gone with them, so they fail now
+        for cmd in list(link.commands.values()):
+            cmd.link = None
+            if cmd.timed_out:
+                self._complete(cmd, None, self._timeout_error())
+        link.commands.clear()
         if not was_current or self._closed:
             return
         log.warning("connection to %s failed: %s", self._who(), exc)
         self.connection_state = "TRANSPORT WAIT"
         self.session_state = "FAILED"
-        for waiter in self._waiters.values():
-            waiter.done.set()
-        self._waiters.clear()
         self._notify()
-        if self.recover and not self._recovering:
+        if not self.recover:
+            self._fail_waiting(SessionFailed(f"connection to {self._who()} lost: {exc}"))
+        elif not self._recovering:
             self._recovering = True
             self._nursery.start_soon(self._recover)
-        elif not self.recover:
-            self._fail_all(SessionFailed(f"connection to {self._who()} lost: {exc}"))
 
-    def _fail_all(self, error: BaseException) -> None:
-        for cmd in list(self._unfinished):
-            cmd.finish(error=error)
-        self._unfinished.clear()
+    def _give_up(self) -> None:
+        self._given_up = True
+        log.error("%s: replacement timeout (%g s) expired; failing I/O", self._who(),
+                  self.timeouts.replacement_timeout)
+        self._fail_waiting(SessionFailed(
+            f"session to {self._who()} could not be recovered within "
+            f"{self.timeouts.replacement_timeout:g} s"))
+        self._notify()
 
     async def _recover(self) -> None:
-        """Relogin with the same ISID until it works; fail I/O after replacement_timeout."""
+        """Relogin with the same ISID until it works. ``replacement_timeout`` after the
+        failure, waiting commands fail (an attempt running then is cancelled) and new ones
+        fail at once; the attempts go on, and the first that works ends that."""
         try:
-            deadline = trio.current_time() + self.timeouts.replacement_timeout
+            limit = self.timeouts.replacement_timeout
+            deadline = trio.current_time() + limit if limit >= 0 else math.inf
             delay = 0.0
             while not self._closed:
                 if not self._given_up and trio.current_time() >= deadline:
-                    self._given_up = True
-                    log.error("%s: replacement timeout (%g s) expired; failing I/O",
-                              self._who(), self.timeouts.replacement_timeout)
-                    self._fail_all(SessionFailed(
-                        f"session to {self._who()} could not be recovered within "
-                        f"{self.timeouts.replacement_timeout:g} s"))
-                    self._notify()
-                await trio.sleep(delay)
+                    self._give_up()
+                bound = math.inf if self._given_up else deadline
+                if delay:
+                    await trio.sleep_until(min(trio.current_time() + delay, bound))
+                    if self._closed:
+                        return
+                    if not self._given_up and trio.current_time() >= deadline:
+                        continue
                 delay = min(max(delay * 2, 0.5), RETRY_CAP)
-                if self._closed:
-                    return
-                try:
-                    link = await self._login()
-                except AuthenticationError as exc:
-                    log.error("relogin to %s: %s", self._who(), exc)
-                    continue
-                except (IscsiError, OSError) as exc:
-                    log.info("relogin to %s failed: %s", self._who(), exc)
+                link = None
+                with trio.move_on_at(bound):
+                    try:
+                        link = await self._login()
+                    except AuthenticationError as exc:
+                        log.error("relogin to %s: %s", self._who(), exc)
+                    except (IscsiError, OSError) as exc:
+                        log.info("relogin to %s failed: %s", self._who(), exc)
+                if link is None:
+                    self.connection_state = "TRANSPORT WAIT"
                     continue
                 if self._closed:
                     await link.transport.aclose()
                     return
                 self.reconnects += 1
                 self._install(link)
-                self._reissue(link)
+                for cmd in list(self._unfinished):
+                    if cmd.link is None and not cmd.done:
+                        self._reissue(link, cmd)
+                        if link.failed:
+                            break
                 return
         finally:
             self._recovering = False
 
-    def _reissue(self, link: _Link) -> None:
-        for cmd in list(self._unfinished):
-            if cmd.attempts > MAX_REISSUE:
-                self._unfinished.discard(cmd)
-                cmd.finish(error=SessionFailed(
-                    f"command to {self._who()} failed: the connection broke "
-                    f"{cmd.attempts} times while it ran"))
-                continue
-            self._start(link, cmd)
-        link.wake_writer()
-
-    # ------------------------------------------------------------------ commands
-    def _start(self, link: _Link, cmd: _Command) -> None:
-        itt = link.conn.start_command(cmd.lun, cmd.cdb, read_length=cmd.read_length,
-                                      read_buffer=cmd.read_buffer, write_data=cmd.write_data)
-        cmd.itt = itt
-        cmd.attempts += 1
-        cmd.sent_at = trio.current_time()
-        cmd.aborting = False
-        self._commands[itt] = cmd
-
-    async def _wait_logged_in(self) -> _Link:
-        while True:
-            if self._closed:
-                raise SessionFailed(f"session to {self._who()} is closed")
-            if self._link is not None and self.logged_in:
-                return self._link
-            if self._given_up or not self.recover:
-                raise SessionFailed(f"session to {self._who()} is not logged in")
-            await self._state_changed.wait()
-
-    async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0, read_buffer=None,
-                      write_data=None) -> ScsiResult:
-        """Run one SCSI command; returns on GOOD status, raises ScsiError otherwise."""
-        link = await self._wait_logged_in()
-        cmd = _Command(lun, bytes(cdb), read_length, read_buffer, write_data)
-        self._unfinished.add(cmd)
-        self._start(link, cmd)
-        # the writer task sends it: at queue depth it sends many commands in one write
-        link.wake_writer()
-        await self._wait_command(cmd)
-        if cmd.error is not None:
-            raise cmd.error
-        event = cmd.result
-        check_status(event.status, event.sense)
-        return ScsiResult(event.status, event.sense, event.residual_count, event.underflow,
-                          event.overflow)
-
-    async def _wait_command(self, cmd: _Command) -> None:
-        """Wait for completion (the watchdog times it out, recovery re-issues it)."""
-        try:
-            await cmd.done.wait()
-        except BaseException:
-            # cancelled (e.g. the FUSE request was interrupted): forget it on the wire
-            if not cmd.done.is_set():
-                self._forget(cmd)
-                cmd.finish(error=CommandTimeout("command cancelled"))
-            raise
-
-    def _forget(self, cmd: _Command) -> None:
-        self._unfinished.discard(cmd)
-        link = self._link
-        if cmd.itt is not None and self._commands.pop(cmd.itt, None) is cmd and link is not None:
-            link.conn.abandon(cmd.itt)
-
-    async def _abort(self, link: _Link, cmd: _Command) -> None:
-        if cmd.done.is_set() or self._commands.get(cmd.itt) is not cmd:
-            return
-        log.warning("%s: command 0x%s timed out after %g s; aborting", self._who(),
-                    cmd.cdb[:1].hex(), self.timeouts.command)
-        with trio.move_on_after(self.timeouts.abort):
-            waiter = self._register(link.conn.task_management(TMF_ABORT_TASK, cmd.lun, cmd.itt))
-            link.wake_writer()
-            await waiter.done.wait()
-        self._forget(cmd)
-        cmd.finish(error=CommandTimeout(
-            f"command to {self._who()} timed out after {self.timeouts.command:g} s"))
-
-    # ------------------------------------------------------------------ text, ping
+    # ------------------------------------------------------------------ text
     async def text(self, pairs) -> list[tuple[str, str]]:
         """A Text request/response exchange (SendTargets on a discovery session)."""
-        link = await self._wait_logged_in()
-        waiter = self._register(link.conn.send_text(pairs))
-        link.wake_writer()
-        with trio.fail_after(self.timeouts.login):
-            await waiter.done.wait()
-        if not isinstance(waiter.result, TextComplete):
+        link = self._link
+        if link is None or self._closed:
+            raise SessionFailed(f"session to {self._who()} is not logged in")
+        result = None
+        with trio.move_on_after(self.timeouts.login):
+            result = await self._request(link, link.conn.send_text(pairs))
+        if not isinstance(result, TextComplete):
             raise ConnectionLost(f"text request to {self._who()} failed")
-        return waiter.result.pairs
-
-    async def ping(self) -> float:
-        """NOP-Out ping; returns the round-trip time in seconds."""
-        link = await self._wait_logged_in()
-        start = trio.current_time()
-        waiter = self._register(link.conn.send_nop())
-        link.wake_writer()
-        with trio.fail_after(self.timeouts.noop_out_timeout or 5):
-            await waiter.done.wait()
-        return trio.current_time() - start
+        return result.pairs
 
     def counters(self) -> dict[str, int]:
         """``iscsiadm -m session -s`` counters, summed over this session's connections."""
@@ -561,3 +704,12 @@ class Session:
             for name, value in link.conn.counters.items():
                 total[name] = total.get(name, 0) + value
         return total
+
+
+def _abort_wait(cmd: _Command):
+    """Abort function for a caller sleeping on ``cmd``: a cancelled caller just stops
+    waiting (``execute`` then withdraws the command)."""
+    def abort(raise_cancel):
+        cmd.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+    return abort

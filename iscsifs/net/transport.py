@@ -1,8 +1,17 @@
 """A TCP connection that carries iSCSI PDUs.
 
-Owns: the socket, the PDU decoder, the order of outgoing bytes (one ``trio.StrictFIFOLock``) and
-the byte counters. Knows nothing of sessions, CmdSN or SCSI: it moves PDUs. Exactly one task may
-call :meth:`Transport.receive_pdu` at a time (the login code, then the session's reader task).
+Owns: the socket, the receive buffer (the PDU decoder's), the order of outgoing bytes and the
+byte counters. Knows nothing of sessions, CmdSN or SCSI: it moves bytes and PDUs.
+
+Sending never yields to the scheduler: :meth:`Transport.send` hands the socket as much as it
+takes at once (``sendmsg``, many PDUs per call, the caller's buffers as they are) and keeps the
+rest, in order, for :meth:`Transport.drain`, which a task of the session runs. Because ``send``
+is synchronous, the order of calls is the order on the wire: whoever takes bytes from the
+protocol state machine and passes them here in the same step keeps PDUs in the order the state
+machine produced them, whichever task that is.
+
+Receiving goes straight into the decoder's buffer (``recv_into``). Exactly one task at a time
+may receive (the login code, then the session's reader task).
 """
 
 from __future__ import annotations
@@ -10,52 +19,68 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections import deque
+from typing import Awaitable, Callable, Iterable
 
 import trio
 
 from ..core.discovery import Portal
-from ..core.pdu import PduDecoder, encode, summary
+from ..core.pdu import RECEIVE_CHUNK, PduDecoder, encode, summary
 from ..errors import ConnectionLost, os_reason
 
 log = logging.getLogger(__name__)
 
-# Receive this much per recv call: several maximal PDUs when the target streams Data-In.
-RECV_CHUNK = 1024 * 1024
-# Buffers smaller than this are joined before sending; larger ones go out as they are.
-COALESCE = 64 * 1024
+# At most this many buffers per sendmsg() (the kernel's IOV_MAX is 1024).
+_IOV_BATCH = 512
+
+Connector = Callable[[Portal], Awaitable[socket.socket]]
+
+
+async def open_tcp(portal: Portal) -> socket.socket:
+    """Connect to a portal (every address it resolves to, trio's happy eyeballs)."""
+    try:
+        stream = await trio.open_tcp_stream(portal.host, portal.port)
+    except OSError as exc:
+        reason = os_reason(exc)
+        if isinstance(exc, socket.gaierror):
+            reason = f"cannot resolve {portal.host}"
+        raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}") from None
+    trio_sock = stream.socket
+    sock = socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto,
+                         fileno=trio_sock.detach())
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    return sock
 
 
 class Transport:
-    """One TCP stream: ordered sends under a lock, PDUs out of an incremental decoder."""
+    """One connection: synchronous ordered sends with a backlog, receives into the decoder."""
 
-    def __init__(self, stream: trio.SocketStream, portal: Portal):
-        self.stream = stream
+    def __init__(self, sock: socket.socket, portal: Portal):
+        sock.setblocking(False)
+        self.sock = sock
         self.portal = portal
-        self.decoder = PduDecoder()
-        self.send_lock = trio.StrictFIFOLock()
+        # Data-In payloads are lent to the connection, which copies them into the reader's
+        # buffer before the next receive: one copy per byte read.
+        self.decoder = PduDecoder(borrow=True, capacity=RECEIVE_CHUNK)
         self.header_digest = False      # digests start after login (RFC 7143 §13.1)
         self.data_digest = False
         self.tx_bytes = 0
         self.rx_bytes = 0
+        self._backlog: deque[memoryview] = deque()   # bytes the socket did not take yet
+        self._backlog_changed = trio.Event()
+        self._error: ConnectionLost | None = None
         self._closed = False
-        sock = stream.socket
         try:
             self.local_address = sock.getsockname()[0]
-        except OSError:  # pragma: no cover - socket already dead
+        except (OSError, IndexError):  # pragma: no cover - socket already dead / AF_UNIX
+            self.local_address = ""
+        if not isinstance(self.local_address, str):
             self.local_address = ""
 
     @classmethod
-    async def open(cls, portal: Portal) -> Transport:
+    async def open(cls, portal: Portal, connector: Connector = open_tcp) -> Transport:
         """Connect to a portal. The caller bounds the time with ``fail_after``."""
-        try:
-            stream = await trio.open_tcp_stream(portal.host, portal.port)
-        except OSError as exc:
-            reason = os_reason(exc)
-            if isinstance(exc, socket.gaierror):
-                reason = f"cannot resolve {portal.host}"
-            raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}") from None
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        return cls(stream, portal)
+        return cls(await connector(portal), portal)
 
     def set_digests(self, header: bool, data: bool, max_recv: int) -> None:
         """Switch the decoder to the values negotiated at login (§13.1, §13.12)."""
@@ -65,59 +90,129 @@ class Transport:
         self.header_digest = header
         self.data_digest = data
 
+    # ------------------------------------------------------------------ sending
+    @property
+    def backlog(self) -> int:
+        """Buffers waiting for the socket (0 when everything sent was taken at once)."""
+        return len(self._backlog)
+
+    def send(self, buffers: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send ``buffers`` after everything sent before; never blocks, never yields.
+
+        What the socket does not take now stays queued for :meth:`drain`. The buffers are
+        not copied: the caller must not change them until they are sent (a write's data stays
+        put until its command completes, which is after it was sent).
+        """
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise ConnectionLost(f"connection to {self._where()} is closed")
+        if self._backlog:
+            self._backlog.extend(memoryview(b).cast("B") for b in buffers if len(b))
+            return
+        if not isinstance(buffers, list):
+            buffers = list(buffers)
+        start = 0
+        while start < len(buffers):
+            batch = buffers[start:start + _IOV_BATCH]
+            want = sum(map(len, batch))
+            sent = self._sendmsg(batch)
+            self.tx_bytes += sent
+            if sent < want:
+                self._queue_rest(batch, sent)
+                self._backlog.extend(memoryview(b).cast("B")
+                                     for b in buffers[start + _IOV_BATCH:] if len(b))
+                self._backlog_changed.set()
+                return
+            start += _IOV_BATCH
+
+    def _sendmsg(self, buffers) -> int:
+        try:
+            return self.sock.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._error = ConnectionLost(
+                f"connection to {self._where()} lost while sending: {_why(exc)}")
+            raise self._error from None
+
+    def _queue_rest(self, batch, sent: int) -> None:
+        for buf in batch:
+            n = len(buf)
+            if sent >= n:
+                sent -= n
+                continue
+            view = memoryview(buf).cast("B")
+            self._backlog.append(view[sent:] if sent else view)
+            sent = 0
+
+    def _push_backlog(self) -> int:
+        backlog = self._backlog
+        sent = self._sendmsg([backlog[i] for i in range(min(len(backlog), _IOV_BATCH))])
+        self.tx_bytes += sent
+        left = sent
+        while left:
+            head = backlog[0]
+            if left >= len(head):
+                left -= len(head)
+                backlog.popleft()
+            else:
+                backlog[0] = head[left:]
+                left = 0
+        return sent
+
+    async def _writable(self) -> None:
+        try:
+            await trio.lowlevel.wait_writable(self.sock)
+        except trio.ClosedResourceError:
+            raise ConnectionLost(f"connection to {self._where()} is closed") from None
+
+    async def drain(self) -> None:
+        """Run forever (in the session's nursery): send the backlog whenever the socket can
+        take it. Raises ConnectionLost when the socket fails."""
+        while True:
+            if not self._backlog:
+                await self._backlog_changed.wait()
+                self._backlog_changed = trio.Event()
+                continue
+            await self._writable()
+            while self._backlog and self._push_backlog():
+                pass
+
+    async def flush(self) -> None:
+        """Wait until everything sent so far is in the socket (the login phase, before any
+        task runs :meth:`drain`)."""
+        while self._backlog:
+            await self._writable()
+            self._push_backlog()
+
     async def send_pdu(self, pdu) -> None:
-        """Encode and send one PDU (login and logout; the full feature phase uses send_buffers)."""
+        """Encode and send one PDU, and wait until it is out (the login phase)."""
         if log.isEnabledFor(logging.DEBUG):
             log.debug("send %s", summary(pdu))
-        await self.send_buffers(encode(pdu, header_digest=self.header_digest,
-                                       data_digest=self.data_digest))
+        self.send(encode(pdu, header_digest=self.header_digest, data_digest=self.data_digest))
+        await self.flush()
 
-    async def send_buffers(self, buffers) -> None:
-        """Send encoded PDU bytes in order (login and logout PDUs)."""
-        if buffers:
-            async with self.send_lock:
-                await self._send(buffers)
-
-    async def send_pending(self, take) -> None:
-        """Send what ``take()`` returns, taken while holding the send lock.
-
-        ``take`` is ``Connection.data_to_send``: whoever holds the lock drains every PDU the
-        state machine queued so far, so PDUs leave in exactly the order they were produced,
-        whichever task sends them. The send itself is shielded: a cancelled caller must never
-        leave half a PDU on the wire (closing the stream still interrupts it).
-        """
-        async with self.send_lock:
-            buffers = take()
-            if buffers:
-                with trio.CancelScope(shield=True):
-                    await self._send(buffers)
-
-    async def _send(self, buffers) -> None:
-        """Small pieces are joined, large payloads (write data) go out as they are."""
-        pending = bytearray()
+    # ------------------------------------------------------------------ receiving
+    async def receive(self) -> None:
+        """Wait for bytes and receive them into the decoder; ConnectionLost at EOF or error."""
         try:
-            for buf in buffers:
-                n = len(buf)
-                if n == 0:
-                    continue
-                self.tx_bytes += n
-                if n < COALESCE:
-                    pending += buf
-                    if len(pending) >= COALESCE:
-                        await self.stream.send_all(pending)
-                        pending = bytearray()
-                else:
-                    if pending:
-                        await self.stream.send_all(pending)
-                        pending = bytearray()
-                    await self.stream.send_all(buf)
-            if pending:
-                await self.stream.send_all(pending)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ConnectionLost(f"connection to {self.portal} lost while sending: {_why(exc)}") from None
+            await trio.lowlevel.wait_readable(self.sock)
+        except trio.ClosedResourceError:
+            raise ConnectionLost(f"connection to {self._where()} is closed") from None
+        try:
+            n = self.sock.recv_into(self.decoder.get_buffer())
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            raise ConnectionLost(f"connection to {self._where()} lost: {_why(exc)}") from None
+        if not n:
+            raise ConnectionLost(f"connection to {self._where()} closed by the target")
+        self.decoder.buffer_updated(n)
+        self.rx_bytes += n
 
     async def receive_pdu(self):
-        """Return the next PDU from the target; raises ConnectionLost at EOF or on error."""
+        """Return the next PDU from the target (the login phase)."""
         decoder = self.decoder
         while True:
             pdu = decoder.next_pdu()
@@ -125,24 +220,21 @@ class Transport:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("recv %s", summary(pdu))
                 return pdu
-            try:
-                data = await self.stream.receive_some(RECV_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise ConnectionLost(f"connection to {self.portal} lost: {_why(exc)}") from None
-            if not data:
-                raise ConnectionLost(f"connection to {self.portal} closed by the target")
-            self.rx_bytes += len(data)
-            decoder.feed(data)
+            await self.receive()
 
     async def aclose(self) -> None:
+        """Close the socket; a task waiting on it gets ConnectionLost."""
         if self._closed:
             return
         self._closed = True
-        with trio.CancelScope(shield=True):
-            try:
-                await self.stream.aclose()
-            except (trio.BrokenResourceError, OSError):
-                pass
+        self._backlog.clear()
+        self._backlog_changed.set()
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+        await trio.lowlevel.checkpoint()
+
+    def _where(self) -> str:
+        return f"{self.portal.host}:{self.portal.port}"
 
 
 def _why(exc: BaseException) -> str:

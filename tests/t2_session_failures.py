@@ -1,0 +1,225 @@
+"""How a session fails: promptly, within its bounds, and never by replaying an answered command.
+
+Every test runs on trio's MockClock (autojump) against the scripted target over a socketpair,
+so a 30-second timeout takes no real time and the timing asserted is exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from fake_target import FakeTarget, good_read, tmf_answer
+from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
+                                     TMF_TARGET_WARM_RESET)
+from iscsifs.core.discovery import Portal
+from iscsifs.core.pdu import AsyncMessage, TaskManagementRequest
+from iscsifs.errors import CommandTimeout, LocalProtocolError, SessionFailed
+from iscsifs.net.session import ASYNC_EVENTS_KEPT, Session, Timeouts
+
+INITIATOR = "iqn.2026-11.org.iscsifs.test:initiator"
+PAYLOAD = bytes(range(256)) * 16          # 4 KiB
+EPS = 1e-6
+
+
+def read10(lba: int) -> bytes:
+    return bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 8, 0])
+
+
+def write10(lba: int) -> bytes:
+    return bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 1, 0])
+
+
+async def open_session(target: FakeTarget, nursery, **timeouts) -> Session:
+    timeouts.setdefault("noop_out_interval", 0)
+    with trio.fail_after(5):
+        return await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                     initiator_name=INITIATOR, nursery=nursery,
+                                     timeouts=Timeouts(**timeouts),
+                                     connector=target.socketpair_connector(nursery))
+
+
+async def read(session, lba: int = 0) -> bytes:
+    buf = bytearray(len(PAYLOAD))
+    await session.execute(1, read10(lba), read_length=len(buf), read_buffer=buf)
+    return bytes(buf)
+
+
+def tmfs(target: FakeTarget) -> list[int]:
+    return [p.function for _, p in target.received if isinstance(p, TaskManagementRequest)]
+
+
+def answer_from_second_sight(seen: dict):
+    """A script: the first time a CDB arrives it gets no answer; a re-sent one is answered."""
+    def on_command(conn, cmd):
+        key = bytes(cmd.cdb)
+        seen[key] = seen.get(key, 0) + 1
+        return [] if seen[key] == 1 else good_read(conn, cmd, PAYLOAD)
+    return on_command
+
+
+async def test_command_the_window_never_admits_fails_at_command_timeout_without_abort(
+        nursery, autojump_clock):
+    target = FakeTarget(window=0, on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery, command=10)
+    start = trio.current_time()
+    with trio.fail_after(30):
+        with pytest.raises(CommandTimeout):
+            await read(session)
+    assert trio.current_time() - start <= 10 + EPS
+    assert target.commands_seen() == []          # it never had a CmdSN, so never went out
+    assert tmfs(target) == []                    # and nothing was aborted
+    assert target.connections == 1              # no protocol error, no relogin loop
+    await session.close()
+
+
+async def test_replacement_timeout_cancels_a_hanging_relogin_at_the_deadline(
+        nursery, autojump_clock):
+    target = FakeTarget(hang_login_after=1,
+                        on_command=lambda conn, cmd: [] if conn.number == 1
+                        else good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery, replacement_timeout=4, login=15,
+                                 command=0)
+    outcome = {}
+
+    async def reader():
+        try:
+            await read(session)
+        except SessionFailed:
+            outcome["failed_at"] = trio.current_time()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(target.commands_seen()) == 1
+        dropped_at = trio.current_time()
+        await target.live[1].close()
+    assert outcome["failed_at"] - dropped_at <= 4 + EPS      # not after login_timeout (15 s)
+    assert target.connections >= 2                          # a relogin was being attempted
+    with pytest.raises(SessionFailed):                      # new I/O fails at once meanwhile
+        await read(session)
+    # the attempts go on; the first one that works brings I/O back
+    target.hang_login_after = None
+    with trio.fail_after(30):
+        while not session.logged_in:
+            await trio.sleep(0.5)
+    assert await read(session) == PAYLOAD
+    await session.close()
+
+
+async def test_timed_out_command_escalates_from_abort_task_to_lu_reset(nursery, autojump_clock):
+    seen: dict = {}
+
+    def on_tmf(conn, req):
+        # ABORT TASK is refused ("function rejected"), a LOGICAL UNIT RESET works
+        return tmf_answer(conn, req, 5 if req.function == TMF_ABORT_TASK else 0)
+
+    target = FakeTarget(on_command=answer_from_second_sight(seen), on_tmf=on_tmf)
+    session = await open_session(target, nursery, command=5, abort=2, lu_reset=3)
+    results = {}
+
+    async def run(name, lba, delay):
+        await trio.sleep(delay)
+        try:
+            results[name] = await read(session, lba)
+        except CommandTimeout as exc:
+            results[name] = exc
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(run, "timed out", 0, 0)
+            n.start_soon(run, "bystander", 8, 1)
+    assert tmfs(target) == [TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET]
+    assert isinstance(results["timed out"], CommandTimeout)
+    # the reset also ended the other command on that LUN: its caller still waited, so it
+    # went again and completed
+    assert results["bystander"] == PAYLOAD
+    assert seen == {read10(0).ljust(16, b"\0"): 1, read10(8).ljust(16, b"\0"): 2}
+    assert target.connections == 1
+    await session.close()
+
+
+async def test_error_recovery_ends_by_dropping_the_connection_and_never_resends(
+        nursery, autojump_clock):
+    seen: dict = {}
+    target = FakeTarget(on_command=answer_from_second_sight(seen))     # ignores every TMF
+    session = await open_session(target, nursery, command=5, abort=1, lu_reset=1, tgt_reset=1)
+    start = trio.current_time()
+    with trio.fail_after(30):
+        with pytest.raises(CommandTimeout):
+            await read(session)
+    # 5 s command timeout, then 1 s for each of the three TMFs, then the connection goes
+    assert trio.current_time() - start <= 5 + 3 + EPS
+    assert tmfs(target) == [TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGET_WARM_RESET]
+    with trio.fail_after(30):
+        while not session.logged_in or target.connections < 2:
+            await trio.sleep(0.5)
+    seen[read10(16).ljust(16, b"\0")] = 1          # answered at first sight
+    assert await read(session, 16) == PAYLOAD          # the new connection works ...
+    assert [n for n, p in target.commands_seen() if p.cdb[:10] == read10(0)] == [1]
+    await session.close()
+
+
+async def test_command_whose_start_failed_is_not_sent_after_a_relogin(nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery)
+    with pytest.raises(LocalProtocolError):      # bidirectional: refused before it is sent
+        await session.execute(1, write10(7), read_length=512, read_buffer=bytearray(512),
+                              write_data=b"w" * 512)
+    await target.live[1].close()
+    with trio.fail_after(30):
+        while not session.logged_in or target.connections < 2:
+            await trio.sleep(0.5)
+        assert await read(session) == PAYLOAD
+    assert target.commands_seen(0x2A) == []
+    await session.close()
+
+
+async def test_cancelled_command_is_not_sent_after_a_relogin(nursery, autojump_clock):
+    seen: dict = {}
+    target = FakeTarget(on_command=answer_from_second_sight(seen))
+    session = await open_session(target, nursery, command=0)
+    with trio.move_on_after(3):
+        await read(session, 0)
+    await target.live[1].close()
+    with trio.fail_after(30):
+        while not session.logged_in or target.connections < 2:
+            await trio.sleep(0.5)
+    seen[read10(8).ljust(16, b"\0")] = 1          # answer this one the first time
+    assert await read(session, 8) == PAYLOAD
+    assert [n for n, p in target.commands_seen() if p.cdb[:10] == read10(0)] == [1]
+    await session.close()
+
+
+async def test_unanswered_command_is_reissued_after_the_connection_drops(nursery, autojump_clock):
+    seen: dict = {}
+    target = FakeTarget(on_command=answer_from_second_sight(seen))
+    session = await open_session(target, nursery, command=0)
+    got = {}
+
+    async def reader():
+        got["data"] = await read(session, 0)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await target.live[1].close()
+    assert got["data"] == PAYLOAD
+    assert [n for n, p in target.commands_seen() if p.cdb[:10] == read10(0)] == [1, 2]
+    await session.close()
+
+
+async def test_async_event_log_is_bounded(nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery)
+    conn = target.live[1]
+    await conn.send(*[AsyncMessage(lun=0, async_event=0, async_vcode=0, parameter1=i,
+                                   parameter2=0, parameter3=0, data=b"", **conn.sns())
+                      for i in range(10 * ASYNC_EVENTS_KEPT)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(session.async_events) == ASYNC_EVENTS_KEPT
+    assert str(10 * ASYNC_EVENTS_KEPT - 1) in session.async_events[-1]
+    assert await read(session) == PAYLOAD
+    await session.close()
