@@ -139,44 +139,51 @@ class Lun:
         self.max_transfer_bytes = max(self.block_size, limit // self.block_size * self.block_size)
 
     # ------------------------------------------------------------------ data path
-    def _chunks(self, lba: int, blocks: int):
-        per = max(1, self.max_transfer_bytes // self.block_size)
-        while blocks > 0:
-            n = min(per, blocks)
-            yield lba, n
-            lba += n
-            blocks -= n
+    async def _rw(self, lba: int, view, write: bool) -> None:
+        """One READ or WRITE of the whole blocks in ``view``, retried after UNIT ATTENTION."""
+        blocks = len(view) // self.block_size
+        if write:
+            cdb = scsi_cdb.write(lba, blocks)
+            kw = {"write_data": view}
+        else:
+            cdb = scsi_cdb.read(lba, blocks)
+            kw = {"read_length": len(view), "read_buffer": view}
+        try:
+            await self.session.execute(self.lun, cdb, **kw)
+        except ScsiError as exc:
+            if not is_unit_attention(exc):
+                raise
+            self._unit_attention(exc)
+            await self.command(cdb, **kw)
 
     async def _transfer(self, lba: int, view: memoryview, write: bool) -> None:
-        """READ into / WRITE from ``view`` (whole blocks at ``lba``); chunks run concurrently."""
-        bs = self.block_size
-        chunks = list(self._chunks(lba, len(view) // bs))
-        if len(chunks) == 1:
-            await self._command_rw(lba, chunks[0][1], view, write)
+        """READ into / WRITE from ``view`` (whole blocks at ``lba``), in commands of at most
+        ``max_transfer_bytes`` that run concurrently."""
+        chunk = self.max_transfer_bytes
+        if len(view) <= chunk:
+            await self._rw(lba, view, write)
             return
+        bs = self.block_size
         async with trio.open_nursery() as nursery:
-            for clba, n in chunks:
-                off = (clba - lba) * bs
-                nursery.start_soon(self._command_rw, clba, n, view[off:off + n * bs], write)
+            for off in range(0, len(view), chunk):
+                nursery.start_soon(self._rw, lba + off // bs, view[off:off + chunk], write)
 
-    async def _command_rw(self, lba: int, blocks: int, view: memoryview, write: bool) -> None:
-        if write:
-            await self.command(scsi_cdb.write(lba, blocks), write_data=view)
-        else:
-            await self.command(scsi_cdb.read(lba, blocks), read_length=len(view),
-                               read_buffer=view)
-
-    async def read(self, offset: int, length: int) -> bytes | memoryview:
+    async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         """Read ``length`` bytes at ``offset``; short (or empty) at the end of the LUN."""
-        size = self.size
+        bs = self.block_size
+        size = self.num_blocks * bs
         if offset >= size or length <= 0:
             return b""
-        length = min(length, size - offset)
-        bs = self.block_size
+        if length > size - offset:
+            length = size - offset
+        if not (offset % bs or length % bs):        # whole blocks: read straight into it
+            buf = bytearray(length)
+            await self._transfer(offset // bs, memoryview(buf), False)
+            return buf
         first = offset // bs
         last = (offset + length - 1) // bs
         buf = bytearray((last - first + 1) * bs)
-        await self._transfer(first, memoryview(buf), write=False)
+        await self._transfer(first, memoryview(buf), False)
         start = offset - first * bs
         # any contiguous buffer will do for pyfuse3's read reply: no copy of the payload
         return memoryview(buf)[start:start + length]
@@ -188,16 +195,17 @@ class Lun:
         beyond the LUN. Partial blocks are read, merged and written back under a lock that
         covers their blocks, so concurrent writes to the same block never lose each other.
         """
-        size = self.size
+        bs = self.block_size
+        size = self.num_blocks * bs
         length = len(data)
         if length == 0:
             return 0
         if offset >= size:
             raise NoSpace(f"write at offset {offset} is beyond the end of LUN {self.lun} "
                           f"({size} bytes)")
-        length = min(length, size - offset)
+        if length > size - offset:
+            length = size - offset
         data = memoryview(data)[:length]
-        bs = self.block_size
         first = offset // bs
         last = (offset + length - 1) // bs
         head = offset - first * bs
@@ -205,17 +213,17 @@ class Lun:
         entry = await self._locks.acquire(first, last)
         try:
             if head == 0 and tail == 0:
-                await self._transfer(first, data, write=True)
+                await self._transfer(first, data, True)
                 return length
             buf = bytearray((last - first + 1) * bs)
             view = memoryview(buf)
             # read only the edge blocks that are partly overwritten
             if head:
-                await self._transfer(first, view[:bs], write=False)
+                await self._transfer(first, view[:bs], False)
             if tail and (last != first or not head):
-                await self._transfer(last, view[len(buf) - bs:], write=False)
+                await self._transfer(last, view[len(buf) - bs:], False)
             view[head:head + length] = data
-            await self._transfer(first, view, write=True)
+            await self._transfer(first, view, True)
             return length
         finally:
             self._locks.release(entry)

@@ -265,7 +265,7 @@ def test_bad_first_data_in(offset, length, data_sn, why):
         conn.data_to_send()
     with pytest.raises(LocalProtocolError):
         conn.start_command(0, READ10, read_length=1)
-    assert [p.itt for p in conn.pending_tasks()] == [itt]   # still there for recovery
+    assert conn.was_sent(itt) and conn.outstanding == 1     # still there for the session
 
 
 def test_data_in_overlap_and_backwards():
@@ -780,23 +780,24 @@ def test_lun_reset_fails_tasks_on_that_lun_only():
     events = tgt.feed(TaskManagementResponse(itt=tmf, response=0, stat_sn=tgt._status(),
                                              **tgt._sn()))
     assert [e.itt for e in events if isinstance(e, TaskFailed)] == [a]
-    assert {p.itt for p in conn.pending_tasks()} == {b, c}
+    assert events[1].aborted
+    assert conn.was_sent(b) and conn.was_sent(c) and not conn.was_sent(a)
+    assert conn.outstanding == 2
 
 
-def test_abandon_and_pending_tasks():
+def test_abandon_sent_and_queued_commands():
     conn, tgt = make(cmd_sn=10, max_cmd_sn=10)
     wbuf = payload(100)
     a = conn.start_command(0, WRITE10, write_data=wbuf)
     rbuf = bytearray(10)
     b = conn.start_command(4, READ10, read_length=10, read_buffer=rbuf)
     tgt.sent()
-    pend = conn.pending_tasks()
-    assert [(p.itt, p.lun, p.sent) for p in pend] == [(a, 0, True), (b, 4, False)]
-    assert pend[0].write_data is wbuf and pend[1].read_buffer is rbuf
-    assert pend[0].cdb == WRITE10 and pend[1].read_length == 10
+    assert conn.was_sent(a) and not conn.was_sent(b)       # b waits for the window
+    assert (conn.outstanding, conn.queued) == (1, 1)
     conn.abandon(b)                # queued: just forgotten
     conn.abandon(a)                # in flight: its late response is dropped
-    assert conn.pending_tasks() == [] and conn.outstanding == 0
+    assert (conn.outstanding, conn.queued) == (0, 0)
+    assert not conn.was_sent(a)
     conn.abandon(a)                # twice: harmless
     assert tgt.response(a) == []   # late response dropped, tombstone cleared
     with pytest.raises(LocalProtocolError):

@@ -215,6 +215,7 @@ async def test_async_event_log_is_bounded(nursery, autojump_clock):
     target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
     session = await open_session(target, nursery)
     conn = target.live[1]
+    await trio.testing.wait_all_tasks_blocked()     # the target's own sends are over
     await conn.send(*[AsyncMessage(lun=0, async_event=0, async_vcode=0, parameter1=i,
                                    parameter2=0, parameter3=0, data=b"", **conn.sns())
                       for i in range(10 * ASYNC_EVENTS_KEPT)])

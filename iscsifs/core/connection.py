@@ -14,14 +14,17 @@ Use::
 
     conn = Connection(login_complete)
     itt = conn.start_command(lun, cdb, read_length=4096, read_buffer=buf)
-    transport.write(conn.data_to_send())
+    transport.send(conn.data_to_send())
     for pdu in decoded_pdus:
         for event in conn.receive_pdu(pdu):
             ...
-        transport.write(conn.data_to_send())   # R2T answers, NOP replies, queued commands
+        transport.send(conn.data_to_send())    # R2T answers, NOP replies, queued commands
 
 The caller's buffers are used in place: write data goes out as memoryview slices of
-``write_data`` and Data-In is copied once, straight into ``read_buffer``.
+``write_data``, and a Data-In payload (which the decoder may lend as a view of its receive
+buffer) is copied once, straight into ``read_buffer``. SCSI Command and Data-Out PDUs are
+encoded from the task's fields when they are taken by ``data_to_send()``; no PDU object is
+built per command.
 """
 
 from __future__ import annotations
@@ -187,19 +190,6 @@ class LogoutComplete(Event):
     itt: int | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class PendingTask:
-    """What a session needs to re-issue an unfinished command on a new connection."""
-
-    itt: int
-    lun: int
-    cdb: bytes
-    read_length: int
-    read_buffer: Any = field(repr=False)
-    write_data: Any = field(repr=False)
-    sent: bool
-
-
 # ---------------------------------------------------------------------------- internal records
 
 class _Task:
@@ -350,14 +340,6 @@ class Connection:
     def broken(self) -> str | None:
         """The reason the connection is unusable (after a RemoteProtocolError), else None."""
         return self._broken
-
-    def pending_tasks(self) -> list[PendingTask]:
-        """Unfinished SCSI commands (sent or queued), oldest first; usable after an error."""
-        tasks = [t for t in self._itts.values() if type(t) is _Task and not t.done]
-        tasks.sort(key=lambda t: (not t.sent, t.seq if t.sent else 0))
-        # queued ones keep submission order: _itts preserves insertion order and sort is stable
-        return [PendingTask(t.itt, t.lun, t.cdb, t.read_length, t.read_buffer, t.write_data,
-                            t.sent) for t in tasks]
 
     # ------------------------------------------------------------------------------ outbound
 

@@ -57,8 +57,9 @@ class BlockDevice(Protocol):
     """A command saw UNIT ATTENTION 3F/0E: the target's LUN list changed (the filesystem
     rescans and clears it)."""
 
-    async def read(self, offset: int, length: int) -> bytes | memoryview:
-        """``length`` bytes at ``offset``; short (or empty) at the end."""
+    async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
+        """``length`` bytes at ``offset``; short (or empty) at the end. Any contiguous buffer
+        will do: pyfuse3 replies from it without a copy."""
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         """Write at ``offset``; short at the end, ``errors.NoSpace`` at or beyond it."""
     async def flush(self) -> None:
