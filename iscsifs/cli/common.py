@@ -59,8 +59,7 @@ def initiator_name(given: str | None, config_dir: str, *, option: str = "--initi
     if given is not None:
         problem = iscsi_name_problem(given)
         if problem:
-            raise QuietError(f"bad {option} {printable(given)}: {problem} (expected "
-                             "iqn.yyyy-mm.reversed.domain[:id], eui. or naa.)",
+            raise QuietError(f"bad {option} {printable(given)}: {problem}",
                              EXIT_INVALID_ARGUMENT)
         return given, None
     path = os.path.join(config_dir, "initiatorname.iscsi")
