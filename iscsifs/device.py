@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import trio
 
-from .errors import IscsiError
+from .errors import NoSpace
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.sense import ScsiError, is_capacity_changed, is_luns_changed, is_unit_attention
@@ -22,10 +22,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_TRANSFER = 1024 * 1024
 # How many times a command is retried after UNIT ATTENTION (each one reports one condition).
 UA_RETRIES = 5
-
-
-class NoSpace(IscsiError):
-    """A write starts at or beyond the end of the LUN."""
 
 
 class _RangeLock:

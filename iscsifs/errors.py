@@ -1,15 +1,19 @@
-"""The exception hierarchy of iscsifs.
+"""The exception hierarchy of iscsifs, and the one walk over exception groups.
 
-Owns: every error type the layers raise. Knows nothing of errno (the FUSE layer maps errors to
-errno in one place, ``iscsifs.fs.errno_map``) and nothing of I/O. Messages never contain secrets.
+Owns: every error type the layers raise, iscsiadm's exit codes, and ``leaf_exceptions`` /
+``os_reason`` for looking inside what trio nurseries raise (exception groups, cause chains).
+Knows nothing of FUSE (``iscsifs.fs.errno_map`` turns errors into errno) or of the command line
+(``iscsifs.cli.common`` turns them into a message and an exit code), and does no I/O. Messages
+never contain secrets.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 # iscsiadm exit codes that users script against (open-iscsi's include/iscsi_err.h)
-EXIT_OK = 0
 EXIT_GENERIC = 1
-EXIT_SESSION_EXISTS = 15
 EXIT_TRANSPORT_FAILURE = 4   # ISCSI_ERR_TRANS: cannot connect
 EXIT_INVALID_ARGUMENT = 7    # ISCSI_ERR_INVAL
 EXIT_LOGIN_FAILED = 19       # ISCSI_ERR_FATAL_LOGIN
@@ -76,9 +80,48 @@ class SessionFailed(IscsiError):
     """The session could not be re-established within the replacement timeout."""
 
 
+class NoSpace(IscsiError):
+    """A write starts at or beyond the end of the LUN."""
+
+
 class QuietError(IscsiError):
     """A user-facing error: printed as one line, no traceback, with an exit code."""
 
     def __init__(self, message: str, exit_code: int = EXIT_GENERIC):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# ---------------------------------------------------------------------- exception groups
+def leaf_exceptions(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` itself, or every exception inside it if it is an exception group (nested groups
+    flattened, in order). A nursery wraps what its tasks raise in such groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from leaf_exceptions(sub)
+    else:
+        yield exc
+
+
+def single_exception(exc: BaseException) -> BaseException | None:
+    """The one exception inside ``exc`` (``exc`` itself if it is no group), or None when a
+    group holds several."""
+    leaves = list(leaf_exceptions(exc))
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def os_reason(exc: BaseException) -> str:
+    """The most useful words of a (possibly grouped or chained) connect error, such as
+    ``Connection refused``: the first OS error with an errno found in ``exc``, its groups and
+    its cause chain; else ``str(exc)``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, BaseExceptionGroup):
+            cur = next(leaf_exceptions(cur), None)
+            continue
+        if isinstance(cur, OSError) and cur.errno:
+            return os.strerror(cur.errno)
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    return str(exc) or type(exc).__name__

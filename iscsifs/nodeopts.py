@@ -1,7 +1,7 @@
 """Node records -> login settings: what a mount (or ``iscsifs login``) uses for one target.
 
-Owns: the mapping of a node record's open-iscsi keys (:class:`iscsifs.config.NodeSettings`) to
-the net layer's :class:`~iscsifs.net.initiator.NodeOptions` - CHAP credentials, the login
+Owns: the mapping of a node record's open-iscsi keys (:class:`iscsifs.config.settings.NodeSettings`)
+to the facade's :class:`~iscsifs.initiator.NodeOptions` - CHAP credentials, the login
 parameters we propose (:class:`~iscsifs.core.keys.LoginParams`), the session timeouts
 (:class:`~iscsifs.net.session.Timeouts`) and the queue depth.
 
@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from iscsifs.config import NodeDB, NodeRecord, NodeSettings, PortalKey, valid_iscsi_name
+from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
+from iscsifs.config.settings import NodeSettings
+from iscsifs.core.discovery import valid_iscsi_name
 from iscsifs.core.keys import LoginParams
 from iscsifs.errors import ConfigError
-from iscsifs.net.initiator import NodeOptions
+from iscsifs.initiator import NodeOptions
 from iscsifs.net.session import Timeouts
 
 __all__ = ["find_record", "login_params_from_settings", "node_options_from_db",

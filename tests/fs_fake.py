@@ -1,9 +1,11 @@
-"""An in-memory stand-in for net.initiator.Initiator, for the filesystem tests.
+"""An in-memory backend for the filesystem tests: ``FakeInitiator`` and ``FakeLun``
+implement the protocols of ``iscsifs/fs/backend.py`` (``Backend``, ``BlockDevice``) over
+bytearrays, as ``iscsifs.initiator.Initiator`` and ``iscsifs.device.Lun`` do over iSCSI
+(t3_fs_contract.py has mypy check both).
 
-Implements the facade of docs/contracts.md (discover, luns, session_info, aclose) over
-bytearrays, so fs/ops.py and mount.py can be exercised — handlers called directly, and a real
-FUSE mount (``python tests/fs_fake.py PORTAL MOUNTPOINT -o ...``, always foreground) — before
-the iSCSI layers exist. Not a model of a target: no PDUs, no SCSI.
+FUSE handlers can be called directly on it, and it mounts for real
+(``python tests/fs_fake.py PORTAL MOUNTPOINT -o ...``, always foreground). Not a model of a
+target: no PDUs, no SCSI.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import trio
 
-from iscsifs.device import NoSpace
+from iscsifs.errors import NoSpace
 
 HOSTILE_NAMES = [
     "iqn.2026-11.org.example:../../etc",
@@ -39,7 +41,7 @@ class FakeLun:
     size: int
     block_size: int = 512
     write_protected: bool = False
-    max_transfer_bytes: int | None = 1 << 20
+    max_transfer_bytes: int = 1 << 20
     serial: str | None = "beaf11"
     wwn: str | None = "naa.60000000000000000e00000000010001"
     inquiry: Any = field(default_factory=lambda: SimpleNamespace(
@@ -52,6 +54,8 @@ class FakeLun:
     in_flight: int = 0
     max_in_flight: int = 0
     delay: float = 0.0
+    capacity_changed: bool = False
+    luns_changed: bool = False
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -91,6 +95,10 @@ class FakeLun:
         if self.flush_error is not None:
             raise self.flush_error
 
+    async def read_capacity(self) -> None:
+        await trio.sleep(0)                          # the size is whatever the test set
+        self.capacity_changed = False
+
 
 @dataclass(frozen=True)
 class FakeLunEntry:
@@ -124,6 +132,18 @@ class FakeInitiator:
             raise self.discover_error
         return [FakeTarget(n) for n in list(self.targets) + self.extra_names]
 
+    def forget_discovery(self, portal: Any) -> None:
+        pass                                         # nothing is cached
+
+    async def rescan(self, target: str, portal: Any) -> list[FakeLunEntry]:
+        return await self.luns(target, portal)
+
+    def logged_in_targets(self, portal: Any) -> list[str]:
+        return [t for t, p in self.logged_in if p == portal]
+
+    async def logout(self, target: str, portal: Any) -> None:
+        self.logged_in.discard((target, portal))
+
     async def luns(self, target: str, portal: Any) -> list[FakeLunEntry]:
         await trio.sleep(0)
         if target not in self.targets:
@@ -131,7 +151,7 @@ class FakeInitiator:
         self.logged_in.add((target, portal))
         return list(self.targets[target])
 
-    def session_info(self, target: str, portal: Any) -> Any:
+    def session_info(self, target: str, portal: Any) -> object:
         if (target, portal) not in self.logged_in:
             return None
         return make_session_info(target, portal, tuple(self.targets[target]))
@@ -177,11 +197,13 @@ def standard_targets() -> dict[str, list[FakeLunEntry]]:
 
 def main(argv: list[str]) -> int:
     """Mount the fake in the foreground through iscsifs.mount (its option parsing/lifetime)."""
-    from iscsifs import mount
+    from iscsifs.cli.common import quiet_error_in, setup_logging
+    from iscsifs.mount import lifetime
+    from iscsifs.mount.options import parse_args
 
-    opts = mount.parse_args(argv)
+    opts = parse_args(argv)
     opts.foreground = True
-    mount.setup_logging(opts, to_stderr=True)
+    setup_logging(debug=opts.debug, verbose=opts.verbose, logfile=opts.logfile, detailed=True)
     fake = FakeInitiator(standard_targets(), extra_names=HOSTILE_NAMES)
 
     def make(opts: Any, name: str, nursery: Any) -> FakeInitiator:
@@ -191,11 +213,11 @@ def main(argv: list[str]) -> int:
     async def no_tcp_check(portal: Any, timeout: float) -> None:
         return None
 
-    mount.check_portal_tcp = no_tcp_check        # the fake needs no listening portal
+    lifetime.check_portal_tcp = no_tcp_check     # the fake needs no listening portal
     try:
-        trio.run(mount.run_mount, opts, mount._Reporter(None), make)
+        trio.run(lifetime.run_mount, opts, lambda: None, make)
     except BaseException as exc:
-        quiet = mount._quiet_error_in(exc)
+        quiet = quiet_error_in(exc)
         if quiet is None:
             raise
         print(f"fs_fake: {quiet}", file=sys.stderr)

@@ -1,8 +1,15 @@
-"""Small helpers shared by the mount tests."""
+"""Small helpers shared by the tests: bounded polling, and the ``iscsifs`` command run in this
+process (fast, and the log check sees what it logs)."""
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import subprocess
 import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
@@ -14,3 +21,53 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def run_iscsifs(config_dir: Path, *args: str,
+                env: dict | None = None) -> subprocess.CompletedProcess:
+    """``iscsifs --config-dir CONFIG_DIR ARGS...`` run in this process through the console
+    script's ``main``: its exit code, stdout and stderr. ``env`` is set while it runs. The
+    logging it configures is undone afterwards."""
+    from iscsifs.cli.main import main
+    argv = ["--config-dir", str(config_dir), *args]
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:          # argparse: --help, usage errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["iscsifs", *argv], code, out.getvalue(), err.getvalue())
+
+
+def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def one_error_line(r: subprocess.CompletedProcess, code: int) -> str:
+    """The one ``iscsifs: ...`` line a failed command prints, after checking its exit code."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("iscsifs: ")
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def show_node(config_dir: Path, target: str, portal: str = "127.0.0.1") -> dict[str, str]:
+    """``iscsifs node -T TARGET -p PORTAL -o show`` as a dict of keys."""
+    r = ok(run_iscsifs(config_dir, "node", "-T", target, "-p", portal, "-o", "show"))
+    return dict(line.split(" = ", 1) for line in r.stdout.splitlines())

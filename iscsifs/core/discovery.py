@@ -1,9 +1,11 @@
 """SendTargets discovery, the text part (RFC 7143 §13.3 and Appendix C).
 
-Owns: portals (`Portal`, `parse_portal`), the SendTargets request keys, parsing of the answer
+Owns: portals (`Portal`, `parse_portal`) and how an address is written (`host_port`:
+``10.0.0.5:3260``, ``[fe80::1]:3260``), the SendTargets request keys, parsing of the answer
 (`TargetName=` lines each followed by their `TargetAddress=host:port,tpgt` lines) into
-`DiscoveredTarget` values, and validation of iSCSI names coming from a target
-(`valid_iscsi_name`, RFC 7143 §4.2.7, RFC 3722).
+`DiscoveredTarget` values, the one validation of iSCSI names (`valid_iscsi_name`,
+`iscsi_name_problem`: RFC 7143 §4.2.7, RFC 3722), which every name from a target, a user or a
+file passes, and `printable` for showing an untrusted string in one log or error line.
 
 Knows nothing of sessions, PDUs or I/O: `iscsifs.net.discovery` runs the discovery session and
 hands the decoded pairs here. Names from a target are untrusted (they end up as file names
@@ -27,6 +29,9 @@ DEFAULT_PORT = 3260          # IANA iscsi-target port (RFC 7143 §13.8)
 DEFAULT_TPGT = 1
 MAX_NAME_LENGTH = 223        # RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes
 MAX_ADDRESS_LENGTH = 255     # RFC 7143 §6.1: text values are at most 255 bytes
+# What a discovery session offers as MaxRecvDataSegmentLength (open-iscsi's default for
+# discovery.sendtargets.iscsi.MaxRecvDataSegmentLength)
+DISCOVERY_MAX_RECV = 32768
 
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})\Z")
 _NUMBER_RE = re.compile(r"[0-9]{1,5}\Z")
@@ -56,12 +61,29 @@ class Portal:
 
     @property
     def address(self) -> str:
-        """``host:port`` with IPv6 addresses in brackets."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        """``host:port`` with IPv6 addresses in brackets (also a portal's directory name)."""
+        return host_port(self.host, self.port)
 
     def __str__(self) -> str:
         return f"{self.address},{self.tpgt}"
+
+
+def format_host(host: str) -> str:
+    """An IPv6 address in brackets, any other host as it is."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def host_port(host: str, port: int) -> str:
+    """``10.0.0.5:3260`` / ``[fe80::1]:3260``: how a portal address is written everywhere."""
+    return f"{format_host(host)}:{port}"
+
+
+def printable(value: object, limit: int = 80) -> str:
+    """An untrusted value for one log or error line: quoted, escaped to ASCII, bounded."""
+    if isinstance(value, str) and len(value) > limit:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        return f"{ascii(value[:limit])}... ({size} bytes)"
+    return ascii(value)
 
 
 def _check_host(host: str) -> None:
@@ -118,31 +140,32 @@ def parse_portal(text: str, *, default_port: int = DEFAULT_PORT,
         raise ValueError(f"invalid portal {original[:80]!r}: {exc}") from None
 
 
+def iscsi_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a well-formed iSCSI name that is also safe as a path component, or
+    None if it is one: iqn./eui./naa. form (an iqn. date has a month 01-12), at most 223
+    bytes, no ``/`` or ``\\``, no ``..``, no whitespace, control, format (zero-width) or other
+    non-printable characters (RFC 7143 §4.2.7, RFC 3722 stringprep)."""
+    if not isinstance(name, str) or not name:
+        return "empty name"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_LENGTH:
+        return f"longer than {MAX_NAME_LENGTH} bytes"
+    if any(ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z") for ch in name):
+        return "contains control characters or white space"
+    if "/" in name or "\\" in name:
+        return "contains a slash"
+    if ".." in name:
+        return "contains '..'"
+    prefix = name[:4].lower()
+    form = {"iqn.": _IQN_RE, "eui.": _EUI_RE, "naa.": _NAA_RE}.get(prefix)
+    if form is None or not form.match(prefix + name[4:]):
+        return "not an iqn.yyyy-mm.domain[:id], eui. or naa. name"
+    return None
+
+
 def valid_iscsi_name(name: object) -> bool:
     """True if ``name`` is a well-formed iSCSI name that is also safe to use as a path
-    component: iqn./eui./naa. form, at most 223 bytes, no ``/``, no ``..``, no whitespace,
-    NUL, control or other non-printable characters (RFC 7143 §4.2.7, RFC 3722)."""
-    if not isinstance(name, str) or not name:
-        return False
-    try:
-        if len(name.encode("utf-8")) > MAX_NAME_LENGTH:
-            return False
-    except UnicodeEncodeError:        # lone surrogates
-        return False
-    if "/" in name or "\\" in name or ".." in name:
-        return False
-    for ch in name:
-        # RFC 3722 (stringprep) prohibits spaces and control characters
-        if ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z"):
-            return False
-    lower = name[:4].lower()
-    if lower == "iqn.":
-        return bool(_IQN_RE.match("iqn." + name[4:]))
-    if lower == "eui.":
-        return bool(_EUI_RE.match("eui." + name[4:]))
-    if lower == "naa.":
-        return bool(_NAA_RE.match("naa." + name[4:]))
-    return False
+    component (see ``iscsi_name_problem``)."""
+    return iscsi_name_problem(name) is None
 
 
 @dataclass(frozen=True)
@@ -177,7 +200,7 @@ def split_sendtargets(pairs: Iterable[tuple[str, str]]
             current = value
             current_valid = valid_iscsi_name(value)
             if not current_valid:
-                rejected.append(f"invalid target name {_printable(value)}")
+                rejected.append(f"invalid target name {printable(value)}")
                 continue
             if value not in portals:
                 order.append(value)
@@ -193,7 +216,7 @@ def split_sendtargets(pairs: Iterable[tuple[str, str]]
                     raise ValueError("address too long")
                 portal = parse_portal(value)
             except ValueError:
-                rejected.append(f"invalid address {_printable(value)} for {current}")
+                rejected.append(f"invalid address {printable(value)} for {current}")
                 continue
             if portal not in portals[current]:
                 portals[current].append(portal)
@@ -209,8 +232,3 @@ def parse_sendtargets(pairs: Iterable[tuple[str, str]]) -> list[DiscoveredTarget
     for what in rejected:
         log.warning("discovery: dropping %s", what)
     return targets
-
-
-def _printable(value: str, limit: int = 80) -> str:
-    """A log-safe rendering of an untrusted string."""
-    return ascii(value[:limit]) + ("..." if len(value) > limit else "")

@@ -1,8 +1,8 @@
 """The one place where exceptions become errno values for FUSE.
 
-Owns: the mapping exception -> errno (``errno_for``), and the ``fuse_errors`` decorator /
-``fuse_errors_context`` context manager every FUSE handler uses so that nothing but a
-``pyfuse3.FUSEError`` ever leaves a handler (pyfuse3 treats any other exception as fatal).
+Owns: the mapping exception -> errno (``errno_for``), and the ``fuse_errors`` decorator every
+FUSE handler wears so that nothing but a ``pyfuse3.FUSEError`` ever leaves a handler (pyfuse3
+treats any other exception as fatal).
 
 Must not know: how the errors arise (sessions, PDUs, CDBs). It only reads the attributes the
 contracts give the exception types (``ScsiError.sense.key/asc/ascq``, ``ScsiError.status``,
@@ -12,18 +12,17 @@ contracts give the exception types (``ScsiError.sense.key/asc/ascq``, ``ScsiErro
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import logging
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
 import trio
 
-from iscsifs.device import NoSpace
 from iscsifs.errors import (AuthenticationError, CommandTimeout, ConfigError, ConnectionLost,
-                            LoginError, RemoteProtocolError, SessionFailed)
+                            LoginError, NoSpace, RemoteProtocolError, SessionFailed,
+                            leaf_exceptions)
 from iscsifs.scsi.sense import ScsiError, ScsiStatus, SenseKey
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def classify(exc: BaseException) -> tuple[int, int]:
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno, logging.DEBUG
     if isinstance(exc, BaseExceptionGroup):
-        leaves = list(_leaves(exc))
+        leaves = list(leaf_exceptions(exc))
         if len(leaves) == 1:
             return classify(leaves[0])
         # several failures at once: report the first that is not a plain EIO
@@ -118,14 +117,6 @@ def classify(exc: BaseException) -> tuple[int, int]:
         if net is not None:
             return net, logging.WARNING
     return errno.EIO, logging.ERROR
-
-
-def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def errno_for(exc: BaseException, op: str = "operation") -> int:
@@ -163,14 +154,3 @@ def fuse_errors(fn: F) -> F:
             raise pyfuse3.FUSEError(errno_for(exc, op)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def fuse_errors_context(op: str) -> Iterator[None]:
-    """``with fuse_errors_context("read"): ...`` — the same translation for a code block."""
-    try:
-        yield
-    except pyfuse3.FUSEError:
-        raise
-    except Exception as exc:
-        raise pyfuse3.FUSEError(errno_for(exc, op)) from None

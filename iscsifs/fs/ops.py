@@ -1,35 +1,14 @@
 """pyfuse3 request handlers.
 
 Owns: what each FUSE request does on the tree of ``fs/tree.py``: attributes, directory listings,
-open files (per-handle text snapshots, raw LUN handles), byte I/O on ``raw`` through
-``device.Lun``, statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
-lock here serialises I/O). Every handler is wrapped by ``errno_map.fuse_errors`` — the one place
-where exceptions become errno.
+open files (per-handle text snapshots, raw LUN handles), byte I/O on ``raw`` through the LUN's
+``BlockDevice``, statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
+lock here serialises I/O): the rules behind listings, rescans, by-path, mkdir and rmdir live in
+``fs/namespace.py``. Every handler wears ``errno_map.fuse_errors`` - the one place where
+exceptions become errno. What each operation means for the user: docs/tree.md.
 
-Must not know: PDUs, sessions, SCSI. It talks only to the ``net.initiator.Initiator`` facade
-(``discover``, ``luns``, ``rescan``, ``logout``, ``session_info``), to ``device.Lun`` objects it
-hands out, and to ``fs/records.NodeRecords`` (node records for mkdir / rmdir / listings).
-
-mkdir / rmdir (need ``records``; otherwise EPERM):
-  mkdir portals/<p>/targets/<iqn>   add a static node record (``iscsiadm -m node -o new``) and
-                                    list the target even if SendTargets doesn't report it.
-                                    A name that is not a valid iqn./eui./naa. name -> EINVAL.
-  rmdir portals/<p>/targets/<iqn>   log the target's session out, delete its record(s) at that
-                                    portal, and hide it until the next explicit rediscovery
-                                    (write to portals/<p>/rescan). EBUSY while a raw is open.
-  mkdir portals/<addr:port>         add a portal to this mount (not persistent).
-  rmdir portals/<p>                 log out its sessions, delete its discovery records
-                                    (``iscsiadm -m discovery -p P -o delete``); a portal of the
-                                    mount command line comes back at once, empty of cached
-                                    answers. EBUSY while a raw under it is open.
-
-raw cache modes (mount option ``cache=``):
-  direct (default)  FOPEN_DIRECT_IO: no page cache; every read and write goes to the target, so
-                    a second initiator's writes are seen at once and nothing is cached stale.
-  page              the kernel page cache serves repeated reads and does readahead; the cache
-                    is dropped at each open (keep_cache off). Writes are still write-through
-                    (writeback cache is off), so data is on the target when write() returns.
-                    Use it only when this mount is the only writer of the LUN.
+Must not know: PDUs, sessions, SCSI. It talks to the layers below only through the protocols
+of ``fs/backend.py`` (``Backend``, ``BlockDevice``).
 """
 
 from __future__ import annotations
@@ -38,7 +17,6 @@ import errno
 import itertools
 import logging
 import os
-import re
 import stat
 import time
 from dataclasses import dataclass
@@ -47,19 +25,17 @@ from typing import Any
 import pyfuse3
 
 from iscsifs.fs import render
+from iscsifs.fs.backend import Backend
 from iscsifs.fs.errno_map import fuse_errors
-from iscsifs.fs.render import by_path_name
-from iscsifs.fs.tree import Kind, Node, Tree, portal_dir_name, safe_name
+from iscsifs.fs.namespace import NAME_MAX, Namespace
+from iscsifs.fs.records import NodeRecords
+from iscsifs.fs.tree import Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
-CACHE_MODES = ("direct", "page")
+CACHE_MODES = ("direct", "page")     # mount option cache=: see docs/mount-options.md
 STATFS_BLOCK_SIZE = 4096
 RAW_BLKSIZE = 1 << 20        # st_blksize of raw: the largest request the kernel sends (1 MiB)
-NAME_MAX = 255
-# by-path/ names: ip-<addr:port>-iscsi-<iqn>-lun-<n>
-_BY_PATH_RE = re.compile(r"^ip-(?P<portal>\[[0-9a-fA-F:.]+\]:\d+|[^\[\]/:]+:\d+)-iscsi-"
-                         r"(?P<target>.+)-lun-(?P<lun>\d+)$")
 
 
 def _fail(code: int) -> pyfuse3.FUSEError:
@@ -77,11 +53,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
 
-    def __init__(self, initiator: Any, tree: Tree, *, initiator_name: str,
+    def __init__(self, initiator: Backend, tree: Tree, *, initiator_name: str,
                  read_only: bool = False, cache: str = "direct",
                  uid: int | None = None, gid: int | None = None,
                  attr_timeout: float = 1.0, entry_timeout: float = 1.0,
-                 records: Any = None, kernel_notify: bool = False):
+                 records: NodeRecords | None = None, kernel_notify: bool = False):
         super().__init__()
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}")
@@ -97,12 +73,8 @@ class Operations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, list[tuple[str, int]]] = {}
-        # fs.records.NodeRecords (or None: no mkdir/rmdir, listings are SendTargets only)
-        self.records = records
-        # tell the kernel to drop cached attributes after a rescan (only when mounted)
-        self.kernel_notify = kernel_notify
-        # the portals given on the command line: their directories can't go away
-        self.mount_portals = [n.portal for n in tree.portal_nodes()]
+        self.namespace = Namespace(initiator, tree, records=records,
+                                   kernel_notify=kernel_notify)
 
     # -- helpers --------------------------------------------------------------------------
     def _node(self, inode: int) -> Node:
@@ -119,15 +91,17 @@ class Operations(pyfuse3.Operations):
 
     def _lun_read_only(self, node: Node) -> bool:
         dev = node.device
-        return self.read_only or bool(getattr(dev, "write_protected", False))
+        return self.read_only or (dev is not None and dev.write_protected)
 
     def render_text(self, node: Node) -> bytes:
         if node.kind is Kind.INITIATOR_NAME:
             text = render.render_initiator_name(self.initiator_name)
         elif node.kind is Kind.SESSION:
+            assert node.target is not None and node.portal is not None
             info = self.initiator.session_info(node.target, node.portal)
             text = render.render_session(info, node.target, node.portal)
         elif node.kind is Kind.INFO:
+            assert node.entry is not None
             text = render.render_lun_info(node.entry, node.target, node.portal)
         else:
             raise _fail(errno.EINVAL)
@@ -166,15 +140,15 @@ class Operations(pyfuse3.Operations):
             attr.st_blocks = 0
         elif node.kind is Kind.RAW:
             dev = node.device
-            size = int(getattr(dev, "size", 0) or 0)
+            size = dev.size if dev is not None else 0
             attr.st_mode = stat.S_IFREG | (0o400 if self._lun_read_only(node) else 0o600)
             attr.st_nlink = 1
             attr.st_size = size
             attr.st_blocks = (size + 511) // 512
             # a large preferred I/O size makes buffered tools (stdio, cmp, Python) issue big
             # reads, which matters in cache=direct mode where each read is a round trip
-            block_size = int(getattr(dev, "block_size", 0) or 0)
-            max_transfer = int(getattr(dev, "max_transfer_bytes", 0) or 0) or RAW_BLKSIZE
+            block_size = dev.block_size if dev is not None else 0
+            max_transfer = (dev.max_transfer_bytes if dev is not None else 0) or RAW_BLKSIZE
             attr.st_blksize = max(STATFS_BLOCK_SIZE, block_size, min(RAW_BLKSIZE, max_transfer))
         else:  # text files: the size of what an open now would snapshot
             try:
@@ -190,137 +164,6 @@ class Operations(pyfuse3.Operations):
             attr.st_blocks = (size + 511) // 512
             attr.attr_timeout = 0       # changes with every counter update
         return attr
-
-    async def _populate(self, node: Node) -> None:
-        """Fill a dynamic directory from the Initiator (discovery / REPORT LUNS, lazy login)."""
-        if node.kind is Kind.TARGETS:
-            self.tree.set_targets(node, await self._target_names(node.portal))
-        elif node.kind is Kind.LUNS:
-            entries = await self.initiator.luns(node.target, node.portal)
-            if any(getattr(e.device, "luns_changed", False) for e in entries):
-                # a command saw UNIT ATTENTION 3F/0E (REPORTED LUNS DATA HAS CHANGED)
-                log.info("%s: the target reports changed LUNs; rescanning", node.target)
-                entries = await self.initiator.rescan(node.target, node.portal)
-                for e in entries:
-                    if getattr(e.device, "luns_changed", False):
-                        e.device.luns_changed = False
-            self.tree.set_luns(node, entries)
-        elif node.kind is Kind.BY_PATH:
-            self._build_by_path(node)
-
-    def _hidden_at(self, portal: Any) -> set[str]:
-        """Targets removed with rmdir (kept by fs.records so discovery won't record them)."""
-        return self.records.hidden(portal) if self.records is not None else set()
-
-    async def _target_names(self, portal: Any) -> list[str]:
-        """SendTargets answer + static node records (or only the records: nodiscovery)."""
-        records = self.records
-        if records is not None and records.nodiscovery:
-            return records.targets_at(portal, static_only=False)
-        try:
-            targets = await self.initiator.discover(portal)
-        except Exception as exc:
-            if records is None:
-                raise
-            fallback = records.targets_at(portal, static_only=False)
-            if not fallback:
-                raise
-            log.warning("discovery at %s failed (%s); listing its %d node record(s)",
-                        portal_dir_name(portal), exc or type(exc).__name__, len(fallback))
-            return fallback
-        hidden = self._hidden_at(portal)
-        names = [t.name for t in targets if t.name not in hidden]
-        if records is not None:
-            names += [n for n in records.targets_at(portal, static_only=True) if n not in names]
-        return names
-
-    def _build_by_path(self, node: Node) -> None:
-        links = []
-        for lnode in self.tree.known_luns():
-            name = by_path_name(lnode.target, lnode.portal, int(lnode.lun))
-            if len(name.encode("utf-8")) > NAME_MAX:
-                log.debug("by-path: name for %s LUN %s too long; skipped", lnode.target, lnode.lun)
-                continue
-            links.append((name, "../" + "/".join(lnode.path + ("raw",))))
-        self.tree.set_links(node, links)
-
-    async def _resolve_by_path(self, directory: Node, name: str) -> Node | None:
-        """Look up a by-path name not known yet: list that target's LUNs (logs in)."""
-        match = _BY_PATH_RE.match(name)
-        if match is None:
-            return None
-        pnode = self.tree.by_path("portals", match["portal"])
-        if pnode is None:
-            return None
-        tdir = self.tree.child(pnode, "targets")
-        if tdir is None:
-            return None
-        if tdir.children is None:
-            await self._populate(tdir)
-        tnode = self.tree.child(tdir, match["target"])
-        if tnode is None or tnode.kind is not Kind.TARGET:
-            return None
-        luns = self.tree.child(tnode, "luns")
-        if luns is not None and luns.children is None:
-            await self._populate(luns)
-        self._build_by_path(directory)
-        return self.tree.child(directory, name)
-
-    def _notify_attrs(self, nodes: list[Node]) -> None:
-        """Make the kernel forget cached attributes (e.g. a raw's size after a rescan)."""
-        if not self.kernel_notify:
-            return
-        for node in nodes:
-            try:
-                pyfuse3.invalidate_inode(node.inode, attr_only=True)
-            except OSError:          # the kernel never looked it up: nothing cached
-                pass
-            except Exception:
-                log.debug("invalidate_inode(%d) failed", node.inode, exc_info=True)
-
-    async def _refresh_capacity(self, node: Node) -> None:
-        """READ CAPACITY again if a command saw UNIT ATTENTION 2A/09 (capacity changed)."""
-        dev = node.device
-        if dev is None or not getattr(dev, "capacity_changed", False):
-            return
-        old = int(getattr(dev, "size", 0) or 0)
-        try:
-            await dev.read_capacity()
-        except Exception as exc:
-            log.warning("%s: re-reading the capacity failed: %s", "/".join(node.path), exc)
-            return
-        if int(dev.size) != old:
-            log.info("%s: capacity changed from %d to %d bytes", "/".join(node.path), old,
-                     int(dev.size))
-            node.ctime_ns = time.time_ns()
-            self._notify_attrs([node])
-
-    async def _rescan_target(self, node: Node) -> None:
-        """``iscsiadm -m node -R`` for one target: new LUNs appear, capacities re-read."""
-        tnode = self.tree.by_path(*node.path[:-1])
-        entries = await self.initiator.rescan(node.target, node.portal)
-        luns = self.tree.child(tnode, "luns") if tnode is not None else None
-        if luns is not None:
-            self.tree.set_luns(luns, entries)
-            changed = [luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW]
-            for n in changed:
-                if n.kind is Kind.RAW:
-                    n.ctime_ns = time.time_ns()
-            self._notify_attrs(changed)
-        log.info("%s at %s: rescanned, %d LUN(s)", node.target, portal_dir_name(node.portal),
-                 len(entries))
-
-    async def _rediscover(self, node: Node) -> None:
-        """portals/<p>/rescan: SendTargets again now; targets removed by rmdir come back."""
-        portal = node.portal
-        if self.records is not None:
-            self.records.unhide_all(portal)
-        if self.records is None or not self.records.nodiscovery:
-            await self.initiator.discover(portal, refresh=True)
-        tdir = self.tree.by_path(*node.path[:-1], "targets")
-        if tdir is not None:
-            await self._populate(tdir)
-            self._notify_attrs([tdir])
 
     @staticmethod
     def _decode(name: bytes) -> str | None:
@@ -344,26 +187,26 @@ class Operations(pyfuse3.Operations):
         if text == "..":
             return self.attributes(self._node(parent.parent))
         if parent.kind is Kind.BY_PATH:
-            self._build_by_path(parent)
+            self.namespace.build_by_path(parent)
             child = self.tree.child(parent, text)
             if child is None:
-                child = await self._resolve_by_path(parent, text)
+                child = await self.namespace.resolve_by_path(parent, text)
         else:
             child = self.tree.child(parent, text)
             if child is None and parent.children is None:
-                await self._populate(parent)
+                await self.namespace.populate(parent)
                 child = self.tree.child(parent, text)
         if child is None:
             raise _fail(errno.ENOENT)
         if child.kind is Kind.RAW:
-            await self._refresh_capacity(child)
+            await self.namespace.refresh_capacity(child)
         return self.attributes(child)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if node.kind is Kind.RAW:
-            await self._refresh_capacity(node)
+            await self.namespace.refresh_capacity(node)
         return self.attributes(node)
 
     @fuse_errors
@@ -379,7 +222,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if fields.update_size:
             if node.kind is Kind.RAW:
-                size = int(getattr(node.device, "size", 0) or 0)
+                size = node.device.size if node.device is not None else 0
                 if attr.st_size != size:
                     log.info("%s: truncate to %d refused (a LUN has a fixed size of %d)",
                              "/".join(node.path), attr.st_size, size)
@@ -403,7 +246,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
         st = pyfuse3.StatvfsData()
-        total = sum(int(getattr(dev, "size", 0) or 0) for dev in self.tree.listed_devices())
+        total = sum(dev.size for dev in self.tree.listed_devices())
         st.f_bsize = STATFS_BLOCK_SIZE
         st.f_frsize = STATFS_BLOCK_SIZE
         st.f_blocks = (total + STATFS_BLOCK_SIZE - 1) // STATFS_BLOCK_SIZE
@@ -423,7 +266,7 @@ class Operations(pyfuse3.Operations):
             raise _fail(errno.ENOTDIR)
         if node.kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH):
             # each listing asks again (the Initiator caches discovery; luns() re-reports)
-            await self._populate(node)
+            await self.namespace.populate(node)
         fh = next(self._fh)
         self._dirs[fh] = [(child.name, child.inode) for child in self.tree.children(node)]
         return fh
@@ -455,72 +298,13 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
                     ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
-        if self.records is None or parent.kind not in (Kind.TARGETS, Kind.PORTALS):
-            raise _fail(errno.EPERM)
-        text = self._decode(name)
-        if text is None:
-            raise _fail(errno.EINVAL)
-        if parent.kind is Kind.PORTALS:
-            return self.attributes(self._mkdir_portal(parent, text))
-        if not safe_name(text):
-            log.info("mkdir: %s is not a valid iSCSI name (iqn./eui./naa., at most 223 bytes)",
-                     ascii(text)[:100])
-            raise _fail(errno.EINVAL)
-        if parent.children is None:
-            try:
-                await self._populate(parent)
-            except Exception as exc:      # a target that refuses discovery: that's why we're here
-                log.debug("listing before mkdir failed: %s", exc)
-        if self.tree.child(parent, text) is not None:
-            raise _fail(errno.EEXIST)
-        self.records.add_static(text, parent.portal)
-        self._hidden_at(parent.portal).discard(text)
-        return self.attributes(self.tree.add_target(parent, text))
-
-    def _mkdir_portal(self, parent: Node, text: str) -> Node:
-        from iscsifs.core.discovery import parse_portal
-        try:
-            portal = parse_portal(text)
-        except ValueError:
-            raise _fail(errno.EINVAL) from None
-        if portal_dir_name(portal) != text:     # only the canonical spelling: addr:port
-            raise _fail(errno.EINVAL)
-        if self.tree.child(parent, text) is not None:
-            raise _fail(errno.EEXIST)
-        log.info("portal %s added to this mount", text)
-        return self.tree.add_portal(portal)
+        node = await self.namespace.mkdir(parent, self._decode(name))
+        return self.attributes(node)
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         parent = self._node(parent_inode)
-        if self.records is None or parent.kind not in (Kind.TARGETS, Kind.PORTALS):
-            raise _fail(errno.EPERM)
-        text = self._decode(name)
-        child = self.tree.child(parent, text) if text is not None else None
-        if child is None:
-            raise _fail(errno.ENOENT)
-        if child.kind not in (Kind.TARGET, Kind.PORTAL):
-            raise _fail(errno.ENOTDIR)
-        if self._open_under(child):
-            raise _fail(errno.EBUSY)
-        portal = child.portal
-        if child.kind is Kind.TARGET:
-            await self.initiator.logout(child.target, portal)
-            self.records.delete(child.target, portal)
-            self._hidden_at(portal).add(child.target)
-            self.tree.forget(child)
-            log.info("target %s at %s removed (logged out, record deleted)", child.target,
-                     portal_dir_name(portal))
-            return
-        for target in list(self.initiator.logged_in_targets(portal)):
-            await self.initiator.logout(target, portal)
-        self.records.delete_discovery(portal)
-        self.initiator.forget_discovery(portal)
-        self.records.unhide_all(portal)
-        self.tree.forget(child)
-        if portal in self.mount_portals:
-            self.tree.add_portal(portal)        # new inodes: the kernel now holds the old dead
-        log.info("portal %s: discovery records deleted", portal_dir_name(portal))
+        await self.namespace.rmdir(parent, self._decode(name), self._open_under)
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -588,12 +372,13 @@ class Operations(pyfuse3.Operations):
         if handle.node.kind is Kind.RESCAN:
             return b""
         dev = handle.node.device
-        total = int(dev.size)
+        assert dev is not None                   # open() hands out raw handles for LUNs only
+        total = dev.size
         if off >= total or size <= 0:
             return b""
         data = await dev.read(off, min(size, total - off))
-        if getattr(dev, "capacity_changed", False):
-            await self._refresh_capacity(handle.node)
+        if dev.capacity_changed:
+            await self.namespace.refresh_capacity(handle.node)
         return data
 
     @fuse_errors
@@ -602,9 +387,9 @@ class Operations(pyfuse3.Operations):
         node = handle.node
         if node.kind is Kind.RESCAN and handle.writable:
             if node.target is None:
-                await self._rediscover(node)
+                await self.namespace.rediscover(node)
             else:
-                await self._rescan_target(node)
+                await self.namespace.rescan_target(node)
             return len(buf)
         if handle.data is not None or node.kind is not Kind.RAW:
             raise _fail(errno.EBADF)
@@ -613,16 +398,18 @@ class Operations(pyfuse3.Operations):
         if not buf:
             return 0
         dev = node.device
-        total = int(dev.size)
+        assert dev is not None                   # open() hands out raw handles for LUNs only
+        total = dev.size
         if off >= total:
             raise _fail(errno.ENOSPC)
         room = total - off
+        data: bytes | memoryview = buf
         if len(buf) > room:     # write what fits; the caller's next write gets ENOSPC
-            buf = memoryview(buf)[:room]
-        written = await dev.write(off, buf)
+            data = memoryview(buf)[:room]
+        written = await dev.write(off, data)
         node.mtime_ns = node.ctime_ns = time.time_ns()
-        if getattr(dev, "capacity_changed", False):
-            await self._refresh_capacity(node)
+        if dev.capacity_changed:
+            await self.namespace.refresh_capacity(node)
         return written
 
     @fuse_errors

@@ -1,7 +1,7 @@
 """Node records as the filesystem sees them: which targets a portal directory lists besides the
 SendTargets answer, and what mkdir / rmdir do to the records.
 
-Owns: the glue between ``fs/ops.py`` and ``iscsifs.config.NodeDB`` (open-iscsi's layout under
+Owns: the glue between the filesystem and ``iscsifs.config.nodedb.NodeDB`` (open-iscsi's layout under
 the mount's config dir). Synchronous and small: each call reads or writes a few small files.
 
 Must not know: pyfuse3, trio, sessions.
@@ -19,9 +19,10 @@ Semantics (documented in docs/tree.md):
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
 
-from iscsifs.config import NodeDB, PortalKey, valid_iscsi_name
+from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
+from iscsifs.core.discovery import DiscoveredTarget, Portal, valid_iscsi_name
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,10 @@ class NodeRecords:
         # discovery until an explicit rediscovery (portals/<p>/rescan) or the next mount
         self._hidden: dict[tuple[str, int], set[str]] = {}
 
-    def hidden(self, portal: Any) -> set[str]:
+    def hidden(self, portal: Portal) -> set[str]:
         return self._hidden.setdefault((portal.host, portal.port), set())
 
-    def unhide_all(self, portal: Any) -> None:
+    def unhide_all(self, portal: Portal) -> None:
         self._hidden.pop((portal.host, portal.port), None)
 
     def flush_warnings(self) -> None:
@@ -46,13 +47,13 @@ class NodeRecords:
             log.warning("%s", message)
         self.db.warnings.clear()
 
-    def _at(self, portal: Any) -> list[Any]:
+    def _at(self, portal: Portal) -> list[NodeRecord]:
         records = [r for r in self.db.list_nodes(strict=False)
                    if r.portal.host == portal.host and r.portal.port == portal.port]
         self.flush_warnings()
         return records
 
-    def targets_at(self, portal: Any, *, static_only: bool) -> list[str]:
+    def targets_at(self, portal: Portal, *, static_only: bool) -> list[str]:
         """Target names with a record at portal's host and port (hand-added ones only, or all)."""
         names: list[str] = []
         for record in self._at(portal):
@@ -62,17 +63,17 @@ class NodeRecords:
                 names.append(record.target)
         return names
 
-    def has_record(self, target: str, portal: Any) -> bool:
+    def has_record(self, target: str, portal: Portal) -> bool:
         return any(r.target == target for r in self._at(portal))
 
-    def add_static(self, target: str, portal: Any) -> None:
+    def add_static(self, target: str, portal: Portal) -> None:
         """``iscsiadm -m node -T target -p portal -o new`` (ConfigError for a bad name)."""
         if self.has_record(target, portal):
             return
         self.db.add(target, PortalKey.of(portal))
         log.info("node record added: %s %s", PortalKey.of(portal), target)
 
-    def delete(self, target: str, portal: Any) -> int:
+    def delete(self, target: str, portal: Portal) -> int:
         """Delete target's records at portal's host and port (any TPGT)."""
         count = 0
         for record in self._at(portal):
@@ -82,14 +83,14 @@ class NodeRecords:
             log.info("node record(s) deleted: %s at %s:%d", target, portal.host, portal.port)
         return count
 
-    def delete_discovery(self, portal: Any) -> int:
+    def delete_discovery(self, portal: Portal) -> int:
         """``iscsiadm -m discovery -p portal -o delete``: st_config + discovered records."""
         count = self.db.delete_discovery((portal.host, portal.port))
         log.info("discovery records of %s:%d deleted (%d node record(s))", portal.host,
                  portal.port, count)
         return count
 
-    def record_discovery(self, portal: Any, targets: Iterable[Any]) -> None:
+    def record_discovery(self, portal: Portal, targets: Iterable[DiscoveredTarget]) -> None:
         hidden = self.hidden(portal)
         update = self.db.record_discovery((portal.host, portal.port),
                                           [(t.name, list(t.portals)) for t in targets

@@ -5,8 +5,8 @@ headings and key names, so admins recognise it and their greps keep working), fo
 ``iscsiadm -m session -s`` counters. Secrets never appear: CHAP passwords are always printed as
 ``********``, whatever their value, and SessionInfo carries no secret in the first place.
 
-Must not know: pyfuse3, trio, sessions. Input is the frozen snapshots from net/initiator.py
-(SessionInfo, LunEntry), read by attribute name only.
+Must not know: pyfuse3, trio, sessions. Input is the frozen snapshots from iscsifs/initiator.py
+(SessionInfo, LunEntry; ``fs/backend.py`` declares what is read of a LUN).
 
 Names that come from the target (target name, alias, inquiry strings) are printed with control
 characters escaped so that a hostile target cannot forge lines in these files.
@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from iscsifs import __version__
+from iscsifs.config.keys import EMPTY, HIDDEN
 from iscsifs.core.connection import COUNTER_NAMES   # iscsiadm -m session -s order
-from iscsifs.fs.tree import format_host, portal_dir_name, portal_text
+from iscsifs.core.discovery import Portal, format_host
+from iscsifs.fs.backend import LunListing
 
-PASSWORD_MASK = "********"
-EMPTY = "<empty>"
 
 
 # SPC-4 peripheral device types, for LUNs whose LunEntry has no type_name
@@ -70,9 +70,9 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default) if obj is not None else default
 
 
-def by_path_name(target: str, portal: Any, lun: int) -> str:
+def by_path_name(target: str, portal: Portal, lun: int) -> str:
     """The udev /dev/disk/by-path name open-iscsi users know: ip-ADDR:PORT-iscsi-IQN-lun-N."""
-    return f"ip-{portal_dir_name(portal)}-iscsi-{clean(target)}-lun-{lun}"
+    return f"ip-{portal.address}-iscsi-{clean(target)}-lun-{lun}"
 
 
 def render_initiator_name(name: str) -> str:
@@ -84,20 +84,20 @@ def _star_heading(lines: list[str], indent: str, title: str) -> None:
     lines += [f"{indent}{stars}", f"{indent}{title}", f"{indent}{stars}"]
 
 
-def render_not_logged_in(target: str, portal: Any) -> str:
+def render_not_logged_in(target: str, portal: Portal) -> str:
     return (
         f"Target: {clean(target)} (non-flash)\n"
-        f"\tPersistent Portal: {portal_text(portal)}\n"
+        f"\tPersistent Portal: {portal}\n"
         f"\t\tiSCSI Session State: NOT LOGGED IN\n"
         f"\tThis target is not logged in. Listing luns/ or opening a LUN's raw file logs in;\n"
         f"\tunmounting logs out.\n"
     )
 
 
-def render_session(info: Any, target: str, portal: Any) -> str:
+def render_session(info: Any, target: str, portal: Portal) -> str:
     """The ``session`` file: ``iscsiadm -m session -P 3`` layout + ``-s`` counters.
 
-    info is a net.initiator.SessionInfo, or None before login.
+    info is an iscsifs.initiator.SessionInfo, or None before login.
     """
     if info is None:
         return render_not_logged_in(target, portal)
@@ -109,8 +109,8 @@ def render_session(info: Any, target: str, portal: Any) -> str:
         "iSCSI Transport Class version userspace (iscsifs)",
         f"version iscsifs {__version__}",
         f"Target: {clean(_get(info, 'target', target))} (non-flash)",
-        f"{t1}Current Portal: {portal_text(cur_portal)}",
-        f"{t1}Persistent Portal: {portal_text(portal)}",
+        f"{t1}Current Portal: {cur_portal}",
+        f"{t1}Persistent Portal: {portal}",
     ]
     _star_heading(lines, t2, "Interface:")
     lines += [
@@ -140,9 +140,9 @@ def render_session(info: Any, target: str, portal: Any) -> str:
     user_in = _get(info, "chap_username_in")
     lines += [
         f"{t2}username: {clean(user) if user else EMPTY}",
-        f"{t2}password: {PASSWORD_MASK}",
+        f"{t2}password: {HIDDEN}",
         f"{t2}username_in: {clean(user_in) if user_in else EMPTY}",
-        f"{t2}password_in: {PASSWORD_MASK}",
+        f"{t2}password_in: {HIDDEN}",
     ]
     title = "Negotiated iSCSI params:"
     lines += [f"{t2}{'*' * 24}", f"{t2}{title}", f"{t2}{'*' * 24}"]
@@ -186,7 +186,7 @@ def render_session(info: Any, target: str, portal: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_stats_portal(portal: Any) -> str:
+def format_stats_portal(portal: Portal) -> str:
     # iscsiadm -s writes the portal as addr,port
     return f"{format_host(portal.host)},{portal.port}"
 
@@ -200,14 +200,10 @@ def _device_state(session_state: str) -> str:
     return "blocked"
 
 
-def _type_name(entry: Any) -> str:
-    name = _get(entry, "type_name")
-    if name:
-        return str(name)
-    dtype = _get(entry, "device_type")
-    if dtype is None:
-        return "unknown"
-    return DEVICE_TYPES.get(int(dtype), f"type {int(dtype):#04x}")
+def _type_name(entry: LunListing) -> str:
+    if entry.type_name:
+        return str(entry.type_name)
+    return DEVICE_TYPES.get(int(entry.device_type), f"type {int(entry.device_type):#04x}")
 
 
 def _size_text(n: int) -> str:
@@ -217,40 +213,36 @@ def _size_text(n: int) -> str:
     return f"{n} B"
 
 
-def render_lun_info(entry: Any, target: str | None = None, portal: Any = None) -> str:
-    """The ``info`` file of one LUN (a net.initiator.LunEntry)."""
+def render_lun_info(entry: LunListing, target: str | None = None,
+                    portal: Portal | None = None) -> str:
+    """The ``info`` file of one LUN (an iscsifs.initiator.LunEntry)."""
     lun = int(entry.lun)
-    dev = _get(entry, "device")
-    inq = _get(dev, "inquiry")
-    dtype = _get(entry, "device_type", _get(inq, "device_type"))
+    dev = entry.device
+    inq = dev.inquiry if dev is not None else None
+    dtype = entry.device_type
     dtype_text = f"{int(dtype)} ({_type_name(entry)})" if dtype is not None else _type_name(entry)
     lines = [f"LUN: {lun}"]
     if target is not None:
         lines.append(f"Target: {clean(target)}")
     if portal is not None:
-        lines.append(f"Portal: {portal_text(portal)}")
+        lines.append(f"Portal: {portal}")
     lines.append(f"Device type: {dtype_text}")
     if inq is not None:
         lines += [
-            f"Vendor: {clean(str(_get(inq, 'vendor', '') or '').strip())}",
-            f"Product: {clean(str(_get(inq, 'product', '') or '').strip())}",
-            f"Revision: {clean(str(_get(inq, 'revision', '') or '').strip())}",
+            f"Vendor: {clean(str(inq.vendor or '').strip())}",
+            f"Product: {clean(str(inq.product or '').strip())}",
+            f"Revision: {clean(str(inq.revision or '').strip())}",
         ]
     if dev is not None:
-        serial = _get(dev, "serial")
-        wwn = _get(dev, "wwn")
-        size = int(_get(dev, "size", 0) or 0)
-        block_size = int(_get(dev, "block_size", 0) or 0)
-        num_blocks = int(_get(dev, "num_blocks", 0) or 0)
-        max_transfer = _get(dev, "max_transfer_bytes")
+        size = dev.size
         lines += [
-            f"Serial: {clean(serial) if serial else '<none>'}",
-            f"WWN: {clean(wwn) if wwn else '<none>'}",
-            f"Block size: {block_size}",
-            f"Capacity blocks: {num_blocks}",
+            f"Serial: {clean(dev.serial) if dev.serial else '<none>'}",
+            f"WWN: {clean(dev.wwn) if dev.wwn else '<none>'}",
+            f"Block size: {dev.block_size}",
+            f"Capacity blocks: {dev.num_blocks}",
             f"Capacity bytes: {size} ({_size_text(size)})",
-            f"Max transfer: {int(max_transfer) if max_transfer else '<unlimited>'}",
-            f"Write protect: {_yes_no(_get(dev, 'write_protected', False))}",
+            f"Max transfer: {dev.max_transfer_bytes if dev.max_transfer_bytes else '<unlimited>'}",
+            f"Write protect: {_yes_no(dev.write_protected)}",
         ]
     else:
         lines.append("Raw: none (not a block device)")

@@ -13,12 +13,11 @@ Owns: the inode table and the names under the mount point::
 Inodes are allocated once per path (a dict path-tuple -> inode) and never reused, so a target
 that disappears and comes back gets its old inode - except after ``forget`` (a directory removed
 with rmdir is dead for the kernel, so what comes back at that path needs a new inode). Names
-coming from the target are untrusted:
-a target name becomes a directory name only if it passes ``safe_name`` (and the iSCSI name rules
-of ``iscsifs.core.discovery.valid_iscsi_name``); others are skipped with a warning.
+coming from the target are untrusted: a target name becomes a directory name only if it passes
+``iscsifs.core.discovery.valid_iscsi_name``; others are skipped with a warning.
 
-Must not know: pyfuse3, trio, sessions. The tree is pure data; ``fs/ops.py`` asks the Initiator
-and feeds the answers in through ``set_targets`` / ``set_luns``.
+Must not know: pyfuse3, trio, sessions. The tree is pure data; ``fs/namespace.py`` asks the
+backend and feeds the answers in through ``set_targets`` / ``set_luns``.
 """
 
 from __future__ import annotations
@@ -27,19 +26,16 @@ import enum
 import itertools
 import logging
 import time
-import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+
+from iscsifs.core.discovery import Portal, printable, valid_iscsi_name
+from iscsifs.fs.backend import BlockDevice, LunListing
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1               # == pyfuse3.ROOT_INODE (FUSE_ROOT_ID)
-MAX_NAME_BYTES = 223         # RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes
-
-try:  # the discovery engineer's check (iqn./eui./naa. syntax, length, characters)
-    from iscsifs.core.discovery import valid_iscsi_name as _valid_iscsi_name
-except ImportError:  # pragma: no cover - until core/discovery.py lands
-    _valid_iscsi_name = None
 
 
 class Kind(enum.Enum):
@@ -77,10 +73,10 @@ class Node:
     kind: Kind
     path: tuple[str, ...]
     parent: int
-    portal: Any = None              # core.discovery.Portal
+    portal: Portal | None = None
     target: str | None = None
     lun: int | None = None
-    entry: Any = None               # net.initiator.LunEntry for LUN / RAW / INFO nodes
+    entry: LunListing | None = None  # LUN / RAW / INFO nodes
     link: str | None = None         # LINK nodes: the symlink's (relative) target
     mtime_ns: int = 0
     ctime_ns: int = 0
@@ -92,64 +88,15 @@ class Node:
         return self.path[-1] if self.path else ""
 
     @property
-    def device(self) -> Any:
-        """The LUN's device.Lun, or None (non-disk LUN / not a LUN node)."""
-        return getattr(self.entry, "device", None) if self.entry is not None else None
-
-
-def format_host(host: str) -> str:
-    """IPv6 addresses in brackets, everything else as is."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
-def portal_dir_name(portal: Any) -> str:
-    """``127.0.0.1:3260`` / ``[::1]:3260`` — the portal's directory name (no TPGT)."""
-    return f"{format_host(portal.host)}:{portal.port}"
-
-
-def portal_text(portal: Any) -> str:
-    """``127.0.0.1:3260,1`` — host:port,tpgt as iscsiadm prints a portal."""
-    return f"{portal_dir_name(portal)},{getattr(portal, 'tpgt', 1)}"
-
-
-def safe_name(name: object) -> bool:
-    """May this untrusted name (from the target) become one path component?
-
-    Always applies our own rules (belt and braces), then the iSCSI name syntax check from
-    core/discovery.py when it is available.
-    """
-    if not isinstance(name, str) or not name or name in (".", ".."):
-        return False
-    if "/" in name or ".." in name:
-        return False
-    for ch in name:
-        if ch == "\0" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
-            return False
-    try:
-        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-            return False
-    except UnicodeEncodeError:
-        return False
-    if _valid_iscsi_name is not None and not _valid_iscsi_name(name):
-        return False
-    return True
-
-
-def _printable(name: object) -> str:
-    """A name made safe for one log line (escaped, shortened)."""
-    text = ascii(name)
-    if len(text) > 100:
-        size = len(name.encode("utf-8", "replace")) if isinstance(name, str) else len(text)
-        text = f"{text[:80]}... ({size} bytes)"
-    return text
+    def device(self) -> BlockDevice | None:
+        """The LUN as a block device, or None (non-disk LUN / not a LUN node)."""
+        return self.entry.device if self.entry is not None else None
 
 
 class Tree:
     """Inode table + directory contents. Synchronous; no await inside, so no races."""
 
-    def __init__(self, portals: Iterable[Any] = (), *, now_ns: int | None = None):
+    def __init__(self, portals: Iterable[Portal] = (), *, now_ns: int | None = None):
         self.mount_time_ns = time.time_ns() if now_ns is None else now_ns
         self._next_inode = itertools.count(ROOT_INODE + 1)
         self._by_path: dict[tuple[str, ...], int] = {(): ROOT_INODE}
@@ -198,9 +145,9 @@ class Tree:
             return None
         return sum(1 for i in node.children.values() if self._nodes[i].kind.is_dir)
 
-    def listed_devices(self) -> list[Any]:
-        """device.Lun of every raw file currently in the tree (for statfs)."""
-        seen: dict[int, Any] = {}
+    def listed_devices(self) -> list[BlockDevice]:
+        """The device of every raw file currently in the tree (for statfs)."""
+        seen: dict[int, BlockDevice] = {}
         for node in self._nodes.values():
             if node.kind is Kind.RAW and self._is_listed(node):
                 dev = node.device
@@ -236,9 +183,9 @@ class Tree:
         parent.children[name] = node.inode
         return node
 
-    def add_portal(self, portal: Any) -> Node:
+    def add_portal(self, portal: Portal) -> Node:
         """portals/<addr:port>/targets/ for one portal (idempotent)."""
-        pnode = self._add(self.portals_dir, portal_dir_name(portal), Kind.PORTAL, portal=portal)
+        pnode = self._add(self.portals_dir, portal.address, Kind.PORTAL, portal=portal)
         self._add(pnode, "targets", Kind.TARGETS, portal=portal)
         self._add(pnode, "rescan", Kind.RESCAN, portal=portal)
         return pnode
@@ -298,10 +245,10 @@ class Tree:
         if set(old) != set(directory.children):
             directory.mtime_ns = directory.ctime_ns = time.time_ns()
 
-    def targets_dir(self, portal: Any) -> Node:
-        node = self.by_path("portals", portal_dir_name(portal), "targets")
+    def targets_dir(self, portal: Portal) -> Node:
+        node = self.by_path("portals", portal.address, "targets")
         if node is None:
-            raise KeyError(portal_dir_name(portal))
+            raise KeyError(portal.address)
         return node
 
     def set_targets(self, targets_dir: Node, names: Iterable[str]) -> list[Node]:
@@ -312,16 +259,17 @@ class Tree:
         """
         assert targets_dir.kind is Kind.TARGETS
         portal = targets_dir.portal
+        assert portal is not None
         old = targets_dir.children or {}
         targets_dir.children = {}
         result = []
         for name in names:
-            if not safe_name(name):
-                key = (portal_dir_name(portal), name)
+            if not valid_iscsi_name(name):
+                key = (portal.address, name)
                 level = logging.DEBUG if key in self._rejected else logging.WARNING
                 self._rejected.add(key)
                 log.log(level, "portal %s: skipping target with unusable name %s",
-                        portal_dir_name(portal), _printable(name))
+                        portal.address, printable(name, 100))
                 continue
             if name in targets_dir.children:
                 continue
@@ -334,7 +282,7 @@ class Tree:
             targets_dir.mtime_ns = targets_dir.ctime_ns = time.time_ns()
         return result
 
-    def set_luns(self, luns_dir: Node, entries: Iterable[Any]) -> list[Node]:
+    def set_luns(self, luns_dir: Node, entries: Iterable[LunListing]) -> list[Node]:
         """Replace the listing of a luns/ directory with LunEntry values.
 
         Every LUN gets ``info``; only LUNs with a block device (``entry.device``) get ``raw``.
@@ -350,7 +298,7 @@ class Tree:
             lnode = self._add(luns_dir, name, Kind.LUN, **attrs)
             lnode.children = {}
             self._add(lnode, "info", Kind.INFO, **attrs)
-            if getattr(entry, "device", None) is not None:
+            if entry.device is not None:
                 self._add(lnode, "raw", Kind.RAW, **attrs)
             result.append(lnode)
         if set(old) != set(luns_dir.children):

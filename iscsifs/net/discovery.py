@@ -7,15 +7,13 @@ import logging
 import trio
 
 from ..core.chap import ChapCredentials
-from ..core.discovery import DiscoveredTarget, Portal, parse_sendtargets, sendtargets_request
+from ..core.discovery import (DISCOVERY_MAX_RECV, DiscoveredTarget, Portal, parse_sendtargets,
+                              sendtargets_request)
 from ..core.keys import LoginParams
 from .session import Session, Timeouts
 from .util import unwrap_group
 
 log = logging.getLogger(__name__)
-
-# open-iscsi's discovery.sendtargets.iscsi.MaxRecvDataSegmentLength
-DISCOVERY_MAX_RECV = 32768
 
 
 async def discover(portal: Portal, *, initiator_name: str, chap: ChapCredentials | None = None,

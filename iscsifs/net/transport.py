@@ -26,8 +26,7 @@ import trio
 
 from ..core.discovery import Portal
 from ..core.pdu import RECEIVE_CHUNK, PduDecoder, encode, summary
-from ..errors import ConnectionLost
-from .util import os_reason
+from ..errors import ConnectionLost, os_reason
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,279 @@
+"""The rules behind the handlers: what a dynamic directory lists, what rescan, mkdir and
+rmdir do, by-path names, and when a LUN's capacity is read again.
+
+Owns:
+- ``targets/`` listings: the SendTargets answer (minus targets removed with rmdir) plus the
+  hand-added node records of the portal; only the records with ``nodiscovery``, and the
+  records (with a warning) when discovery fails;
+- ``luns/`` listings, rescanned when a command saw UNIT ATTENTION 3F/0E (LUNs changed);
+- ``by-path/``: links for the LUNs already listed, and a name not seen yet resolved by listing
+  that target (which logs in);
+- rescans (``portals/<p>/rescan``: SendTargets again; ``<target>/rescan``: REPORT LUNS and
+  every capacity again) and the capacity re-read after UNIT ATTENTION 2A/09, with the kernel's
+  cached attributes invalidated;
+- mkdir / rmdir of targets and portals (node records through ``fs.records``).
+The file tree and what each operation does for the user: docs/tree.md.
+
+Errors for the caller are ``pyfuse3.FUSEError``; anything else a rule raises is mapped by the
+handler that called it (``errno_map``). Talks to the layers below only through ``fs.backend``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+
+import pyfuse3
+
+from iscsifs.core.discovery import Portal, parse_portal, printable, valid_iscsi_name
+from iscsifs.fs.backend import Backend, LunListing
+from iscsifs.fs.records import NodeRecords
+from iscsifs.fs.render import by_path_name
+from iscsifs.fs.tree import Kind, Node, Tree
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+# by-path/ names: ip-<addr:port>-iscsi-<iqn>-lun-<n>
+BY_PATH_RE = re.compile(r"^ip-(?P<portal>\[[0-9a-fA-F:.]+\]:\d+|[^\[\]/:]+:\d+)-iscsi-"
+                        r"(?P<target>.+)-lun-(?P<lun>\d+)$")
+
+
+def _fail(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+class Namespace:
+    """The dynamic part of the tree, kept in step with the backend and the node records."""
+
+    def __init__(self, backend: Backend, tree: Tree, *, records: NodeRecords | None = None,
+                 kernel_notify: bool = False):
+        self.backend = backend
+        self.tree = tree
+        # node records (or None: no mkdir/rmdir, listings are SendTargets only)
+        self.records = records
+        # tell the kernel to drop cached attributes after a rescan (only when mounted)
+        self.kernel_notify = kernel_notify
+        # the portals given on the command line: their directories can't go away
+        self.mount_portals = [n.portal for n in tree.portal_nodes()]
+
+    # -- listings ---------------------------------------------------------------------------
+    async def populate(self, node: Node) -> None:
+        """Fill a dynamic directory from the backend (discovery / REPORT LUNS, lazy login)."""
+        if node.kind is Kind.TARGETS:
+            assert node.portal is not None
+            self.tree.set_targets(node, await self.target_names(node.portal))
+        elif node.kind is Kind.LUNS:
+            assert node.target is not None and node.portal is not None
+            entries: Sequence[LunListing] = await self.backend.luns(node.target, node.portal)
+            if any(e.device is not None and e.device.luns_changed for e in entries):
+                # a command saw UNIT ATTENTION 3F/0E (REPORTED LUNS DATA HAS CHANGED)
+                log.info("%s: the target reports changed LUNs; rescanning", node.target)
+                entries = await self.backend.rescan(node.target, node.portal)
+                for e in entries:
+                    if e.device is not None:
+                        e.device.luns_changed = False
+            self.tree.set_luns(node, entries)
+        elif node.kind is Kind.BY_PATH:
+            self.build_by_path(node)
+
+    def hidden_at(self, portal: Portal) -> set[str]:
+        """Targets removed with rmdir (kept by fs.records so discovery won't record them)."""
+        return self.records.hidden(portal) if self.records is not None else set()
+
+    async def target_names(self, portal: Portal) -> list[str]:
+        """SendTargets answer + static node records (or only the records: nodiscovery)."""
+        records = self.records
+        if records is not None and records.nodiscovery:
+            return records.targets_at(portal, static_only=False)
+        try:
+            targets = await self.backend.discover(portal)
+        except Exception as exc:
+            if records is None:
+                raise
+            fallback = records.targets_at(portal, static_only=False)
+            if not fallback:
+                raise
+            log.warning("discovery at %s failed (%s); listing its %d node record(s)",
+                        portal.address, exc or type(exc).__name__, len(fallback))
+            return fallback
+        hidden = self.hidden_at(portal)
+        names = [t.name for t in targets if t.name not in hidden]
+        if records is not None:
+            names += [n for n in records.targets_at(portal, static_only=True) if n not in names]
+        return names
+
+    # -- by-path ----------------------------------------------------------------------------
+    def build_by_path(self, node: Node) -> None:
+        links = []
+        for lnode in self.tree.known_luns():
+            assert lnode.target is not None and lnode.portal is not None
+            assert lnode.lun is not None
+            name = by_path_name(lnode.target, lnode.portal, lnode.lun)
+            if len(name.encode("utf-8")) > NAME_MAX:
+                log.debug("by-path: name for %s LUN %s too long; skipped", lnode.target,
+                          lnode.lun)
+                continue
+            links.append((name, "../" + "/".join(lnode.path + ("raw",))))
+        self.tree.set_links(node, links)
+
+    async def resolve_by_path(self, directory: Node, name: str) -> Node | None:
+        """Look up a by-path name not known yet: list that target's LUNs (logs in)."""
+        match = BY_PATH_RE.match(name)
+        if match is None:
+            return None
+        pnode = self.tree.by_path("portals", match["portal"])
+        if pnode is None:
+            return None
+        tdir = self.tree.child(pnode, "targets")
+        if tdir is None:
+            return None
+        if tdir.children is None:
+            await self.populate(tdir)
+        tnode = self.tree.child(tdir, match["target"])
+        if tnode is None or tnode.kind is not Kind.TARGET:
+            return None
+        luns = self.tree.child(tnode, "luns")
+        if luns is not None and luns.children is None:
+            await self.populate(luns)
+        self.build_by_path(directory)
+        return self.tree.child(directory, name)
+
+    # -- rescans and capacity ---------------------------------------------------------------
+    def notify_attrs(self, nodes: list[Node]) -> None:
+        """Make the kernel forget cached attributes (e.g. a raw's size after a rescan)."""
+        if not self.kernel_notify:
+            return
+        for node in nodes:
+            try:
+                pyfuse3.invalidate_inode(node.inode, attr_only=True)
+            except OSError:          # the kernel never looked it up: nothing cached
+                pass
+            except Exception:
+                log.debug("invalidate_inode(%d) failed", node.inode, exc_info=True)
+
+    async def refresh_capacity(self, node: Node) -> None:
+        """READ CAPACITY again if a command saw UNIT ATTENTION 2A/09 (capacity changed)."""
+        dev = node.device
+        if dev is None or not dev.capacity_changed:
+            return
+        old = dev.size
+        try:
+            await dev.read_capacity()
+        except Exception as exc:
+            log.warning("%s: re-reading the capacity failed: %s", "/".join(node.path), exc)
+            return
+        if dev.size != old:
+            log.info("%s: capacity changed from %d to %d bytes", "/".join(node.path), old,
+                     dev.size)
+            node.ctime_ns = time.time_ns()
+            self.notify_attrs([node])
+
+    async def rescan_target(self, node: Node) -> None:
+        """``iscsiadm -m node -R`` for one target: new LUNs appear, capacities re-read."""
+        assert node.target is not None and node.portal is not None
+        tnode = self.tree.by_path(*node.path[:-1])
+        entries = await self.backend.rescan(node.target, node.portal)
+        luns = self.tree.child(tnode, "luns") if tnode is not None else None
+        if luns is not None:
+            self.tree.set_luns(luns, entries)
+            changed = [luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW]
+            for n in changed:
+                if n.kind is Kind.RAW:
+                    n.ctime_ns = time.time_ns()
+            self.notify_attrs(changed)
+        log.info("%s at %s: rescanned, %d LUN(s)", node.target, node.portal.address,
+                 len(entries))
+
+    async def rediscover(self, node: Node) -> None:
+        """portals/<p>/rescan: SendTargets again now; targets removed by rmdir come back."""
+        portal = node.portal
+        assert portal is not None
+        if self.records is not None:
+            self.records.unhide_all(portal)
+        if self.records is None or not self.records.nodiscovery:
+            await self.backend.discover(portal, refresh=True)
+        tdir = self.tree.by_path(*node.path[:-1], "targets")
+        if tdir is not None:
+            await self.populate(tdir)
+            self.notify_attrs([tdir])
+
+    # -- mkdir / rmdir ----------------------------------------------------------------------
+    async def mkdir(self, parent: Node, name: str | None) -> Node:
+        """mkdir targets/<iqn>: a static node record; mkdir portals/<addr:port>: a portal for
+        this mount. EPERM elsewhere, EINVAL for a bad name (None: not UTF-8), EEXIST if it is
+        there."""
+        records = self.records
+        if records is None or parent.kind not in (Kind.TARGETS, Kind.PORTALS):
+            raise _fail(errno.EPERM)
+        if name is None:
+            raise _fail(errno.EINVAL)
+        if parent.kind is Kind.PORTALS:
+            return self._mkdir_portal(parent, name)
+        if not valid_iscsi_name(name):
+            log.info("mkdir: %s is not a valid iSCSI name (iqn./eui./naa., at most 223 bytes)",
+                     printable(name, 100))
+            raise _fail(errno.EINVAL)
+        assert parent.portal is not None
+        if parent.children is None:
+            try:
+                await self.populate(parent)
+            except Exception as exc:      # a target that refuses discovery: that's why we're here
+                log.debug("listing before mkdir failed: %s", exc)
+        if self.tree.child(parent, name) is not None:
+            raise _fail(errno.EEXIST)
+        records.add_static(name, parent.portal)
+        self.hidden_at(parent.portal).discard(name)
+        return self.tree.add_target(parent, name)
+
+    def _mkdir_portal(self, parent: Node, text: str) -> Node:
+        try:
+            portal = parse_portal(text)
+        except ValueError:
+            raise _fail(errno.EINVAL) from None
+        if portal.address != text:       # only the canonical spelling: addr:port
+            raise _fail(errno.EINVAL)
+        if self.tree.child(parent, text) is not None:
+            raise _fail(errno.EEXIST)
+        log.info("portal %s added to this mount", text)
+        return self.tree.add_portal(portal)
+
+    async def rmdir(self, parent: Node, name: str | None,
+                    is_open: Callable[[Node], bool]) -> None:
+        """rmdir targets/<iqn>: log out, delete its records at this portal, hide it until the
+        next rediscovery. rmdir portals/<p>: log out its sessions, delete its discovery records
+        (a portal of the command line comes back at once, empty of cached answers). EBUSY while
+        ``is_open`` says a raw file under it is open."""
+        records = self.records
+        if records is None or parent.kind not in (Kind.TARGETS, Kind.PORTALS):
+            raise _fail(errno.EPERM)
+        child = self.tree.child(parent, name) if name is not None else None
+        if child is None:
+            raise _fail(errno.ENOENT)
+        if child.kind not in (Kind.TARGET, Kind.PORTAL):
+            raise _fail(errno.ENOTDIR)
+        if is_open(child):
+            raise _fail(errno.EBUSY)
+        portal = child.portal
+        assert portal is not None
+        if child.kind is Kind.TARGET:
+            assert child.target is not None
+            await self.backend.logout(child.target, portal)
+            records.delete(child.target, portal)
+            self.hidden_at(portal).add(child.target)
+            self.tree.forget(child)
+            log.info("target %s at %s removed (logged out, record deleted)", child.target,
+                     portal.address)
+            return
+        for target in list(self.backend.logged_in_targets(portal)):
+            await self.backend.logout(target, portal)
+        records.delete_discovery(portal)
+        self.backend.forget_discovery(portal)
+        records.unhide_all(portal)
+        self.tree.forget(child)
+        if portal in self.mount_portals:
+            self.tree.add_portal(portal)        # new inodes: the kernel now holds the old dead
+        log.info("portal %s: discovery records deleted", portal.address)

@@ -1,0 +1,160 @@
+"""The lifetime of one mount, in the shape of s3ql's: one ``AsyncExitStack`` and one nursery.
+
+    check that every portal answers a TCP connect
+    open the nursery; create the Initiator in it
+    discover each portal (a portal whose discovery fails lists its node records instead)
+    pyfuse3.init -> ready -> pyfuse3.main, until unmounted or SIGTERM/SIGINT
+    log out every session -> pyfuse3.close(unmount=True)
+
+Cleanups are registered as things are created and run in reverse. User errors are raised as
+QuietError (one line, an exit code), so nothing is left mounted or logged in.
+
+Must not know: PDUs, SCSI, sessions - it talks to ``iscsifs.initiator.Initiator`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from iscsifs import __version__
+from iscsifs.cli.common import quiet_error
+from iscsifs.core.discovery import Portal
+from iscsifs.errors import EXIT_GENERIC, EXIT_TRANSPORT_FAILURE, QuietError, os_reason
+from iscsifs.fs.ops import Operations
+from iscsifs.fs.tree import Tree
+from iscsifs.initiator import Initiator
+from iscsifs.mount.config import MountConfig, load_config, resolve_initiator_name
+from iscsifs.mount.options import MountOptions
+
+log = logging.getLogger(__name__)
+
+FUSE_IDLE_WORKERS = 32        # idle pyfuse3 worker tasks kept waiting for requests
+FUSE_MAX_WORKERS = 256        # requests handled at once (the session queues beyond its window)
+
+
+def fuse_options(opts: MountOptions) -> set[str]:
+    options = {"fsname=iscsifs", "subtype=iscsifs", "default_permissions"}
+    if opts.allow_other:
+        options.add("allow_other")
+    options.add("ro" if opts.read_only else "rw")
+    options.update(opts.fuse_options)
+    return options
+
+
+async def check_portal_tcp(portal: Portal, timeout: float) -> None:
+    """The portal answers a TCP connect within timeout, or QuietError."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream(portal.host, portal.port)
+    except trio.TooSlowError:
+        raise QuietError(f"cannot connect to portal {portal.address}: no answer in "
+                         f"{timeout:g} s", EXIT_TRANSPORT_FAILURE) from None
+    except OSError as exc:
+        raise QuietError(f"cannot connect to portal {portal.address}: {os_reason(exc)}",
+                         EXIT_TRANSPORT_FAILURE) from None
+    await stream.aclose()
+
+
+def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nursery,
+                   config: MountConfig) -> Initiator:
+    defaults = config.default_options
+    return Initiator(initiator_name=initiator_name, portals=list(opts.portals),
+                     nursery=nursery, timeouts=defaults.timeouts,
+                     login_params=defaults.login_params, chap=defaults.chap,
+                     queue_depth=defaults.queue_depth or 32,
+                     node_options=config.node_options,
+                     discovery_chap_for=config.discovery_chap_for,
+                     on_discovered=config.records.record_discovery)
+
+
+async def run_mount(opts: MountOptions, ready: Callable[[], None],
+                    backend: Callable[..., Any] | None = None) -> None:
+    """Check portals, mount, call ``ready()``, serve until unmounted or signalled, log out,
+    unmount. ``backend(opts, initiator_name, nursery)`` replaces the Initiator (tests)."""
+    initiator_name = resolve_initiator_name(opts)
+    for warning in opts.warnings:
+        log.warning("%s", warning)
+    config = load_config(opts)
+    login_timeout = float(config.default_options.timeouts.login) or 15.0
+    logout_timeout = float(config.default_options.timeouts.logout) or 15.0
+    for portal in opts.portals:
+        await check_portal_tcp(portal, login_timeout)
+
+    fuse_mounted = False
+    terminated = False
+
+    def close_fuse() -> None:
+        if fuse_mounted:
+            log.debug("unmounting %s", opts.mountpoint)
+            pyfuse3.close(unmount=True)
+
+    async def logout_all(initiator: Any) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(logout_timeout + 5) as scope:
+                try:
+                    await initiator.aclose()
+                except Exception:
+                    log.exception("logging out failed")
+            if scope.cancelled_caught:
+                log.warning("logging out took longer than %g s; giving up", logout_timeout)
+
+    async def watch_signals(nursery: trio.Nursery,
+                            task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal terminated
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("%s received: unmounting", signal.Signals(signum).name)
+                terminated = True
+                if fuse_mounted:
+                    pyfuse3.terminate()      # pyfuse3.main() returns; cleanup follows
+                else:
+                    nursery.cancel_scope.cancel()   # stop discovery; nothing is mounted
+                return
+
+    async with contextlib.AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        stack.callback(close_fuse)                       # runs after logout_all
+        await nursery.start(watch_signals, nursery)
+        if backend is None:
+            initiator = make_initiator(opts, initiator_name, nursery, config)
+        else:
+            initiator = backend(opts, initiator_name, nursery)
+        stack.push_async_callback(logout_all, initiator)
+        for portal in opts.portals if not opts.nodiscovery else ():
+            try:
+                with trio.fail_after(login_timeout + 5):
+                    await initiator.discover(portal)
+            except Exception as exc:
+                log.debug("discovery on %s failed", portal, exc_info=True)
+                error = quiet_error(exc, doing=f"discovery on portal {portal.address}")
+                if not config.records.targets_at(portal, static_only=False):
+                    raise error from None
+                # targets that refuse discovery: their node records are listed instead
+                log.warning("%s; listing the node records of that portal", error)
+        tree = Tree(opts.portals)
+        ops = Operations(initiator, tree, initiator_name=initiator_name,
+                         read_only=opts.read_only, cache=opts.cache,
+                         records=config.records, kernel_notify=True)
+        if terminated:
+            return
+        try:
+            pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
+        except Exception as exc:
+            raise QuietError(f"cannot mount on {opts.mountpoint}: {exc}", EXIT_GENERIC) from None
+        fuse_mounted = True
+        log.info("mounted %s on %s (iscsifs %s, initiator %s)", opts.spec, opts.mountpoint,
+                 __version__, initiator_name)
+        ready()
+        # Keep idle FUSE workers around: with pyfuse3's default (1), every burst of parallel
+        # requests spawns tasks that exit again at once (measured: 1 spawn per 3 requests).
+        await pyfuse3.main(min_tasks=FUSE_IDLE_WORKERS, max_tasks=FUSE_MAX_WORKERS)
+        log.info("file system loop ended; logging out")

@@ -1,0 +1,153 @@
+"""``mount.iscsifs``: parse the command line, check the mount point, then run the mount in
+the foreground (``-f``, ``-d``) or as a daemon.
+
+The daemon reports through a pipe: the parent waits until the child says ``OK`` (mounted) or
+``ERR <code> <message>``, prints that one line and exits with that code, so ``mount`` and
+fstab's ``nofail`` see the real outcome. The daemon logs to ``logfile=``, else to syslog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+import trio
+
+from iscsifs.cli.common import quiet_error_in, setup_logging
+from iscsifs.errors import EXIT_GENERIC, QuietError
+from iscsifs.mount.lifetime import run_mount
+from iscsifs.mount.options import PROG, MountOptions, check_mountpoint, parse_args
+
+log = logging.getLogger(__name__)
+
+
+class Reporter:
+    """The daemon's side of the startup pipe: one line, then closed."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def _send(self, text: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, text.encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+    def ready(self) -> None:
+        self._send("OK\n")
+
+    def error(self, code: int, message: str) -> None:
+        self._send(f"ERR {code} {' '.join(message.split())}\n")
+
+
+def _print_error(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _failure(exc: BaseException) -> QuietError:
+    """What a mount that raised tells the user: its QuietError, or an internal error (logged
+    with its traceback)."""
+    quiet = quiet_error_in(exc)
+    if quiet is not None:
+        return quiet
+    log.error("internal error", exc_info=exc)
+    return QuietError(f"internal error: {type(exc).__name__}: {exc}", EXIT_GENERIC)
+
+
+def run_foreground(opts: MountOptions) -> int:
+    setup_logging(debug=opts.debug, verbose=opts.verbose, logfile=opts.logfile, detailed=True)
+    try:
+        trio.run(run_mount, opts, lambda: None)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:   # noqa: BLE001 - the last resort: one line + log
+        err = _failure(exc)
+        _print_error(str(err))
+        return err.exit_code
+    return 0
+
+
+def daemonize(opts: MountOptions) -> int:
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:                                               # parent: wait for "mounted"
+        os.close(write_fd)
+        chunks = []
+        while True:
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(read_fd)
+        text = b"".join(chunks).decode("utf-8", "replace").strip()
+        if text == "OK":
+            return 0
+        if text.startswith("ERR "):
+            _, code, message = (text.split(" ", 2) + [""])[:3]
+            _print_error(message)
+            return int(code) if code.isdigit() else EXIT_GENERIC
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        _print_error("the mount daemon exited before the file system was ready")
+        return EXIT_GENERIC
+
+    # child: the daemon
+    code = 0
+    try:
+        os.close(read_fd)
+        os.setsid()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.chdir("/")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        out = devnull
+        if opts.logfile:
+            out = os.open(opts.logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)          # libfuse writes its own messages to fd 2
+        setup_logging(debug=opts.debug, verbose=opts.verbose, logfile=opts.logfile,
+                      syslog=True, detailed=True)
+        reporter = Reporter(write_fd)
+        try:
+            trio.run(run_mount, opts, reporter.ready)
+        except BaseException as exc:  # noqa: BLE001
+            err = _failure(exc)
+            if quiet_error_in(exc) is not None:
+                log.error("%s", err)
+            reporter.error(err.exit_code, str(err))
+            code = err.exit_code
+        else:
+            reporter.error(EXIT_GENERIC, "the file system ended before it was ready")
+        logging.shutdown()
+    finally:
+        os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        opts = parse_args(args)
+        check_mountpoint(opts.mountpoint)
+    except QuietError as exc:
+        if exc.exit_code == 0:
+            print(str(exc))
+        else:
+            _print_error(str(exc))
+        return exc.exit_code
+    if opts.foreground:
+        return run_foreground(opts)
+    return daemonize(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""mount.iscsifs's command line: mount(8)'s helper convention, the ``-o`` vocabulary (fstab
+options included), and the checks made before anything is mounted.
+
+    mount.iscsifs PORTAL[,PORTAL...] MOUNTPOINT [-o OPTIONS] [-f] [-d] [-v] [-s] [-n]
+    mount -t iscsifs 127.0.0.1:3260 /mnt/san        (mount(8) runs /sbin/mount.iscsifs)
+
+Owns: ``MountOptions`` (everything one mount was asked for), ``parse_args`` / ``apply_option``
+(QuietError, exit 7, for bad input), the help text, and ``check_mountpoint``.
+"""
+
+from __future__ import annotations
+
+import getopt
+import os
+import stat
+from dataclasses import dataclass, field
+
+from iscsifs import __version__
+from iscsifs.cli.common import portal_arg
+from iscsifs.config.locations import default_config_dir
+from iscsifs.core.discovery import Portal
+from iscsifs.errors import EXIT_GENERIC, EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.fs.ops import CACHE_MODES
+
+PROG = "mount.iscsifs"
+USAGE = (f"usage: {PROG} PORTAL[,PORTAL...] MOUNTPOINT [-o OPTION[,OPTION...]] "
+         f"[-f] [-d] [-v] [-s] [-n]")
+
+# fstab / mount(8) bookkeeping options: accepted, and ignored by the helper
+IGNORED_OPTIONS = frozenset({
+    "_netdev", "noauto", "auto", "nofail", "user", "nouser", "users", "owner", "group",
+    "defaults", "loud", "silent",
+})
+IGNORED_PREFIXES = ("x-", "comment=")
+# generic VFS options libfuse 3.14 passes to the kernel (tested: it accepts exactly these)
+FUSE_PASSTHROUGH = frozenset({
+    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync",
+    "atime", "noatime",
+})
+# generic VFS options libfuse rejects; relatime is the kernel's default anyway
+FUSE_DROPPED = frozenset({"relatime", "norelatime", "strictatime", "nostrictatime",
+                          "lazytime", "nolazytime", "diratime", "nodiratime", "iversion",
+                          "noiversion", "mand", "nomand"})
+
+TIMEOUT_OPTIONS = {            # mount option -> net.session.Timeouts field
+    "login_timeout": "login",
+    "logout_timeout": "logout",
+    "noop_out_interval": "noop_out_interval",
+    "noop_out_timeout": "noop_out_timeout",
+    "replacement_timeout": "replacement_timeout",
+    "command_timeout": "command",
+}
+DIGESTS = {                    # mount option value (',' is the -o separator, so '+') -> key value
+    "none": "None", "crc32c": "CRC32C", "crc32c+none": "CRC32C,None",
+    "none+crc32c": "None,CRC32C",
+}
+
+# the options a user may give with -o, for the docs and --help
+OPTION_HELP = """\
+options (-o, comma separated; later ones win):
+  ro | rw                  read-only mount (no WRITE is ever sent) / read-write (default)
+  initiator_name=IQN       our iSCSI name (default: CONFIG_DIR/initiatorname.iscsi,
+                           generated and saved there on the first mount)
+  config_dir=DIR           iscsid.conf, initiatorname.iscsi and node records (default
+                           $ISCSIFS_CONFIG_DIR, /etc/iscsifs as root, ~/.config/iscsifs)
+  open_iscsi               also read /etc/iscsi/iscsid.conf and initiatorname.iscsi
+  nodiscovery              never send SendTargets: list the node records of each portal
+  cache=direct|page        raw files: direct = no page cache (default), page = kernel cache
+  allow_other              let other users access the mount (modes still apply)
+  debug                    stay in the foreground, log at DEBUG (one line per PDU)
+  foreground               stay in the foreground (same as -f)
+  logfile=PATH             where the daemon logs (default: syslog if /dev/log exists)
+  login_timeout=S logout_timeout=S noop_out_interval=S noop_out_timeout=S
+  replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
+  header_digest=V data_digest=V                V: none | crc32c | crc32c+none | none+crc32c
+  nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
+  _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
+flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
+"""
+
+
+@dataclass
+class MountOptions:
+    portals: list[Portal]
+    mountpoint: str
+    spec: str = ""
+    read_only: bool = False
+    initiator_name: str | None = None
+    config_dir: str = field(default_factory=default_config_dir)
+    config_dir_given: bool = False
+    open_iscsi: bool = False
+    nodiscovery: bool = False
+    cache: str = "direct"
+    allow_other: bool = False
+    debug: bool = False
+    foreground: bool = False
+    verbose: bool = False
+    sloppy: bool = False
+    logfile: str | None = None
+    timeouts: dict[str, int] = field(default_factory=dict)          # Timeouts field -> value
+    header_digest: str | None = None
+    data_digest: str | None = None
+    fuse_options: list[str] = field(default_factory=list)           # passed through to libfuse
+    ignored: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _usage_error(message: str) -> QuietError:
+    return QuietError(message, EXIT_INVALID_ARGUMENT)
+
+
+# -- option parsing --------------------------------------------------------------------------
+def _int_value(key: str, value: str, *, allow_negative: bool = False) -> int:
+    try:
+        number = int(value, 10)
+    except ValueError:
+        raise _usage_error(f"bad value for {key}: {value!r} (expected a number of seconds)"
+                           ) from None
+    if number < 0 and not allow_negative:
+        raise _usage_error(f"bad value for {key}: {value!r} (must not be negative)")
+    return number
+
+
+def apply_option(opts: MountOptions, item: str) -> None:
+    """Apply one -o item to opts (QuietError for unknown/bad ones unless sloppy)."""
+    item = item.strip()
+    if not item:
+        return
+    key, has_value, value = item.partition("=")
+    if item in IGNORED_OPTIONS or item.startswith(IGNORED_PREFIXES):
+        opts.ignored.append(item)
+    elif item in ("ro", "rw"):
+        opts.read_only = item == "ro"
+    elif item == "allow_other":
+        opts.allow_other = True
+    elif item == "debug":
+        opts.debug = True
+        opts.foreground = True
+    elif item == "foreground":
+        opts.foreground = True
+    elif item == "open_iscsi":
+        opts.open_iscsi = True
+    elif item == "nodiscovery":
+        opts.nodiscovery = True
+    elif item in FUSE_PASSTHROUGH:
+        opts.fuse_options.append(item)
+    elif item in FUSE_DROPPED:
+        opts.ignored.append(item)
+    elif not has_value:
+        _unknown(opts, item)
+    elif key == "initiator_name":
+        if not value:
+            raise _usage_error("initiator_name= needs a value")
+        opts.initiator_name = value
+    elif key == "config_dir":
+        if not value:
+            raise _usage_error("config_dir= needs a value")
+        opts.config_dir = os.path.abspath(value)
+        opts.config_dir_given = True
+    elif key == "logfile":
+        if not value:
+            raise _usage_error("logfile= needs a value")
+        opts.logfile = os.path.abspath(value)
+    elif key == "cache":
+        if value not in CACHE_MODES:
+            raise _usage_error(f"bad value for cache: {value!r} (expected direct or page)")
+        opts.cache = value
+    elif key in TIMEOUT_OPTIONS:
+        opts.timeouts[TIMEOUT_OPTIONS[key]] = _int_value(
+            key, value, allow_negative=(key == "replacement_timeout"))
+    elif key in ("header_digest", "data_digest"):
+        digest = DIGESTS.get(value.lower())
+        if digest is None:
+            raise _usage_error(f"bad value for {key}: {value!r} "
+                               f"(expected none, crc32c, crc32c+none or none+crc32c)")
+        setattr(opts, key, digest)
+    else:
+        _unknown(opts, item)
+
+
+def _unknown(opts: MountOptions, item: str) -> None:
+    shown = item.partition("=")[0]
+    if opts.sloppy:
+        opts.warnings.append(f"ignoring unknown option {shown!r}")
+        opts.ignored.append(item)
+        return
+    raise _usage_error(f"unknown option {shown!r} (see {PROG} --help)")
+
+
+def parse_args(argv: list[str]) -> MountOptions:
+    """argv (without the program name) -> MountOptions; QuietError on bad input."""
+    try:
+        flags, positional = getopt.gnu_getopt(argv, "o:fdvsnhVt:N:",
+                                              ["help", "version", "options="])
+    except getopt.GetoptError as exc:
+        raise _usage_error(f"{exc} ({USAGE})") from None
+    option_items: list[str] = []
+    foreground = debug = verbose = sloppy = False
+    for flag, value in flags:
+        if flag in ("-h", "--help"):
+            raise QuietError(USAGE + "\n" + OPTION_HELP.rstrip("\n"), 0)
+        if flag in ("-V", "--version"):
+            raise QuietError(f"{PROG} (iscsifs) {__version__}", 0)
+        if flag in ("-o", "--options"):
+            option_items.extend(value.split(","))
+        elif flag == "-f":
+            foreground = True
+        elif flag == "-d":
+            debug = True
+        elif flag == "-v":
+            verbose = True
+        elif flag == "-s":
+            sloppy = True
+        elif flag == "-n":
+            pass            # no /etc/mtab to skip writing: we never write it
+        elif flag == "-t":
+            if value.split(".")[0] not in ("iscsifs", "fuse"):
+                raise _usage_error(f"-t {value}: this helper mounts iscsifs only")
+        elif flag == "-N":
+            raise _usage_error("-N (mount namespaces) is not supported")
+    if len(positional) != 2:
+        raise _usage_error(f"expected PORTAL[,PORTAL...] and MOUNTPOINT ({USAGE})")
+    spec, mountpoint = positional
+    portals = []
+    for text in spec.split(","):
+        if not text.strip():
+            raise _usage_error(f"bad portal list {spec!r}: empty entry")
+        portal = portal_arg(text)
+        if portal not in portals:
+            portals.append(portal)
+    opts = MountOptions(portals=portals, mountpoint=os.path.abspath(mountpoint), spec=spec,
+                        sloppy=sloppy, verbose=verbose)
+    for item in option_items:
+        apply_option(opts, item)
+    opts.foreground = opts.foreground or foreground or debug
+    opts.debug = opts.debug or debug
+    return opts
+
+
+def _unescape_mountinfo(path: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "\\" and i + 4 <= len(path) and path[i + 1:i + 4].isdigit():
+            out.append(chr(int(path[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def iscsifs_mounted_at(path: str) -> bool:
+    """Is an iscsifs already mounted on path (per /proc/self/mountinfo)?"""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        fstype = right.split()[0] if right.split() else ""
+        if fstype == "fuse.iscsifs" and _unescape_mountinfo(fields[4]) == path:
+            return True
+    return False
+
+
+def check_mountpoint(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise QuietError(f"mount point {path} does not exist", EXIT_INVALID_ARGUMENT) from None
+    except OSError as exc:
+        raise QuietError(f"mount point {path}: {exc.strerror}", EXIT_INVALID_ARGUMENT) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise QuietError(f"mount point {path} is not a directory", EXIT_INVALID_ARGUMENT)
+    if iscsifs_mounted_at(path):
+        raise QuietError(f"{path} is already an iscsifs mount point", EXIT_GENERIC)
+

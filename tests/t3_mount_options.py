@@ -1,0 +1,239 @@
+"""mount.iscsifs option parsing and its failures: one line on stderr, exit code, nothing mounted.
+
+The parsing tests are pure. The subprocess tests run the real helper with inputs that must fail
+before anything is mounted (they need neither tgtd nor /dev/fuse).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iscsifs.config import locations
+from iscsifs.core.discovery import Portal
+from iscsifs.mount.config import load_config, resolve_initiator_name
+from iscsifs.mount.lifetime import fuse_options
+from iscsifs.mount.options import MountOptions, parse_args
+from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_TRANSPORT_FAILURE, QuietError
+
+HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
+
+
+def parse(*argv: str) -> MountOptions:
+    return parse_args(list(argv))
+
+
+def test_basic(tmp_path):
+    opts = parse("127.0.0.1:3260", str(tmp_path))
+    assert opts.portals == [Portal("127.0.0.1", 3260)]
+    assert opts.mountpoint == str(tmp_path)
+    assert not opts.read_only and not opts.foreground and opts.cache == "direct"
+
+
+def test_several_portals_and_ipv6(tmp_path):
+    opts = parse("127.0.0.1,[::1]:3261,localhost:3262,127.0.0.1:3260", str(tmp_path))
+    assert opts.portals == [Portal("127.0.0.1", 3260), Portal("::1", 3261),
+                            Portal("localhost", 3262)]
+
+
+def test_options(tmp_path):
+    opts = parse("127.0.0.1", str(tmp_path), "-o",
+                 "ro,initiator_name=iqn.2016-04.com.open-iscsi:ab,allow_other,cache=page,"
+                 "login_timeout=3,noop_out_interval=0,noop_out_timeout=2,"
+                 "replacement_timeout=-1,command_timeout=9,logout_timeout=4,"
+                 "config_dir=/tmp,header_digest=CRC32C+None,data_digest=crc32c",
+                 "-o", "nosuid,nodev,noexec,relatime")
+    assert opts.read_only and opts.allow_other and opts.cache == "page"
+    assert opts.initiator_name == "iqn.2016-04.com.open-iscsi:ab"
+    assert opts.timeouts == {"login": 3, "noop_out_interval": 0, "noop_out_timeout": 2,
+                             "replacement_timeout": -1, "command": 9, "logout": 4}
+    assert opts.config_dir == "/tmp"
+    assert opts.header_digest == "CRC32C,None" and opts.data_digest == "CRC32C"
+    fuse = fuse_options(opts)
+    assert {"fsname=iscsifs", "subtype=iscsifs", "default_permissions", "allow_other", "ro",
+            "nosuid", "nodev", "noexec"} <= fuse
+    assert "relatime" not in fuse          # libfuse 3 rejects it; the kernel default anyway
+    assert not any(o.startswith("max_read") for o in fuse)
+
+
+def test_last_of_ro_rw_wins(tmp_path):
+    assert parse("127.0.0.1", str(tmp_path), "-o", "ro,rw").read_only is False
+    assert parse("127.0.0.1", str(tmp_path), "-o", "rw", "-o", "ro").read_only is True
+    assert "rw" in fuse_options(parse("127.0.0.1", str(tmp_path)))
+
+
+def test_fstab_only_options_are_ignored(tmp_path):
+    opts = parse("127.0.0.1", str(tmp_path), "-o",
+                 "defaults,_netdev,noauto,auto,nofail,user,users,x-systemd.automount,"
+                 "x-systemd.device-timeout=10,comment=systemd.automount")
+    assert not opts.read_only and not opts.fuse_options
+    assert "_netdev" in opts.ignored and "comment=systemd.automount" in opts.ignored
+
+
+def test_foreground_and_debug_flags(tmp_path):
+    assert parse("127.0.0.1", str(tmp_path), "-f").foreground
+    opts = parse("127.0.0.1", str(tmp_path), "-d")
+    assert opts.debug and opts.foreground
+    opts = parse("127.0.0.1", str(tmp_path), "-o", "debug")
+    assert opts.debug and opts.foreground
+    assert parse("127.0.0.1", str(tmp_path), "-o", "foreground").foreground
+    # what mount(8) may add: -n (no mtab), -v (verbose), -t type
+    opts = parse("-n", "-v", "-t", "iscsifs", "127.0.0.1", str(tmp_path), "-o", "rw")
+    assert opts.verbose and not opts.foreground
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["127.0.0.1", "MP", "-o", "bogus"], "unknown option 'bogus'"),
+    (["127.0.0.1", "MP", "-o", "password=secret123"], "unknown option 'password'"),
+    (["127.0.0.1", "MP", "-o", "cache=weird"], "bad value for cache"),
+    (["127.0.0.1", "MP", "-o", "login_timeout=soon"], "bad value for login_timeout"),
+    (["127.0.0.1", "MP", "-o", "noop_out_timeout=-1"], "must not be negative"),
+    (["127.0.0.1", "MP", "-o", "header_digest=md5"], "bad value for header_digest"),
+    (["127.0.0.1", "MP", "-o", "initiator_name="], "needs a value"),
+    (["127.0.0.1:abc", "MP"], "bad portal '127.0.0.1:abc'"),
+    (["[::1", "MP"], "bad portal"),
+    (["127.0.0.1,,127.0.0.2", "MP"], "empty entry"),
+    (["127.0.0.1"], "expected PORTAL"),
+    (["127.0.0.1", "MP", "extra"], "expected PORTAL"),
+    (["127.0.0.1", "MP", "-x"], "option -x not recognized"),
+    (["127.0.0.1", "MP", "-t", "nfs"], "iscsifs only"),
+])
+def test_bad_input_is_one_clean_error(argv, fragment, tmp_path):
+    argv = [str(tmp_path) if a == "MP" else a for a in argv]
+    with pytest.raises(QuietError) as info:
+        parse_args(argv)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+    assert "secret123" not in message        # an option value is never echoed for unknown keys
+    assert info.value.exit_code == EXIT_INVALID_ARGUMENT
+
+
+def test_sloppy_only_warns(tmp_path):
+    opts = parse("-s", "127.0.0.1", str(tmp_path), "-o", "bogus,ro")
+    assert opts.read_only and any("bogus" in w for w in opts.warnings)
+
+
+def test_initiator_name_sources(tmp_path):
+    opts = parse("127.0.0.1", str(tmp_path), "-o", "initiator_name=iqn.2016-04.org.x:y")
+    assert resolve_initiator_name(opts) == "iqn.2016-04.org.x:y"
+    with pytest.raises(QuietError, match="bad initiator_name"):
+        resolve_initiator_name(parse("127.0.0.1", str(tmp_path),
+                                           "-o", "initiator_name=not-an-iqn"))
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "initiatorname.iscsi").write_text("# comment\nInitiatorName=iqn.2016-04.org.x:z\n")
+    opts = parse("127.0.0.1", str(tmp_path), "-o", f"config_dir={conf}")
+    assert resolve_initiator_name(opts) == "iqn.2016-04.org.x:z"
+    opts = parse("127.0.0.1", str(tmp_path), "-o", f"config_dir={tmp_path / 'empty'}")
+    with pytest.raises(QuietError, match="not a directory"):
+        resolve_initiator_name(opts)
+    (tmp_path / "empty").mkdir()
+    name = resolve_initiator_name(opts)
+    assert name.startswith("iqn.2016-04.com.open-iscsi:") and opts.warnings
+
+
+def test_help_and_version():
+    with pytest.raises(QuietError) as info:
+        parse_args(["--help"])
+    assert info.value.exit_code == 0 and "cache=direct|page" in str(info.value)
+    with pytest.raises(QuietError) as info:
+        parse_args(["-V"])
+    assert info.value.exit_code == 0 and "iscsifs" in str(info.value)
+
+
+# -- the real helper as a subprocess -----------------------------------------------------------
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mounted(path: Path) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == real for line in f)
+
+
+def run_helper(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HELPER), *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("case", ["unknown-option", "bad-portal", "refused", "refused-ipv6",
+                                  "refused-foreground", "no-mountpoint", "not-a-dir",
+                                  "bad-initiator-name"])
+def test_helper_fails_cleanly(case, tmp_path):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    port = _closed_port()
+    args, code, fragment = {
+        "unknown-option": ([f"127.0.0.1:{port}", str(mp), "-o", "ro,bogus"],
+                           EXIT_INVALID_ARGUMENT, "unknown option 'bogus'"),
+        "bad-portal": (["127.0.0.1:99999", str(mp)], EXIT_INVALID_ARGUMENT, "bad portal"),
+        "refused": ([f"127.0.0.1:{port}", str(mp), "-o", "_netdev,nofail,login_timeout=5"],
+                    EXIT_TRANSPORT_FAILURE, f"cannot connect to portal 127.0.0.1:{port}"),
+        "refused-ipv6": ([f"[::1]:{port}", str(mp)], EXIT_TRANSPORT_FAILURE,
+                         f"cannot connect to portal [::1]:{port}"),
+        "refused-foreground": ([f"127.0.0.1:{port}", str(mp), "-f", "-o",
+                                "initiator_name=iqn.2016-04.org.x:y"],
+                               EXIT_TRANSPORT_FAILURE, "cannot connect"),
+        "no-mountpoint": ([f"127.0.0.1:{port}", str(tmp_path / "nope")], EXIT_INVALID_ARGUMENT,
+                          "does not exist"),
+        "not-a-dir": ([f"127.0.0.1:{port}", str(tmp_path / "file")], EXIT_INVALID_ARGUMENT,
+                      "not a directory"),
+        "bad-initiator-name": ([f"127.0.0.1:{port}", str(mp), "-o", "initiator_name=x"],
+                               EXIT_INVALID_ARGUMENT, "bad initiator_name"),
+    }[case]
+    (tmp_path / "file").write_text("")
+    result = run_helper(*args)
+    lines = result.stderr.splitlines()
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mount.iscsifs: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not _mounted(mp)
+
+
+# -- the config dir a mount reads --------------------------------------------------------
+def test_open_iscsi_option_reads_etc_iscsi(tmp_path, monkeypatch):
+    etc = tmp_path / "etc-iscsi"
+    etc.mkdir()
+    (etc / "initiatorname.iscsi").write_text("InitiatorName=iqn.1993-08.org.debian:01:abc\n")
+    (etc / "iscsid.conf").write_text("node.conn[0].timeo.noop_out_interval = 11\n")
+    monkeypatch.setattr(locations, "OPEN_ISCSI_DIR", str(etc))
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    opts = parse_args(["127.0.0.1", str(tmp_path), "-o", f"config_dir={ours},open_iscsi"])
+    assert opts.open_iscsi and opts.config_dir == str(ours)
+    assert resolve_initiator_name(opts) == "iqn.1993-08.org.debian:01:abc"
+    assert not (ours / "initiatorname.iscsi").exists()     # theirs is used, never copied
+    config = load_config(opts)
+    assert config.default_options.timeouts.noop_out_interval == 11
+    # ours wins over theirs; without open_iscsi theirs is not read at all
+    (ours / "iscsid.conf").write_text("node.conn[0].timeo.noop_out_interval = 12\n")
+    assert load_config(opts).default_options.timeouts.noop_out_interval == 12
+    (ours / "iscsid.conf").unlink()
+    plain = parse_args(["127.0.0.1", str(tmp_path), "-o", f"config_dir={ours}"])
+    assert load_config(plain).default_options.timeouts.noop_out_interval == 5
+    name = resolve_initiator_name(plain)             # generated and saved in ours
+    assert (ours / "initiatorname.iscsi").read_text().count(name) == 1
+    assert (etc / "initiatorname.iscsi").read_text().count("debian") == 1
+
+
+
+def test_default_config_dir_is_ours(monkeypatch, tmp_path):
+    monkeypatch.setenv("ISCSIFS_CONFIG_DIR", str(tmp_path / "state"))
+    opts = parse_args(["127.0.0.1", str(tmp_path)])
+    assert opts.config_dir == str(tmp_path / "state")
+    monkeypatch.delenv("ISCSIFS_CONFIG_DIR")
+    opts = parse_args(["127.0.0.1", str(tmp_path)])
+    assert opts.config_dir != "/etc/iscsi"
+    if os.geteuid() == 0:
+        assert opts.config_dir == "/etc/iscsifs"
