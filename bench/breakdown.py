@@ -56,7 +56,7 @@ def _install_probes(sums: dict) -> None:
         if start in mark and end in mark:
             sums[stage] = sums.get(stage, 0) + mark[end] - mark[start]
 
-    ops_cls = _operations_class()
+    from iscsifs.fs.ops import Operations as ops_cls
     orig_read = ops_cls.read
 
     async def read(self, fh, off, size):
@@ -135,19 +135,11 @@ def _install_probes(sums: dict) -> None:
     session_mod.Session._complete = complete
 
 
-def _operations_class():
-    try:
-        from iscsifs.fs.ops import Operations
-    except ImportError:  # pragma: no cover - layout moved
-        from iscsifs.fs.handlers import Operations  # type: ignore
-    return Operations
-
-
 def run_daemon(argv: list[str]) -> int:
     out_path = argv.pop(0)
     sums: dict = {}
     _install_probes(sums)
-    from iscsifs.mount import main
+    from iscsifs.mount.main import main
     code = main(argv)
     Path(out_path).write_text(json.dumps(sums))
     return code
