@@ -11,6 +11,8 @@ import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import pytest
+
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass (a bounded wait, not a
@@ -71,3 +73,20 @@ def show_node(config_dir: Path, target: str, portal: str = "127.0.0.1") -> dict[
     """``iscsifs node -T TARGET -p PORTAL -o show`` as a dict of keys."""
     r = ok(run_iscsifs(config_dir, "node", "-T", target, "-p", portal, "-o", "show"))
     return dict(line.split(" = ", 1) for line in r.stdout.splitlines())
+
+
+# Warnings the session logs on purpose, for the log check (``@CONN_FAILED`` on a test that
+# drops a connection, ...).
+def _session_log(pattern: str):
+    return pytest.mark.expect_log(pattern, logger="iscsifs.net.session")
+
+
+CONN_FAILED = _session_log('connection to .* failed: ')
+REPLACEMENT_EXPIRED = _session_log('replacement timeout .* expired')
+READ_TIMED_OUT = _session_log('command 0x28 to LUN 1 timed out after .*; aborting it')
+TMF_UNANSWERED = _session_log(
+    '(ABORT TASK|LOGICAL UNIT RESET|TARGET WARM RESET) for command .* got no answer')
+RECOVERY_FAILED = _session_log('error recovery for command .* failed; dropping the connection')
+NO_CMDSN = _session_log('got no CmdSN within .* command window closed')
+ABORT_REFUSED = _session_log('ABORT TASK for command .* failed \\(response')
+ENDED_BY_LU_RESET = _session_log('ended by LOGICAL UNIT RESET')

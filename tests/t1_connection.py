@@ -700,6 +700,7 @@ def test_text_response_with_f_and_c():
                               final=True, cont=True, data=b"a=b\0"))
 
 
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
 def test_reject_of_scsi_command_fails_the_task():
     conn, tgt = make()
     itt = conn.start_command(0, bytes(6))
@@ -713,6 +714,7 @@ def test_reject_of_scsi_command_fails_the_task():
     assert conn.outstanding == 0 and conn.exp_stat_sn == 101
 
 
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
 def test_reject_of_ping_and_short_reject():
     conn, tgt = make()
     itt = conn.send_nop()

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from fake_target import FakeTarget, good_read
+from helpers import CONN_FAILED, READ_TIMED_OUT, RECOVERY_FAILED, TMF_UNANSWERED
 from iscsifs.core.discovery import Portal
 from iscsifs.core.keys import LoginParams
 from iscsifs.core.pdu import R2T, DataIn, NopIn, ScsiResponse
@@ -72,6 +73,7 @@ def bad_first_then_good(bad):
                                     bidi_underflow=False, data=b"\x00\xff\x70\x00",
                                     **conn.sns())],
 ], ids=["datain-beyond-buffer", "oversized-dsl", "bad-opcode", "r2t-on-read", "lying-sense"])
+@CONN_FAILED
 async def test_malformed_answer_drops_connection_and_recovers(nursery, bad):
     target = await start(nursery, on_command=bad_first_then_good(bad))
     session = await session_to(target, nursery)
@@ -88,6 +90,7 @@ async def test_malformed_answer_drops_connection_and_recovers(nursery, bad):
     await session.close()
 
 
+@CONN_FAILED
 async def test_bad_header_digest_is_detected_and_recovered(nursery):
     def corrupt(conn, cmd):
         from iscsifs.core.pdu import encode
@@ -106,6 +109,7 @@ async def test_bad_header_digest_is_detected_and_recovered(nursery):
     await session.close()
 
 
+@CONN_FAILED
 async def test_target_that_never_behaves_fails_io_after_replacement_timeout(nursery):
     def always_bad(conn, cmd):
         return bytes([0x25, 0x80, 0, 0, 0, 0xFF, 0xFF, 0xFF]) + bytes(40)
@@ -119,6 +123,10 @@ async def test_target_that_never_behaves_fails_io_after_replacement_timeout(nurs
     await session.close()
 
 
+@READ_TIMED_OUT
+@TMF_UNANSWERED
+@RECOVERY_FAILED
+@CONN_FAILED
 async def test_silent_target_command_times_out(nursery):
     target = await start(nursery, on_command=lambda conn, cmd: [])
     session = await session_to(target, nursery,
@@ -148,6 +156,7 @@ async def test_target_nop_in_is_answered(nursery):
     await session.close()
 
 
+@pytest.mark.expect_log('dropping invalid target name', logger='iscsifs.core.discovery')
 async def test_hostile_target_names_are_dropped(nursery):
     hostile = [
         ("TargetName", "iqn.2026-11.org.iscsifs.test:good"),

@@ -11,6 +11,8 @@ import trio
 import trio.testing
 
 from fake_target import FakeTarget, good_read, tmf_answer
+from helpers import (ABORT_REFUSED, CONN_FAILED, ENDED_BY_LU_RESET, NO_CMDSN, READ_TIMED_OUT,
+                     RECOVERY_FAILED, REPLACEMENT_EXPIRED, TMF_UNANSWERED)
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
 from iscsifs.core.discovery import Portal
@@ -59,6 +61,7 @@ def answer_from_second_sight(seen: dict):
     return on_command
 
 
+@NO_CMDSN
 async def test_command_the_window_never_admits_fails_at_command_timeout_without_abort(
         nursery, autojump_clock):
     target = FakeTarget(window=0, on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
@@ -74,6 +77,8 @@ async def test_command_the_window_never_admits_fails_at_command_timeout_without_
     await session.close()
 
 
+@CONN_FAILED
+@REPLACEMENT_EXPIRED
 async def test_replacement_timeout_cancels_a_hanging_relogin_at_the_deadline(
         nursery, autojump_clock):
     target = FakeTarget(hang_login_after=1,
@@ -108,6 +113,9 @@ async def test_replacement_timeout_cancels_a_hanging_relogin_at_the_deadline(
     await session.close()
 
 
+@READ_TIMED_OUT
+@ABORT_REFUSED
+@ENDED_BY_LU_RESET
 async def test_timed_out_command_escalates_from_abort_task_to_lu_reset(nursery, autojump_clock):
     seen: dict = {}
 
@@ -140,6 +148,10 @@ async def test_timed_out_command_escalates_from_abort_task_to_lu_reset(nursery, 
     await session.close()
 
 
+@READ_TIMED_OUT
+@TMF_UNANSWERED
+@RECOVERY_FAILED
+@CONN_FAILED
 async def test_error_recovery_ends_by_dropping_the_connection_and_never_resends(
         nursery, autojump_clock):
     seen: dict = {}
@@ -161,6 +173,7 @@ async def test_error_recovery_ends_by_dropping_the_connection_and_never_resends(
     await session.close()
 
 
+@CONN_FAILED
 async def test_command_whose_start_failed_is_not_sent_after_a_relogin(nursery, autojump_clock):
     target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
     session = await open_session(target, nursery)
@@ -176,6 +189,7 @@ async def test_command_whose_start_failed_is_not_sent_after_a_relogin(nursery, a
     await session.close()
 
 
+@CONN_FAILED
 async def test_cancelled_command_is_not_sent_after_a_relogin(nursery, autojump_clock):
     seen: dict = {}
     target = FakeTarget(on_command=answer_from_second_sight(seen))
@@ -192,6 +206,7 @@ async def test_cancelled_command_is_not_sent_after_a_relogin(nursery, autojump_c
     await session.close()
 
 
+@CONN_FAILED
 async def test_unanswered_command_is_reissued_after_the_connection_drops(nursery, autojump_clock):
     seen: dict = {}
     target = FakeTarget(on_command=answer_from_second_sight(seen))

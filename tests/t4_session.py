@@ -10,6 +10,7 @@ import sys
 import pytest
 import trio
 
+from helpers import CONN_FAILED, REPLACEMENT_EXPIRED
 from iscsifs.core.discovery import parse_portal
 from iscsifs.core.keys import LoginParams
 from iscsifs.device import Lun, NoSpace
@@ -249,6 +250,7 @@ async def test_negotiated_variants_move_data(fresh_target, nursery, target_param
     await session.close()
 
 
+@CONN_FAILED
 async def test_dropped_connection_is_recovered(fresh_target, nursery):
     info = fresh_target([(4 * MiB, 512)])
     tgtd = fresh_target.tgtd
@@ -267,6 +269,7 @@ async def test_dropped_connection_is_recovered(fresh_target, nursery):
     await session.close()
 
 
+@CONN_FAILED
 async def test_stalled_target_detected_by_nop_and_recovered(fresh_target, nursery):
     info = fresh_target([(4 * MiB, 512)])
     tgtd = fresh_target.tgtd
@@ -288,6 +291,8 @@ async def test_stalled_target_detected_by_nop_and_recovered(fresh_target, nurser
     await session.close()
 
 
+@CONN_FAILED
+@REPLACEMENT_EXPIRED
 async def test_replacement_timeout_fails_io(fresh_target, nursery):
     info = fresh_target([(4 * MiB, 512)])
     tgtd = fresh_target.tgtd
