@@ -46,12 +46,14 @@ def test_options(tmp_path):
                  "ro,initiator_name=iqn.2016-04.com.open-iscsi:ab,allow_other,cache=page,"
                  "login_timeout=3,noop_out_interval=0,noop_out_timeout=2,"
                  "replacement_timeout=-1,command_timeout=9,logout_timeout=4,"
+                 "abort_timeout=5,lu_reset_timeout=6,tgt_reset_timeout=7,"
                  "config_dir=/tmp,header_digest=CRC32C+None,data_digest=crc32c",
                  "-o", "nosuid,nodev,noexec,relatime")
     assert opts.read_only and opts.allow_other and opts.cache == "page"
     assert opts.initiator_name == "iqn.2016-04.com.open-iscsi:ab"
     assert opts.timeouts == {"login": 3, "noop_out_interval": 0, "noop_out_timeout": 2,
-                             "replacement_timeout": -1, "command": 9, "logout": 4}
+                             "replacement_timeout": -1, "command": 9, "logout": 4,
+                             "abort": 5, "lu_reset": 6, "tgt_reset": 7}
     assert opts.config_dir == "/tmp"
     assert opts.header_digest == "CRC32C,None" and opts.data_digest == "CRC32C"
     fuse = fuse_options(opts)

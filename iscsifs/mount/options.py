@@ -49,6 +49,9 @@ TIMEOUT_OPTIONS = {            # mount option -> net.session.Timeouts field
     "noop_out_timeout": "noop_out_timeout",
     "replacement_timeout": "replacement_timeout",
     "command_timeout": "command",
+    "abort_timeout": "abort",
+    "lu_reset_timeout": "lu_reset",
+    "tgt_reset_timeout": "tgt_reset",
 }
 DIGESTS = {                    # mount option value (',' is the -o separator, so '+') -> key value
     "none": "None", "crc32c": "CRC32C", "crc32c+none": "CRC32C,None",
@@ -72,6 +75,7 @@ options (-o, comma separated; later ones win):
   logfile=PATH             where the daemon logs (default: syslog if /dev/log exists)
   login_timeout=S logout_timeout=S noop_out_interval=S noop_out_timeout=S
   replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
+  abort_timeout=S lu_reset_timeout=S tgt_reset_timeout=S   error recovery steps (seconds)
   header_digest=V data_digest=V                V: none | crc32c | crc32c+none | none+crc32c
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
   _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
