@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 # Largest single READ/WRITE we issue when the target states no limit (VPD 0xB0).
 DEFAULT_MAX_TRANSFER = 1024 * 1024
+# Larger requests are split into concurrent commands of at most this size (the block layer's
+# max_sectors_kb): the target then reads or writes the pieces in parallel, and a write needs
+# fewer R2T round trips one after the other. 512 KiB was the fastest split against tgt.
+DEFAULT_MAX_COMMAND = 512 * 1024
 # How many times a command is retried after UNIT ATTENTION (each one reports one condition).
 UA_RETRIES = 5
 
@@ -49,13 +53,15 @@ class _RangeLock:
 class Lun:
     """A block device behind a session; create with :meth:`open`."""
 
-    def __init__(self, session, lun: int):
+    def __init__(self, session, lun: int, max_command_bytes: int = DEFAULT_MAX_COMMAND):
         self.session = session
         self.lun = lun
         self.block_size = 512
         self.num_blocks = 0
         self.write_protected = False
-        self.max_transfer_bytes = DEFAULT_MAX_TRANSFER
+        self.max_transfer_bytes = DEFAULT_MAX_TRANSFER     # the LUN's limit for one command
+        self.max_command_bytes = max_command_bytes         # ours: requests split above this
+        self._chunk = min(max_command_bytes, DEFAULT_MAX_TRANSFER)
         self.inquiry = None
         self.serial: str | None = None
         self.wwn: str | None = None
@@ -65,8 +71,9 @@ class Lun:
         self.luns_changed = False       # 3F/0E seen: the target's LUN list changed
 
     @classmethod
-    async def open(cls, session, lun: int, inquiry=None) -> Lun:
-        device = cls(session, lun)
+    async def open(cls, session, lun: int, inquiry=None,
+                   max_command_bytes: int = DEFAULT_MAX_COMMAND) -> Lun:
+        device = cls(session, lun, max_command_bytes)
         await device.probe(inquiry)
         return device
 
@@ -137,6 +144,8 @@ class Lun:
         # MaxBurstLength bounds one Data-In sequence or one R2T, not a command: the target
         # splits a large READ into sequences and asks for a large WRITE in several R2Ts.
         self.max_transfer_bytes = max(self.block_size, limit // self.block_size * self.block_size)
+        chunk = min(self.max_transfer_bytes, self.max_command_bytes)
+        self._chunk = max(self.block_size, chunk // self.block_size * self.block_size)
 
     # ------------------------------------------------------------------ data path
     async def _rw(self, lba: int, view, write: bool) -> None:
@@ -158,8 +167,8 @@ class Lun:
 
     async def _transfer(self, lba: int, view: memoryview, write: bool) -> None:
         """READ into / WRITE from ``view`` (whole blocks at ``lba``), in commands of at most
-        ``max_transfer_bytes`` that run concurrently."""
-        chunk = self.max_transfer_bytes
+        ``max_command_bytes`` (and the LUN's ``max_transfer_bytes``) that run concurrently."""
+        chunk = self._chunk
         if len(view) <= chunk:
             await self._rw(lba, view, write)
             return

@@ -20,7 +20,7 @@ import trio
 from .core.chap import ChapCredentials
 from .core.discovery import DiscoveredTarget, Portal
 from .core.keys import LoginParams, NegotiatedParams
-from .device import Lun, read_data
+from .device import DEFAULT_MAX_COMMAND, Lun, read_data
 from .net.discovery import discover
 from .net.session import Session, Timeouts
 from .scsi import cdb as scsi_cdb
@@ -91,7 +91,7 @@ class Initiator:
                  timeouts: Timeouts | None = None, login_params: LoginParams | None = None,
                  chap: ChapCredentials | None = None, discovery_chap: ChapCredentials | None = None,
                  initiator_alias: str | None = None,
-                 queue_depth: int = 32,
+                 queue_depth: int = 32, max_command_bytes: int = DEFAULT_MAX_COMMAND,
                  node_options: Callable[[str, Portal], NodeOptions | None] | None = None,
                  discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
                  on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None):
@@ -103,6 +103,7 @@ class Initiator:
         self.chap = chap
         self.discovery_chap = discovery_chap
         self.queue_depth = queue_depth
+        self.max_command_bytes = max_command_bytes
         self.node_options = node_options
         # per-portal discovery credentials (overrides discovery_chap when given)
         self.discovery_chap_for = discovery_chap_for
@@ -200,7 +201,7 @@ class Initiator:
             device = None
             if inquiry.is_disk:
                 try:
-                    device = await Lun.open(session, n, inquiry)
+                    device = await Lun.open(session, n, inquiry, self.max_command_bytes)
                 except ScsiError as exc:
                     log.warning("LUN %d of %s: %s", n, session.target_name, exc)
             result.append(LunEntry(n, inquiry.device_type, inquiry.device_type_name, device))

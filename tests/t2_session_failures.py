@@ -252,3 +252,4 @@ async def test_idle_connection_still_answers_target_pings(nursery, autojump_cloc
         while not any(isinstance(p, NopOut) and p.ttt == 0x1234 for _, p in target.received):
             await trio.sleep(0.01)
     await session.close()
+

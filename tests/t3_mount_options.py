@@ -56,6 +56,8 @@ def test_options(tmp_path):
                              "abort": 5, "lu_reset": 6, "tgt_reset": 7}
     assert opts.config_dir == "/tmp"
     assert opts.header_digest == "CRC32C,None" and opts.data_digest == "CRC32C"
+    assert opts.max_sectors_kb == 512
+    assert parse("127.0.0.1", str(tmp_path), "-o", "max_sectors_kb=64").max_sectors_kb == 64
     fuse = fuse_options(opts)
     assert {"fsname=iscsifs", "subtype=iscsifs", "default_permissions", "allow_other", "ro",
             "nosuid", "nodev", "noexec"} <= fuse
@@ -96,6 +98,8 @@ def test_foreground_and_debug_flags(tmp_path):
     (["127.0.0.1", "MP", "-o", "login_timeout=soon"], "bad value for login_timeout"),
     (["127.0.0.1", "MP", "-o", "noop_out_timeout=-1"], "must not be negative"),
     (["127.0.0.1", "MP", "-o", "header_digest=md5"], "bad value for header_digest"),
+    (["127.0.0.1", "MP", "-o", "max_sectors_kb=2048"], "bad value for max_sectors_kb"),
+    (["127.0.0.1", "MP", "-o", "max_sectors_kb=lots"], "expected a number of KiB"),
     (["127.0.0.1", "MP", "-o", "initiator_name="], "needs a value"),
     (["127.0.0.1:abc", "MP"], "bad portal '127.0.0.1:abc'"),
     (["[::1", "MP"], "bad portal"),

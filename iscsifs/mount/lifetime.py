@@ -69,6 +69,7 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
                      nursery=nursery, timeouts=defaults.timeouts,
                      login_params=defaults.login_params, chap=defaults.chap,
                      queue_depth=defaults.queue_depth or 32,
+                     max_command_bytes=opts.max_sectors_kb * 1024,
                      node_options=config.node_options,
                      discovery_chap_for=config.discovery_chap_for,
                      on_discovered=config.records.record_discovery)

@@ -77,6 +77,8 @@ options (-o, comma separated; later ones win):
   replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
   abort_timeout=S lu_reset_timeout=S tgt_reset_timeout=S   error recovery steps (seconds)
   header_digest=V data_digest=V                V: none | crc32c | crc32c+none | none+crc32c
+  max_sectors_kb=N         split larger reads and writes into concurrent commands of N KiB
+                           at most (4..1024, default 512; the LUN's own limit also applies)
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
   _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
 flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
@@ -102,6 +104,7 @@ class MountOptions:
     sloppy: bool = False
     logfile: str | None = None
     timeouts: dict[str, int] = field(default_factory=dict)          # Timeouts field -> value
+    max_sectors_kb: int = 512                                       # requests split above
     header_digest: str | None = None
     data_digest: str | None = None
     fuse_options: list[str] = field(default_factory=list)           # passed through to libfuse
@@ -114,11 +117,12 @@ def _usage_error(message: str) -> QuietError:
 
 
 # -- option parsing --------------------------------------------------------------------------
-def _int_value(key: str, value: str, *, allow_negative: bool = False) -> int:
+def _int_value(key: str, value: str, *, allow_negative: bool = False,
+               unit: str = "seconds") -> int:
     try:
         number = int(value, 10)
     except ValueError:
-        raise _usage_error(f"bad value for {key}: {value!r} (expected a number of seconds)"
+        raise _usage_error(f"bad value for {key}: {value!r} (expected a number of {unit})"
                            ) from None
     if number < 0 and not allow_negative:
         raise _usage_error(f"bad value for {key}: {value!r} (must not be negative)")
@@ -172,6 +176,11 @@ def apply_option(opts: MountOptions, item: str) -> None:
     elif key in TIMEOUT_OPTIONS:
         opts.timeouts[TIMEOUT_OPTIONS[key]] = _int_value(
             key, value, allow_negative=(key == "replacement_timeout"))
+    elif key == "max_sectors_kb":
+        kib = _int_value(key, value, unit="KiB")
+        if not 4 <= kib <= 1024:
+            raise _usage_error(f"bad value for max_sectors_kb: {value!r} (4 to 1024)")
+        opts.max_sectors_kb = kib
     elif key in ("header_digest", "data_digest"):
         digest = DIGESTS.get(value.lower())
         if digest is None:
