@@ -74,6 +74,7 @@ async def test_command_the_window_never_admits_fails_at_command_timeout_without_
     assert target.commands_seen() == []          # it never had a CmdSN, so never went out
     assert tmfs(target) == []                    # and nothing was aborted
     assert target.connections == 1              # no protocol error, no relogin loop
+    assert session.counters()["cmd_timeouts"] == 1
     await session.close()
 
 
@@ -223,6 +224,7 @@ async def test_unanswered_command_is_reissued_after_the_connection_drops(nursery
             await target.live[1].close()
     assert got["data"] == PAYLOAD
     assert [n for n, p in target.commands_seen() if p.cdb[:10] == read10(0)] == [1, 2]
+    assert session.counters()["reconnects"] == 1 and "cmd_timeouts" not in session.counters()
     await session.close()
 
 

@@ -514,6 +514,7 @@ class Session:
             self._complete(cmd, None, error)
 
     def _timeout_error(self) -> CommandTimeout:
+        self._count("cmd_timeouts")
         return CommandTimeout(f"command to {self._who()} timed out after "
                               f"{self.timeouts.command:g} s")
 
@@ -673,6 +674,7 @@ class Session:
                     await link.transport.aclose()
                     return
                 self.reconnects += 1
+                self._count("reconnects")
                 self._install(link)
                 for cmd in list(self._unfinished):
                     if cmd.link is None and not cmd.done:
