@@ -73,6 +73,7 @@ class NodeOptions:
     login_params: LoginParams | None = None
     timeouts: Timeouts | None = None
     queue_depth: int | None = None
+    cmds_max: int | None = None
 
 
 def _key(target: str, portal: Portal) -> tuple[str, str, int]:
@@ -163,6 +164,7 @@ class Initiator:
                     chap=opts.chap if opts.chap is not None else self.chap,
                     timeouts=opts.timeouts or self.timeouts,
                     queue_depth=opts.queue_depth or self.queue_depth,
+                    cmds_max=opts.cmds_max or 128,
                     initiator_alias=self.initiator_alias)
             return entry.session
 
