@@ -45,7 +45,8 @@ class LunEntry:
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A snapshot of one session for ``fs/render.py``."""
+    """A snapshot of one session for ``fs/render.py``. ``portal`` is where the connection is
+    now (the Current Portal: it differs from the node's after a login redirection)."""
 
     target: str
     portal: Portal
@@ -216,7 +217,7 @@ class Initiator:
         s = entry.session
         chap = s.chap
         return SessionInfo(
-            target=target, portal=portal, sid=s.sid, initiator_name=s.initiator_name,
+            target=target, portal=s.current_portal, sid=s.sid, initiator_name=s.initiator_name,
             local_address=s.local_address, connection_state=s.connection_state,
             session_state=s.session_state, timeouts=s.timeouts,
             chap_username=chap.username if chap else None,

@@ -42,12 +42,12 @@ from ..core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGE
                                AsyncEventReceived, Connection, LogoutComplete, NopReceived,
                                RejectReceived, TaskComplete, TaskFailed,
                                TaskManagementComplete, TextComplete)
-from ..core.discovery import Portal
+from ..core.discovery import Portal, parse_portal, printable
 from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
 from ..core.pdu import LoginResponse
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
-                      RemoteProtocolError, SessionFailed)
+                      LoginError, RemoteProtocolError, SessionFailed)
 from ..scsi.sense import check_status
 from .transport import Connector, Transport, open_tcp
 
@@ -61,6 +61,8 @@ RETRY_CAP = 5.0
 # SCSI midlayer's retry limit): a target that logs in fine but breaks on one command must not
 # keep it spinning forever.
 MAX_REISSUE = 5
+# Login redirections followed before a login gives up (a target that redirects in a loop).
+MAX_REDIRECTS = 4
 # Asynchronous events kept for the session file (the newest).
 ASYNC_EVENTS_KEPT = 32
 # TMF responses (RFC 7143 §11.6.1) after which the referenced task no longer exists.
@@ -148,7 +150,9 @@ class Session:
                  chap: ChapCredentials | None = None, timeouts: Timeouts | None = None,
                  initiator_alias: str | None = None, queue_depth: int = 32,
                  cmds_max: int = 128, recover: bool = True, connector: Connector = open_tcp):
-        self.portal = portal
+        self.portal = portal                # the persistent portal (the node's)
+        self.current_portal = portal        # where the connection is (after redirections)
+        self._login_portal = portal         # where the next login starts
         self.target_name = target_name
         self.session_type = "Normal" if target_name else "Discovery"
         self.initiator_name = initiator_name
@@ -194,12 +198,48 @@ class Session:
         return self.session_state == "LOGGED_IN"
 
     async def _login(self) -> _Link:
-        """Open a connection and run the login phase on it (RFC 7143 §6), within
-        ``login_timeout``."""
+        """Log in at the persistent portal, following the target's redirections (RFC 7143
+        §11.13.5: status 0x0101 moved temporarily, 0x0102 moved permanently, with a
+        TargetAddress) for at most ``MAX_REDIRECTS`` hops, each within ``login_timeout``.
+        A temporary redirection holds for this connection only: the next login starts at
+        the persistent portal again; a permanent one is where later logins start."""
+        portal = self._login_portal
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                link = await self._login_at(portal)
+            except LoginError as exc:
+                if exc.status_class != 1 or hop == MAX_REDIRECTS:
+                    raise
+                new = self._redirect_target(exc)
+                permanent = exc.status_detail == 2
+                log.info("%s redirects the login from %s to %s (%s)", self._who(), portal,
+                         new, "permanently" if permanent else "temporarily")
+                if permanent:
+                    self._login_portal = new
+                portal = new
+                continue
+            self.current_portal = portal
+            return link
+        raise AssertionError("unreachable")
+
+    def _redirect_target(self, exc: LoginError) -> Portal:
+        text = exc.target_address
+        try:
+            if not text:
+                raise ValueError("no TargetAddress")
+            return parse_portal(text)
+        except ValueError as why:
+            raise LoginError(f"login to {self._who()} redirected to an unusable address "
+                             f"{printable(text or '')!r}: {why}", exc.status_class,
+                             exc.status_detail) from None
+
+    async def _login_at(self, portal: Portal) -> _Link:
+        """Open a connection to ``portal`` and run the login phase on it (RFC 7143 §6),
+        within ``login_timeout``."""
         self.connection_state = "IN LOGIN"
         try:
             with trio.fail_after(self.timeouts.login):
-                transport = await Transport.open(self.portal, self.connector)
+                transport = await Transport.open(portal, self.connector)
                 try:
                     complete = await self._login_exchange(transport)
                 except BaseException:
