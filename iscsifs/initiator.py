@@ -198,6 +198,7 @@ class Initiator:
             prev = old.get(n)
             if prev is not None and prev.device is not None:
                 await prev.device.read_capacity()
+                await prev.device.read_write_protect()
                 result.append(prev)
                 continue
             inquiry = scsi_parse.parse_inquiry(await read_data(session, n, scsi_cdb.inquiry(alloc=96), 96))

@@ -28,6 +28,7 @@ The protocol itself lives in :mod:`iscsifs.core`; this module only does I/O and 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import math
@@ -132,6 +133,7 @@ class _Link:
         self.requests: dict[int, _Request] = {}
         self.last_rx = trio.current_time()
         self.failed = False
+        self.error: BaseException | None = None     # why it failed (the first reason)
         self.timed_out: deque[_Command] = deque()   # waiting for error recovery
         self.recovery_wanted = trio.Event()
 
@@ -247,12 +249,11 @@ class Session:
                     raise
         except trio.TooSlowError:
             self.connection_state = "FREE"
-            raise ConnectionLost(f"login to {self._who()} timed out after "
-                                 f"{self.timeouts.login:g} s") from None
-        except AuthenticationError as exc:
+            raise ConnectionLost(f"timed out after {self.timeouts.login:g} s",
+                                 errno=errno.ETIMEDOUT).located(self._who()) from None
+        except (LoginError, RemoteProtocolError) as exc:   # name the target and the portal
             self.connection_state = "FREE"
-            raise AuthenticationError(f"authentication failed for {self._who()}: {exc}",
-                                      exc.status_class, exc.status_detail) from None
+            raise exc.located(self._who())
         except BaseException:
             self.connection_state = "FREE"
             raise
@@ -650,6 +651,7 @@ class Session:
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
         if link.failed:
             return
+        link.error = exc
         was_current = self._link is link
         self._drop_link(link)
         # commands of this connection wait for the next one, except those in error
@@ -661,7 +663,9 @@ class Session:
         link.commands.clear()
         if not was_current or self._closed:
             return
-        log.warning("connection to %s failed: %s", self._who(), exc)
+        # a session that does not recover hands the failure to its caller, who reports it
+        log.log(logging.WARNING if self.recover else logging.INFO,
+                "connection to %s failed: %s", self._who(), exc)
         self.connection_state = "TRANSPORT WAIT"
         self.session_state = "FAILED"
         self._notify()
@@ -704,9 +708,10 @@ class Session:
                     try:
                         link = await self._login()
                     except AuthenticationError as exc:
-                        log.error("relogin to %s: %s", self._who(), exc)
+                        log.error("relogin to %s: %s", self._who(), exc.detail)
                     except (IscsiError, OSError) as exc:
-                        log.info("relogin to %s failed: %s", self._who(), exc)
+                        log.info("relogin to %s failed: %s", self._who(),
+                                 exc.detail if isinstance(exc, IscsiError) else exc)
                 if link is None:
                     self.connection_state = "TRANSPORT WAIT"
                     continue
@@ -734,9 +739,15 @@ class Session:
         result = None
         with trio.move_on_after(self.timeouts.login):
             result = await self._request(link, link.conn.send_text(pairs))
-        if not isinstance(result, TextComplete):
-            raise ConnectionLost(f"text request to {self._who()} failed")
-        return result.pairs
+        if isinstance(result, TextComplete):
+            return result.pairs
+        if isinstance(link.error, RemoteProtocolError):    # e.g. a malformed answer
+            raise RemoteProtocolError(link.error.detail) from link.error
+        if link.error is not None:
+            raise ConnectionLost(f"text request to {self._who()} failed: {link.error}",
+                                 errno=getattr(link.error, "errno", None))
+        raise ConnectionLost(f"text request to {self._who()} got no answer within "
+                             f"{self.timeouts.login:g} s", errno=errno.ETIMEDOUT)
 
     def counters(self) -> dict[str, int]:
         """``iscsiadm -m session -s`` counters, summed over this session's connections."""
