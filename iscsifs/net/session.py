@@ -231,9 +231,9 @@ class Session:
                 raise ValueError("no TargetAddress")
             return parse_portal(text)
         except ValueError as why:
-            raise LoginError(f"login to {self._who()} redirected to an unusable address "
-                             f"{printable(text or '')!r}: {why}", exc.status_class,
-                             exc.status_detail) from None
+            raise LoginError(f"redirected to an unusable address {printable(text or '')!r}: "
+                             f"{why}", exc.status_class,
+                             exc.status_detail).located(self._who()) from None
 
     async def _login_at(self, portal: Portal) -> _Link:
         """Open a connection to ``portal`` and run the login phase on it (RFC 7143 §6),
