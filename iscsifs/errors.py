@@ -81,7 +81,12 @@ class SessionFailed(IscsiError):
 
 
 class NoSpace(IscsiError):
-    """A write starts at or beyond the end of the LUN."""
+    """A write starts at or beyond the end of the LUN (or a discard runs past it)."""
+
+
+class NotSupported(IscsiError):
+    """The LUN cannot do what was asked (a discard on a LUN with neither UNMAP nor WRITE SAME
+    with UNMAP)."""
 
 
 class QuietError(IscsiError):
