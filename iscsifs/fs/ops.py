@@ -100,9 +100,16 @@ class Operations(pyfuse3.Operations):
             assert node.target is not None and node.portal is not None
             info = self.initiator.session_info(node.target, node.portal)
             text = render.render_session(info, node.target, node.portal)
+        elif node.kind is Kind.SESSION_JSON:
+            assert node.target is not None and node.portal is not None
+            info = self.initiator.session_info(node.target, node.portal)
+            text = render.render_session_json(info, node.target, node.portal)
         elif node.kind is Kind.INFO:
             assert node.entry is not None
             text = render.render_lun_info(node.entry, node.target, node.portal)
+        elif node.kind is Kind.INFO_JSON:
+            assert node.entry is not None
+            text = render.render_lun_info_json(node.entry, node.target, node.portal)
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
