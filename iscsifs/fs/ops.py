@@ -276,6 +276,10 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        if not name.startswith(xattrs.PREFIX_BYTES):
+            # e.g. security.capability, which the kernel asks before every buffered write
+            # (cache=page): answer at once, without building the LUN's facts
+            raise _fail(pyfuse3.ENOATTR)
         value = self._xattrs(self._node(inode)).get(name)
         if value is None:
             raise _fail(pyfuse3.ENOATTR)

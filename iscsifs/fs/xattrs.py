@@ -34,6 +34,7 @@ from iscsifs.fs.backend import BlockDevice
 from iscsifs.fs.render import lun_facts
 
 PREFIX = "user.iscsi."
+PREFIX_BYTES = PREFIX.encode()
 # (attribute, key of render.lun_facts), in the order listxattr gives them
 IDENTITY = (
     ("wwn", "wwn"), ("serial", "serial"), ("vendor", "vendor"), ("product", "product"),
