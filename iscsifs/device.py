@@ -2,20 +2,24 @@
 
 Owns: the translation of byte ranges into whole blocks (READ/WRITE(10/16) split at the largest
 transfer the target accepts), read-modify-write of partial edge blocks (serialised against
-every overlapping write by a block range lock), retries on UNIT ATTENTION, and the LUN's
-identity (INQUIRY, VPD pages, capacity, write protection). Knows nothing of FUSE or errno.
+every overlapping write by a block range lock), discard (UNMAP or WRITE SAME(16) with UNMAP
+for whole granules, zeros written over the rest), retries on UNIT ATTENTION, and the LUN's
+identity (INQUIRY, VPD pages, capacity, logical block provisioning, write protection). Knows
+nothing of FUSE or errno.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+
 import trio
 
-from .errors import NoSpace, leaf_exceptions
+from .errors import NoSpace, NotSupported, RemoteProtocolError, leaf_exceptions
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
-from .scsi.sense import (ScsiError, is_capacity_changed, is_data_protect, is_luns_changed,
-                         is_unit_attention)
+from .scsi.sense import (ScsiError, SenseKey, is_capacity_changed, is_data_protect,
+                         is_luns_changed, is_unit_attention)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,76 @@ DEFAULT_MAX_TRANSFER = 1024 * 1024
 DEFAULT_MAX_COMMAND = 512 * 1024
 # How many times a command is retried after UNIT ATTENTION (each one reports one condition).
 UA_RETRIES = 5
+# The most blocks one UNMAP or WRITE SAME(16) with UNMAP covers when the LUN states no smaller
+# limit (Linux sd's SD_MAX_WS16_BLOCKS): each command then finishes well within the command
+# timeout even on a slow target.
+MAX_DISCARD_BLOCKS = 0x7F_FFFF
+# Zeros are written in pieces of at most this many bytes (one buffer, reused).
+ZERO_CHUNK = 1024 * 1024
+
+DISCARD_UNMAP = "unmap"
+DISCARD_WRITE_SAME_16 = "write_same_16"
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """What a LUN says about logical block provisioning (READ CAPACITY(16) LBPME/LBPRZ, VPD
+    B0h and B2h), and how :meth:`Lun.discard` unmaps on it.
+
+    ``method`` is chosen as Linux sd does: nothing unless LBPME is set; then UNMAP when VPD B2h
+    sets LBPU and VPD B0h gives a non-zero MAXIMUM UNMAP LBA COUNT and BLOCK DESCRIPTOR COUNT,
+    else WRITE SAME(16) with UNMAP when B2h sets LBPWS; without a B2h page, UNMAP when B0h
+    allows it, else WRITE SAME(16).
+    """
+
+    lbpme: bool = False
+    lbprz: bool = False                 # unmapped blocks read as zeros
+    provisioning_type: int | None = None    # VPD B2h (0 full, 1 resource, 2 thin); None: no page
+    method: str | None = None           # DISCARD_UNMAP, DISCARD_WRITE_SAME_16, or None
+    max_blocks: int = 0                 # per command
+    granularity: int = 1                # blocks: only whole granules are unmapped
+    alignment: int = 0                  # LBA of the first granule boundary (mod granularity)
+
+
+def choose_provisioning(capacity_lbpme: bool, capacity_lbprz: bool,
+                        limits: scsi_parse.BlockLimits | None,
+                        lbp: scsi_parse.LogicalBlockProvisioning | None) -> Provisioning:
+    """The :class:`Provisioning` of a LUN from what READ CAPACITY(16), VPD B0h and VPD B2h
+    said (None: the page is missing)."""
+    lbprz = capacity_lbprz or (lbp is not None and lbp.lbprz)
+    ptype = lbp.provisioning_type if lbp is not None else None
+    limits = limits or scsi_parse.BlockLimits()
+    unmap_ok = limits.max_unmap_lba_count > 0 and limits.max_unmap_block_descriptor_count > 0
+    method = None
+    if capacity_lbpme:
+        if lbp is not None:
+            if lbp.lbpu and unmap_ok:
+                method = DISCARD_UNMAP
+            elif lbp.lbpws:
+                method = DISCARD_WRITE_SAME_16
+        else:
+            method = DISCARD_UNMAP if unmap_ok else DISCARD_WRITE_SAME_16
+    if method == DISCARD_UNMAP:
+        limit = limits.max_unmap_lba_count
+        max_blocks = MAX_DISCARD_BLOCKS if limit == scsi_cdb.UNMAP_NO_LIMIT \
+            else min(limit, MAX_DISCARD_BLOCKS)
+    elif method == DISCARD_WRITE_SAME_16:
+        max_blocks = min(limits.max_write_same_length or MAX_DISCARD_BLOCKS, MAX_DISCARD_BLOCKS)
+    else:
+        max_blocks = 0
+    granularity = max(1, limits.optimal_unmap_granularity)
+    alignment = (limits.unmap_granularity_alignment or 0) % granularity
+    return Provisioning(lbpme=capacity_lbpme, lbprz=lbprz, provisioning_type=ptype,
+                        method=method, max_blocks=max_blocks, granularity=granularity,
+                        alignment=alignment)
+
+
+def granule_range(first: int, end: int, granularity: int, alignment: int) -> tuple[int, int]:
+    """The whole granules inside the blocks ``[first, end)``: ``(start, stop)`` with
+    ``start == stop`` when there is none. Granules start at LBAs ``alignment + k*granularity``."""
+    start = first + (alignment - first) % granularity
+    stop = end - (end - alignment) % granularity
+    return (start, stop) if start < stop else (first, first)
 
 
 class _RangeLock:
@@ -66,7 +140,10 @@ class Lun:
         self.inquiry = None
         self.serial: str | None = None
         self.wwn: str | None = None
-        self.block_limits = None
+        self.block_limits: scsi_parse.BlockLimits | None = None
+        self.lbp: scsi_parse.LogicalBlockProvisioning | None = None    # VPD B2h
+        self.lbpme = False              # READ CAPACITY(16): thin provisioning management
+        self.lbprz = False              # READ CAPACITY(16): unmapped blocks read as zeros
         self._locks = _RangeLock()
         self.capacity_changed = False
         self.luns_changed = False       # 3F/0E seen: the target's LUN list changed
@@ -81,6 +158,10 @@ class Lun:
     @property
     def size(self) -> int:
         return self.num_blocks * self.block_size
+
+    @property
+    def provisioning(self) -> Provisioning:
+        return choose_provisioning(self.lbpme, self.lbprz, self.block_limits, self.lbp)
 
     async def command(self, cdb: bytes, *, read_length: int = 0, read_buffer=None,
                       write_data=None):
@@ -120,6 +201,12 @@ class Lun:
         if 0xB0 in pages:
             self.block_limits = scsi_parse.parse_vpd_block_limits(
                 await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0xB0, alloc=64), 64))
+        if 0xB2 in pages:
+            try:
+                self.lbp = scsi_parse.parse_vpd_logical_block_provisioning(
+                    await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0xB2, alloc=64), 64))
+            except (ScsiError, RemoteProtocolError) as exc:
+                log.debug("LUN %d: VPD page B2h unusable: %s", self.lun, exc)
         await self.read_capacity()
         await self.read_write_protect()
 
@@ -145,12 +232,13 @@ class Lun:
         except ScsiError:
             cap = scsi_parse.parse_read_capacity10(
                 await self._read_bytes(scsi_cdb.read_capacity10(), 8))
+        self.lbpme, self.lbprz = cap.lbpme, cap.lbprz
         self.block_size = cap.block_size
         self.num_blocks = cap.num_blocks
         self.capacity_changed = False
         limit = DEFAULT_MAX_TRANSFER
         limits = self.block_limits
-        if limits is not None and getattr(limits, "max_transfer_length", 0):
+        if limits is not None and limits.max_transfer_length:
             limit = min(limit, limits.max_transfer_length * self.block_size)
         # MaxBurstLength bounds one Data-In sequence or one R2T, not a command: the target
         # splits a large READ into sequences and asks for a large WRITE in several R2Ts.
@@ -228,11 +316,10 @@ class Lun:
         data = memoryview(data)[:length]
         first = offset // bs
         last = (offset + length - 1) // bs
-        head = offset - first * bs
-        tail = (last + 1) * bs - (offset + length)
         entry = await self._locks.acquire(first, last)
         try:
-            return await self._write_locked(first, last, head, tail, data)
+            await self._write_locked(offset, data)
+            return length
         except Exception as exc:
             if any(is_data_protect(e) for e in leaf_exceptions(exc)):
                 # the LUN was made read-only (tgt: readonly=1): re-read the WP bit so that
@@ -245,13 +332,18 @@ class Lun:
         finally:
             self._locks.release(entry)
 
-    async def _write_locked(self, first: int, last: int, head: int, tail: int,
-                            data: memoryview) -> int:
+    async def _write_locked(self, offset: int, data) -> None:
+        """Write ``data`` (inside the LUN) at ``offset``; the caller holds the range lock of
+        its blocks. Partial edge blocks are read, merged and written back."""
         bs = self.block_size
         length = len(data)
+        first = offset // bs
+        last = (offset + length - 1) // bs
+        head = offset - first * bs
+        tail = (last + 1) * bs - (offset + length)
         if head == 0 and tail == 0:
-            await self._transfer(first, data, True)
-            return length
+            await self._transfer(first, memoryview(data), True)
+            return
         buf = bytearray((last - first + 1) * bs)
         view = memoryview(buf)
         # read only the edge blocks that are partly overwritten
@@ -261,11 +353,98 @@ class Lun:
             await self._transfer(last, view[len(buf) - bs:], False)
         view[head:head + length] = data
         await self._transfer(first, view, True)
-        return length
 
     async def flush(self) -> None:
         """SYNCHRONIZE CACHE for the whole LUN."""
         await self.command(scsi_cdb.synchronize_cache())
+
+    # ------------------------------------------------------------------ discard
+    async def discard(self, offset: int, length: int) -> tuple[int, int]:
+        """Discard ``length`` bytes at ``offset``: ``(bytes unmapped, bytes zeroed)``.
+
+        Whole granules (``provisioning.granularity`` blocks from ``provisioning.alignment``)
+        are unmapped with UNMAP or WRITE SAME(16) with UNMAP, in commands of at most
+        ``provisioning.max_blocks`` blocks. The rest of the range - partial blocks at the
+        edges, and whole blocks outside a whole granule - is written with zeros (partial blocks
+        by read-modify-write). Unmapped blocks read as zeros only when ``provisioning.lbprz``.
+        Everything runs under the range lock of the blocks touched, as writes do.
+
+        Nothing is changed when the request is refused: ``ValueError`` for a negative offset
+        or length, :class:`NoSpace` when the range runs past the end, :class:`NotSupported`
+        when the LUN has no way to unmap (or refuses the command it advertised).
+        """
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative discard offset or length ({offset}, {length})")
+        size = self.size
+        if offset + length > size:
+            raise NoSpace(f"discard of {length} bytes at offset {offset} runs past the end of "
+                          f"LUN {self.lun} ({size} bytes)")
+        if length == 0:
+            return 0, 0
+        prov = self.provisioning
+        if prov.method is None:
+            raise NotSupported(f"LUN {self.lun} supports neither UNMAP nor WRITE SAME with "
+                               f"UNMAP (no logical block provisioning)")
+        bs = self.block_size
+        end = offset + length
+        start_lba, stop_lba = granule_range(-(-offset // bs), end // bs, prov.granularity,
+                                            prov.alignment)
+        entry = await self._locks.acquire(offset // bs, (end - 1) // bs)
+        try:
+            if stop_lba > start_lba:
+                await self._unmap(prov, start_lba, stop_lba)
+                await self._zero(offset, start_lba * bs)
+                await self._zero(stop_lba * bs, end)
+            else:
+                await self._zero(offset, end)
+        finally:
+            self._locks.release(entry)
+        unmapped = (stop_lba - start_lba) * bs
+        return unmapped, length - unmapped
+
+    async def _unmap(self, prov: Provisioning, lba: int, stop: int) -> None:
+        """Unmap the blocks ``[lba, stop)``, one command per ``prov.max_blocks`` blocks."""
+        block = bytes(self.block_size)
+        while lba < stop:
+            blocks = min(stop - lba, prov.max_blocks)
+            if prov.method == DISCARD_UNMAP:
+                params = scsi_cdb.unmap_parameter_list([(lba, blocks)])
+                cdb, data = scsi_cdb.unmap(len(params)), params
+            else:
+                cdb, data = scsi_cdb.write_same16(lba, blocks, unmap=True), block
+            try:
+                await self.command(cdb, write_data=data)
+            except ScsiError as exc:
+                sense = exc.sense
+                if sense is not None and sense.key == SenseKey.ILLEGAL_REQUEST \
+                        and (sense.asc, sense.ascq) in ((0x20, 0x00), (0x24, 0x00)):
+                    # invalid command operation code / invalid field in CDB: it was advertised
+                    # but the LUN refuses it (nothing was unmapped by this command)
+                    what = "UNMAP" if prov.method == DISCARD_UNMAP else \
+                        "WRITE SAME(16) with UNMAP"
+                    raise NotSupported(f"LUN {self.lun} refused {what}: {exc}") from exc
+                raise
+            lba += blocks
+
+    async def _zero(self, start: int, end: int) -> None:
+        """Write zeros over the bytes ``[start, end)``; the caller holds their range lock."""
+        if end <= start:
+            return
+        bs = self.block_size
+        if start % bs or end - start < bs:          # a partial first block
+            stop = min(end, (start // bs + 1) * bs)
+            await self._write_locked(start, bytes(stop - start))
+            start = stop
+        if end > start and end % bs:                # a partial last block
+            stop = end - end % bs
+            await self._write_locked(max(start, stop), bytes(end - max(start, stop)))
+            end = max(start, stop)
+        if end > start:                             # whole blocks
+            zeros = memoryview(bytes(min(end - start, max(ZERO_CHUNK, bs) // bs * bs)))
+            while start < end:
+                n = min(end - start, len(zeros))
+                await self._transfer(start // bs, zeros[:n], True)
+                start += n
 
 
 async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=None, **kw):

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 EXIT_GENERIC = 1
 EXIT_TRANSPORT_FAILURE = 4   # ISCSI_ERR_TRANS: cannot connect
 EXIT_INVALID_ARGUMENT = 7    # ISCSI_ERR_INVAL
+EXIT_ACCESS = 13             # ISCSI_ERR_ACCESS: permission denied (read-only LUN or mount)
 EXIT_LOGIN_FAILED = 19       # ISCSI_ERR_FATAL_LOGIN
 EXIT_NO_OBJECTS = 21         # ISCSI_ERR_NO_OBJS_FOUND
 EXIT_AUTH_FAILED = 24        # ISCSI_ERR_LOGIN_AUTH_FAILED
+EXIT_NOT_SUPPORTED = 27      # ISCSI_ERR_OP_NOT_SUPP: operation not supported
 
 
 class IscsiError(Exception):
@@ -111,7 +113,12 @@ class SessionFailed(IscsiError):
 
 
 class NoSpace(IscsiError):
-    """A write starts at or beyond the end of the LUN."""
+    """A write starts at or beyond the end of the LUN (or a discard runs past it)."""
+
+
+class NotSupported(IscsiError):
+    """The LUN cannot do what was asked (a discard on a LUN with neither UNMAP nor WRITE SAME
+    with UNMAP)."""
 
 
 class QuietError(IscsiError):

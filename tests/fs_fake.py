@@ -19,7 +19,8 @@ from typing import Any
 
 import trio
 
-from iscsifs.errors import NoSpace
+from iscsifs.device import DISCARD_UNMAP, Provisioning, granule_range
+from iscsifs.errors import NoSpace, NotSupported
 
 HOSTILE_NAMES = [
     "iqn.2026-11.org.example:../../etc",
@@ -57,6 +58,10 @@ class FakeLun:
     capacity_changed: bool = False
     luns_changed: bool = False
     medium_protected: bool | None = None    # the target's side (tgt's readonly=); None: as WP
+    provisioning: Provisioning = field(default_factory=lambda: Provisioning(
+        lbpme=True, lbprz=True, provisioning_type=2, method=DISCARD_UNMAP,
+        max_blocks=0x7FFFFF))
+    discards: list = field(default_factory=list)     # (offset, length) of each discard
 
     def __post_init__(self) -> None:
         if self.medium_protected is None:
@@ -106,6 +111,27 @@ class FakeLun:
     async def read_write_protect(self) -> None:
         await trio.sleep(0)
         self.write_protected = bool(self.medium_protected)
+
+    async def discard(self, offset: int, length: int) -> tuple[int, int]:
+        """Zeros over the range; the split into unmapped and zeroed bytes is the real one."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative discard range")
+        if offset + length > self.size:
+            raise NoSpace("discard beyond the end of the LUN")
+        if length == 0:
+            return 0, 0
+        prov = self.provisioning
+        if prov.method is None:
+            raise NotSupported("the LUN supports neither UNMAP nor WRITE SAME with UNMAP")
+        if self.write_protected:
+            raise ScsiError(0x7, 0x27, 0x00)          # DATA PROTECT, WRITE PROTECTED
+        self.discards.append((offset, length))
+        await self._io()
+        self.data[offset:offset + length] = bytes(length)
+        bs = self.block_size
+        start, stop = granule_range(-(-offset // bs), (offset + length) // bs,
+                                    prov.granularity, prov.alignment)
+        return (stop - start) * bs, length - (stop - start) * bs
 
 
 @dataclass(frozen=True)

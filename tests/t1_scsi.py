@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from iscsifs.errors import IscsiError, LocalProtocolError, RemoteProtocolError
 from iscsifs.scsi import cdb
 from iscsifs.scsi.parse import (
-    BlockLimits, Capacity, DesignatorType, DeviceType, Inquiry, decode_lun_entry,
-    device_type_name, parse_inquiry, parse_mode_sense_wp, parse_read_capacity10,
-    parse_read_capacity16, parse_report_luns, parse_vpd_block_limits, parse_vpd_device_id,
-    parse_vpd_serial, parse_vpd_supported_pages, pick_wwn, report_luns_needed,
+    BlockLimits, Capacity, DesignatorType, DeviceType, Inquiry, LogicalBlockProvisioning,
+    ProvisioningType, decode_lun_entry, device_type_name, parse_inquiry, parse_mode_sense_wp,
+    parse_read_capacity10, parse_read_capacity16, parse_report_luns, parse_vpd_block_limits,
+    parse_vpd_device_id, parse_vpd_logical_block_provisioning, parse_vpd_serial,
+    parse_vpd_supported_pages, pick_wwn, report_luns_needed,
 )
 from iscsifs.scsi.sense import (
     ScsiError, ScsiStatus, SenseKey, asc_name, check_status, is_capacity_changed,
@@ -145,6 +146,33 @@ class TestCdb:
         assert cdb.synchronize_cache(use_16=True) == H("91 00 0000000000000000 00000000 00 00")
         with pytest.raises(LocalProtocolError):
             cdb.synchronize_cache(-1)
+
+    def test_unmap(self):
+        assert cdb.unmap(24) == H("42 00 00000000 00 0018 00")
+        # sg_unmap's example: header (data length n-1, descriptor length n-7), then descriptors
+        params = cdb.unmap_parameter_list([(0x12345677, 1), (0x12340000, 3333)])
+        assert params == H("0026 0020 00000000"
+                           "0000000012345677 00000001 00000000"
+                           "0000000012340000 00000d05 00000000")
+        assert len(cdb.unmap_parameter_list([(0, 1)] * cdb.MAX_UNMAP_DESCRIPTORS)) <= 0xFFFF
+
+    @pytest.mark.parametrize("extents", [[], [(0, 0)], [(-1, 1)], [(0, 2**32)],
+                                         [(2**64 - 1, 2)], [(0, 1)] * 4096])
+    def test_unmap_parameter_list_range(self, extents):
+        with pytest.raises(LocalProtocolError):
+            cdb.unmap_parameter_list(extents)
+
+    def test_unmap_range(self):
+        with pytest.raises(LocalProtocolError):
+            cdb.unmap(0x10000)
+
+    def test_write_same16(self):
+        assert cdb.write_same16(0x10, 8, unmap=True) == \
+            H("93 08 0000000000000010 00000008 00 00")
+        assert cdb.write_same16(2**40, 1) == H("93 00 0000010000000000 00000001 00 00")
+        for lba, blocks in ((0, 0), (-1, 1), (0, 2**32), (2**64 - 1, 2)):
+            with pytest.raises(LocalProtocolError):
+                cdb.write_same16(lba, blocks)     # 0 blocks would mean "to the end"
 
     def test_mode_sense6(self):
         assert cdb.mode_sense6() == H("1a 00 3f 00 c0 00")
@@ -602,6 +630,49 @@ class TestVpd:
 
     def test_block_limits_no_limit(self):
         assert parse_vpd_block_limits(vpd(0xB0, b"")) == BlockLimits()
+
+
+    def test_logical_block_provisioning_tgt(self):
+        # tgt with thin_provisioning=1: LBPU, LBPWS, LBPWS10, LBPRZ; thin
+        lbp = parse_vpd_logical_block_provisioning(H("00 b2 0004 00 e4 02 00"))
+        assert lbp == LogicalBlockProvisioning(lbpu=True, lbpws=True, lbpws10=True,
+                                               lbprz_field=1, provisioning_type=2)
+        assert lbp.lbprz and lbp.provisioning_type == ProvisioningType.THIN
+        # tgt without it: nothing, fully provisioned
+        assert parse_vpd_logical_block_provisioning(H("00 b2 0004 00 00 00 00")) == \
+            LogicalBlockProvisioning()
+
+    def test_logical_block_provisioning_fields(self):
+        lbp = parse_vpd_logical_block_provisioning(vpd(0xB2, H("0c 4b 51 32") + bytes(8)))
+        assert lbp.threshold_exponent == 12 and not lbp.lbpu and lbp.lbpws
+        assert lbp.lbprz_field == 0b010 and not lbp.lbprz   # the initialization pattern
+        assert lbp.anc_sup and lbp.dp
+        assert (lbp.minimum_percentage, lbp.provisioning_type) == (10, 1)
+        assert lbp.threshold_percentage == 0x32
+
+    @pytest.mark.parametrize("length, lbpu", [(4, False), (5, False), (6, True), (8, True)])
+    def test_logical_block_provisioning_truncated(self, length, lbpu):
+        page = H("00 b2 0004 00 e4 02 00")[:length]
+        lbp = parse_vpd_logical_block_provisioning(page)
+        assert lbp.lbpu == lbpu
+        assert lbp.provisioning_type == (2 if length >= 7 else 0)
+
+    def test_logical_block_provisioning_lies(self):
+        # the page length claims more than is there, or less: only what is present counts
+        assert parse_vpd_logical_block_provisioning(H("00 b2 00ff 00 80")).lbpu
+        assert not parse_vpd_logical_block_provisioning(H("00 b2 0001 00 80 02")).lbpu
+        with pytest.raises(RemoteProtocolError):
+            parse_vpd_logical_block_provisioning(H("00 b0 0004 00 e4 02 00"))
+        with pytest.raises(RemoteProtocolError):
+            parse_vpd_logical_block_provisioning(H("00 b2 00"))
+
+    @given(st.binary(max_size=80))
+    @settings(max_examples=200)
+    def test_logical_block_provisioning_fuzz(self, raw):
+        try:
+            parse_vpd_logical_block_provisioning(b"\x00\xb2" + raw)
+        except RemoteProtocolError:
+            pass
 
 
 class TestCapacity:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import trio
 
-from fake_target import FakeTarget
+from fake_target import FakeTarget, good_read
 from iscsifs.core.discovery import Portal
 from iscsifs.core.pdu import DataIn, ScsiResponse
-from iscsifs.device import DEFAULT_MAX_COMMAND, Lun
+from iscsifs.device import DEFAULT_MAX_COMMAND, Lun, choose_provisioning, granule_range
+from iscsifs.errors import NoSpace, NotSupported
 from iscsifs.net.session import Session, Timeouts
+from iscsifs.scsi.parse import BlockLimits, LogicalBlockProvisioning
 from iscsifs.scsi.sense import ScsiError, SenseKey
 
 INITIATOR = "iqn.2026-11.org.iscsifs.test:initiator"
@@ -99,3 +101,197 @@ async def test_data_protect_on_a_write_rereads_the_write_protect_bit(nursery, au
         await lun.write(0, bytes(2 * MiB))
     assert lun.write_protected
     await lun.session.close()
+
+# -- discard -----------------------------------------------------------------------------------
+class Disk:
+    """An in-memory LUN for the scripted target: READ(10), WRITE(10) (immediate data only),
+    UNMAP and WRITE SAME(16); ``refuse`` answers those two with ILLEGAL REQUEST 20/00."""
+
+    def __init__(self, blocks: int, block_size: int = 512, refuse: bool = False):
+        self.block_size = block_size
+        self.data = bytearray(bytes(range(251)) * (blocks * block_size // 251 + 1))
+        del self.data[blocks * block_size:]
+        self.refuse = refuse
+        self.unmapped: list[tuple[int, int]] = []       # (lba, blocks) per descriptor
+
+    def __call__(self, conn, cmd):
+        op, bs = cmd.cdb[0], self.block_size
+        if op == 0x28:
+            lba, n = int.from_bytes(cmd.cdb[2:6], "big"), int.from_bytes(cmd.cdb[7:9], "big")
+            return good_read(conn, cmd, bytes(self.data[lba * bs:(lba + n) * bs]))
+        if op == 0x2A:
+            lba = int.from_bytes(cmd.cdb[2:6], "big")
+            assert len(cmd.data) == cmd.expected_data_transfer_length     # immediate only
+            self.data[lba * bs:lba * bs + len(cmd.data)] = cmd.data
+        elif op in (0x42, 0x93) and self.refuse:
+            sense = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0x00, 0, 0, 0, 0])
+            return [response(conn, cmd, 2, len(sense).to_bytes(2, "big") + sense)]
+        elif op == 0x42:
+            params = bytes(cmd.data)
+            assert int.from_bytes(params[0:2], "big") == len(params) - 2
+            assert int.from_bytes(params[2:4], "big") == len(params) - 8
+            for off in range(8, len(params), 16):
+                lba = int.from_bytes(params[off:off + 8], "big")
+                n = int.from_bytes(params[off + 8:off + 12], "big")
+                self.unmapped.append((lba, n))
+                self.data[lba * bs:(lba + n) * bs] = bytes(n * bs)
+        elif op == 0x93:
+            assert cmd.cdb[1] == 0x08 and bytes(cmd.data) == bytes(bs)    # UNMAP bit, zeros
+            lba, n = int.from_bytes(cmd.cdb[2:10], "big"), int.from_bytes(cmd.cdb[10:14], "big")
+            self.unmapped.append((lba, n))
+            self.data[lba * bs:(lba + n) * bs] = bytes(n * bs)
+        return [response(conn, cmd, 0)]
+
+
+def response(conn, cmd, status: int, data: bytes = b""):
+    return ScsiResponse(itt=cmd.itt, response=0, status=status, exp_data_sn=0,
+                        bidi_read_residual_count=0, residual_count=0, overflow=False,
+                        underflow=False, bidi_overflow=False, bidi_underflow=False, data=data,
+                        **conn.sns())
+
+
+async def discard_lun(nursery, disk: Disk, *, lbpu=True, lbpws=True, lbpme=True,
+                      max_unmap=0xFFFFFFFF, descriptors=0xFFFFFFFF, granularity=0,
+                      alignment=None, max_write_same=0) -> tuple[Lun, FakeTarget]:
+    target = FakeTarget(on_command=disk)
+    lun = await lun_over_fake(target, nursery)
+    lun.block_size = disk.block_size
+    lun.num_blocks = len(disk.data) // disk.block_size
+    # as VPD B0h, B2h and READ CAPACITY(16) would say
+    lun.block_limits = BlockLimits(max_unmap_lba_count=max_unmap,
+                                   max_unmap_block_descriptor_count=descriptors,
+                                   optimal_unmap_granularity=granularity,
+                                   unmap_granularity_alignment=alignment,
+                                   max_write_same_length=max_write_same)
+    lun.lbp = LogicalBlockProvisioning(lbpu=lbpu, lbpws=lbpws, lbprz_field=1,
+                                       provisioning_type=2)
+    lun.lbpme = lun.lbprz = lbpme
+    return lun, target
+
+
+def ops(target) -> list[int]:
+    return [p.cdb[0] for _, p in target.commands_seen()]
+
+
+async def test_discard_unmaps_whole_blocks_and_zeroes_the_edges(nursery, autojump_clock):
+    disk = Disk(64)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk)
+    with trio.fail_after(10):
+        assert await lun.discard(1000, 20000) == (39 * 512, 20000 - 39 * 512)
+    assert disk.unmapped == [(2, 39)]                      # blocks 2..40: whole ones only
+    assert disk.data[1000:21000] == bytes(20000)
+    assert disk.data[:1000] == before[:1000] and disk.data[21000:] == before[21000:]
+    # the partial edge blocks were read, merged and written back
+    assert sorted(ops(target)) == sorted([0x42, 0x28, 0x2A, 0x28, 0x2A])
+    await lun.session.close()
+
+
+async def test_discard_inside_one_block_only_writes_zeros(nursery, autojump_clock):
+    disk = Disk(8)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk)
+    with trio.fail_after(10):
+        assert await lun.discard(600, 100) == (0, 100)
+    assert disk.unmapped == [] and 0x42 not in ops(target)
+    assert disk.data[600:700] == bytes(100)
+    assert disk.data[:600] + disk.data[700:] == before[:600] + before[700:]
+    await lun.session.close()
+
+
+async def test_discard_splits_unmap_at_the_max_lba_count(nursery, autojump_clock):
+    disk = Disk(100)
+    lun, target = await discard_lun(nursery, disk, max_unmap=16, descriptors=1)
+    with trio.fail_after(10):
+        assert await lun.discard(0, 100 * 512) == (100 * 512, 0)
+    assert disk.unmapped == [(0, 16), (16, 16), (32, 16), (48, 16), (64, 16), (80, 16),
+                             (96, 4)]
+    assert set(ops(target)) == {0x42}
+    assert all(len(p.data) == 8 + 16 for _, p in target.commands_seen(0x42))
+    await lun.session.close()
+
+
+async def test_discard_honours_granularity_and_alignment(nursery, autojump_clock):
+    # granules of 8 blocks starting at LBA 3: 3, 11, 19, 27, ...
+    disk = Disk(64)
+    lun, target = await discard_lun(nursery, disk, granularity=8, alignment=3)
+    with trio.fail_after(10):
+        unmapped, zeroed = await lun.discard(512, 30 * 512)         # blocks 1..30
+    assert disk.unmapped == [(3, 24)]                               # granules 3-10, 11-18, 19-26
+    assert (unmapped, zeroed) == (24 * 512, 6 * 512)                # 1-2 and 27-30 zeroed
+    assert disk.data[512:31 * 512] == bytes(30 * 512)
+    assert 0x28 not in ops(target)         # whole blocks outside a granule: no read needed
+    await lun.session.close()
+
+
+async def test_discard_falls_back_to_write_same_16(nursery, autojump_clock):
+    disk = Disk(64)
+    lun, target = await discard_lun(nursery, disk, lbpu=False, max_write_same=10)
+    assert lun.provisioning.method == "write_same_16"
+    with trio.fail_after(10):
+        await lun.discard(0, 25 * 512)
+    assert disk.unmapped == [(0, 10), (10, 10), (20, 5)]
+    assert set(ops(target)) == {0x93}
+    await lun.session.close()
+
+
+@pytest.mark.parametrize("kw", [dict(lbpme=False), dict(lbpu=False, lbpws=False),
+                                dict(lbpws=False, max_unmap=0)])
+async def test_discard_without_a_way_to_unmap_changes_nothing(nursery, autojump_clock, kw):
+    disk = Disk(16)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk, **kw)
+    assert lun.provisioning.method is None
+    with pytest.raises(NotSupported), trio.fail_after(10):
+        await lun.discard(100, 4000)
+    assert disk.data == before and target.commands_seen() == []
+    await lun.session.close()
+
+
+async def test_discard_refused_by_the_target_is_not_supported(nursery, autojump_clock):
+    disk = Disk(16, refuse=True)
+    lun, target = await discard_lun(nursery, disk)
+    with pytest.raises(NotSupported, match="refused UNMAP"), trio.fail_after(10):
+        await lun.discard(0, 4096)
+    await lun.session.close()
+
+
+async def test_discard_past_the_end_or_negative_changes_nothing(nursery, autojump_clock):
+    disk = Disk(16)
+    lun, target = await discard_lun(nursery, disk)
+    with trio.fail_after(10):
+        with pytest.raises(NoSpace):
+            await lun.discard(8000, 193)           # 8193 > 8192
+        with pytest.raises(ValueError):
+            await lun.discard(-1, 10)
+        assert await lun.discard(8192, 0) == (0, 0)
+    assert target.commands_seen() == []
+    await lun.session.close()
+
+
+@pytest.mark.parametrize("first, end, g, a, expected", [
+    (0, 10, 1, 0, (0, 10)), (2, 21, 1, 0, (2, 21)), (1, 31, 8, 3, (3, 27)),
+    (5, 13, 4, 0, (8, 12)), (5, 11, 4, 0, (5, 5)), (7, 7, 1, 0, (7, 7)),
+    (0, 100, 16, 15, (15, 95)),
+])
+def test_granule_range(first, end, g, a, expected):
+    assert granule_range(first, end, g, a) == expected
+
+
+def test_provisioning_choice_follows_linux_sd():
+    limits = BlockLimits(max_unmap_lba_count=0xFFFFFFFF, max_unmap_block_descriptor_count=1,
+                         optimal_unmap_granularity=8, unmap_granularity_alignment=10)
+    thin = LogicalBlockProvisioning(lbpu=True, lbpws=True, lbprz_field=1, provisioning_type=2)
+    p = choose_provisioning(True, False, limits, thin)
+    assert (p.method, p.max_blocks, p.granularity, p.alignment, p.lbprz) == \
+        ("unmap", 0x7FFFFF, 8, 2, True)            # B2's LBPRZ counts too
+    assert choose_provisioning(False, True, limits, thin).method is None    # no LBPME
+    ws = LogicalBlockProvisioning(lbpws=True)
+    assert choose_provisioning(True, False, limits, ws).method == "write_same_16"
+    # no B2 page: UNMAP if B0 allows it, else WRITE SAME(16)
+    assert choose_provisioning(True, False, limits, None).method == "unmap"
+    assert choose_provisioning(True, False, None, None).method == "write_same_16"
+    small = BlockLimits(max_unmap_lba_count=2048, max_unmap_block_descriptor_count=4)
+    assert choose_provisioning(True, True, small, thin).max_blocks == 2048
+    none = choose_provisioning(False, False, None, None)
+    assert (none.method, none.max_blocks, none.provisioning_type) == (None, 0, None)

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from iscsifs.core.discovery import Portal
+from iscsifs.device import Provisioning
 from iscsifs.errors import ConnectionLost
 from iscsifs.fs.ops import Operations
 from iscsifs.fs.tree import ROOT_INODE, Tree
@@ -171,6 +172,98 @@ async def test_lun_made_read_only_at_the_target_shows_in_mode_and_info(monkeypat
     assert b"Write protect: Yes" in text
     await expect_errno(errno.EROFS, ops.open(a1.st_ino, os.O_WRONLY, None))
     assert len(await ops.read(fh, 0, 512)) == 512       # reads go on
+
+# -- extended attributes and discard ------------------------------------------------------
+IDENTITY = {
+    b"user.iscsi.wwn": b"naa.60000000000000000e00000000010001",
+    b"user.iscsi.serial": b"beaf11",
+    b"user.iscsi.vendor": b"IET",
+    b"user.iscsi.product": b"VIRTUAL-DISK",
+    b"user.iscsi.revision": b"0001",
+    b"user.iscsi.block_size": b"512",
+    b"user.iscsi.target": DISK1.encode(),
+    b"user.iscsi.portal": b"127.0.0.1:3260",
+    b"user.iscsi.lun": b"1",
+}
+
+
+async def test_raw_files_carry_the_lun_identity_as_xattrs():
+    ops, fake = make_ops()
+    a = await raw(ops, 1)
+    assert await ops.listxattr(a.st_ino, None) == list(IDENTITY)
+    for name, value in IDENTITY.items():
+        assert await ops.getxattr(a.st_ino, name, None) == value
+    assert await ops.getxattr((await raw(ops, 2)).st_ino, b"user.iscsi.block_size",
+                              None) == b"4096"
+    # what the LUN does not report is absent, not empty
+    dev = fake.targets[DISK1][1].device
+    dev.serial, dev.wwn = None, ""
+    assert b"user.iscsi.serial" not in await ops.listxattr(a.st_ino, None)
+    await expect_errno(pyfuse3.ENOATTR, ops.getxattr(a.st_ino, b"user.iscsi.serial", None))
+    await expect_errno(pyfuse3.ENOATTR, ops.getxattr(a.st_ino, b"user.iscsi.wwn", None))
+    # the discard control is write-only; other names and other files have nothing
+    await expect_errno(pyfuse3.ENOATTR, ops.getxattr(a.st_ino, b"user.iscsi.discard", None))
+    await expect_errno(pyfuse3.ENOATTR, ops.getxattr(a.st_ino, b"security.selinux", None))
+    info = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "luns", "1", "info")
+    for inode in (info.st_ino, ROOT_INODE):
+        assert await ops.listxattr(inode, None) == []
+        await expect_errno(pyfuse3.ENOATTR, ops.getxattr(inode, b"user.iscsi.lun", None))
+
+
+async def test_identity_xattrs_are_read_only():
+    ops, _ = make_ops()
+    a = await raw(ops, 1)
+    await expect_errno(errno.EPERM, ops.setxattr(a.st_ino, b"user.iscsi.vendor", b"X", None))
+    await expect_errno(errno.EPERM, ops.removexattr(a.st_ino, b"user.iscsi.lun", None))
+    await expect_errno(errno.ENOTSUP, ops.setxattr(a.st_ino, b"user.comment", b"x", None))
+    await expect_errno(pyfuse3.ENOATTR, ops.removexattr(a.st_ino, b"user.comment", None))
+    await expect_errno(errno.ENOTSUP, ops.setxattr(ROOT_INODE, b"user.iscsi.lun", b"1", None))
+    await expect_errno(errno.ENOTSUP, ops.setxattr(ROOT_INODE, b"user.iscsi.discard",
+                                                   b"0 1", None))
+    assert await ops.getxattr(a.st_ino, b"user.iscsi.vendor", None) == b"IET"
+
+
+async def test_hostile_identity_is_printable_ascii():
+    ops, fake = make_ops()
+    dev = fake.targets[DISK1][1].device
+    dev.inquiry = SimpleNamespace(vendor="EV\nIL", product="caf\u00e9\x00", revision="\x1b[1m",
+                                  device_type=0)
+    dev.serial = "s\r\n\tx"
+    a = await raw(ops, 1)
+    for name in await ops.listxattr(a.st_ino, None):
+        value = await ops.getxattr(a.st_ino, name, None)
+        assert value and all(0x20 <= c < 0x7F for c in value), (name, value)
+    assert await ops.getxattr(a.st_ino, b"user.iscsi.vendor", None) == b"EV\\x0aIL"
+    assert await ops.getxattr(a.st_ino, b"user.iscsi.product", None) == b"caf\\xe9\\x00"
+
+
+async def test_discard_through_setxattr():
+    ops, fake = make_ops()
+    dev = fake.targets[DISK1][1].device
+    a = await raw(ops, 1)
+    before = bytes(dev.data)
+    await ops.setxattr(a.st_ino, b"user.iscsi.discard", b"1000 20000", None)
+    assert dev.discards == [(1000, 20000)]
+    assert dev.data[1000:21000] == bytes(20000)
+    assert dev.data[:1000] == before[:1000] and dev.data[21000:] == before[21000:]
+    await ops.setxattr(a.st_ino, b"user.iscsi.discard", b"0 0", None)     # nothing to do
+    for bad in (b"", b"1", b"-1 5", b"1 2 3", b"0x10 5", b"1,2", b"1 5\0"):
+        await expect_errno(errno.EINVAL, ops.setxattr(a.st_ino, b"user.iscsi.discard", bad,
+                                                      None))
+    await expect_errno(errno.ENOSPC, ops.setxattr(a.st_ino, b"user.iscsi.discard",
+                                                  f"{dev.size - 10} 11".encode(), None))
+    assert len(dev.discards) == 1                 # the refused ones never reached the LUN
+    # a read-only LUN or mount: EROFS before anything is sent
+    await expect_errno(errno.EROFS, ops.setxattr((await raw(ops, 3)).st_ino,
+                                                 b"user.iscsi.discard", b"0 512", None))
+    ro_ops, ro_fake = make_ops(read_only=True)
+    await expect_errno(errno.EROFS, ro_ops.setxattr((await raw(ro_ops, 1)).st_ino,
+                                                    b"user.iscsi.discard", b"0 512", None))
+    assert ro_fake.targets[DISK1][1].device.discards == []
+    # a LUN without logical block provisioning
+    dev.provisioning = Provisioning()
+    await expect_errno(errno.EOPNOTSUPP, ops.setxattr(a.st_ino, b"user.iscsi.discard",
+                                                      b"0 512", None))
 
 
 async def test_text_files_are_snapshots():

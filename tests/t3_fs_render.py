@@ -175,6 +175,160 @@ def test_lun_info_write_protected_and_controller():
     assert "Raw: none" in ctl
 
 
+# -- JSON twins: same snapshot, documented schema ---------------------------------------------
+def _text_fields(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(": ")
+        if sep and key not in out:
+            out[key] = value
+    return out
+
+
+INFO_KEYS = ["schema", "lun", "target", "portal", "by_path", "device_type", "device_type_name",
+             "vendor", "product", "revision", "raw", "serial", "wwn", "block_size",
+             "capacity_blocks", "capacity_bytes", "max_transfer_bytes", "write_protected",
+             "provisioning"]
+
+
+@pytest.mark.parametrize("entry", [
+    LunEntry(1, 0, "disk", FakeLun(64 << 20, serial="beaf11", wwn="naa.600000001")),
+    LunEntry(2, 0, "disk", FakeLun(8192, block_size=4096, write_protected=True, serial=None,
+                                   wwn=None)),
+    LunEntry(0, 0x0C, "storage array controller", None),
+])
+def test_info_json_is_the_info_text_as_json(entry):
+    import json
+    doc = json.loads(render.render_lun_info_json(entry, IQN, PORTAL))
+    assert list(doc) == INFO_KEYS and doc["schema"] == "iscsifs.info/1"
+    text = _text_fields(render.render_lun_info(entry, IQN, PORTAL))
+    assert text["LUN"] == str(doc["lun"]) and text["Target"] == doc["target"]
+    assert text["Portal"] == f"{doc['portal']['address']},{doc['portal']['tpgt']}"
+    assert doc["portal"] == {"address": "127.0.0.1:3260", "host": "127.0.0.1", "port": 3260,
+                             "tpgt": 1}
+    assert text["Device type"] == f"{doc['device_type']} ({doc['device_type_name']})"
+    assert text["By-path"] == doc["by_path"]
+    if entry.device is None:
+        assert not doc["raw"] and doc["block_size"] is None and doc["provisioning"] is None
+        assert doc["vendor"] is None and "Vendor" not in text
+        return
+    assert doc["raw"] is True
+    for key, field in (("Vendor", "vendor"), ("Product", "product"), ("Revision", "revision"),
+                       ("Block size", "block_size"), ("Capacity blocks", "capacity_blocks"),
+                       ("Max transfer", "max_transfer_bytes")):
+        assert text[key] == str(doc[field]), key
+    assert text["Serial"] == (doc["serial"] or "<none>")
+    assert text["WWN"] == (doc["wwn"] or "<none>")
+    assert text["Capacity bytes"].split()[0] == str(doc["capacity_bytes"])
+    assert text["Write protect"] == ("Yes" if doc["write_protected"] else "No")
+    prov = doc["provisioning"]
+    assert prov == {"type": "thin", "lbpme": True, "lbprz": True, "discard": "unmap",
+                    "discard_granularity": entry.device.block_size, "discard_alignment": 0,
+                    "discard_max_bytes": 0x7FFFFF * entry.device.block_size}
+    assert text["Provisioning"] == prov["type"]
+    assert text["Discard"].startswith("UNMAP, granularity "
+                                      f"{prov['discard_granularity']} bytes")
+    assert text["Discarded blocks read as zeros"] == "Yes"
+
+
+def test_info_of_a_lun_without_provisioning():
+    from iscsifs.device import Provisioning
+    import json
+    dev = FakeLun(8192, provisioning=Provisioning())
+    entry = LunEntry(1, 0, "disk", dev)
+    doc = json.loads(render.render_lun_info_json(entry, IQN, PORTAL))
+    assert doc["provisioning"] == {"type": "full", "lbpme": False, "lbprz": False,
+                                   "discard": None, "discard_granularity": None,
+                                   "discard_alignment": None, "discard_max_bytes": None}
+    text = render.render_lun_info(entry, IQN, PORTAL)
+    assert "Discard: not supported\n" in text and "read as zeros" not in text
+
+
+SESSION_KEYS = ["schema", "target", "logged_in", "current_portal", "persistent_portal",
+                "iface", "sid", "connection_state", "session_state", "timeouts", "chap",
+                "negotiated", "luns", "stats", "extended_stats"]
+
+
+def test_session_json_is_the_session_text_as_json():
+    import json
+    info = session_info(counters={"txdata_octets": 1000, "scsicmd_pdus": 12,
+                                  "reconnects": 2, "cmd_timeouts": 1})
+    doc = json.loads(render.render_session_json(info, IQN, PORTAL))
+    assert list(doc) == SESSION_KEYS and doc["schema"] == "iscsifs.session/1"
+    text = render.render_session(info, IQN, PORTAL)
+    fields = _text_fields(text)
+    assert doc["logged_in"] is True and fields["Target"] == f"{doc['target']} (non-flash)"
+    assert fields["Current Portal"] == "127.0.0.1:3260,1" == \
+        f"{doc['current_portal']['address']},{doc['current_portal']['tpgt']}"
+    assert doc["persistent_portal"] == doc["current_portal"]
+    assert fields["Iface Initiatorname"] == doc["iface"]["initiator_name"]
+    assert fields["Iface IPaddress"] == doc["iface"]["ip_address"]
+    assert fields["SID"] == str(doc["sid"])
+    assert fields["iSCSI Connection State"] == doc["connection_state"]
+    assert fields["iSCSI Session State"] == doc["session_state"]
+    for label, key in (("Recovery Timeout", "recovery_timeout"),
+                       ("Target Reset Timeout", "target_reset_timeout"),
+                       ("LUN Reset Timeout", "lun_reset_timeout"),
+                       ("Abort Timeout", "abort_timeout"), ("Login Timeout", "login_timeout"),
+                       ("Logout Timeout", "logout_timeout"),
+                       ("NOP-Out Interval", "noop_out_interval"),
+                       ("NOP-Out Timeout", "noop_out_timeout"),
+                       ("Command Timeout", "command_timeout")):
+        assert fields[label] == str(doc["timeouts"][key]), label
+        assert isinstance(doc["timeouts"][key], int)
+    assert doc["timeouts"]["recovery_timeout"] == 60
+    assert doc["chap"] == {"username": "alice", "username_in": "target-bob"}
+    neg = doc["negotiated"]
+    for label, key in (("HeaderDigest", "header_digest"), ("DataDigest", "data_digest"),
+                       ("MaxRecvDataSegmentLength", "max_recv_data_segment_length"),
+                       ("MaxXmitDataSegmentLength", "max_xmit_data_segment_length"),
+                       ("FirstBurstLength", "first_burst_length"),
+                       ("MaxBurstLength", "max_burst_length"),
+                       ("MaxOutstandingR2T", "max_outstanding_r2t")):
+        assert fields[label] == str(neg[key]), label
+    assert fields["ImmediateData"] == "Yes" and neg["immediate_data"] is True
+    assert fields["InitialR2T"] == "No" and neg["initial_r2t"] is False
+    assert doc["luns"] == [
+        {"lun": 0, "device_type": 12, "type": "storage array controller", "raw": None,
+         "state": "running"},
+        {"lun": 1, "device_type": 0, "type": "disk", "raw": "luns/1/raw", "state": "running"}]
+    assert "\t\t\tAttached scsi disk luns/1/raw\t\tState: running\n" in text
+    assert list(doc["stats"]) == list(render.COUNTER_NAMES)
+    for name, value in doc["stats"].items():
+        assert f"\t{name}: {value}\n" in text
+    assert doc["stats"]["txdata_octets"] == 1000 and doc["stats"]["r2t_pdus"] == 0
+    assert doc["extended_stats"] == {"cmd_timeouts": 1, "reconnects": 2}
+    assert "iSCSI Extended Statistics:\n\tcmd_timeouts: 1\n\treconnects: 2\n" in text
+
+
+def test_session_json_has_no_secret_and_a_not_logged_in_form():
+    import json
+    raw = render.render_session_json(session_info(), IQN, PORTAL)
+    assert "password" not in raw and "********" not in raw
+    doc = json.loads(render.render_session_json(None, IQN, PORTAL))
+    assert list(doc) == SESSION_KEYS
+    assert doc["logged_in"] is False and doc["session_state"] == "NOT LOGGED IN"
+    assert doc["persistent_portal"]["address"] == "127.0.0.1:3260"
+    assert doc["current_portal"] is None and doc["sid"] is None and doc["luns"] == []
+    text = render.render_session(None, IQN, PORTAL)
+    assert f"iSCSI Session State: {doc['session_state']}" in text
+
+
+def test_json_escapes_hostile_strings():
+    import json
+    evil = "iqn.2026-11.org.example:x\nInitiatorName=evil\x1b[31m"
+    raw = render.render_session_json(session_info(target=evil), evil, PORTAL)
+    assert raw.isascii() and "\x1b" not in raw
+    doc = json.loads(raw)
+    assert doc["target"] == render.clean(evil) and "\n" not in doc["target"]
+    inq = SimpleNamespace(vendor="EV\r\nIL", product="caf\u00e9", revision="1", device_type=0)
+    raw = render.render_lun_info_json(LunEntry(1, 0, "disk", FakeLun(4096, inquiry=inq)),
+                                      evil, PORTAL)
+    assert raw.isascii()
+    doc = json.loads(raw)
+    assert doc["vendor"] == "EV\\x0d\\x0aIL" and doc["product"] == "caf\u00e9"
+
+
 def test_initiator_name_file():
     assert render.render_initiator_name("iqn.2016-04.com.open-iscsi:ab") == \
         "InitiatorName=iqn.2016-04.com.open-iscsi:ab\n"
@@ -236,8 +390,11 @@ def test_luns_tree_and_counts():
                          LunEntry(1, 0, "disk", FakeLun(4096)),
                          LunEntry(2, 0, "disk", FakeLun(8192))])
     assert [n.name for n in tree.children(luns)] == ["0", "1", "2"]
-    assert [n.name for n in tree.children(tree.child(luns, "0"))] == ["info"]
-    assert [n.name for n in tree.children(tree.child(luns, "1"))] == ["info", "raw"]
+    assert [n.name for n in tree.children(tree.child(luns, "0"))] == ["info", "info.json"]
+    assert [n.name for n in tree.children(tree.child(luns, "1"))] == \
+        ["info", "info.json", "raw"]
+    assert [n.name for n in tree.children(tnode)] == ["session", "session.json", "luns",
+                                                      "rescan"]
     assert tree.subdir_count(luns) == 3
     assert tree.subdir_count(tnode) == 1
     assert sum(d.size for d in tree.listed_devices()) == 4096 + 8192

@@ -89,7 +89,7 @@ def test_tree_lists_targets_and_luns(mounted, tgt_target):
     assert "not logged in" in session.read_text().lower()
     luns = sorted(os.listdir(mounted.target(IQN1) / "luns"), key=int)
     assert luns == ["0", "1", "2", "3"]                        # tgt's controller LUN 0 too
-    assert os.listdir(mounted.target(IQN1) / "luns" / "0") == ["info"]
+    assert sorted(os.listdir(mounted.target(IQN1) / "luns" / "0")) == ["info", "info.json"]
     text = session.read_text()
     assert "\t\tiSCSI Session State: LOGGED_IN\n" in text
     assert "\t\t\tAttached scsi disk luns/1/raw\t\tState: running\n" in text

@@ -8,9 +8,11 @@ keep working:
     1   anything else (ISCSI_ERR)
     4   cannot connect: refused, unreachable, timed out, connection lost (ISCSI_ERR_TRANS)
     7   invalid argument, option, value or record (ISCSI_ERR_INVAL)
+    13  permission denied: a read-only LUN or mount (ISCSI_ERR_ACCESS)
     19  the target refused the login, or broke the protocol (ISCSI_ERR_FATAL_LOGIN)
     21  no records found (ISCSI_ERR_NO_OBJS_FOUND)
     24  authentication failed (ISCSI_ERR_LOGIN_AUTH_FAILED)
+    27  the LUN does not support the operation, e.g. discard (ISCSI_ERR_OP_NOT_SUPP)
 
 Errors reach the user as one line (``iscsifs: ...``), never as a traceback, and never with a
 secret in it.
@@ -18,6 +20,7 @@ secret in it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -28,13 +31,13 @@ import trio
 from iscsifs.config.initiatorname import ensure_initiator_name
 from iscsifs.config.locations import default_config_dir
 from iscsifs.core.discovery import Portal, iscsi_name_problem, parse_portal, printable
-from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED,
-                            EXIT_TRANSPORT_FAILURE, AuthenticationError, ConfigError,
-                            ConnectionLost, IscsiError, LoginError, QuietError, RemoteProtocolError,
-                            leaf_exceptions, os_reason)
+from iscsifs.errors import (EXIT_ACCESS, EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED,
+                            EXIT_NOT_SUPPORTED, EXIT_TRANSPORT_FAILURE, AuthenticationError,
+                            ConfigError, ConnectionLost, IscsiError, LoginError, QuietError,
+                            RemoteProtocolError, leaf_exceptions, os_reason)
 
-__all__ = ["config_dir", "exit_code", "initiator_name", "portal_arg", "quiet_error",
-           "quiet_error_in", "setup_logging"]
+__all__ = ["config_dir", "exit_code", "file_error", "initiator_name", "portal_arg",
+           "quiet_error", "quiet_error_in", "setup_logging"]
 
 
 # ---------------------------------------------------------------------- config dir, names
@@ -182,3 +185,35 @@ def quiet_error_in(exc: BaseException) -> QuietError | None:
         if isinstance(leaf, QuietError):
             return leaf
     return None
+
+
+# What an errno from a file of the mount (a raw file's setxattr, say) means for the exit code.
+# The mount's FUSE layer chose the errno (fs/errno_map.py); this turns it back into iscsiadm's
+# codes.
+_FILE_ERRNO_EXIT = {
+    errno.EOPNOTSUPP: EXIT_NOT_SUPPORTED,
+    errno.EINVAL: EXIT_INVALID_ARGUMENT,
+    errno.ENOSPC: EXIT_INVALID_ARGUMENT,
+    errno.ENOENT: EXIT_INVALID_ARGUMENT,
+    errno.ENOTDIR: EXIT_INVALID_ARGUMENT,
+    errno.EISDIR: EXIT_INVALID_ARGUMENT,
+    errno.ENXIO: EXIT_INVALID_ARGUMENT,
+    errno.EROFS: EXIT_ACCESS,
+    errno.EACCES: EXIT_ACCESS,
+    errno.EPERM: EXIT_ACCESS,
+    errno.ETIMEDOUT: EXIT_TRANSPORT_FAILURE,
+    errno.ENOTCONN: EXIT_TRANSPORT_FAILURE,      # the mount's daemon is gone
+    errno.ECONNREFUSED: EXIT_TRANSPORT_FAILURE,
+    errno.EHOSTUNREACH: EXIT_TRANSPORT_FAILURE,
+}
+
+
+def file_error(exc: OSError, path: str, *, doing: str,
+               meaning: dict[int, str] | None = None) -> QuietError:
+    """An error on a file of the mount as one line and an exit code: ``<doing> <path>:
+    <meaning>``, where ``meaning`` says what an errno means for this operation (else the
+    system's words for it)."""
+    code = exc.errno or 0
+    words = (meaning or {}).get(code) or (os.strerror(code) if code else str(exc))
+    shown = path if path.isprintable() else printable(path)
+    return QuietError(f"{doing} {shown}: {words}", _FILE_ERRNO_EXIT.get(code, EXIT_GENERIC))

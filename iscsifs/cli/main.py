@@ -12,7 +12,7 @@ import sys
 import trio
 
 from iscsifs import __version__
-from iscsifs.cli import discover, nodes
+from iscsifs.cli import discard, discover, nodes
 from iscsifs.cli.common import config_dir, quiet_error, setup_logging
 from iscsifs.errors import IscsiError
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     discover.add_commands(sub)
     nodes.add_commands(sub)
+    discard.add_commands(sub)
     return parser
 
 

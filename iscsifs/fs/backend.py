@@ -28,6 +28,31 @@ class Inquiry(Protocol):
     def device_type(self) -> int: ...
 
 
+class Provisioning(Protocol):
+    """Logical block provisioning of a LUN and how it discards (``device.Provisioning``)."""
+
+    @property
+    def lbpme(self) -> bool: ...
+    @property
+    def lbprz(self) -> bool:
+        """Unmapped blocks read as zeros."""
+    @property
+    def provisioning_type(self) -> int | None:
+        """VPD B2h: 0 full, 1 resource, 2 thin; None without the page."""
+    @property
+    def method(self) -> str | None:
+        """How ``discard`` unmaps: ``"unmap"``, ``"write_same_16"``, or None (it can't)."""
+    @property
+    def max_blocks(self) -> int:
+        """Blocks per UNMAP / WRITE SAME command."""
+    @property
+    def granularity(self) -> int:
+        """Blocks: only whole granules are unmapped."""
+    @property
+    def alignment(self) -> int:
+        """LBA of the first granule boundary (modulo the granularity)."""
+
+
 class BlockDevice(Protocol):
     """One LUN as bytes: what a ``raw`` file reads, writes and shows (``device.Lun``)."""
 
@@ -64,6 +89,12 @@ class BlockDevice(Protocol):
         """Write at ``offset``; short at the end, ``errors.NoSpace`` at or beyond it."""
     async def flush(self) -> None:
         """SYNCHRONIZE CACHE."""
+    @property
+    def provisioning(self) -> Provisioning: ...
+    async def discard(self, offset: int, length: int) -> tuple[int, int]:
+        """Unmap whole granules, write zeros over the rest of the range; returns (bytes
+        unmapped, bytes zeroed). ``ValueError`` for a negative range, ``errors.NoSpace`` past
+        the end, ``errors.NotSupported`` when the LUN can't unmap; nothing changes then."""
     async def read_capacity(self) -> None:
         """Read the capacity again (after a resize); clears ``capacity_changed``."""
     async def read_write_protect(self) -> None:

@@ -21,8 +21,8 @@ import pyfuse3
 import trio
 
 from iscsifs.errors import (AuthenticationError, CommandTimeout, ConfigError, ConnectionLost,
-                            LoginError, NoSpace, RemoteProtocolError, SessionFailed,
-                            leaf_exceptions)
+                            LoginError, NoSpace, NotSupported, RemoteProtocolError,
+                            SessionFailed, leaf_exceptions)
 from iscsifs.scsi.sense import ScsiError, ScsiStatus, SenseKey
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ def classify(exc: BaseException) -> tuple[int, int]:
         return _scsi_errno(exc)
     if isinstance(exc, NoSpace):
         return errno.ENOSPC, logging.INFO
+    if isinstance(exc, NotSupported):
+        return errno.EOPNOTSUPP, logging.INFO
     if isinstance(exc, LoginError):          # includes AuthenticationError
         return _login_errno(exc), logging.WARNING
     if isinstance(exc, (CommandTimeout, trio.TooSlowError)):

@@ -155,6 +155,18 @@ class Namespace:
             except Exception:
                 log.debug("invalidate_inode(%d) failed", node.inode, exc_info=True)
 
+    def notify_data(self, node: Node) -> None:
+        """Make the kernel drop the cached data of ``node`` (a raw file after a discard: with
+        cache=page the page cache would still hold what was there)."""
+        if not self.kernel_notify:
+            return
+        try:
+            pyfuse3.invalidate_inode(node.inode, attr_only=False)
+        except OSError:
+            pass
+        except Exception:
+            log.debug("invalidate_inode(%d) failed", node.inode, exc_info=True)
+
     async def refresh_capacity(self, node: Node) -> None:
         """READ CAPACITY again if a command saw UNIT ATTENTION 2A/09 (capacity changed)."""
         dev = node.device

@@ -2,7 +2,8 @@
 
 Owns: what each FUSE request does on the tree of ``fs/tree.py``: attributes, directory listings,
 open files (per-handle text snapshots, raw LUN handles), byte I/O on ``raw`` through the LUN's
-``BlockDevice``, statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
+``BlockDevice``, extended attributes (the names and values are ``fs/xattrs.py``'s; setting
+``user.iscsi.discard`` discards a range), statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
 lock here serialises I/O): the rules behind listings, rescans, by-path, mkdir and rmdir live in
 ``fs/namespace.py``. Every handler wears ``errno_map.fuse_errors`` - the one place where
 exceptions become errno. What each operation means for the user: docs/tree.md.
@@ -24,7 +25,7 @@ from typing import Any
 
 import pyfuse3
 
-from iscsifs.fs import render
+from iscsifs.fs import render, xattrs
 from iscsifs.fs.backend import Backend
 from iscsifs.fs.errno_map import fuse_errors
 from iscsifs.fs.namespace import NAME_MAX, Namespace
@@ -100,9 +101,16 @@ class Operations(pyfuse3.Operations):
             assert node.target is not None and node.portal is not None
             info = self.initiator.session_info(node.target, node.portal)
             text = render.render_session(info, node.target, node.portal)
+        elif node.kind is Kind.SESSION_JSON:
+            assert node.target is not None and node.portal is not None
+            info = self.initiator.session_info(node.target, node.portal)
+            text = render.render_session_json(info, node.target, node.portal)
         elif node.kind is Kind.INFO:
             assert node.entry is not None
             text = render.render_lun_info(node.entry, node.target, node.portal)
+        elif node.kind is Kind.INFO_JSON:
+            assert node.entry is not None
+            text = render.render_lun_info_json(node.entry, node.target, node.portal)
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
@@ -257,6 +265,64 @@ class Operations(pyfuse3.Operations):
         st.f_favail = 0
         st.f_namemax = NAME_MAX
         return st
+
+    # -- extended attributes ----------------------------------------------------------------
+    def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+        """The identity attributes of a LUN's file; nothing elsewhere."""
+        dev = node.device
+        if node.kind is Kind.RAW and dev is not None and node.lun is not None:
+            return xattrs.lun_xattrs(dev, node.target, node.portal, node.lun)
+        return {}
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        if not name.startswith(xattrs.PREFIX_BYTES):
+            # e.g. security.capability, which the kernel asks before every buffered write
+            # (cache=page): answer at once, without building the LUN's facts
+            raise _fail(pyfuse3.ENOATTR)
+        value = self._xattrs(self._node(inode)).get(name)
+        if value is None:
+            raise _fail(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
+        return list(self._xattrs(self._node(inode)))
+
+    @fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
+        node = self._node(inode)
+        if name == xattrs.DISCARD and node.kind is Kind.RAW and node.device is not None:
+            await self._discard(node, value)
+            return
+        if name in xattrs.IDENTITY_NAMES and self._xattrs(node):
+            raise _fail(errno.EPERM)          # the LUN's identity: read-only
+        raise _fail(errno.ENOTSUP)            # no extended attributes of our own
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
+        if name in self._xattrs(self._node(inode)):
+            raise _fail(errno.EPERM)
+        raise _fail(pyfuse3.ENOATTR)
+
+    async def _discard(self, node: Node, value: bytes) -> None:
+        """``setfattr -n user.iscsi.discard -v "OFFSET LENGTH" raw``: discard that range."""
+        path = "/".join(node.path)
+        try:
+            offset, length = xattrs.parse_discard(value)
+        except ValueError as exc:
+            log.info("%s: %s", path, exc)
+            raise _fail(errno.EINVAL) from None
+        if self._lun_read_only(node):
+            raise _fail(errno.EROFS)
+        await self.namespace.refresh_capacity(node)
+        dev = node.device
+        assert dev is not None
+        unmapped, zeroed = await dev.discard(offset, length)
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        self.namespace.notify_data(node)
+        log.info("%s: discarded %d bytes at offset %d (%d unmapped, %d written as zeros)",
+                 path, length, offset, unmapped, zeroed)
 
     # -- directories ------------------------------------------------------------------------
     @fuse_errors

@@ -1,9 +1,13 @@
-"""Text of the generated files: ``session``, ``luns/<n>/info`` and ``InitiatorName``.
+"""Text of the generated files: ``session`` and ``session.json``, ``luns/<n>/info`` and
+``info.json``, and ``InitiatorName``; and the facts behind the ``user.iscsi.*`` attributes.
 
 Owns: the layouts. ``session`` follows ``iscsiadm -m session -P 3`` (TAB indents, the same
 headings and key names, so admins recognise it and their greps keep working), followed by the
-``iscsiadm -m session -s`` counters. Secrets never appear: CHAP passwords are always printed as
-``********``, whatever their value, and SessionInfo carries no secret in the first place.
+``iscsiadm -m session -s`` counters. Each text file and its JSON twin are rendered from one
+snapshot (``session_facts``, ``lun_facts``: plain dicts in the documented schema, docs/json.md),
+so they never disagree. Secrets never appear: CHAP passwords are always printed as
+``********``, whatever their value, the JSON has no password key, and SessionInfo carries no
+secret in the first place.
 
 Must not know: pyfuse3, trio, sessions. Input is the frozen snapshots from iscsifs/initiator.py
 (SessionInfo, LunEntry; ``fs/backend.py`` declares what is read of a LUN).
@@ -14,13 +18,14 @@ characters escaped so that a hostile target cannot forge lines in these files.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from iscsifs import __version__
 from iscsifs.config.keys import EMPTY, HIDDEN
 from iscsifs.core.connection import COUNTER_NAMES   # iscsiadm -m session -s order
 from iscsifs.core.discovery import Portal, format_host
-from iscsifs.fs.backend import LunListing
+from iscsifs.fs.backend import BlockDevice, LunListing
 
 
 
@@ -45,15 +50,6 @@ def clean(value: object) -> str:
             code = ord(ch)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
     return "".join(out)
-
-
-def _num(value: object) -> str:
-    """120.0 -> '120'; other numbers as they are; None -> ''."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _yes_no(value: object) -> str:
@@ -84,14 +80,134 @@ def _star_heading(lines: list[str], indent: str, title: str) -> None:
     lines += [f"{indent}{stars}", f"{indent}{title}", f"{indent}{stars}"]
 
 
-def render_not_logged_in(target: str, portal: Portal) -> str:
+SESSION_SCHEMA = "iscsifs.session/1"
+INFO_SCHEMA = "iscsifs.info/1"
+
+
+def portal_facts(portal: Portal | None) -> dict[str, Any] | None:
+    """A portal for the JSON files: ``address`` is ``host:port`` (IPv6 in brackets)."""
+    if portal is None:
+        return None
+    return {"address": portal.address, "host": portal.host, "port": portal.port,
+            "tpgt": portal.tpgt}
+
+
+def _number(value: object) -> int | float | None:
+    """120.0 -> 120; other numbers as they are; anything else -> None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _portal_text(p: dict[str, Any]) -> str:
+    return f"{p['address']},{p['tpgt']}"
+
+
+def session_facts(info: Any, target: str, portal: Portal) -> dict[str, Any]:
+    """The snapshot behind ``session`` and ``session.json`` (schema ``iscsifs.session/1``,
+    docs/json.md): what ``iscsiadm -m session -P 3 -s`` shows, never a secret.
+
+    info is an iscsifs.initiator.SessionInfo, or None before login (the keys are the same;
+    the values are null).
+    """
+    facts: dict[str, Any] = {
+        "schema": SESSION_SCHEMA,
+        "target": clean(target if info is None else _get(info, "target", target)),
+        "logged_in": info is not None,
+        "current_portal": None,
+        "persistent_portal": portal_facts(portal),
+        "iface": None,
+        "sid": None,
+        "connection_state": None,
+        "session_state": "NOT LOGGED IN",
+        "timeouts": None,
+        "chap": None,
+        "negotiated": None,
+        "luns": [],
+        "stats": None,
+        "extended_stats": None,
+    }
+    if info is None:
+        return facts
+    timeouts = _get(info, "timeouts")
+    params = _get(info, "params")
+    user = _get(info, "chap_username")
+    user_in = _get(info, "chap_username_in")
+    state = str(_get(info, "session_state", "") or "FREE")
+    device_state = _device_state(state)
+    counters = dict(_get(info, "counters", {}) or {})
+    stats = {name: int(counters.pop(name, 0)) for name in COUNTER_NAMES}
+    luns = sorted(_get(info, "luns", ()) or (), key=lambda e: int(e.lun))
+    facts.update({
+        "current_portal": portal_facts(_get(info, "portal", portal) or portal),
+        "iface": {
+            "name": "default",
+            "transport": "tcp",
+            "initiator_name": clean(_get(info, "initiator_name", "")),
+            "ip_address": clean(_get(info, "local_address", "")) or None,
+        },
+        "sid": _int_or_none(_get(info, "sid", 0)),
+        "connection_state": clean(_get(info, "connection_state", "FREE")),
+        "session_state": clean(state),
+        "timeouts": {
+            "recovery_timeout": _number(_get(timeouts, "replacement_timeout")),
+            "target_reset_timeout": _number(_get(timeouts, "tgt_reset")),
+            "lun_reset_timeout": _number(_get(timeouts, "lu_reset")),
+            "abort_timeout": _number(_get(timeouts, "abort")),
+            "login_timeout": _number(_get(timeouts, "login")),
+            "logout_timeout": _number(_get(timeouts, "logout")),
+            "noop_out_interval": _number(_get(timeouts, "noop_out_interval")),
+            "noop_out_timeout": _number(_get(timeouts, "noop_out_timeout")),
+            "command_timeout": _number(_get(timeouts, "command")),
+        },
+        # usernames only: no password is in SessionInfo, and none is ever rendered
+        "chap": {"username": clean(user) if user else None,
+                 "username_in": clean(user_in) if user_in else None},
+        "negotiated": {
+            "header_digest": _digest(_get(params, "header_digest", False)),
+            "data_digest": _digest(_get(params, "data_digest", False)),
+            "max_recv_data_segment_length":
+                _int_or_none(_get(params, "max_recv_data_segment_length")),
+            "max_xmit_data_segment_length":
+                _int_or_none(_get(params, "max_xmit_data_segment_length")),
+            "first_burst_length": _int_or_none(_get(params, "first_burst_length")),
+            "max_burst_length": _int_or_none(_get(params, "max_burst_length")),
+            "immediate_data": bool(_get(params, "immediate_data", False)),
+            "initial_r2t": bool(_get(params, "initial_r2t", True)),
+            "max_outstanding_r2t": _int_or_none(_get(params, "max_outstanding_r2t")),
+        },
+        "luns": [{
+            "lun": int(entry.lun),
+            "device_type": int(entry.device_type),
+            "type": clean(_type_name(entry)),
+            "raw": f"luns/{int(entry.lun)}/raw" if _get(entry, "device") is not None else None,
+            "state": device_state,
+        } for entry in luns],
+        "stats": stats,
+        "extended_stats": {clean(name): _number(counters[name]) for name in sorted(counters)},
+    })
+    return facts
+
+
+def render_not_logged_in(facts: dict[str, Any]) -> str:
     return (
-        f"Target: {clean(target)} (non-flash)\n"
-        f"\tPersistent Portal: {portal}\n"
-        f"\t\tiSCSI Session State: NOT LOGGED IN\n"
+        f"Target: {facts['target']} (non-flash)\n"
+        f"\tPersistent Portal: {_portal_text(facts['persistent_portal'])}\n"
+        f"\t\tiSCSI Session State: {facts['session_state']}\n"
         f"\tThis target is not logged in. Listing luns/ or opening a LUN's raw file logs in;\n"
         f"\tunmounting logs out.\n"
     )
+
+
+def _text_value(value: object) -> str:
+    """A JSON fact as the text file shows it: '' for null."""
+    return "" if value is None else str(value)
 
 
 def render_session(info: Any, target: str, portal: Portal) -> str:
@@ -99,96 +215,101 @@ def render_session(info: Any, target: str, portal: Portal) -> str:
 
     info is an iscsifs.initiator.SessionInfo, or None before login.
     """
-    if info is None:
-        return render_not_logged_in(target, portal)
+    return render_session_text(session_facts(info, target, portal))
+
+
+def render_session_json(info: Any, target: str, portal: Portal) -> str:
+    """The ``session.json`` file: the same snapshot as ``session``, as JSON."""
+    return _json(session_facts(info, target, portal))
+
+
+def render_session_text(facts: dict[str, Any]) -> str:
+    """The ``session`` text of a :func:`session_facts` snapshot."""
+    if not facts["logged_in"]:
+        return render_not_logged_in(facts)
     t1, t2, t3 = "\t", "\t\t", "\t\t\t"
-    cur_portal = _get(info, "portal", portal) or portal
-    timeouts = _get(info, "timeouts")
-    params = _get(info, "params")
+    iface, timeouts, chap, params = (facts["iface"], facts["timeouts"], facts["chap"],
+                                     facts["negotiated"])
+    sid = facts["sid"] if facts["sid"] is not None else 0
+    current = facts["current_portal"]
     lines = [
         "iSCSI Transport Class version userspace (iscsifs)",
         f"version iscsifs {__version__}",
-        f"Target: {clean(_get(info, 'target', target))} (non-flash)",
-        f"{t1}Current Portal: {cur_portal}",
-        f"{t1}Persistent Portal: {portal}",
+        f"Target: {facts['target']} (non-flash)",
+        f"{t1}Current Portal: {_portal_text(current)}",
+        f"{t1}Persistent Portal: {_portal_text(facts['persistent_portal'])}",
     ]
     _star_heading(lines, t2, "Interface:")
     lines += [
-        f"{t2}Iface Name: default",
-        f"{t2}Iface Transport: tcp",
-        f"{t2}Iface Initiatorname: {clean(_get(info, 'initiator_name', ''))}",
-        f"{t2}Iface IPaddress: {clean(_get(info, 'local_address', '') or '<empty>')}",
-        f"{t2}SID: {_get(info, 'sid', 0)}",
-        f"{t2}iSCSI Connection State: {clean(_get(info, 'connection_state', 'FREE'))}",
-        f"{t2}iSCSI Session State: {clean(_get(info, 'session_state', 'FREE'))}",
+        f"{t2}Iface Name: {iface['name']}",
+        f"{t2}Iface Transport: {iface['transport']}",
+        f"{t2}Iface Initiatorname: {iface['initiator_name']}",
+        f"{t2}Iface IPaddress: {iface['ip_address'] or '<empty>'}",
+        f"{t2}SID: {sid}",
+        f"{t2}iSCSI Connection State: {facts['connection_state']}",
+        f"{t2}iSCSI Session State: {facts['session_state']}",
     ]
     _star_heading(lines, t2, "Timeouts:")
     lines += [
-        f"{t2}Recovery Timeout: {_num(_get(timeouts, 'replacement_timeout'))}",
-        f"{t2}Target Reset Timeout: {_num(_get(timeouts, 'tgt_reset'))}",
-        f"{t2}LUN Reset Timeout: {_num(_get(timeouts, 'lu_reset'))}",
-        f"{t2}Abort Timeout: {_num(_get(timeouts, 'abort'))}",
+        f"{t2}Recovery Timeout: {_text_value(timeouts['recovery_timeout'])}",
+        f"{t2}Target Reset Timeout: {_text_value(timeouts['target_reset_timeout'])}",
+        f"{t2}LUN Reset Timeout: {_text_value(timeouts['lun_reset_timeout'])}",
+        f"{t2}Abort Timeout: {_text_value(timeouts['abort_timeout'])}",
         # not in iscsiadm's block, but "the timeouts in force" for this mount
-        f"{t2}Login Timeout: {_num(_get(timeouts, 'login'))}",
-        f"{t2}Logout Timeout: {_num(_get(timeouts, 'logout'))}",
-        f"{t2}NOP-Out Interval: {_num(_get(timeouts, 'noop_out_interval'))}",
-        f"{t2}NOP-Out Timeout: {_num(_get(timeouts, 'noop_out_timeout'))}",
-        f"{t2}Command Timeout: {_num(_get(timeouts, 'command'))}",
+        f"{t2}Login Timeout: {_text_value(timeouts['login_timeout'])}",
+        f"{t2}Logout Timeout: {_text_value(timeouts['logout_timeout'])}",
+        f"{t2}NOP-Out Interval: {_text_value(timeouts['noop_out_interval'])}",
+        f"{t2}NOP-Out Timeout: {_text_value(timeouts['noop_out_timeout'])}",
+        f"{t2}Command Timeout: {_text_value(timeouts['command_timeout'])}",
     ]
     _star_heading(lines, t2, "CHAP:")
-    user = _get(info, "chap_username")
-    user_in = _get(info, "chap_username_in")
     lines += [
-        f"{t2}username: {clean(user) if user else EMPTY}",
+        f"{t2}username: {chap['username'] or EMPTY}",
         f"{t2}password: {HIDDEN}",
-        f"{t2}username_in: {clean(user_in) if user_in else EMPTY}",
+        f"{t2}username_in: {chap['username_in'] or EMPTY}",
         f"{t2}password_in: {HIDDEN}",
     ]
     title = "Negotiated iSCSI params:"
     lines += [f"{t2}{'*' * 24}", f"{t2}{title}", f"{t2}{'*' * 24}"]
     lines += [
-        f"{t2}HeaderDigest: {_digest(_get(params, 'header_digest', False))}",
-        f"{t2}DataDigest: {_digest(_get(params, 'data_digest', False))}",
-        f"{t2}MaxRecvDataSegmentLength: {_get(params, 'max_recv_data_segment_length', '')}",
-        f"{t2}MaxXmitDataSegmentLength: {_get(params, 'max_xmit_data_segment_length', '')}",
-        f"{t2}FirstBurstLength: {_get(params, 'first_burst_length', '')}",
-        f"{t2}MaxBurstLength: {_get(params, 'max_burst_length', '')}",
-        f"{t2}ImmediateData: {_yes_no(_get(params, 'immediate_data', False))}",
-        f"{t2}InitialR2T: {_yes_no(_get(params, 'initial_r2t', True))}",
-        f"{t2}MaxOutstandingR2T: {_get(params, 'max_outstanding_r2t', '')}",
+        f"{t2}HeaderDigest: {params['header_digest']}",
+        f"{t2}DataDigest: {params['data_digest']}",
+        f"{t2}MaxRecvDataSegmentLength: {_text_value(params['max_recv_data_segment_length'])}",
+        f"{t2}MaxXmitDataSegmentLength: {_text_value(params['max_xmit_data_segment_length'])}",
+        f"{t2}FirstBurstLength: {_text_value(params['first_burst_length'])}",
+        f"{t2}MaxBurstLength: {_text_value(params['max_burst_length'])}",
+        f"{t2}ImmediateData: {_yes_no(params['immediate_data'])}",
+        f"{t2}InitialR2T: {_yes_no(params['initial_r2t'])}",
+        f"{t2}MaxOutstandingR2T: {_text_value(params['max_outstanding_r2t'])}",
     ]
     lines += [f"{t2}{'*' * 24}", f"{t2}Attached SCSI devices:", f"{t2}{'*' * 24}"]
-    state = _device_state(_get(info, "session_state", ""))
-    sid = _get(info, "sid", 0)
-    luns = sorted(_get(info, "luns", ()) or (), key=lambda e: int(e.lun))
+    state = _device_state(facts["session_state"])
     lines.append(f"{t2}Host Number: {sid}\tState: {state}")
-    for entry in luns:
-        lines.append(f"{t2}scsi{sid} Channel 00 Id 0 Lun: {int(entry.lun)}")
-        if _get(entry, "device") is not None:
-            lines.append(f"{t3}Attached scsi disk luns/{int(entry.lun)}/raw\t\tState: {state}")
+    for lun in facts["luns"]:
+        lines.append(f"{t2}scsi{sid} Channel 00 Id 0 Lun: {lun['lun']}")
+        if lun["raw"] is not None:
+            lines.append(f"{t3}Attached scsi disk {lun['raw']}\t\tState: {lun['state']}")
         else:
-            lines.append(f"{t3}Attached {clean(_type_name(entry))} (no raw file)"
-                         f"\t\tState: {state}")
+            lines.append(f"{t3}Attached {lun['type']} (no raw file)\t\tState: {lun['state']}")
     # iscsiadm -m session -s
-    counters = dict(_get(info, "counters", {}) or {})
     lines += [
         "",
-        f"Stats for session [sid: {sid}, target: {clean(_get(info, 'target', target))}, "
-        f"portal: {format_stats_portal(cur_portal)}]",
+        f"Stats for session [sid: {sid}, target: {facts['target']}, "
+        f"portal: {format_host(current['host'])},{current['port']}]",
         "iSCSI SNMP:",
     ]
-    for name in COUNTER_NAMES:
-        lines.append(f"{t1}{name}: {int(counters.pop(name, 0))}")
-    if counters:
+    for name, value in facts["stats"].items():
+        lines.append(f"{t1}{name}: {value}")
+    if facts["extended_stats"]:
         lines.append("iSCSI Extended Statistics:")
-        for name in sorted(counters):
-            lines.append(f"{t1}{clean(name)}: {counters[name]}")
+        for name, value in facts["extended_stats"].items():
+            lines.append(f"{t1}{name}: {_text_value(value)}")
     return "\n".join(lines) + "\n"
 
 
-def format_stats_portal(portal: Portal) -> str:
-    # iscsiadm -s writes the portal as addr,port
-    return f"{format_host(portal.host)},{portal.port}"
+def _json(facts: dict[str, Any]) -> str:
+    # ASCII only (anything else \u-escaped); keys in the documented order
+    return json.dumps(facts, indent=2, ensure_ascii=True) + "\n"
 
 
 def _device_state(session_state: str) -> str:
@@ -213,39 +334,140 @@ def _size_text(n: int) -> str:
     return f"{n} B"
 
 
+PROVISIONING_TYPES = {0: "full", 1: "resource", 2: "thin"}
+DISCARD_METHODS = {"unmap": "UNMAP", "write_same_16": "WRITE SAME(16) with UNMAP"}
+
+
+def provisioning_facts(dev: BlockDevice) -> dict[str, Any]:
+    """Logical block provisioning and discard, with Linux's queue/discard_* names in bytes."""
+    prov = dev.provisioning
+    bs = dev.block_size
+    ptype = prov.provisioning_type
+    if ptype is None:           # no VPD B2h page: READ CAPACITY(16)'s LBPME decides
+        ptype = 2 if prov.lbpme else 0
+    method = prov.method if prov.method in DISCARD_METHODS else None
+    return {
+        "type": PROVISIONING_TYPES.get(ptype, f"type {int(ptype)}"),
+        "lbpme": bool(prov.lbpme),
+        "lbprz": bool(prov.lbprz),
+        "discard": method,
+        "discard_granularity": prov.granularity * bs if method else None,
+        "discard_alignment": prov.alignment * bs if method else None,
+        "discard_max_bytes": prov.max_blocks * bs if method else None,
+    }
+
+
+def lun_facts(dev: BlockDevice | None, *, lun: int, target: str | None = None,
+              portal: Portal | None = None, device_type: int | None = None,
+              type_name: str | None = None) -> dict[str, Any]:
+    """The snapshot behind ``info``, ``info.json`` and the ``user.iscsi.*`` extended
+    attributes of one LUN (schema ``iscsifs.info/1``, docs/json.md). Strings from the target
+    are one printable line (``clean``); what the LUN does not report is None."""
+    inq = dev.inquiry if dev is not None else None
+    if device_type is None and inq is not None:
+        device_type = int(inq.device_type)
+
+    def inquiry_text(name: str) -> str | None:
+        return clean(str(getattr(inq, name, "") or "").strip()) or None
+
+    facts: dict[str, Any] = {
+        "schema": INFO_SCHEMA,
+        "lun": int(lun),
+        "target": clean(target) if target is not None else None,
+        "portal": portal_facts(portal),
+        "by_path": by_path_name(target, portal, lun)
+        if target is not None and portal is not None else None,
+        "device_type": int(device_type) if device_type is not None else None,
+        "device_type_name": clean(type_name) if type_name else (
+            DEVICE_TYPES.get(int(device_type), f"type {int(device_type):#04x}")
+            if device_type is not None else None),
+        "vendor": inquiry_text("vendor"),
+        "product": inquiry_text("product"),
+        "revision": inquiry_text("revision"),
+        "raw": dev is not None,
+        "serial": None,
+        "wwn": None,
+        "block_size": None,
+        "capacity_blocks": None,
+        "capacity_bytes": None,
+        "max_transfer_bytes": None,
+        "write_protected": None,
+        "provisioning": None,
+    }
+    if dev is not None:
+        facts.update({
+            "serial": clean(dev.serial) if dev.serial else None,
+            "wwn": clean(dev.wwn) if dev.wwn else None,
+            "block_size": int(dev.block_size),
+            "capacity_blocks": int(dev.num_blocks),
+            "capacity_bytes": int(dev.size),
+            "max_transfer_bytes": int(dev.max_transfer_bytes) or None,
+            "write_protected": bool(dev.write_protected),
+            "provisioning": provisioning_facts(dev),
+        })
+    return facts
+
+
+def info_facts(entry: LunListing, target: str | None = None,
+               portal: Portal | None = None) -> dict[str, Any]:
+    """:func:`lun_facts` of one entry of a target's LUN list."""
+    return lun_facts(entry.device, lun=int(entry.lun), target=target, portal=portal,
+                     device_type=entry.device_type, type_name=_type_name(entry))
+
+
 def render_lun_info(entry: LunListing, target: str | None = None,
                     portal: Portal | None = None) -> str:
     """The ``info`` file of one LUN (an iscsifs.initiator.LunEntry)."""
-    lun = int(entry.lun)
-    dev = entry.device
-    inq = dev.inquiry if dev is not None else None
-    dtype = entry.device_type
-    dtype_text = f"{int(dtype)} ({_type_name(entry)})" if dtype is not None else _type_name(entry)
-    lines = [f"LUN: {lun}"]
-    if target is not None:
-        lines.append(f"Target: {clean(target)}")
-    if portal is not None:
-        lines.append(f"Portal: {portal}")
-    lines.append(f"Device type: {dtype_text}")
-    if inq is not None:
+    return render_info_text(info_facts(entry, target, portal))
+
+
+def render_lun_info_json(entry: LunListing, target: str | None = None,
+                         portal: Portal | None = None) -> str:
+    """The ``info.json`` file: the same snapshot as ``info``, as JSON."""
+    return _json(info_facts(entry, target, portal))
+
+
+def render_info_text(facts: dict[str, Any]) -> str:
+    """The ``info`` text of a :func:`lun_facts` snapshot."""
+    lines = [f"LUN: {facts['lun']}"]
+    if facts["target"] is not None:
+        lines.append(f"Target: {facts['target']}")
+    if facts["portal"] is not None:
+        lines.append(f"Portal: {_portal_text(facts['portal'])}")
+    dtype = facts["device_type"]
+    name = facts["device_type_name"] or ""
+    lines.append(f"Device type: {dtype} ({name})" if dtype is not None else
+                 f"Device type: {name}")
+    if facts["vendor"] is not None or facts["product"] is not None:
         lines += [
-            f"Vendor: {clean(str(inq.vendor or '').strip())}",
-            f"Product: {clean(str(inq.product or '').strip())}",
-            f"Revision: {clean(str(inq.revision or '').strip())}",
+            f"Vendor: {facts['vendor'] or ''}",
+            f"Product: {facts['product'] or ''}",
+            f"Revision: {facts['revision'] or ''}",
         ]
-    if dev is not None:
-        size = dev.size
+    if facts["raw"]:
+        size = facts["capacity_bytes"]
         lines += [
-            f"Serial: {clean(dev.serial) if dev.serial else '<none>'}",
-            f"WWN: {clean(dev.wwn) if dev.wwn else '<none>'}",
-            f"Block size: {dev.block_size}",
-            f"Capacity blocks: {dev.num_blocks}",
+            f"Serial: {facts['serial'] or '<none>'}",
+            f"WWN: {facts['wwn'] or '<none>'}",
+            f"Block size: {facts['block_size']}",
+            f"Capacity blocks: {facts['capacity_blocks']}",
             f"Capacity bytes: {size} ({_size_text(size)})",
-            f"Max transfer: {dev.max_transfer_bytes if dev.max_transfer_bytes else '<unlimited>'}",
-            f"Write protect: {_yes_no(dev.write_protected)}",
+            f"Max transfer: {facts['max_transfer_bytes'] or '<unlimited>'}",
+            f"Write protect: {_yes_no(facts['write_protected'])}",
         ]
+        prov = facts["provisioning"]
+        lines.append(f"Provisioning: {prov['type']}")
+        if prov["discard"] is None:
+            lines.append("Discard: not supported")
+        else:
+            lines += [
+                f"Discard: {DISCARD_METHODS[prov['discard']]}, granularity "
+                f"{prov['discard_granularity']} bytes, at most {prov['discard_max_bytes']} "
+                f"bytes per command",
+                f"Discarded blocks read as zeros: {_yes_no(prov['lbprz'])}",
+            ]
     else:
         lines.append("Raw: none (not a block device)")
-    if target is not None and portal is not None:
-        lines.append(f"By-path: {by_path_name(target, portal, lun)}")
+    if facts["by_path"] is not None:
+        lines.append(f"By-path: {facts['by_path']}")
     return "\n".join(lines) + "\n"

@@ -6,9 +6,11 @@ Owns: the inode table and the names under the mount point::
     by-path/ip-<addr:port>-iscsi-<iqn>-lun-<n>     symlink -> ../portals/.../luns/<n>/raw
     portals/<addr:port>/rescan                     write: SendTargets again (bypass the cache)
     portals/<addr:port>/targets/<iqn>/session      text file
+    portals/<addr:port>/targets/<iqn>/session.json the same, as JSON
     portals/<addr:port>/targets/<iqn>/rescan       write: REPORT LUNS + capacities again
     portals/<addr:port>/targets/<iqn>/luns/<n>/raw   the LUN's bytes (disk LUNs only)
     portals/<addr:port>/targets/<iqn>/luns/<n>/info  text file
+    portals/<addr:port>/targets/<iqn>/luns/<n>/info.json  the same, as JSON
 
 Inodes are allocated once per path (a dict path-tuple -> inode) and never reused, so a target
 that disappears and comes back gets its old inode - except after ``forget`` (a directory removed
@@ -46,10 +48,12 @@ class Kind(enum.Enum):
     TARGETS = "targets"                 # dir, filled by discovery
     TARGET = "target"                   # dir: session, luns/
     SESSION = "session"                 # text: iscsiadm -m session -P 3 layout
+    SESSION_JSON = "session_json"       # text: the same snapshot as JSON
     LUNS = "luns"                       # dir, filled by REPORT LUNS (lazy login)
     LUN = "lun"                         # dir: raw, info
     RAW = "raw"                         # the LUN's bytes
     INFO = "info"                       # text: inquiry / capacity
+    INFO_JSON = "info_json"             # text: the same snapshot as JSON
     RESCAN = "rescan"                   # write-only trigger (portal: rediscover; target: -R)
     BY_PATH = "by_path"                 # dir of LINKs, built from the LUNs already known
     LINK = "link"                       # symlink (node.link is the relative target)
@@ -60,7 +64,8 @@ class Kind(enum.Enum):
 
     @property
     def is_text(self) -> bool:
-        return self in (Kind.INITIATOR_NAME, Kind.SESSION, Kind.INFO)
+        return self in (Kind.INITIATOR_NAME, Kind.SESSION, Kind.SESSION_JSON, Kind.INFO,
+                        Kind.INFO_JSON)
 
 
 _DIR_KINDS = frozenset({Kind.ROOT, Kind.PORTALS, Kind.PORTAL, Kind.TARGETS, Kind.TARGET,
@@ -218,6 +223,7 @@ class Tree:
             targets_dir.children = {}
         tnode = self._add(targets_dir, name, Kind.TARGET, portal=portal, target=name)
         self._add(tnode, "session", Kind.SESSION, portal=portal, target=name)
+        self._add(tnode, "session.json", Kind.SESSION_JSON, portal=portal, target=name)
         self._add(tnode, "luns", Kind.LUNS, portal=portal, target=name)
         self._add(tnode, "rescan", Kind.RESCAN, portal=portal, target=name)
         targets_dir.mtime_ns = targets_dir.ctime_ns = time.time_ns()
@@ -275,6 +281,7 @@ class Tree:
                 continue
             tnode = self._add(targets_dir, name, Kind.TARGET, portal=portal, target=name)
             self._add(tnode, "session", Kind.SESSION, portal=portal, target=name)
+            self._add(tnode, "session.json", Kind.SESSION_JSON, portal=portal, target=name)
             self._add(tnode, "luns", Kind.LUNS, portal=portal, target=name)
             self._add(tnode, "rescan", Kind.RESCAN, portal=portal, target=name)
             result.append(tnode)
@@ -298,6 +305,7 @@ class Tree:
             lnode = self._add(luns_dir, name, Kind.LUN, **attrs)
             lnode.children = {}
             self._add(lnode, "info", Kind.INFO, **attrs)
+            self._add(lnode, "info.json", Kind.INFO_JSON, **attrs)
             if entry.device is not None:
                 self._add(lnode, "raw", Kind.RAW, **attrs)
             result.append(lnode)

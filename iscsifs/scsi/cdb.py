@@ -20,7 +20,8 @@ __all__ = [
     "test_unit_ready", "inquiry", "read_capacity10", "read_capacity16", "report_luns",
     "read10", "write10", "read16", "write16", "read", "write", "fits_cdb10",
     "max_blocks_per_cdb", "synchronize_cache10", "synchronize_cache16", "synchronize_cache",
-    "mode_sense6", "mode_sense10",
+    "mode_sense6", "mode_sense10", "UNMAP_NO_LIMIT", "MAX_UNMAP_DESCRIPTORS", "unmap",
+    "unmap_parameter_list", "write_same16",
 ]
 
 
@@ -34,10 +35,12 @@ class Opcode(enum.IntEnum):
     READ_10 = 0x28
     WRITE_10 = 0x2A
     SYNCHRONIZE_CACHE_10 = 0x35
+    UNMAP = 0x42
     MODE_SENSE_10 = 0x5A
     READ_16 = 0x88
     WRITE_16 = 0x8A
     SYNCHRONIZE_CACHE_16 = 0x91
+    WRITE_SAME_16 = 0x93
     SERVICE_ACTION_IN_16 = 0x9E
     REPORT_LUNS = 0xA0
 
@@ -67,6 +70,13 @@ _FUA = 0x08
 _IMMED = 0x02
 # SPC-4 §6.6.1 INQUIRY table 142
 _EVPD = 0x01
+# SBC-3 r35 §5.45 WRITE SAME(16): byte 1 bit 3 UNMAP (bit 4 ANCHOR, bit 0 NDOB: never set)
+_WS_UNMAP = 0x08
+
+# Block Limits VPD page: "no limit" in MAXIMUM UNMAP LBA COUNT / BLOCK DESCRIPTOR COUNT
+UNMAP_NO_LIMIT = 0xFFFF_FFFF
+# The most descriptors one UNMAP parameter list can carry (its 16-bit length fields)
+MAX_UNMAP_DESCRIPTORS = (0xFFFF - 8) // 16
 # SPC-4 §6.11.1 MODE SENSE(6) table 164 / §6.12 MODE SENSE(10) table 172
 _DBD = 0x08
 _LLBAA = 0x10
@@ -103,6 +113,14 @@ _MODE_SENSE_6 = struct.Struct(">BBBBBB")
 # MODE SENSE(10), SPC-4 §6.12 table 172: opcode, LLBAA (bit 4) + DBD (bit 3), PC + page code,
 # subpage code, reserved (3), allocation length (2), control
 _MODE_SENSE_10 = struct.Struct(">BBBB3xHB")
+# UNMAP, SBC-3 r35 §5.28.1: opcode, ANCHOR (bit 0), reserved (4), group number
+# (bits 4-0), parameter list length (2), control
+_UNMAP = struct.Struct(">BB4xBHB")
+# UNMAP parameter list header, §5.28.2: UNMAP data length (2), UNMAP block descriptor data
+# length (2), reserved (4); then block descriptors (§5.28.3): LBA (8), number of blocks (4),
+# reserved (4)
+_UNMAP_HEADER = struct.Struct(">HH4x")
+_UNMAP_DESCRIPTOR = struct.Struct(">QI4x")
 
 
 def _check(name: str, value: object, low: int, high: int) -> int:
@@ -270,3 +288,34 @@ def synchronize_cache(lba: int = 0, blocks: int = 0, *, immed: bool = False,
     if fits and not use_16:
         return synchronize_cache10(lba, blocks, immed=immed)
     return synchronize_cache16(lba, blocks, immed=immed)
+
+
+def unmap(parameter_list_length: int) -> bytes:
+    """UNMAP (SBC-3 r35 §5.28, SBC-4 §5.31): the parameter list (see
+    :func:`unmap_parameter_list`) goes out as the command's data. ANCHOR is never set."""
+    _check("parameter_list_length", parameter_list_length, 0, 0xFFFF)
+    return _UNMAP.pack(Opcode.UNMAP, 0, 0, parameter_list_length, 0)
+
+
+def unmap_parameter_list(extents: list[tuple[int, int]]) -> bytes:
+    """The UNMAP parameter list (SBC-3 r35 §5.28.2): one block descriptor per
+    ``(lba, blocks)`` extent, at most :data:`MAX_UNMAP_DESCRIPTORS` of them."""
+    if not 1 <= len(extents) <= MAX_UNMAP_DESCRIPTORS:
+        raise LocalProtocolError(f"{len(extents)} UNMAP block descriptors (1 to "
+                                 f"{MAX_UNMAP_DESCRIPTORS})")
+    out = bytearray()
+    for lba, blocks in extents:
+        _check("lba", lba, 0, MAX_LBA_16)
+        _check("blocks", blocks, 1, MAX_BLOCKS_16)
+        if lba + blocks > MAX_LBA_16 + 1:
+            raise LocalProtocolError(f"lba {lba} + blocks {blocks} runs past the 64-bit LBA space")
+        out += _UNMAP_DESCRIPTOR.pack(lba, blocks)
+    return _UNMAP_HEADER.pack(len(out) + 6, len(out)) + bytes(out)
+
+
+def write_same16(lba: int, blocks: int, *, unmap: bool = False) -> bytes:
+    """WRITE SAME(16) (SBC-3 r35 §5.45, SBC-4 §5.50): one block of data, written (or, with
+    ``unmap``, unmapped where the device can) over ``blocks`` blocks from ``lba``. ``blocks``
+    must not be 0: for WRITE SAME, 0 means "to the end of the medium"."""
+    _check("blocks", blocks, 1, MAX_BLOCKS_16)
+    return _cdb16(Opcode.WRITE_SAME_16, _WS_UNMAP if unmap else 0, lba, blocks)

@@ -1,9 +1,10 @@
 """Parsers for the data-in of SCSI commands iscsifs sends.
 
-Owns: standard INQUIRY data (SPC-4 §6.6.2), the VPD pages 00h/80h/83h (SPC-4 §7.8) and B0h
-(SBC-3 §6.5.3), READ CAPACITY(10)/(16) parameter data (SBC-3 §5.15.2, §5.16.2), REPORT LUNS
-parameter data (SPC-4 §6.33) with LUN decoding (SAM-5 §4.7), and the WP bit of a MODE SENSE
-header (SPC-4 §7.5.5, SBC-3 §6.4.1). Knows nothing of iSCSI and does no I/O.
+Owns: standard INQUIRY data (SPC-4 §6.6.2), the VPD pages 00h/80h/83h (SPC-4 §7.8), B0h
+(SBC-3 §6.5.3) and B2h (SBC-3 r35 §6.6.4 / SBC-4 §6.6.6), READ CAPACITY(10)/(16) parameter
+data (SBC-3 §5.15.2, §5.16.2), REPORT LUNS parameter data (SPC-4 §6.33) with LUN decoding
+(SAM-5 §4.7), and the WP bit of a MODE SENSE header (SPC-4 §7.5.5, SBC-3 §6.4.1). Knows
+nothing of iSCSI and does no I/O.
 
 Every parser accepts truncated data (a short allocation length, or a residual): fields that
 are missing read as 0/empty, and a length field that claims more than is present is clamped.
@@ -25,6 +26,7 @@ __all__ = [
     "parse_vpd_supported_pages", "parse_vpd_serial",
     "Designator", "DesignatorType", "Association", "CodeSet", "parse_vpd_device_id", "pick_wwn",
     "BlockLimits", "parse_vpd_block_limits",
+    "ProvisioningType", "LogicalBlockProvisioning", "parse_vpd_logical_block_provisioning",
     "Capacity", "parse_read_capacity10", "parse_read_capacity16",
     "decode_lun_entry", "parse_report_luns", "report_luns_needed", "parse_mode_sense_wp",
 ]
@@ -320,7 +322,13 @@ _BLOCK_LIMITS_ENDS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 40)
 
 @dataclass(frozen=True, slots=True)
 class BlockLimits:
-    """Block Limits VPD page (B0h). Lengths are in logical blocks; 0 = no limit/not reported."""
+    """Block Limits VPD page (B0h). Lengths are in logical blocks; 0 = no limit/not reported.
+
+    Except for UNMAP (SBC-3 r35 §6.6.3): a MAXIMUM UNMAP LBA COUNT or MAXIMUM UNMAP BLOCK
+    DESCRIPTOR COUNT of 0 means the device server does not implement UNMAP, and FFFFFFFFh means
+    no limit. OPTIMAL UNMAP GRANULARITY 0 or 1 means every block; ``unmap_granularity_alignment``
+    is None unless UGAVALID is set.
+    """
 
     max_transfer_length: int = 0
     optimal_transfer_length: int = 0
@@ -352,6 +360,62 @@ def parse_vpd_block_limits(data: Buffer) -> BlockLimits:
         unmap_granularity_alignment=uga & 0x7FFF_FFFF if uga & 0x8000_0000 else None,
         max_write_same_length=mwsl,
         wsnz=bool(b4 & 0x01),
+    )
+
+
+class ProvisioningType(enum.IntEnum):
+    """PROVISIONING TYPE of the Logical Block Provisioning VPD page (SBC-4 §6.6.6)."""
+
+    FULL = 0            # fully provisioned, or not reported
+    RESOURCE = 1        # resource provisioned
+    THIN = 2            # thin provisioned
+
+
+# SBC-3 r35 §6.6.4 / SBC-4 §6.6.6, after the VPD header: threshold exponent;
+# LBPU (bit 7), LBPWS (6), LBPWS10 (5), LBPRZ (bits 4-2; one bit, bit 2, in SBC-3), ANC_SUP (1),
+# DP (0); minimum percentage (bits 7-3) + provisioning type (bits 2-0); threshold percentage
+_LBP = struct.Struct(">BBBB")      # page bytes 4..7; a provisioning group descriptor may follow
+_LBP_ENDS = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalBlockProvisioning:
+    """Logical Block Provisioning VPD page (B2h): which commands unmap, and what an unmapped
+    block reads as. Fields beyond a truncated answer read as 0/False."""
+
+    threshold_exponent: int = 0
+    lbpu: bool = False          # UNMAP is supported
+    lbpws: bool = False         # WRITE SAME(16) with the UNMAP bit is supported
+    lbpws10: bool = False       # WRITE SAME(10) with the UNMAP bit is supported
+    lbprz_field: int = 0        # SBC-4 LBPRZ field: xx1b zeros, 010b the initialization pattern
+    anc_sup: bool = False       # anchored LBAs are supported
+    dp: bool = False            # a provisioning group descriptor follows
+    minimum_percentage: int = 0
+    provisioning_type: int = ProvisioningType.FULL
+    threshold_percentage: int = 0
+
+    @property
+    def lbprz(self) -> bool:
+        """An unmapped block reads as zeros (LBPRZ field xx1b)."""
+        return bool(self.lbprz_field & 0x01)
+
+
+def parse_vpd_logical_block_provisioning(data: Buffer) -> LogicalBlockProvisioning:
+    """Logical Block Provisioning (SBC-3 r35 §6.6.4, SBC-4 §6.6.6). The provisioning group
+    descriptor (present when DP is set) is not parsed."""
+    body = _vpd_body(data, VpdPage.LOGICAL_BLOCK_PROVISIONING)
+    exponent, b5, b6, threshold = _LBP.unpack(_whole_fields(body, _LBP_ENDS, _LBP.size))
+    return LogicalBlockProvisioning(
+        threshold_exponent=exponent,
+        lbpu=bool(b5 & 0x80),
+        lbpws=bool(b5 & 0x40),
+        lbpws10=bool(b5 & 0x20),
+        lbprz_field=(b5 >> 2) & 0x07,
+        anc_sup=bool(b5 & 0x02),
+        dp=bool(b5 & 0x01),
+        minimum_percentage=b6 >> 3,
+        provisioning_type=b6 & 0x07,
+        threshold_percentage=threshold,
     )
 
 

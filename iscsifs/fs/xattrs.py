@@ -1,0 +1,76 @@
+"""Extended attributes of a LUN's file (``raw``; the ``by-id`` files take the same functions).
+
+Owns: the names and values of the read-only ``user.iscsi.*`` identity attributes (taken from
+the same snapshot as ``info`` and ``info.json``: ``render.lun_facts``), the syntax of the
+write-only ``user.iscsi.discard`` control, and what setting or removing each name answers.
+The handlers in ``fs/ops.py`` only look the answer up here.
+
+    user.iscsi.wwn          naa.60000000000000000e00000000010001   (absent if the LUN has none)
+    user.iscsi.serial       beaf11                                 (absent if the LUN has none)
+    user.iscsi.vendor       IET
+    user.iscsi.product      VIRTUAL-DISK
+    user.iscsi.revision     0001
+    user.iscsi.block_size   512
+    user.iscsi.target       iqn.2026-11.org.example:disk1
+    user.iscsi.portal       10.0.0.5:3260 ([v6addr]:port for IPv6)
+    user.iscsi.lun          1
+    user.iscsi.discard      write-only: "OFFSET LENGTH" (decimal bytes) discards that range
+
+Values are ASCII text without a newline; anything else the target sent (control characters,
+non-ASCII bytes) is escaped as ``\\xNN``. A value the LUN does not report is absent (ENODATA),
+never empty. Setting or removing an identity attribute gets EPERM (they describe the LUN and
+cannot be changed); any other name gets ENOTSUP on set (the file system keeps no extended
+attributes of its own) and ENODATA on remove.
+
+Must not know: pyfuse3, trio, sessions.
+"""
+
+from __future__ import annotations
+
+import re
+
+from iscsifs.core.discovery import Portal
+from iscsifs.fs.backend import BlockDevice
+from iscsifs.fs.render import lun_facts
+
+PREFIX = "user.iscsi."
+PREFIX_BYTES = PREFIX.encode()
+# (attribute, key of render.lun_facts), in the order listxattr gives them
+IDENTITY = (
+    ("wwn", "wwn"), ("serial", "serial"), ("vendor", "vendor"), ("product", "product"),
+    ("revision", "revision"), ("block_size", "block_size"), ("target", "target"),
+    ("portal", "portal"), ("lun", "lun"),
+)
+IDENTITY_NAMES = frozenset((PREFIX + name).encode() for name, _ in IDENTITY)
+DISCARD = (PREFIX + "discard").encode()
+
+_DISCARD_RE = re.compile(rb"\s*(\d{1,20})\s+(\d{1,20})\s*")
+
+
+def _text(value: object) -> bytes:
+    """One line of printable ASCII (render.clean already escaped control characters)."""
+    return str(value).encode("ascii", "backslashreplace")
+
+
+def lun_xattrs(device: BlockDevice, target: str | None, portal: Portal | None,
+               lun: int) -> dict[bytes, bytes]:
+    """The identity attributes of a LUN's file, name -> value, in listing order."""
+    facts = lun_facts(device, lun=lun, target=target, portal=portal)
+    out: dict[bytes, bytes] = {}
+    for name, key in IDENTITY:
+        value = facts[key]
+        if key == "portal" and value is not None:
+            value = value["address"]
+        if value is None or value == "":
+            continue
+        out[(PREFIX + name).encode()] = _text(value)
+    return out
+
+
+def parse_discard(value: bytes) -> tuple[int, int]:
+    """``b"OFFSET LENGTH"`` (decimal, bytes) -> ``(offset, length)``; ValueError otherwise."""
+    match = _DISCARD_RE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{PREFIX}discard wants 'OFFSET LENGTH' in decimal bytes, "
+                         f"not {value[:60]!r}")
+    return int(match[1]), int(match[2])
