@@ -72,6 +72,13 @@ class ConnectionLost(IscsiError):
     """The TCP connection to the target is gone (reset, closed, NOP timeout)."""
 
 
+class PathFailed(ConnectionLost):
+    """A fail-fast command's connection failed before it was answered (dm-multipath's
+    REQ_FAILFAST_TRANSPORT): the session answers it at once instead of holding it for a
+    relogin, and never sends it again. The multipath layer issues a new command on another
+    path."""
+
+
 class CommandTimeout(IscsiError):
     """A command did not complete in time (and could not be recovered)."""
 

@@ -68,7 +68,7 @@ async def expect_errno(code, coro):
 async def test_lookup_and_attributes():
     ops, fake = make_ops()
     root = await ops.getattr(ROOT_INODE)
-    assert stat.S_ISDIR(root.st_mode) and root.st_nlink == 4   # by-path/ portals/ + . + ..
+    assert stat.S_ISDIR(root.st_mode) and root.st_nlink == 5   # by-path/ by-id/ portals/ . ..
     targets = await walk(ops, "portals", "127.0.0.1:3260", "targets")
     assert targets.st_nlink == 1                      # not listed yet: unknown
     for name in (n for n in HOSTILE_NAMES if n not in (".", "..")):

@@ -1,8 +1,8 @@
 """pyfuse3 request handlers.
 
 Owns: what each FUSE request does on the tree of ``fs/tree.py``: attributes, directory listings,
-open files (per-handle text snapshots, raw LUN handles), byte I/O on ``raw`` through the LUN's
-``BlockDevice``, statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
+open files (per-handle text snapshots, LUN handles), byte I/O on ``raw`` and ``by-id`` files
+through the LUN's ``BlockDevice``, statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
 lock here serialises I/O): the rules behind listings, rescans, by-path, mkdir and rmdir live in
 ``fs/namespace.py``. Every handler wears ``errno_map.fuse_errors`` - the one place where
 exceptions become errno. What each operation means for the user: docs/tree.md.
@@ -103,6 +103,9 @@ class Operations(pyfuse3.Operations):
         elif node.kind is Kind.INFO:
             assert node.entry is not None
             text = render.render_lun_info(node.entry, node.target, node.portal)
+        elif node.kind is Kind.MPATH_STATUS:
+            assert node.mpath is not None
+            text = render.render_multipath(node.mpath, node.name)
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
@@ -138,7 +141,7 @@ class Operations(pyfuse3.Operations):
             attr.st_nlink = 1
             attr.st_size = len((node.link or "").encode("utf-8"))
             attr.st_blocks = 0
-        elif node.kind is Kind.RAW:
+        elif node.kind.is_device:
             dev = node.device
             size = dev.size if dev is not None else 0
             attr.st_mode = stat.S_IFREG | (0o400 if self._lun_read_only(node) else 0o600)
@@ -191,6 +194,11 @@ class Operations(pyfuse3.Operations):
             child = self.tree.child(parent, text)
             if child is None:
                 child = await self.namespace.resolve_by_path(parent, text)
+        elif parent.kind is Kind.BY_ID:
+            child = self.tree.child(parent, text)
+            if child is None:           # not listed yet, or a LUN found since: list again
+                await self.namespace.populate(parent)
+                child = self.tree.child(parent, text)
         else:
             child = self.tree.child(parent, text)
             if child is None and parent.children is None:
@@ -198,14 +206,14 @@ class Operations(pyfuse3.Operations):
                 child = self.tree.child(parent, text)
         if child is None:
             raise _fail(errno.ENOENT)
-        if child.kind is Kind.RAW:
+        if child.kind.is_device:
             await self.namespace.refresh_capacity(child)
         return self.attributes(child)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        if node.kind is Kind.RAW:
+        if node.kind.is_device:
             await self.namespace.refresh_capacity(node)
         return self.attributes(node)
 
@@ -221,7 +229,7 @@ class Operations(pyfuse3.Operations):
                       ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if fields.update_size:
-            if node.kind is Kind.RAW:
+            if node.kind.is_device:
                 size = node.device.size if node.device is not None else 0
                 if attr.st_size != size:
                     log.info("%s: truncate to %d refused (a LUN has a fixed size of %d)",
@@ -264,7 +272,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.kind.is_dir:
             raise _fail(errno.ENOTDIR)
-        if node.kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH):
+        if node.kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH, Kind.BY_ID):
             # each listing asks again (the Initiator caches discovery; luns() re-reports)
             await self.namespace.populate(node)
         fh = next(self._fh)
@@ -353,7 +361,7 @@ class Operations(pyfuse3.Operations):
             fh = next(self._fh)
             self._handles[fh] = _Handle(node, writable=wants_write)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
-        if node.kind is not Kind.RAW or node.device is None:
+        if not node.kind.is_device or node.device is None:
             raise _fail(errno.ENXIO)
         if wants_write and self._lun_read_only(node):
             raise _fail(errno.EROFS)
@@ -391,7 +399,7 @@ class Operations(pyfuse3.Operations):
             else:
                 await self.namespace.rescan_target(node)
             return len(buf)
-        if handle.data is not None or node.kind is not Kind.RAW:
+        if handle.data is not None or not node.kind.is_device:
             raise _fail(errno.EBADF)
         if self._lun_read_only(node):
             raise _fail(errno.EROFS)
@@ -420,7 +428,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
-        if handle.node.kind is Kind.RAW and handle.node.device is not None:
+        if handle.node.kind.is_device and handle.node.device is not None:
             await handle.node.device.flush()     # SYNCHRONIZE CACHE; errors reach the caller
 
     @fuse_errors
