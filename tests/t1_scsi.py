@@ -560,6 +560,23 @@ class TestVpd:
         assert pick_wwn(parse_vpd_device_id(vpd(0x83, port_naa))) is None
         assert pick_wwn([]) is None
 
+    def test_pick_wwn_follows_udev_scsi_id_order(self):
+        # scsi_id's search list: NAA 6, NAA 5, any other NAA (the first one), EUI-64 (the
+        # first one), T10 vendor ID; logical-unit designators only
+        naa2 = H("01 03 00 08 2000000000000002")
+        naa3 = H("01 03 00 08 3000000000000003")
+        naa5 = H("01 03 00 08 5001405abcdef012")
+        eui8 = H("01 02 00 08 0011223344556677")
+        eui12 = H("01 02 00 0c 001122334455667788990011")
+        t10 = H("02 01 00 0c") + b"LIO-ORG abcd"
+        pick = lambda *ds: pick_wwn(parse_vpd_device_id(vpd(0x83, b"".join(ds))))  # noqa: E731
+        assert pick(naa3, naa2) == "naa.3000000000000003"     # neither 5 nor 6: the first
+        assert pick(naa2, naa3) == "naa.2000000000000002"
+        assert pick(naa2, naa5) == "naa.5001405abcdef012"
+        assert pick(eui8, eui12) == "eui.0011223344556677"    # the first EUI-64, not the longest
+        assert pick(eui12, eui8) == "eui.001122334455667788990011"
+        assert pick(t10, eui8, naa3) == "naa.3000000000000003"
+
     def test_device_id_truncated(self):
         naa = H("01 03 00 10 60000000000000000e00000000010001")
         eui = H("01 02 00 08 0011223344556677")
