@@ -49,7 +49,8 @@ class LunEntry:
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A snapshot of one session for ``fs/render.py``."""
+    """A snapshot of one session for ``fs/render.py``. ``portal`` is where the connection is
+    now (the Current Portal: it differs from the node's after a login redirection)."""
 
     target: str
     portal: Portal
@@ -77,6 +78,7 @@ class NodeOptions:
     login_params: LoginParams | None = None
     timeouts: Timeouts | None = None
     queue_depth: int | None = None
+    cmds_max: int | None = None
 
 
 def _key(target: str, portal: Portal) -> tuple[str, str, int]:
@@ -172,6 +174,7 @@ class Initiator:
                     chap=opts.chap if opts.chap is not None else self.chap,
                     timeouts=opts.timeouts or self.timeouts,
                     queue_depth=opts.queue_depth or self.queue_depth,
+                    cmds_max=opts.cmds_max or 128,
                     initiator_alias=self.initiator_alias)
             return entry.session
 
@@ -201,7 +204,7 @@ class Initiator:
                 if luns.get(path.lun) is not path.device:
                     mdev.group.remove(lambda p, path=path: p is path)
                 else:
-                    mdev.copy_capacity(path.device)
+                    mdev.copy_geometry(path.device)
         return entry.luns
 
     async def _scan(self, session: Session, known: list[LunEntry]) -> list[LunEntry]:
@@ -214,6 +217,7 @@ class Initiator:
             prev = old.get(n)
             if prev is not None and prev.device is not None:
                 await prev.device.read_capacity()
+                await prev.device.read_write_protect()
                 result.append(prev)
                 continue
             inquiry = scsi_parse.parse_inquiry(await read_data(session, n, scsi_cdb.inquiry(alloc=96), 96))
@@ -233,7 +237,7 @@ class Initiator:
         s = entry.session
         chap = s.chap
         return SessionInfo(
-            target=target, portal=portal, sid=s.sid, initiator_name=s.initiator_name,
+            target=target, portal=s.current_portal, sid=s.sid, initiator_name=s.initiator_name,
             local_address=s.local_address, connection_state=s.connection_state,
             session_state=s.session_state, timeouts=s.timeouts,
             chap_username=chap.username if chap else None,

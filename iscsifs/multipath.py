@@ -325,12 +325,12 @@ class MultipathDevice(Lun):
         self.serial = template.serial
         self.wwn = template.wwn
         self.block_limits = template.block_limits
-        self.write_protected = template.write_protected
-        self.copy_capacity(template)
+        self.copy_geometry(template)
 
-    def copy_capacity(self, source: Lun) -> None:
-        """Take the block size, block count and transfer limits of a path's Lun (after a
-        rescan re-read them)."""
+    def copy_geometry(self, source: Lun) -> None:
+        """Take the block size, block count, transfer limits and write protection of a
+        path's Lun (after a rescan re-read them)."""
+        self.write_protected = source.write_protected
         self.block_size = source.block_size
         self.num_blocks = source.num_blocks
         self.max_transfer_bytes = source.max_transfer_bytes

@@ -2,7 +2,8 @@
 
     check that every portal answers a TCP connect
     open the nursery; create the Initiator in it
-    discover each portal (a portal whose discovery fails lists its node records instead)
+    discover each portal (a portal whose discovery fails lists its node records instead,
+        with a warning the user sees; without records the mount fails)
     pyfuse3.init -> ready -> pyfuse3.main, until unmounted or SIGTERM/SIGINT
     log out every session -> pyfuse3.close(unmount=True)
 
@@ -77,9 +78,12 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None],
-                    backend: Callable[..., Any] | None = None) -> None:
+                    backend: Callable[..., Any] | None = None, *,
+                    warn: Callable[[str], None] | None = None) -> None:
     """Check portals, mount, call ``ready()``, serve until unmounted or signalled, log out,
-    unmount. ``backend(opts, initiator_name, nursery)`` replaces the Initiator (tests)."""
+    unmount. ``backend(opts, initiator_name, nursery)`` replaces the Initiator (tests).
+    ``warn(message)`` tells the user (not only the log) what mounted but not as asked: the
+    daemon's parent prints it on stderr; in the foreground the log is stderr already."""
     initiator_name = resolve_initiator_name(opts)
     for warning in opts.warnings:
         log.warning("%s", warning)
@@ -138,10 +142,16 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
             except Exception as exc:
                 log.debug("discovery on %s failed", portal, exc_info=True)
                 error = quiet_error(exc, doing=f"discovery on portal {portal.address}")
-                if not config.records.targets_at(portal, static_only=False):
+                records = config.records.targets_at(portal, static_only=False)
+                if not records:
                     raise error from None
-                # targets that refuse discovery: their node records are listed instead
-                log.warning("%s; listing the node records of that portal", error)
+                # as open-iscsi logs in to node records whatever discovery says: the portal
+                # lists its node records, and the user hears why, once
+                message = (f"{error}; mounted with its {len(records)} node record(s) "
+                           f"instead")
+                log.warning("%s", message)
+                if warn is not None:
+                    warn(message)
         tree = Tree(opts.portals)
         ops = Operations(initiator, tree, initiator_name=initiator_name,
                          read_only=opts.read_only, cache=opts.cache,
