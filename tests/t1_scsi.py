@@ -10,7 +10,7 @@ import pickle
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from iscsifs.errors import IscsiError, LocalProtocolError, RemoteProtocolError
@@ -129,6 +129,7 @@ class TestCdb:
     def test_fits_and_max_blocks(self):
         assert cdb.fits_cdb10(0, 0xFFFF)
         assert not cdb.fits_cdb10(0xFFFF_FFFF, 2)
+        assert not cdb.fits_cdb10(2**32, 0)       # no block to address, but the LBA itself
         assert cdb.max_blocks_per_cdb(0) == 0xFFFF_FFFF
         assert cdb.max_blocks_per_cdb(2**64 - 3) == 3
         with pytest.raises(LocalProtocolError):
@@ -168,6 +169,7 @@ class TestCdb:
 
     @given(lba=st.integers(0, 2**64 - 1), blocks=st.integers(0, 2**32 - 1),
            fua=st.booleans())
+    @example(lba=2**32, blocks=0, fua=False)       # no block, but an LBA READ(10) can't hold
     def test_read_roundtrip(self, lba, blocks, fua):
         if lba + blocks > 2**64:
             with pytest.raises(LocalProtocolError):
@@ -176,10 +178,10 @@ class TestCdb:
         c = cdb.read(lba, blocks, fua=fua)
         if len(c) == 10:
             op, flags, got_lba, group, got_blocks, control = struct.unpack(">BBIBHB", c)
-            assert lba + blocks <= 2**32 and blocks < 2**16
+            assert lba < 2**32 and lba + blocks <= 2**32 and blocks < 2**16
         else:
             op, flags, got_lba, got_blocks, group, control = struct.unpack(">BBQIBB", c)
-            assert not (lba + blocks <= 2**32 and blocks < 2**16)
+            assert not (lba < 2**32 and lba + blocks <= 2**32 and blocks < 2**16)
         assert (got_lba, got_blocks, flags, group, control) == (lba, blocks, 8 * fua, 0, 0)
 
 
