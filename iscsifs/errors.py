@@ -104,6 +104,13 @@ class ConnectionLost(IscsiError):
         self.errno = errno
 
 
+class PathFailed(ConnectionLost):
+    """A fail-fast command's connection failed before it was answered (dm-multipath's
+    REQ_FAILFAST_TRANSPORT): the session answers it at once instead of holding it for a
+    relogin, and never sends it again. The multipath layer issues a new command on another
+    path."""
+
+
 class CommandTimeout(IscsiError):
     """A command did not complete in time (and could not be recovered)."""
 

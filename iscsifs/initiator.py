@@ -2,18 +2,19 @@
 
 Owns: the discovery cache, one session per (target, portal) created on first use (lazy login,
 shared by every open file), the LUN list of each session (``device.Lun`` for disk LUNs),
-rescans, and logging everything out at the end. Long-lived tasks run in the nursery its owner
-passes in.
+rescans, the multipath devices (disk LUNs grouped by their identity, VPD 0x83, across every
+target and portal: one ``multipath.MultipathDevice`` each), and logging everything out at the
+end. Long-lived tasks run in the nursery its owner passes in.
 
-This is the facade above the layers: it uses ``net`` (sessions, discovery) and ``device``;
-``fs``, ``mount`` and ``cli`` use it, and nothing below imports it.
+This is the facade above the layers: it uses ``net`` (sessions, discovery), ``device`` and
+``multipath``; ``fs``, ``mount`` and ``cli`` use it, and nothing below imports it.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import trio
 
@@ -21,6 +22,8 @@ from .core.chap import ChapCredentials
 from .core.discovery import DiscoveredTarget, Portal
 from .core.keys import LoginParams, NegotiatedParams
 from .device import DEFAULT_MAX_COMMAND, Lun, read_data
+from .errors import IscsiError
+from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
 from .net.session import Session, Timeouts
 from .scsi import cdb as scsi_cdb
@@ -29,7 +32,8 @@ from .scsi.sense import ScsiError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Initiator", "LunEntry", "SessionInfo", "Timeouts", "NodeOptions"]
+__all__ = ["Initiator", "LunEntry", "SessionInfo", "Timeouts", "NodeOptions",
+           "MultipathDevice"]
 
 # SendTargets results older than this are refreshed on the next listing (seconds).
 DISCOVERY_TTL = 30.0
@@ -96,7 +100,8 @@ class Initiator:
                  queue_depth: int = 32, max_command_bytes: int = DEFAULT_MAX_COMMAND,
                  node_options: Callable[[str, Portal], NodeOptions | None] | None = None,
                  discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
-                 on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None):
+                 on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None,
+                 multipath_policy: str = "failover"):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -115,6 +120,10 @@ class Initiator:
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
         self._entries: dict[tuple[str, str, int], _Entry] = {}
+        if multipath_policy not in POLICIES:
+            raise ValueError(f"multipath policy must be one of {', '.join(POLICIES)}")
+        self.multipath_policy = multipath_policy
+        self._multipath: dict[str, MultipathDevice] = {}     # identity -> device
         self._closed = False
 
     # ------------------------------------------------------------------ discovery
@@ -186,7 +195,17 @@ class Initiator:
         entry = self._entries[_key(target, portal)]
         async with entry.lock:
             entry.luns = await self._scan(session, entry.luns or [])
-            return entry.luns
+            luns = {e.lun: e.device for e in entry.luns if e.device is not None}
+        # multipath devices follow: a LUN gone is a path gone; a new capacity is theirs too
+        for mdev in self._multipath.values():
+            for path in list(mdev.group.paths):
+                if (path.target, path.portal.host, path.portal.port) != _key(target, portal):
+                    continue
+                if luns.get(path.lun) is not path.device:
+                    mdev.group.remove(lambda p, path=path: p is path)
+                else:
+                    mdev.copy_geometry(path.device)
+        return entry.luns
 
     async def _scan(self, session: Session, known: list[LunEntry]) -> list[LunEntry]:
         old = {e.lun: e for e in known}
@@ -234,11 +253,64 @@ class Initiator:
     async def logout(self, target: str, portal: Portal) -> None:
         entry = self._entries.pop(_key(target, portal), None)
         if entry is not None and entry.session is not None:
+            for mdev in self._multipath.values():       # its paths go first
+                mdev.group.remove(lambda p: p.session is entry.session)
             await entry.session.close()
+
+    # ------------------------------------------------------------------ multipath
+    async def multipath(self, pairs: Sequence[tuple[str, Portal]]) -> list[MultipathDevice]:
+        """The multipath devices of the disk LUNs of every (target, portal) in ``pairs``:
+        one per identity (VPD 0x83, ``Lun.wwn``), with a path for each LUN that reports it.
+
+        Logs in where needed (all targets at once, each login bounded by its login timeout);
+        a target that cannot be reached is skipped with a warning, and its paths are missing
+        until a later call finds them. Paths are only added here; they go away on logout and
+        when a rescan no longer finds their LUN. The priority of a path is the order of
+        ``pairs`` (the mount's portal order)."""
+        found: dict[int, list[LunEntry]] = {}
+
+        async def scan(i: int, target: str, portal: Portal) -> None:
+            try:
+                found[i] = await self.luns(target, portal)
+            except (IscsiError, OSError) as exc:
+                log.warning("multipath: %s at %s: %s; its paths are left out", target,
+                            portal.address, exc)
+
+        async with trio.open_nursery() as nursery:
+            for i, (target, portal) in enumerate(pairs):
+                nursery.start_soon(scan, i, target, portal)
+        seen: dict[str, MultipathDevice] = {}
+        for i, (target, portal) in enumerate(pairs):
+            for e in found.get(i, ()):
+                device = e.device
+                if device is None or not device.wwn:
+                    continue
+                mdev = self._multipath_for(device, target, portal, i)
+                if mdev is not None:
+                    seen.setdefault(mdev.identity, mdev)
+        return [m for m in seen.values() if m.group.paths]
+
+    def _multipath_for(self, device: Lun, target: str, portal: Portal,
+                       rank: int) -> MultipathDevice | None:
+        identity = device.wwn
+        assert identity is not None
+        mdev = self._multipath.get(identity)
+        if mdev is None:
+            mdev = MultipathDevice(device, policy=self.multipath_policy,
+                                   no_path_retry=device.session.timeouts.replacement_timeout)
+            self._multipath[identity] = mdev
+        elif (why := mdev.same_unit(device)) is not None:
+            log.warning("multipath: LUN %d of %s at %s reports the identity %s but %s; not "
+                        "used as a path", device.lun, target, portal.address, identity, why)
+            return None
+        mdev.group.add(Path(target, portal, device, rank))
+        return mdev
 
     async def aclose(self) -> None:
         """Log out of every session (concurrently, each bounded by its logout timeout)."""
         self._closed = True
+        for mdev in self._multipath.values():
+            mdev.group.close()
         entries, self._entries = list(self._entries.values()), {}
         async with trio.open_nursery() as nursery:
             for entry in entries:

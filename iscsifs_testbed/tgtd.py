@@ -468,6 +468,22 @@ class Tgtd:
         nop_count, ...).  Applies to logins after the change."""
         self._tgtadm(["--mode", "target", "--op", "update", "--tid", tid, "-n", name, "-v", value])
 
+    def add_portal(self, host: str, port: int | None = None) -> str:
+        """Listen on another address too (``--op new --mode portal``), on our port unless
+        ``port`` is given; returns the portal as ``host:port``. Every target is reachable
+        there, and SendTargets lists it."""
+        portal = f"{host}:{port if port is not None else self.port}"
+        self._tgtadm(["--mode", "portal", "--op", "new", "--param", f"portal={portal}"])
+        return portal
+
+    def delete_portal(self, portal: str) -> None:
+        self._tgtadm(["--mode", "portal", "--op", "delete", "--param", f"portal={portal}"])
+
+    def show_portals(self) -> list[str]:
+        """``--op show --mode portal``: the portals tgtd listens on (``host:port``)."""
+        out = self._tgtadm(["--mode", "portal", "--op", "show"])
+        return re.findall(r"^Portal:\s*(\S+?),\d+$", out, re.M)
+
     def show_connections(self, tid: int) -> list[Connection]:
         out = self._tgtadm(["--mode", "conn", "--op", "show", "--tid", tid])
         conns: list[Connection] = []

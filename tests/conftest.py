@@ -5,6 +5,7 @@ Fixtures (see iscsifs_testbed/tgtd.py for the Tgtd API):
   tgtd          session  Tgtd           one private tgtd per pytest run
   tgt_target    session  StandardTarget the standard targets (disk1: LUN 1/2/3, disk2: LUN 1)
   fresh_target  function TargetFactory  make throw-away targets (own tid, removed afterwards)
+  two_portals   function TwoPortals     a private tgtd on 127.0.0.1:PORT and 127.0.0.2:PORT
   fuse_available function None          skips unless /dev/fuse is usable (root)
 Tests using tgtd/tgt_target/fresh_target/fuse_available are marked ``integration``; every test
 in a t4_* or t5_* file is marked ``slow`` (``pytest -m "not slow"`` runs t1-t3 in seconds).
@@ -33,7 +34,7 @@ from iscsifs_testbed.tgtd import (INITIATOR_IQN, IQN1, IQN2, MiB, LunInfo, Targe
 
 pytest_plugins = ("logcheck", "pytester")
 
-INTEGRATION_FIXTURES = {"tgtd", "tgt_target", "fresh_target", "fuse_available"}
+INTEGRATION_FIXTURES = {"tgtd", "tgt_target", "fresh_target", "two_portals", "fuse_available"}
 SLOW_LAYERS = ("t4_", "t5_")      # a real tgtd, real FUSE mounts
 
 # ---------------------------------------------------------------- CI no-skip rule
@@ -377,6 +378,38 @@ def fresh_target(tgtd, request):
         yield factory
     finally:
         factory.cleanup()
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoPortals:
+    """A private tgtd listening on two addresses: one target (tid 1, ``iqn``) with LUN 1
+    48 MiB and LUN 2 8 MiB (512 B blocks, random), reachable at both ``portals``
+    (127.0.0.1:PORT and 127.0.0.2:PORT). ``backing[n]`` is LUN n's file."""
+    tgtd: Tgtd
+    iqn: str
+    backing: dict
+    portals: tuple[str, str]
+
+
+@pytest.fixture
+def two_portals(tmp_path):
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    tgtd = Tgtd(workdir=tmp_path / "tgtd-two-portals")
+    tgtd.start()
+    try:
+        iqn = "iqn.2026-11.org.iscsifs.test:multipath"
+        tgtd.add_target(1, iqn)
+        backing = {}
+        for lun, size in ((1, 48 * MiB), (2, 8 * MiB)):
+            backing[lun] = tgtd.make_backing_file(f"mp-lun{lun}.img", size, "random")
+            tgtd.add_lun(1, lun, backing[lun])
+        tgtd.bind(1, "ALL")
+        second = tgtd.add_portal("127.0.0.2")
+        yield TwoPortals(tgtd, iqn, backing, (tgtd.portal, second))
+    finally:
+        tgtd.stop()
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ import trio
 
 from iscsifs.core.keys import decode_text, encode_text
 from iscsifs.core.pdu import (DataIn, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
-                              NopIn, NopOut, PduDecoder, ScsiCommand, TaskManagementRequest,
-                              TaskManagementResponse, TextRequest, TextResponse, encode)
+                              NopIn, NopOut, PduDecoder, ScsiCommand, ScsiResponse,
+                              TaskManagementRequest, TaskManagementResponse, TextRequest,
+                              TextResponse, encode)
 
 
 @dataclass
@@ -69,6 +70,14 @@ def good_read(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
                    residual_count=0, final=True, acknowledge=False, overflow=False,
                    underflow=False, status_present=True, status=0, data=payload,
                    **conn.sns())]
+
+
+def good_status(conn: TargetConn, cmd: ScsiCommand):
+    """A SCSI Response with GOOD status and no data (the answer to a write)."""
+    return [ScsiResponse(itt=cmd.itt, response=0, status=0, exp_data_sn=0,
+                         bidi_read_residual_count=0, residual_count=0, overflow=False,
+                         underflow=False, bidi_overflow=False, bidi_underflow=False,
+                         **conn.sns())]
 
 
 @dataclass

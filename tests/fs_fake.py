@@ -1,7 +1,9 @@
-"""An in-memory backend for the filesystem tests: ``FakeInitiator`` and ``FakeLun``
-implement the protocols of ``iscsifs/fs/backend.py`` (``Backend``, ``BlockDevice``) over
-bytearrays, as ``iscsifs.initiator.Initiator`` and ``iscsifs.device.Lun`` do over iSCSI
-(t3_fs_contract.py has mypy check both).
+"""An in-memory backend for the filesystem tests: ``FakeInitiator``, ``FakeLun`` and
+``FakeMultipath`` implement the protocols of ``iscsifs/fs/backend.py`` (``Backend``,
+``BlockDevice``, ``MultipathBlockDevice``) over bytearrays, as ``iscsifs.initiator.Initiator``,
+``iscsifs.device.Lun`` and ``iscsifs.multipath.MultipathDevice`` do over iSCSI
+(t3_fs_contract.py has mypy check both). Every portal shows the same targets, so each LUN of
+the fake has one path per portal under ``by-id/``.
 
 FUSE handlers can be called directly on it, and it mounts for real
 (``python tests/fs_fake.py PORTAL MOUNTPOINT -o ...``, always foreground). Not a model of a
@@ -135,6 +137,94 @@ class FakeLun:
 
 
 @dataclass(frozen=True)
+class FakePathState:
+    portal: Any
+    target: str
+    lun: int
+    priority: int
+    group_active: bool
+    dm_state: str
+    checker_state: str
+    device_state: str
+    ios: int
+    errors: int
+    failures: int
+    device: Any
+
+
+class FakeMultipath:
+    """One LUN through its paths: I/O goes to the one FakeLun (the paths share its data);
+    ``down`` holds the paths (target, portal, lun) a test marked failed."""
+
+    def __init__(self, lun: FakeLun, policy: str = "failover"):
+        self.lun = lun
+        self.policy = policy
+        self.paths: list[tuple[str, Any, int]] = []
+        self.down: set[tuple[str, Any, int]] = set()
+        self.switches = 0
+        self.no_path_retry = 120.0
+
+    identity = property(lambda self: self.lun.wwn)
+    size = property(lambda self: self.lun.size)
+    block_size = property(lambda self: self.lun.block_size)
+    num_blocks = property(lambda self: self.lun.num_blocks)
+    max_transfer_bytes = property(lambda self: self.lun.max_transfer_bytes)
+    write_protected = property(lambda self: self.lun.write_protected)
+    inquiry = property(lambda self: self.lun.inquiry)
+    serial = property(lambda self: self.lun.serial)
+    wwn = property(lambda self: self.lun.wwn)
+    capacity_changed = property(lambda self: self.lun.capacity_changed)
+    provisioning = property(lambda self: self.lun.provisioning)
+
+    @property
+    def luns_changed(self) -> bool:
+        return self.lun.luns_changed
+
+    @luns_changed.setter
+    def luns_changed(self, value: bool) -> None:
+        self.lun.luns_changed = value
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.lun.read(offset, length)
+
+    async def write(self, offset: int, data: Any) -> int:
+        return await self.lun.write(offset, data)
+
+    async def flush(self) -> None:
+        await self.lun.flush()
+
+    async def read_capacity(self) -> None:
+        await self.lun.read_capacity()
+
+    async def read_write_protect(self) -> None:
+        await self.lun.read_write_protect()
+
+    async def discard(self, offset: int, length: int) -> tuple[int, int]:
+        return await self.lun.discard(offset, length)
+
+    def path_states(self) -> list[FakePathState]:
+        active = self.active_path()
+        out = []
+        for i, key in enumerate(self.paths):
+            up = key not in self.down
+            out.append(FakePathState(
+                portal=key[1], target=key[0], lun=key[2], priority=len(self.paths) - i,
+                group_active=active is not None and (active.target, active.portal,
+                                                     active.lun) == key,
+                dm_state="active" if up else "failed", checker_state="ready" if up else "faulty",
+                device_state="running" if up else "blocked", ios=0, errors=0,
+                failures=0 if up else 1, device=self.lun))
+        return out
+
+    def active_path(self) -> FakePathState | None:
+        for i, key in enumerate(self.paths):
+            if key not in self.down:
+                return FakePathState(key[1], key[0], key[2], len(self.paths) - i, True,
+                                     "active", "ready", "running", 0, 0, 0, self.lun)
+        return None
+
+
+@dataclass(frozen=True)
 class FakeLunEntry:
     lun: int
     device_type: int
@@ -158,6 +248,8 @@ class FakeInitiator:
         self.discover_calls = 0
         self.closed = False
         self.discover_error: BaseException | None = None
+        self.multipath_devices: dict[str, FakeMultipath] = {}
+        self.multipath_calls: list[list[tuple[str, Any]]] = []
 
     async def discover(self, portal: Any, *, refresh: bool = False) -> list[FakeTarget]:
         self.discover_calls += 1
@@ -184,6 +276,23 @@ class FakeInitiator:
             raise OSError(errno.ENOENT, "no such target")
         self.logged_in.add((target, portal))
         return list(self.targets[target])
+
+    async def multipath(self, pairs: Any) -> list[FakeMultipath]:
+        self.multipath_calls.append(list(pairs))
+        seen: dict[str, FakeMultipath] = {}
+        for target, portal in pairs:
+            try:
+                entries = await self.luns(target, portal)
+            except OSError:
+                continue
+            for e in entries:
+                if e.device is None or not e.device.wwn:
+                    continue
+                dev = self.multipath_devices.setdefault(e.device.wwn, FakeMultipath(e.device))
+                if (target, portal, e.lun) not in dev.paths:
+                    dev.paths.append((target, portal, e.lun))
+                seen.setdefault(e.device.wwn, dev)
+        return list(seen.values())
 
     def session_info(self, target: str, portal: Any) -> object:
         if (target, portal) not in self.logged_in:
@@ -223,8 +332,10 @@ def standard_targets() -> dict[str, list[FakeLunEntry]]:
         DISK1: [
             FakeLunEntry(0, 0x0C, "storage array controller", None),
             FakeLunEntry(1, 0, "disk", FakeLun(1 << 20)),
-            FakeLunEntry(2, 0, "disk", FakeLun(256 << 10, block_size=4096)),
-            FakeLunEntry(3, 0, "disk", FakeLun(128 << 10, write_protected=True)),
+            FakeLunEntry(2, 0, "disk", FakeLun(256 << 10, block_size=4096,
+                                               wwn="naa.60000000000000000e00000000010002")),
+            FakeLunEntry(3, 0, "disk", FakeLun(128 << 10, write_protected=True,
+                                               wwn="naa.60000000000000000e00000000010003")),
         ],
     }
 

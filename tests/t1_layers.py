@@ -141,6 +141,7 @@ LAYERS = [
     ("config", ("iscsifs.config",)),              # open-iscsi's files
     ("net", ("iscsifs.net",)),                    # trio: transport, sessions, discovery
     ("device", ("iscsifs.device",)),              # a LUN over a session
+    ("multipath", ("iscsifs.multipath",)),        # a LUN over several paths (sessions)
     ("initiator", ("iscsifs.initiator", "iscsifs.nodeopts")),   # the facade
     ("fs", ("iscsifs.fs",)),                      # pyfuse3 (sees the facade as fs/backend.py)
     ("cli", ("iscsifs.cli",)),                    # iscsifs, and what every command needs

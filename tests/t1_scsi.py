@@ -10,7 +10,7 @@ import pickle
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from iscsifs.errors import IscsiError, LocalProtocolError, RemoteProtocolError
@@ -130,6 +130,7 @@ class TestCdb:
     def test_fits_and_max_blocks(self):
         assert cdb.fits_cdb10(0, 0xFFFF)
         assert not cdb.fits_cdb10(0xFFFF_FFFF, 2)
+        assert not cdb.fits_cdb10(2**32, 0)       # no block to address, but the LBA itself
         assert cdb.max_blocks_per_cdb(0) == 0xFFFF_FFFF
         assert cdb.max_blocks_per_cdb(2**64 - 3) == 3
         with pytest.raises(LocalProtocolError):
@@ -196,6 +197,7 @@ class TestCdb:
 
     @given(lba=st.integers(0, 2**64 - 1), blocks=st.integers(0, 2**32 - 1),
            fua=st.booleans())
+    @example(lba=2**32, blocks=0, fua=False)       # no block, but an LBA READ(10) can't hold
     def test_read_roundtrip(self, lba, blocks, fua):
         if lba + blocks > 2**64:
             with pytest.raises(LocalProtocolError):
@@ -204,10 +206,10 @@ class TestCdb:
         c = cdb.read(lba, blocks, fua=fua)
         if len(c) == 10:
             op, flags, got_lba, group, got_blocks, control = struct.unpack(">BBIBHB", c)
-            assert lba + blocks <= 2**32 and blocks < 2**16
+            assert lba < 2**32 and lba + blocks <= 2**32 and blocks < 2**16
         else:
             op, flags, got_lba, got_blocks, group, control = struct.unpack(">BBQIBB", c)
-            assert not (lba + blocks <= 2**32 and blocks < 2**16)
+            assert not (lba < 2**32 and lba + blocks <= 2**32 and blocks < 2**16)
         assert (got_lba, got_blocks, flags, group, control) == (lba, blocks, 8 * fua, 0, 0)
 
 
@@ -587,6 +589,23 @@ class TestVpd:
         assert pick_wwn(parse_vpd_device_id(vpd(0x83, port_naa + t10))) == "t10.LIO-ORG abcd"
         assert pick_wwn(parse_vpd_device_id(vpd(0x83, port_naa))) is None
         assert pick_wwn([]) is None
+
+    def test_pick_wwn_follows_udev_scsi_id_order(self):
+        # scsi_id's search list: NAA 6, NAA 5, any other NAA (the first one), EUI-64 (the
+        # first one), T10 vendor ID; logical-unit designators only
+        naa2 = H("01 03 00 08 2000000000000002")
+        naa3 = H("01 03 00 08 3000000000000003")
+        naa5 = H("01 03 00 08 5001405abcdef012")
+        eui8 = H("01 02 00 08 0011223344556677")
+        eui12 = H("01 02 00 0c 001122334455667788990011")
+        t10 = H("02 01 00 0c") + b"LIO-ORG abcd"
+        pick = lambda *ds: pick_wwn(parse_vpd_device_id(vpd(0x83, b"".join(ds))))  # noqa: E731
+        assert pick(naa3, naa2) == "naa.3000000000000003"     # neither 5 nor 6: the first
+        assert pick(naa2, naa3) == "naa.2000000000000002"
+        assert pick(naa2, naa5) == "naa.5001405abcdef012"
+        assert pick(eui8, eui12) == "eui.0011223344556677"    # the first EUI-64, not the longest
+        assert pick(eui12, eui8) == "eui.001122334455667788990011"
+        assert pick(t10, eui8, naa3) == "naa.3000000000000003"
 
     def test_device_id_truncated(self):
         naa = H("01 03 00 10 60000000000000000e00000000010001")

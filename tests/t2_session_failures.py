@@ -17,7 +17,7 @@ from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
 from iscsifs.core.discovery import Portal
 from iscsifs.core.pdu import AsyncMessage, NopIn, NopOut, TaskManagementRequest
-from iscsifs.errors import CommandTimeout, LocalProtocolError, SessionFailed
+from iscsifs.errors import CommandTimeout, LocalProtocolError, PathFailed, SessionFailed
 from iscsifs.net.session import ASYNC_EVENTS_KEPT, Session, Timeouts
 
 INITIATOR = "iqn.2026-11.org.iscsifs.test:initiator"
@@ -256,7 +256,6 @@ async def test_idle_connection_still_answers_target_pings(nursery, autojump_cloc
     await session.close()
 
 
-
 @CONN_FAILED
 async def test_commands_held_by_a_session_are_bounded_by_cmds_max(nursery, autojump_clock):
     # node.session.cmds_max: callers beyond it wait for a slot instead of piling up commands
@@ -282,3 +281,55 @@ async def test_commands_held_by_a_session_are_bounded_by_cmds_max(nursery, autoj
             await target.live[1].close()                  # all answered on the next one
     assert len(done) == 10 and all(d == PAYLOAD for d in done)
     await session.close()
+
+
+@CONN_FAILED
+async def test_fail_fast_command_is_answered_at_once_and_never_sent_again(
+        nursery, autojump_clock):
+    seen: dict = {}
+    target = FakeTarget(on_command=answer_from_second_sight(seen), hang_login_after=1)
+    session = await open_session(target, nursery, command=0, login=5)
+    states = []
+    session.listeners.append(lambda s: states.append(s.session_state))
+    outcome = {}
+
+    async def fast():
+        try:
+            await session.execute(1, read10(0), read_length=len(PAYLOAD),
+                                  read_buffer=bytearray(len(PAYLOAD)), fail_fast=True)
+        except PathFailed as exc:
+            outcome["fast"] = (trio.current_time(), exc)
+
+    async def ordinary():
+        outcome["ordinary"] = await read(session, 8)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            n.start_soon(fast)
+            n.start_soon(ordinary)
+            await trio.testing.wait_all_tasks_blocked()
+            dropped = trio.current_time()
+            await target.live[1].close()
+            await trio.testing.wait_all_tasks_blocked()
+            # the fail-fast command was answered at once; the ordinary one waits for a relogin
+            assert outcome["fast"][0] == dropped and "ordinary" not in outcome
+            assert "failed" in str(outcome["fast"][1])
+            assert states == ["FAILED"]
+            with pytest.raises(PathFailed):          # a new one while down: at once too
+                await session.execute(1, read10(16), read_length=512,
+                                      read_buffer=bytearray(512), fail_fast=True)
+            assert trio.current_time() == dropped
+            target.hang_login_after = None           # relogins work again
+    assert outcome["ordinary"] == PAYLOAD
+    assert states[-1] == "LOGGED_IN"
+    # only the ordinary command went again on the new connection
+    assert [n for n, p in target.commands_seen() if p.cdb[:10] == read10(0)] == [1]
+    assert [n for n, p in target.commands_seen() if p.cdb[:10] == read10(8)] == [1, 3]
+    assert not [p for _, p in target.commands_seen() if p.cdb[:10] == read10(16)]
+    # once logged in again, fail-fast commands run as usual
+    seen[read10(24).ljust(16, b"\0")] = 1
+    buf = bytearray(len(PAYLOAD))
+    await session.execute(1, read10(24), read_length=len(buf), read_buffer=buf, fail_fast=True)
+    assert bytes(buf) == PAYLOAD
+    await session.close()
+    assert states[-1] == "FREE"

@@ -1,5 +1,5 @@
 """The filesystem's contract with the layers below (iscsifs/fs/backend.py), checked by mypy:
-the real ``Lun``, ``LunEntry`` and ``Initiator`` and the fake of fs_fake.py implement the
+the real ``Lun``, ``MultipathDevice``, ``LunEntry`` and ``Initiator`` and the fake of fs_fake.py implement the
 protocols, and every module of iscsifs/fs type-checks against them."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ TESTS_DIR = Path(__file__).parent
 
 CONFORMANCE = '''
 from iscsifs.device import Lun
-from iscsifs.fs.backend import Backend, BlockDevice, LunListing
+from iscsifs.fs.backend import Backend, BlockDevice, LunListing, MultipathBlockDevice
 from iscsifs.initiator import Initiator, LunEntry
+from iscsifs.multipath import MultipathDevice
 
-from fs_fake import FakeInitiator, FakeLun, FakeLunEntry
+from fs_fake import FakeInitiator, FakeLun, FakeLunEntry, FakeMultipath
 
 
 def real_lun(x: Lun) -> BlockDevice:
@@ -27,6 +28,14 @@ def real_lun(x: Lun) -> BlockDevice:
 
 
 def fake_lun(x: FakeLun) -> BlockDevice:
+    return x
+
+
+def real_multipath(x: MultipathDevice) -> MultipathBlockDevice:
+    return x
+
+
+def fake_multipath(x: FakeMultipath) -> MultipathBlockDevice:
     return x
 
 

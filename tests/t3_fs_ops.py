@@ -69,7 +69,7 @@ async def expect_errno(code, coro):
 async def test_lookup_and_attributes():
     ops, fake = make_ops()
     root = await ops.getattr(ROOT_INODE)
-    assert stat.S_ISDIR(root.st_mode) and root.st_nlink == 4   # by-path/ portals/ + . + ..
+    assert stat.S_ISDIR(root.st_mode) and root.st_nlink == 5   # by-path/ by-id/ portals/ . ..
     targets = await walk(ops, "portals", "127.0.0.1:3260", "targets")
     assert targets.st_nlink == 1                      # not listed yet: unknown
     for name in (n for n in HOSTILE_NAMES if n not in (".", "..")):
@@ -380,3 +380,95 @@ def test_unit_attention_capacity_change_rereads_size():
         assert calls == [1]
 
     trio.run(main)
+
+
+# -- by-id: one file per LUN identity, over every portal -------------------------------------
+PORTAL2 = Portal("127.0.0.2", 3260)
+NAME1 = "wwn-0x60000000000000000e00000000010001"
+
+
+def make_two_portal_ops(**kw) -> tuple[Operations, FakeInitiator]:
+    fake = FakeInitiator(standard_targets(), extra_names=HOSTILE_NAMES)
+    ops = Operations(fake, Tree([PORTAL, PORTAL2]),
+                     initiator_name="iqn.2016-04.com.open-iscsi:ab", **kw)
+    return ops, fake
+
+
+async def listing(ops, attr) -> list[str]:
+    fh = await ops.opendir(attr.st_ino, None)
+    try:
+        return [name for name, _ in ops._dirs[fh]]
+    finally:
+        await ops.releasedir(fh)
+
+
+async def test_by_id_lists_each_identity_once_over_all_portals():
+    ops, fake = make_two_portal_ops()
+    by_id = await walk(ops, "by-id")
+    assert stat.S_ISDIR(by_id.st_mode) and by_id.st_nlink == 1      # not listed yet
+    names = await listing(ops, by_id)
+    assert names == [".multipath", NAME1, "wwn-0x60000000000000000e00000000010002",
+                     "wwn-0x60000000000000000e00000000010003"]
+    # the targets of both portals were listed (SendTargets) and asked for their LUNs
+    assert fake.multipath_calls == [[(DISK1, PORTAL), (DISK1, PORTAL2)]]
+    assert fake.logged_in == {(DISK1, PORTAL), (DISK1, PORTAL2)}
+    a = await ops.lookup(by_id.st_ino, NAME1.encode())
+    assert stat.S_ISREG(a.st_mode) and stat.S_IMODE(a.st_mode) == 0o600
+    assert a.st_size == 1 << 20 and a.st_blksize == 1 << 20
+    ro = await ops.lookup(by_id.st_ino, b"wwn-0x60000000000000000e00000000010003")
+    assert stat.S_IMODE(ro.st_mode) == 0o400
+    status_dir = await ops.lookup(by_id.st_ino, b".multipath")
+    assert await listing(ops, status_dir) == names[1:]
+    await expect_errno(errno.ENOENT, ops.lookup(by_id.st_ino, b"wwn-0x1234"))
+
+
+async def test_by_id_name_is_found_without_listing_and_does_io():
+    ops, fake = make_two_portal_ops()
+    by_id = await walk(ops, "by-id")
+    a = await ops.lookup(by_id.st_ino, NAME1.encode())         # lists by itself
+    lun = fake.targets[DISK1][1].device
+    fh = (await ops.open(a.st_ino, os.O_RDWR, None)).fh
+    assert await ops.write(fh, 4096 + 3, b"by-id") == 5
+    assert lun.data[4099:4104] == b"by-id"
+    assert await ops.read(fh, 4096, 16) == bytes(lun.data[4096:4112])
+    await ops.fsync(fh, False)
+    assert lun.flushes == 1
+    await expect_errno(errno.EINVAL, ops.setattr(a.st_ino, SimpleNamespace(st_size=5),
+                                                 fields(update_size=True), fh))
+    await ops.release(fh)
+    ro = await ops.lookup(by_id.st_ino, b"wwn-0x60000000000000000e00000000010003")
+    await expect_errno(errno.EROFS, ops.open(ro.st_ino, os.O_WRONLY, None))
+
+
+async def test_by_id_status_file_shows_the_paths():
+    ops, fake = make_two_portal_ops()
+    status = await walk(ops, "by-id", ".multipath", NAME1)
+    assert stat.S_IMODE(status.st_mode) == 0o444
+    fh = (await ops.open(status.st_ino, os.O_RDONLY, None)).fh
+    text = (await ops.read(fh, 0, 1 << 16)).decode()
+    assert text.splitlines()[:6] == [
+        f"{NAME1} (360000000000000000e00000000010001) IET,VIRTUAL-DISK",
+        "size=1M features='1 queue_if_no_path' hwhandler='0' wp=rw",
+        "|-+- policy='failover' prio=2 status=active",
+        f"| `- 127.0.0.1:3260 {DISK1} lun 1 active ready running",
+        "`-+- policy='failover' prio=1 status=enabled",
+        f"  `- 127.0.0.2:3260 {DISK1} lun 1 active ready running",
+    ]
+    await expect_errno(errno.EACCES, ops.open(status.st_ino, os.O_WRONLY, None))
+    # a path marked failed shows at the next open
+    fake.multipath_devices[fake.targets[DISK1][1].device.wwn].down.add((DISK1, PORTAL, 1))
+    fh = (await ops.open(status.st_ino, os.O_RDONLY, None)).fh
+    text = (await ops.read(fh, 0, 1 << 16)).decode()
+    assert f"| `- 127.0.0.1:3260 {DISK1} lun 1 failed faulty blocked" in text
+    assert "`-+- policy='failover' prio=1 status=active" in text
+
+
+@pytest.mark.expect_log("by-id: listing the targets at 127.0.0.2:3260 failed",
+                        logger="iscsifs.fs.namespace")
+async def test_by_id_leaves_out_a_portal_that_cannot_be_listed():
+    ops, fake = make_two_portal_ops()
+    await list_luns(ops)                                # 127.0.0.1's targets are known
+    fake.discover_error = ConnectionError("no route")   # 127.0.0.2 cannot be discovered
+    names = await listing(ops, await walk(ops, "by-id"))
+    assert NAME1 in names
+    assert fake.multipath_calls == [[(DISK1, PORTAL)]]

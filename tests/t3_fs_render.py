@@ -17,7 +17,7 @@ from iscsifs.core.discovery import valid_iscsi_name
 from iscsifs.fs.tree import Kind, Tree
 from iscsifs.initiator import LunEntry, SessionInfo, Timeouts
 
-from fs_fake import HOSTILE_NAMES, FakeLun
+from fs_fake import HOSTILE_NAMES, FakeLun, FakeMultipath
 
 IQN = "iqn.2026-11.org.example:disk1"
 PORTAL = Portal("127.0.0.1", 3260, 1)
@@ -499,3 +499,81 @@ async def test_decorator_turns_everything_into_fuse_errors():
     with trio.move_on_after(0.01) as scope:
         await Slow().read()
     assert scope.cancelled_caught
+
+
+# -- by-id names and the multipath status file -------------------------------------------------
+@pytest.mark.parametrize("identity, serial, name", [
+    ("naa.60000000000000000e00000000010001", "360000000000000000e00000000010001",
+     "wwn-0x60000000000000000e00000000010001"),
+    ("naa.5001405ABCDEF012", "35001405abcdef012", "wwn-0x5001405abcdef012"),
+    ("eui.0011223344556677", "20011223344556677", "scsi-20011223344556677"),
+    ("t10.IET     00010001", "1IET_00010001", "scsi-1IET_00010001"),
+    ("t10.LIO-ORG abcd/../x\nevil", "1LIO-ORG_abcd_.._x_evil", "scsi-1LIO-ORG_abcd_.._x_evil"),
+    ("t10.\ufffd\x01", "1__", "scsi-1__"),
+    ("naa.12zz", None, None),
+    ("t10.   ", None, None),
+    ("iqn.2026-11.org.example:lu", None, None),
+])
+def test_by_id_names_follow_udev(identity, serial, name):
+    assert render.udev_serial(identity) == serial
+    assert render.by_id_name(identity) == name
+    if name is not None:
+        assert "/" not in name and name not in (".", "..") and valid_name_chars(name)
+
+
+def valid_name_chars(name: str) -> bool:
+    return all(c.isascii() and (c.isalnum() or c in "#+-.:=@_") for c in name)
+
+
+def multipath_device(policy: str = "failover") -> FakeMultipath:
+    dev = FakeMultipath(FakeLun(64 << 20), policy=policy)
+    dev.paths = [(IQN, PORTAL, 1), (IQN, Portal("127.0.0.2", 3260), 1)]
+    return dev
+
+
+def test_multipath_status_layout_failover():
+    dev = multipath_device()
+    dev.down.add((IQN, PORTAL, 1))
+    dev.switches = 1
+    text = render.render_multipath(dev, "wwn-0x60000000000000000e00000000010001")
+    assert text == (
+        "wwn-0x60000000000000000e00000000010001 (360000000000000000e00000000010001) "
+        "IET,VIRTUAL-DISK\n"
+        "size=64M features='1 queue_if_no_path' hwhandler='0' wp=rw\n"
+        "|-+- policy='failover' prio=2 status=enabled\n"
+        f"| `- 127.0.0.1:3260 {IQN} lun 1 failed faulty blocked\n"
+        "`-+- policy='failover' prio=1 status=active\n"
+        f"  `- 127.0.0.2:3260 {IQN} lun 1 active ready running\n"
+        "\n"
+        f"{'path':<{len(f'127.0.0.1:3260 {IQN} lun 1')}}         ios  errors  failures\n"
+        f"127.0.0.1:3260 {IQN} lun 1           0       0         1\n"
+        f"127.0.0.2:3260 {IQN} lun 1           0       0         0\n"
+        "\n"
+        "active path switches: 1\n"
+        "no path: queue for at most 120 s (replacement_timeout)\n")
+
+
+def test_multipath_status_round_robin_is_one_group():
+    dev = multipath_device("round-robin")
+    dev.no_path_retry = 0
+    dev.lun.write_protected = True
+    lines = render.render_multipath(dev, "x").splitlines()
+    assert lines[1] == "size=64M features='0' hwhandler='0' wp=ro"
+    assert lines[2] == "`-+- policy='round-robin' prio=2 status=active"
+    assert lines[3].startswith("  |- 127.0.0.1:3260 ") and lines[4].startswith("  `- 127.0.0.2")
+    assert lines[-1] == "no path: fail at once (replacement_timeout)"
+
+
+def test_multipath_status_escapes_what_the_target_sent():
+    dev = multipath_device()
+    dev.lun.inquiry = SimpleNamespace(vendor="EVIL\nX", product="P\x1b[2J", revision="1",
+                                      device_type=0)
+    text = render.render_multipath(dev, "wwn-0x1")
+    assert "EVIL\\x0aX,P\\x1b[2J" in text.splitlines()[0]
+    assert len(text.splitlines()) == 13
+
+
+@pytest.mark.parametrize("n, text", [(1 << 20, "1M"), (64 << 20, "64M"), (3 << 29, "1.5G"),
+                                     (2 << 40, "2T"), (512, "0.5K")])
+def test_multipath_size(n, text):
+    assert render._multipath_size(n) == text

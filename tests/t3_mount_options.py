@@ -58,6 +58,9 @@ def test_options(tmp_path):
     assert opts.header_digest == "CRC32C,None" and opts.data_digest == "CRC32C"
     assert opts.max_sectors_kb == 512
     assert parse("127.0.0.1", str(tmp_path), "-o", "max_sectors_kb=64").max_sectors_kb == 64
+    assert opts.multipath == "failover"
+    assert parse("127.0.0.1", str(tmp_path), "-o", "multipath=round-robin").multipath == \
+        "round-robin"
     fuse = fuse_options(opts)
     assert {"fsname=iscsifs", "subtype=iscsifs", "default_permissions", "allow_other", "ro",
             "nosuid", "nodev", "noexec"} <= fuse
@@ -95,6 +98,8 @@ def test_foreground_and_debug_flags(tmp_path):
     (["127.0.0.1", "MP", "-o", "bogus"], "unknown option 'bogus'"),
     (["127.0.0.1", "MP", "-o", "password=secret123"], "unknown option 'password'"),
     (["127.0.0.1", "MP", "-o", "cache=weird"], "bad value for cache"),
+    (["127.0.0.1", "MP", "-o", "multipath=multibus"], "bad value for multipath: 'multibus' "
+                                                       "(expected failover or round-robin)"),
     (["127.0.0.1", "MP", "-o", "login_timeout=soon"], "bad value for login_timeout"),
     (["127.0.0.1", "MP", "-o", "noop_out_timeout=-1"], "must not be negative"),
     (["127.0.0.1", "MP", "-o", "header_digest=md5"], "bad value for header_digest"),
@@ -148,6 +153,7 @@ def test_help_and_version():
     with pytest.raises(QuietError) as info:
         parse_args(["--help"])
     assert info.value.exit_code == 0 and "cache=direct|page" in str(info.value)
+    assert "multipath=failover|round-robin" in str(info.value)
     with pytest.raises(QuietError) as info:
         parse_args(["-V"])
     assert info.value.exit_code == 0 and "iscsifs" in str(info.value)

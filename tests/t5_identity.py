@@ -175,3 +175,26 @@ def test_json_files_match_their_text_twins(thin):
         [(0, None), (1, "luns/1/raw"), (2, "luns/2/raw")]
     assert doc["stats"]["scsicmd_pdus"] > 0 and doc["stats"]["login_pdus"] >= 1
     assert "password" not in (tdir / "session.json").read_text()
+
+
+def test_by_id_files_carry_the_identity_and_discard(thin):
+    t, tdir = thin
+    raw = tdir / "luns" / "1" / "raw"
+    mp = tdir.parents[3]
+    wwn = json.loads((tdir / "luns" / "1" / "info.json").read_text())["wwn"]
+    by_id = mp / "by-id" / f"wwn-0x{wwn.removeprefix('naa.')}"
+    assert wait_for(by_id.exists, timeout=30)
+    # one path: the by-id file names the same target, portal and LUN as the raw file
+    assert getfattr(by_id) == getfattr(raw)
+    pattern = os.urandom(MiB)
+    with open(by_id, "r+b", buffering=0) as f:
+        f.seek(4 * MiB)
+        f.write(pattern)
+        os.fsync(f.fileno())
+    r = iscsifs("discard", "--offset", str(4 * MiB + 4096), "--length", str(8192), str(by_id))
+    assert r.returncode == 0, r.stderr
+    with open(raw, "rb") as f:
+        f.seek(4 * MiB)
+        data = f.read(MiB)
+    assert data[4096:12288] == bytes(8192)
+    assert data[:4096] == pattern[:4096] and data[12288:] == pattern[12288:]

@@ -79,7 +79,7 @@ def mounted(tgt_target, fuse_available, tmp_path):
 
 
 def test_tree_lists_targets_and_luns(mounted, tgt_target):
-    assert sorted(os.listdir(mounted.path)) == ["InitiatorName", "by-path", "portals"]
+    assert sorted(os.listdir(mounted.path)) == ["InitiatorName", "by-id", "by-path", "portals"]
     assert os.listdir(mounted.path / "portals") == [tgt_target.portal]
     targets = sorted(os.listdir(mounted.path / "portals" / tgt_target.portal / "targets"))
     assert targets == sorted([IQN1, IQN2])

@@ -1,8 +1,9 @@
 """What the filesystem needs from the layers below, declared as ``typing.Protocol``.
 
 The real implementations are ``iscsifs.initiator.Initiator`` (a ``Backend``), its
-``LunEntry`` values (``LunListing``) and ``iscsifs.device.Lun`` (a ``BlockDevice``); the
-tests' in-memory ``tests/fs_fake.py`` implements the same protocols. ``tests/t3_fs_contract.py``
+``LunEntry`` values (``LunListing``), ``iscsifs.device.Lun`` (a ``BlockDevice``) and
+``iscsifs.multipath.MultipathDevice`` (a ``MultipathBlockDevice``); the tests' in-memory
+``tests/fs_fake.py`` implements the same protocols. ``tests/t3_fs_contract.py``
 has mypy check that both sides fit, so a change to either shows up as a type error rather than
 as an ``AttributeError`` in a FUSE handler.
 """
@@ -102,6 +103,63 @@ class BlockDevice(Protocol):
         target answers DATA PROTECT."""
 
 
+class PathState(Protocol):
+    """One path of a multipath device, as the status file shows it
+    (``multipath.PathState``)."""
+
+    @property
+    def portal(self) -> Portal: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def lun(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def group_active(self) -> bool:
+        """I/O goes to this path's group (failover: this is the active path)."""
+    @property
+    def dm_state(self) -> str:
+        """active | failed"""
+    @property
+    def checker_state(self) -> str:
+        """ready | faulty"""
+    @property
+    def device_state(self) -> str:
+        """running | blocked | offline"""
+    @property
+    def ios(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def device(self) -> BlockDevice:
+        """The path's own device (the per-portal ``raw``)."""
+
+
+class MultipathBlockDevice(BlockDevice, Protocol):
+    """A logical unit through all of its paths: a ``by-id`` file
+    (``multipath.MultipathDevice``)."""
+
+    @property
+    def identity(self) -> str:
+        """``naa.<hex>``, ``eui.<hex>`` or ``t10.<text>`` (VPD 0x83)."""
+    @property
+    def policy(self) -> str:
+        """failover | round-robin"""
+    @property
+    def switches(self) -> int:
+        """Times the active path changed."""
+    @property
+    def no_path_retry(self) -> float:
+        """Seconds I/O waits while no path is healthy (replacement_timeout; <0: for ever)."""
+    def path_states(self) -> Sequence[PathState]:
+        """Every path, in priority order."""
+    def active_path(self) -> PathState | None:
+        """The path the next command goes to (None: no path is healthy)."""
+
+
 class LunListing(Protocol):
     """One entry of a target's LUN list (``initiator.LunEntry``)."""
 
@@ -139,5 +197,9 @@ class Backend(Protocol):
         ``fs/render.py``), or None before the first login."""
     def logged_in_targets(self, portal: Portal) -> list[str]: ...
     async def logout(self, target: str, portal: Portal) -> None: ...
+    async def multipath(self, pairs: Sequence[tuple[str, Portal]]
+                        ) -> Sequence[MultipathBlockDevice]:
+        """The disk LUNs of these targets grouped by identity, one device each; logs in
+        where needed."""
     async def aclose(self) -> None:
         """Log every session out."""

@@ -8,6 +8,9 @@ Owns:
 - ``luns/`` listings, rescanned when a command saw UNIT ATTENTION 3F/0E (LUNs changed);
 - ``by-path/``: links for the LUNs already listed, and a name not seen yet resolved by listing
   that target (which logs in);
+- ``by-id/``: one multipath device per LUN identity over every target of every portal of the
+  mount (listing it, or looking up a name not seen yet, lists the targets and logs in), named
+  as udev names /dev/disk/by-id, with its status file in ``by-id/.multipath/``;
 - rescans (``portals/<p>/rescan``: SendTargets again; ``<target>/rescan``: REPORT LUNS and
   every capacity again) and the capacity re-read after UNIT ATTENTION 2A/09, with the kernel's
   cached attributes invalidated;
@@ -27,11 +30,12 @@ import time
 from collections.abc import Callable, Sequence
 
 import pyfuse3
+import trio
 
 from iscsifs.core.discovery import Portal, parse_portal, printable, valid_iscsi_name
 from iscsifs.fs.backend import Backend, LunListing
 from iscsifs.fs.records import NodeRecords
-from iscsifs.fs.render import by_path_name
+from iscsifs.fs.render import by_id_name, by_path_name
 from iscsifs.fs.tree import Kind, Node, Tree
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,8 @@ class Namespace:
             self.tree.set_luns(node, entries)
         elif node.kind is Kind.BY_PATH:
             self.build_by_path(node)
+        elif node.kind is Kind.BY_ID:
+            await self.build_by_id(node)
 
     def hidden_at(self, portal: Portal) -> set[str]:
         """Targets removed with rmdir (kept by fs.records so discovery won't record them)."""
@@ -142,6 +148,47 @@ class Namespace:
         self.build_by_path(directory)
         return self.tree.child(directory, name)
 
+    # -- by-id ------------------------------------------------------------------------------
+    async def build_by_id(self, node: Node) -> None:
+        """by-id/: every disk LUN of every target of every portal of the mount, once per
+        identity. Portals whose targets were never listed are listed now (at the same time),
+        and the backend logs in where needed; a portal or target that cannot be reached is
+        left out (with a warning) until the next listing."""
+        pnodes = [p for p in self.tree.portal_nodes() if p.portal is not None]
+
+        async def list_targets(pnode: Node) -> None:
+            tdir = self.tree.child(pnode, "targets")
+            if tdir is None or tdir.children is not None:
+                return
+            try:
+                await self.populate(tdir)
+            except Exception as exc:
+                assert pnode.portal is not None
+                log.warning("by-id: listing the targets at %s failed (%s); its paths are "
+                            "left out", pnode.portal.address, exc or type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            for pnode in pnodes:
+                nursery.start_soon(list_targets, pnode)
+        pairs: list[tuple[str, Portal]] = []
+        for pnode in pnodes:
+            tdir = self.tree.child(pnode, "targets")
+            for tnode in self.tree.children(tdir) if tdir is not None else ():
+                if tnode.kind is Kind.TARGET and tnode.target is not None \
+                        and tnode.portal is not None:
+                    pairs.append((tnode.target, tnode.portal))
+        devices = await self.backend.multipath(pairs)
+        entries = []
+        names: set[str] = set()
+        for device in devices:
+            name = by_id_name(device.identity)
+            if name is None or len(name.encode("utf-8")) > NAME_MAX or name in names:
+                log.debug("by-id: no name for identity %s", printable(device.identity, 100))
+                continue
+            names.add(name)
+            entries.append((name, device))
+        self.tree.set_by_id(node, entries)
+
     # -- rescans and capacity ---------------------------------------------------------------
     def notify_attrs(self, nodes: list[Node]) -> None:
         """Make the kernel forget cached attributes (e.g. a raw's size after a rescan)."""
@@ -202,8 +249,11 @@ class Namespace:
         if luns is not None:
             self.tree.set_luns(luns, entries)
             changed = [luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW]
+            # by-id files over this target's LUNs take the capacities the rescan read
+            changed += [n for n in self.tree.children(self.tree.by_id_dir)
+                        if n.kind is Kind.MPATH]
             for n in changed:
-                if n.kind is Kind.RAW:
+                if n.kind.is_device:
                     n.ctime_ns = time.time_ns()
             self.notify_attrs(changed)
         log.info("%s at %s: rescanned, %d LUN(s)", node.target, node.portal.address,

@@ -1,9 +1,9 @@
 """pyfuse3 request handlers.
 
 Owns: what each FUSE request does on the tree of ``fs/tree.py``: attributes, directory listings,
-open files (per-handle text snapshots, raw LUN handles), byte I/O on ``raw`` through the LUN's
-``BlockDevice``, extended attributes (the names and values are ``fs/xattrs.py``'s; setting
-``user.iscsi.discard`` discards a range), statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
+open files (per-handle text snapshots, LUN handles), byte I/O on ``raw`` and ``by-id`` files
+through the LUN's ``BlockDevice``, extended attributes (the names and values are
+``fs/xattrs.py``'s; setting ``user.iscsi.discard`` discards a range), statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
 lock here serialises I/O): the rules behind listings, rescans, by-path, mkdir and rmdir live in
 ``fs/namespace.py``. Every handler wears ``errno_map.fuse_errors`` - the one place where
 exceptions become errno. What each operation means for the user: docs/tree.md.
@@ -111,6 +111,9 @@ class Operations(pyfuse3.Operations):
         elif node.kind is Kind.INFO_JSON:
             assert node.entry is not None
             text = render.render_lun_info_json(node.entry, node.target, node.portal)
+        elif node.kind is Kind.MPATH_STATUS:
+            assert node.mpath is not None
+            text = render.render_multipath(node.mpath, node.name)
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
@@ -146,7 +149,7 @@ class Operations(pyfuse3.Operations):
             attr.st_nlink = 1
             attr.st_size = len((node.link or "").encode("utf-8"))
             attr.st_blocks = 0
-        elif node.kind is Kind.RAW:
+        elif node.kind.is_device:
             dev = node.device
             size = dev.size if dev is not None else 0
             attr.st_mode = stat.S_IFREG | (0o400 if self._lun_read_only(node) else 0o600)
@@ -199,6 +202,11 @@ class Operations(pyfuse3.Operations):
             child = self.tree.child(parent, text)
             if child is None:
                 child = await self.namespace.resolve_by_path(parent, text)
+        elif parent.kind is Kind.BY_ID:
+            child = self.tree.child(parent, text)
+            if child is None:           # not listed yet, or a LUN found since: list again
+                await self.namespace.populate(parent)
+                child = self.tree.child(parent, text)
         else:
             child = self.tree.child(parent, text)
             if child is None and parent.children is None:
@@ -206,14 +214,14 @@ class Operations(pyfuse3.Operations):
                 child = self.tree.child(parent, text)
         if child is None:
             raise _fail(errno.ENOENT)
-        if child.kind is Kind.RAW:
+        if child.kind.is_device:
             await self.namespace.refresh_capacity(child)
         return self.attributes(child)
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        if node.kind is Kind.RAW:
+        if node.kind.is_device:
             await self.namespace.refresh_capacity(node)
         return self.attributes(node)
 
@@ -229,7 +237,7 @@ class Operations(pyfuse3.Operations):
                       ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if fields.update_size:
-            if node.kind is Kind.RAW:
+            if node.kind.is_device:
                 size = node.device.size if node.device is not None else 0
                 if attr.st_size != size:
                     log.info("%s: truncate to %d refused (a LUN has a fixed size of %d)",
@@ -268,10 +276,16 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes ----------------------------------------------------------------
     def _xattrs(self, node: Node) -> dict[bytes, bytes]:
-        """The identity attributes of a LUN's file; nothing elsewhere."""
+        """The identity attributes of a LUN's file (``raw``, or ``by-id``: its target, portal
+        and LUN are those of the path I/O goes to now); nothing elsewhere."""
         dev = node.device
         if node.kind is Kind.RAW and dev is not None and node.lun is not None:
             return xattrs.lun_xattrs(dev, node.target, node.portal, node.lun)
+        if node.kind is Kind.MPATH and node.mpath is not None:
+            states = node.mpath.path_states()
+            path = node.mpath.active_path() or (states[0] if states else None)
+            if path is not None:
+                return xattrs.lun_xattrs(node.mpath, path.target, path.portal, path.lun)
         return {}
 
     @fuse_errors
@@ -292,7 +306,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
         node = self._node(inode)
-        if name == xattrs.DISCARD and node.kind is Kind.RAW and node.device is not None:
+        if name == xattrs.DISCARD and node.kind.is_device and node.device is not None:
             await self._discard(node, value)
             return
         if name in xattrs.IDENTITY_NAMES and self._xattrs(node):
@@ -330,7 +344,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.kind.is_dir:
             raise _fail(errno.ENOTDIR)
-        if node.kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH):
+        if node.kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH, Kind.BY_ID):
             # each listing asks again (the Initiator caches discovery; luns() re-reports)
             await self.namespace.populate(node)
         fh = next(self._fh)
@@ -419,7 +433,7 @@ class Operations(pyfuse3.Operations):
             fh = next(self._fh)
             self._handles[fh] = _Handle(node, writable=wants_write)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
-        if node.kind is not Kind.RAW or node.device is None:
+        if not node.kind.is_device or node.device is None:
             raise _fail(errno.ENXIO)
         if wants_write and self._lun_read_only(node):
             raise _fail(errno.EROFS)
@@ -457,7 +471,7 @@ class Operations(pyfuse3.Operations):
             else:
                 await self.namespace.rescan_target(node)
             return len(buf)
-        if handle.data is not None or node.kind is not Kind.RAW:
+        if handle.data is not None or not node.kind.is_device:
             raise _fail(errno.EBADF)
         if self._lun_read_only(node):
             raise _fail(errno.EROFS)
@@ -491,7 +505,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
-        if handle.node.kind is Kind.RAW and handle.node.device is not None:
+        if handle.node.kind.is_device and handle.node.device is not None:
             await handle.node.device.flush()     # SYNCHRONIZE CACHE; errors reach the caller
 
     @fuse_errors

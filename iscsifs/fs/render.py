@@ -1,13 +1,15 @@
 """Text of the generated files: ``session`` and ``session.json``, ``luns/<n>/info`` and
-``info.json``, and ``InitiatorName``; and the facts behind the ``user.iscsi.*`` attributes.
+``info.json``, ``InitiatorName`` and the multipath status files (``by-id/.multipath/<name>``);
+the facts behind the ``user.iscsi.*`` attributes; and the ``by-path`` / ``by-id`` names.
 
 Owns: the layouts. ``session`` follows ``iscsiadm -m session -P 3`` (TAB indents, the same
 headings and key names, so admins recognise it and their greps keep working), followed by the
-``iscsiadm -m session -s`` counters. Each text file and its JSON twin are rendered from one
-snapshot (``session_facts``, ``lun_facts``: plain dicts in the documented schema, docs/json.md),
-so they never disagree. Secrets never appear: CHAP passwords are always printed as
-``********``, whatever their value, the JSON has no password key, and SessionInfo carries no
-secret in the first place.
+``iscsiadm -m session -s`` counters. A multipath status file follows ``multipath -ll``. The
+``by-id`` names are udev's ``/dev/disk/by-id`` names. Each text file and its JSON twin are
+rendered from one snapshot (``session_facts``, ``lun_facts``: plain dicts in the documented
+schema, docs/json.md), so they never disagree. Secrets never appear: CHAP passwords are always
+printed as ``********``, whatever their value, the JSON has no password key, and SessionInfo
+carries no secret in the first place.
 
 Must not know: pyfuse3, trio, sessions. Input is the frozen snapshots from iscsifs/initiator.py
 (SessionInfo, LunEntry; ``fs/backend.py`` declares what is read of a LUN).
@@ -19,13 +21,14 @@ characters escaped so that a hostile target cannot forge lines in these files.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from iscsifs import __version__
 from iscsifs.config.keys import EMPTY, HIDDEN
 from iscsifs.core.connection import COUNTER_NAMES   # iscsiadm -m session -s order
 from iscsifs.core.discovery import Portal, format_host
-from iscsifs.fs.backend import BlockDevice, LunListing
+from iscsifs.fs.backend import BlockDevice, LunListing, MultipathBlockDevice
 
 
 
@@ -69,6 +72,100 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 def by_path_name(target: str, portal: Portal, lun: int) -> str:
     """The udev /dev/disk/by-path name open-iscsi users know: ip-ADDR:PORT-iscsi-IQN-lun-N."""
     return f"ip-{portal.address}-iscsi-{clean(target)}-lun-{lun}"
+
+
+# what udev keeps in a /dev/disk/by-id name (udev_replace_chars); the rest becomes '_'
+_UDEV_UNSAFE = re.compile(r"[^0-9A-Za-z#+\-.:=@_]")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def udev_serial(identity: str) -> str | None:
+    """udev's ID_SERIAL for a LUN identity (``Lun.wwn``), which dm-multipath takes as the
+    WWID: the designator type as one hex digit (3 NAA, 2 EUI-64, 1 T10 vendor ID), then the
+    designator (binary ones in lower-case hex; text with each run of whitespace as one '_'
+    and characters outside ``0-9A-Za-z#+-.:=@_`` as '_'). None for anything else."""
+    kind, _, value = identity.partition(".")
+    if kind in ("naa", "eui"):
+        if not _HEX.fullmatch(value):
+            return None
+        return ("3" if kind == "naa" else "2") + value.lower()
+    if kind == "t10":
+        text = _UDEV_UNSAFE.sub("_", "_".join(value.split()))
+        return "1" + text if text else None
+    return None
+
+
+def by_id_name(identity: str) -> str | None:
+    """The /dev/disk/by-id name udev gives a SCSI disk with this identity: ``wwn-0x<hex>``
+    for an NAA name (udev's ID_WWN_WITH_EXTENSION), ``scsi-<ID_SERIAL>`` otherwise
+    (``scsi-2<hex>`` for EUI-64, ``scsi-1<vendor id>`` for a T10 vendor ID). None when the
+    identity is none of these. Safe as a file name: no '/', never '.' or '..'."""
+    serial = udev_serial(identity)
+    if serial is None:
+        return None
+    if serial[0] == "3":
+        return "wwn-0x" + serial[1:]
+    return "scsi-" + serial
+
+
+def _multipath_size(n: int) -> str:
+    """multipath -ll's size: 64M, 1.5G, 2T."""
+    value, unit = float(n), ""
+    for unit in ("K", "M", "G", "T", "P"):
+        value /= 1024
+        if value < 1024:
+            break
+    text = f"{value:.1f}".removesuffix(".0")
+    return text + unit
+
+
+def render_multipath(dev: MultipathBlockDevice, name: str) -> str:
+    """``by-id/.multipath/<name>``: the device in ``multipath -ll``'s layout, then each path's
+    counters. With ``failover`` every path is its own path group, in priority order; with
+    ``round-robin`` all paths are one group."""
+    inq = dev.inquiry
+    vendor = clean(str(inq.vendor or "").strip()) if inq is not None else ""
+    product = clean(str(inq.product or "").strip()) if inq is not None else ""
+    serial = udev_serial(dev.identity) or clean(dev.identity)
+    retry = dev.no_path_retry
+    features = "'1 queue_if_no_path'" if retry != 0 else "'0'"
+    lines = [
+        f"{clean(name)} ({serial}) {vendor},{product}",
+        f"size={_multipath_size(dev.size)} features={features} hwhandler='0' "
+        f"wp={'ro' if dev.write_protected else 'rw'}",
+    ]
+    states = list(dev.path_states())
+    if dev.policy == "failover":
+        groups = [[s] for s in states]
+    else:
+        groups = [states] if states else []
+    for gi, group in enumerate(groups):
+        last_group = gi == len(groups) - 1
+        status = "active" if group[0].group_active else "enabled"
+        prio = group[0].priority
+        lines.append(f"{'`' if last_group else '|'}-+- policy='{dev.policy}' prio={prio} "
+                     f"status={status}")
+        for pi, st in enumerate(group):
+            lead = " " if last_group else "|"
+            branch = "`-" if pi == len(group) - 1 else "|-"
+            lines.append(f"{lead} {branch} {_path_name(st)} {st.dm_state} "
+                         f"{st.checker_state} {st.device_state}")
+    names = [_path_name(st) for st in states]
+    width = max([len("path")] + [len(n) for n in names])
+    lines += ["", f"{'path':<{width}}  {'ios':>10}  {'errors':>6}  {'failures':>8}"]
+    for n, st in zip(names, states):
+        lines.append(f"{n:<{width}}  {st.ios:>10}  {st.errors:>6}  {st.failures:>8}")
+    lines += [
+        "",
+        f"active path switches: {dev.switches}",
+        "no path: " + ("fail at once" if retry == 0 else "queue for ever" if retry < 0
+                       else f"queue for at most {_number(retry)} s") + " (replacement_timeout)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _path_name(st: Any) -> str:
+    return f"{st.portal.address} {clean(st.target)} lun {int(st.lun)}"
 
 
 def render_initiator_name(name: str) -> str:

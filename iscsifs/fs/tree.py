@@ -4,6 +4,8 @@ Owns: the inode table and the names under the mount point::
 
     InitiatorName                                  text file
     by-path/ip-<addr:port>-iscsi-<iqn>-lun-<n>     symlink -> ../portals/.../luns/<n>/raw
+    by-id/wwn-0x<hex>                              a LUN through all of its paths (multipath)
+    by-id/.multipath/wwn-0x<hex>                   text file: its paths (multipath -ll)
     portals/<addr:port>/rescan                     write: SendTargets again (bypass the cache)
     portals/<addr:port>/targets/<iqn>/session      text file
     portals/<addr:port>/targets/<iqn>/session.json the same, as JSON
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iscsifs.core.discovery import Portal, printable, valid_iscsi_name
-from iscsifs.fs.backend import BlockDevice, LunListing
+from iscsifs.fs.backend import BlockDevice, LunListing, MultipathBlockDevice
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class Kind(enum.Enum):
     RESCAN = "rescan"                   # write-only trigger (portal: rediscover; target: -R)
     BY_PATH = "by_path"                 # dir of LINKs, built from the LUNs already known
     LINK = "link"                       # symlink (node.link is the relative target)
+    BY_ID = "by_id"                     # dir of MPATH files, one per LUN identity
+    MPATH = "mpath"                     # a LUN through all of its paths (node.mpath)
+    MPATH_DIR = "mpath_dir"             # by-id/.multipath/
+    MPATH_STATUS = "mpath_status"       # text: multipath -ll layout
 
     @property
     def is_dir(self) -> bool:
@@ -65,11 +71,16 @@ class Kind(enum.Enum):
     @property
     def is_text(self) -> bool:
         return self in (Kind.INITIATOR_NAME, Kind.SESSION, Kind.SESSION_JSON, Kind.INFO,
-                        Kind.INFO_JSON)
+                        Kind.INFO_JSON, Kind.MPATH_STATUS)
+
+    @property
+    def is_device(self) -> bool:
+        """A file that is a LUN's bytes (``raw``, a ``by-id`` entry)."""
+        return self in (Kind.RAW, Kind.MPATH)
 
 
 _DIR_KINDS = frozenset({Kind.ROOT, Kind.PORTALS, Kind.PORTAL, Kind.TARGETS, Kind.TARGET,
-                        Kind.LUNS, Kind.LUN, Kind.BY_PATH})
+                        Kind.LUNS, Kind.LUN, Kind.BY_PATH, Kind.BY_ID, Kind.MPATH_DIR})
 
 
 @dataclass(eq=False)
@@ -83,6 +94,7 @@ class Node:
     lun: int | None = None
     entry: LunListing | None = None  # LUN / RAW / INFO nodes
     link: str | None = None         # LINK nodes: the symlink's (relative) target
+    mpath: MultipathBlockDevice | None = None   # MPATH / MPATH_STATUS nodes
     mtime_ns: int = 0
     ctime_ns: int = 0
     # name -> inode; None for a dynamic directory that has not been listed yet
@@ -95,6 +107,8 @@ class Node:
     @property
     def device(self) -> BlockDevice | None:
         """The LUN as a block device, or None (non-disk LUN / not a LUN node)."""
+        if self.mpath is not None:
+            return self.mpath
         return self.entry.device if self.entry is not None else None
 
 
@@ -112,6 +126,7 @@ class Tree:
         self._nodes[ROOT_INODE] = root
         self._add(root, "InitiatorName", Kind.INITIATOR_NAME)
         self.by_path_dir = self._add(root, "by-path", Kind.BY_PATH)
+        self.by_id_dir = self._add(root, "by-id", Kind.BY_ID)
         self.portals_dir = self._add(root, "portals", Kind.PORTALS)
         for portal in portals:
             self.add_portal(portal)
@@ -178,8 +193,8 @@ class Tree:
             self._by_path[path] = inode
             node = Node(inode, kind, path, parent.inode,
                         mtime_ns=self.mount_time_ns, ctime_ns=self.mount_time_ns,
-                        children=None if kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH)
-                        else {})
+                        children=None if kind in (Kind.TARGETS, Kind.LUNS, Kind.BY_PATH,
+                                                  Kind.BY_ID) else {})
             self._nodes[inode] = node
         for key, value in attrs.items():
             setattr(node, key, value)
@@ -250,6 +265,24 @@ class Tree:
             self._add(directory, name, Kind.LINK, link=target)
         if set(old) != set(directory.children):
             directory.mtime_ns = directory.ctime_ns = time.time_ns()
+
+    def set_by_id(self, directory: Node,
+                  devices: Iterable[tuple[str, MultipathBlockDevice]]) -> None:
+        """Replace the entries of the BY_ID directory with (name, device) pairs, and the
+        status files of ``.multipath/`` with them (names already checked by the caller)."""
+        assert directory.kind is Kind.BY_ID
+        old = directory.children or {}
+        directory.children = {}
+        status_dir = self._add(directory, ".multipath", Kind.MPATH_DIR)
+        old_status = status_dir.children or {}
+        status_dir.children = {}
+        for name, device in devices:
+            self._add(directory, name, Kind.MPATH, mpath=device)
+            self._add(status_dir, name, Kind.MPATH_STATUS, mpath=device)
+        if set(old) != set(directory.children):
+            directory.mtime_ns = directory.ctime_ns = time.time_ns()
+        if set(old_status) != set(status_dir.children):
+            status_dir.mtime_ns = status_dir.ctime_ns = time.time_ns()
 
     def targets_dir(self, portal: Portal) -> Node:
         node = self.by_path("portals", portal.address, "targets")

@@ -73,7 +73,8 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
                      max_command_bytes=opts.max_sectors_kb * 1024,
                      node_options=config.node_options,
                      discovery_chap_for=config.discovery_chap_for,
-                     on_discovered=config.records.record_discovery)
+                     on_discovered=config.records.record_discovery,
+                     multipath_policy=opts.multipath)
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None],

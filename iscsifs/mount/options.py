@@ -21,6 +21,7 @@ from iscsifs.config.locations import default_config_dir
 from iscsifs.core.discovery import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
 from iscsifs.fs.ops import CACHE_MODES
+from iscsifs.multipath import POLICIES as MULTIPATH_POLICIES
 
 PROG = "mount.iscsifs"
 USAGE = (f"usage: {PROG} PORTAL[,PORTAL...] MOUNTPOINT [-o OPTION[,OPTION...]] "
@@ -69,6 +70,8 @@ options (-o, comma separated; later ones win):
   open_iscsi               also read /etc/iscsi/iscsid.conf and initiatorname.iscsi
   nodiscovery              never send SendTargets: list the node records of each portal
   cache=direct|page        raw files: direct = no page cache (default), page = kernel cache
+  multipath=failover|round-robin   by-id files: one active path, the others standby
+                           (default), or every healthy path in turn
   allow_other              let other users access the mount (modes still apply)
   debug                    stay in the foreground, log at DEBUG (one line per PDU)
   foreground               stay in the foreground (same as -f)
@@ -97,6 +100,7 @@ class MountOptions:
     open_iscsi: bool = False
     nodiscovery: bool = False
     cache: str = "direct"
+    multipath: str = "failover"
     allow_other: bool = False
     debug: bool = False
     foreground: bool = False
@@ -173,6 +177,11 @@ def apply_option(opts: MountOptions, item: str) -> None:
         if value not in CACHE_MODES:
             raise _usage_error(f"bad value for cache: {value!r} (expected direct or page)")
         opts.cache = value
+    elif key == "multipath":
+        if value not in MULTIPATH_POLICIES:
+            raise _usage_error(f"bad value for multipath: {value!r} "
+                               f"(expected failover or round-robin)")
+        opts.multipath = value
     elif key in TIMEOUT_OPTIONS:
         opts.timeouts[TIMEOUT_OPTIONS[key]] = _int_value(
             key, value, allow_negative=(key == "replacement_timeout"))

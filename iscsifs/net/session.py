@@ -23,6 +23,12 @@ fails after ``command_timeout``; while the session is down, commands wait at mos
 ``replacement_timeout`` (a deadline: a login attempt still running then is cancelled), after
 which they, and new ones, fail at once until a relogin succeeds.
 
+A *fail-fast* command (``execute(..., fail_fast=True)``, what the multipath layer sends, as
+dm-multipath marks its requests REQ_FAILFAST_TRANSPORT) is not held across a connection
+failure: it is answered ``PathFailed`` at once, and so is a new one while the session is down.
+It is never sent again by the session; the session itself goes on logging in again in the
+background, and ``listeners`` hear of every change of state (logged in, failed, closed).
+
 The protocol itself lives in :mod:`iscsifs.core`; this module only does I/O and timing.
 """
 
@@ -35,6 +41,7 @@ import math
 import secrets
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
@@ -48,7 +55,7 @@ from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
 from ..core.pdu import LoginResponse
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
-                      LoginError, RemoteProtocolError, SessionFailed)
+                      LoginError, PathFailed, RemoteProtocolError, SessionFailed)
 from ..scsi.sense import check_status
 from .transport import Connector, Transport, open_tcp
 
@@ -93,10 +100,13 @@ class _Command:
     """A SCSI command, owned by the session from ``execute()`` until its caller is answered."""
 
     __slots__ = ("lun", "cdb", "read_length", "read_buffer", "write_data", "task", "done",
-                 "result", "error", "link", "itt", "attempts", "deadline", "timed_out")
+                 "result", "error", "link", "itt", "attempts", "deadline", "timed_out",
+                 "fail_fast")
 
-    def __init__(self, lun: int, cdb: bytes, read_length: int, read_buffer, write_data):
+    def __init__(self, lun: int, cdb: bytes, read_length: int, read_buffer, write_data,
+                 fail_fast: bool = False):
         self.lun = lun
+        self.fail_fast = fail_fast  # answered PathFailed instead of waiting for a relogin
         self.cdb = cdb
         self.read_length = read_length
         self.read_buffer = read_buffer
@@ -185,6 +195,8 @@ class Session:
         self._given_up = False          # replacement timeout expired: fail I/O at once
         self._closed = False
         self._counters_base: dict[str, int] = {}
+        # called (synchronously, with the session) after every change of session_state
+        self.listeners: list[Callable[[Session], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -296,6 +308,8 @@ class Session:
     def _notify(self) -> None:
         self._state_changed.set()
         self._state_changed = trio.Event()
+        for listener in list(self.listeners):
+            listener(self)
 
     def _who(self) -> str:
         return f"{self.target_name or 'discovery'} at {self.portal.host}:{self.portal.port}"
@@ -454,27 +468,33 @@ class Session:
 
     # ------------------------------------------------------------------ commands
     async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0, read_buffer=None,
-                      write_data=None) -> ScsiResult:
+                      write_data=None, fail_fast: bool = False) -> ScsiResult:
         """Run one SCSI command; returns on GOOD status, raises ScsiError otherwise.
 
         Raises SessionFailed when the session is closed or could not be recovered in time,
-        CommandTimeout when the command timed out (or the caller was cancelled). In every
-        case where this raises, the command will not be sent again.
+        CommandTimeout when the command timed out (or the caller was cancelled). With
+        ``fail_fast``, PathFailed when the connection is down or fails before the answer. In
+        every case where this raises, the command will not be sent again.
         """
         if self._closed:
             raise SessionFailed(f"session to {self._who()} is closed")
+        if self._link is None and fail_fast:
+            raise PathFailed(f"session to {self._who()} is not logged in")
         if self._link is None and (self._given_up or not self.recover):
             raise SessionFailed(f"session to {self._who()} is not logged in")
         try:
             self._admission.acquire_nowait()
         except trio.WouldBlock:
             await self._admission.acquire()
-        cmd = _Command(lun, cdb, read_length, read_buffer, write_data)
+        cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast)
         self._unfinished[cmd] = None
         try:
             link = self._link
             if link is not None:
                 self._issue(link, cmd)
+            elif fail_fast:         # the connection failed while we waited for admission
+                self._complete(cmd, None, PathFailed(f"session to {self._who()} is not "
+                                                     f"logged in"))
             if not cmd.done:
                 cmd.task = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(_abort_wait(cmd))
@@ -498,6 +518,9 @@ class Session:
             return
         conn = link.conn
         if not conn.accepts_commands:   # logging out or broken: wait for the next connection
+            if cmd.fail_fast:
+                self._complete(cmd, None, PathFailed(f"connection to {self._who()} is "
+                                                     f"going away"))
             return
         cmd.itt = itt = conn.start_command(cmd.lun, cmd.cdb, read_length=cmd.read_length,
                                            read_buffer=cmd.read_buffer,
@@ -654,12 +677,18 @@ class Session:
         link.error = exc
         was_current = self._link is link
         self._drop_link(link)
+        # what the socket still holds must never reach the target later: close with a reset
+        link.transport.reset_on_close()
         # commands of this connection wait for the next one, except those in error
-        # recovery: their connection is gone with them, so they fail now
+        # recovery (their connection is gone with them) and fail-fast ones: they fail now
         for cmd in list(link.commands.values()):
             cmd.link = None
             if cmd.timed_out:
                 self._complete(cmd, None, self._timeout_error())
+            elif cmd.fail_fast:
+                link.conn.abandon(cmd.itt)      # a late Data-In must not touch its buffer
+                self._complete(cmd, None, PathFailed(f"connection to {self._who()} "
+                                                     f"failed: {exc}"))
         link.commands.clear()
         if not was_current or self._closed:
             return

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
 from collections import deque
 from typing import Awaitable, Callable, Iterable
 
@@ -222,6 +223,15 @@ class Transport:
                     log.debug("recv %s", summary(pdu))
                 return pdu
             await self.receive()
+
+    def reset_on_close(self) -> None:
+        """Make :meth:`aclose` reset the connection (SO_LINGER 0): whatever the kernel still
+        holds to send is discarded, so a failed connection's commands cannot reach the target
+        later, when the network comes back."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:         # already closed, or a socket that has no linger (AF_UNIX)
+            pass
 
     async def aclose(self) -> None:
         """Close the socket; a task waiting on it gets ConnectionLost."""

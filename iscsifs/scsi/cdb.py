@@ -243,7 +243,8 @@ def fits_cdb10(lba: int, blocks: int) -> bool:
     Stricter than "lba < 2**32": every block of the range must have a 32-bit address, so a
     transfer never straddles the 2**32 boundary with a 10-byte CDB (as Linux sd does).
     """
-    return 0 <= blocks <= MAX_BLOCKS_10 and 0 <= lba and lba + blocks <= MAX_LBA_10 + 1
+    return (0 <= blocks <= MAX_BLOCKS_10 and 0 <= lba <= MAX_LBA_10
+            and lba + blocks <= MAX_LBA_10 + 1)
 
 
 def max_blocks_per_cdb(lba: int) -> int:

@@ -291,17 +291,19 @@ def _wwn_rank(d: Designator) -> tuple[int, int] | None:
     if d.association != Association.LOGICAL_UNIT or not d.value:
         return None
     if d.designator_type == DesignatorType.NAA:
-        naa = d.value[0] >> 4   # 6 IEEE registered extended > 5 registered > 3 local > 2
-        return (3, {6: 4, 5: 3, 2: 2, 3: 1}.get(naa, 0))
+        naa = d.value[0] >> 4   # 6 IEEE registered extended > 5 IEEE registered > the rest
+        return (3, {6: 2, 5: 1}.get(naa, 0))
     if d.designator_type == DesignatorType.EUI64:
-        return (2, len(d.value))
+        return (2, 0)
     if d.designator_type == DesignatorType.T10_VENDOR_ID:
         return (1, 0)
     return None
 
 
 def pick_wwn(designators: list[Designator]) -> str | None:
-    """The best logical-unit name: NAA (preferring type 6), then EUI-64, then T10 vendor ID."""
+    """The logical unit's name, chosen as udev's scsi_id chooses ID_SERIAL (and so
+    dm-multipath its WWID): NAA type 6, then type 5, then any other NAA, then EUI-64, then
+    T10 vendor ID; among equals the first in the page. Only logical-unit designators count."""
     best: Designator | None = None
     best_rank: tuple[int, int] | None = None
     for d in designators:
