@@ -94,7 +94,8 @@ class Initiator:
                  queue_depth: int = 32, max_command_bytes: int = DEFAULT_MAX_COMMAND,
                  node_options: Callable[[str, Portal], NodeOptions | None] | None = None,
                  discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
-                 on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None):
+                 on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None,
+                 sid_source: Callable[[], int] | None = None):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -109,6 +110,8 @@ class Initiator:
         self.discovery_chap_for = discovery_chap_for
         # called after every SendTargets answer (not for cached ones): e.g. to record nodes
         self.on_discovered = on_discovered
+        # session IDs for new sessions (the mount's are unique machine-wide); None: per process
+        self.sid_source = sid_source
         self._nursery = nursery
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
@@ -163,7 +166,8 @@ class Initiator:
                     chap=opts.chap if opts.chap is not None else self.chap,
                     timeouts=opts.timeouts or self.timeouts,
                     queue_depth=opts.queue_depth or self.queue_depth,
-                    initiator_alias=self.initiator_alias)
+                    initiator_alias=self.initiator_alias,
+                    sid=self.sid_source() if self.sid_source is not None else None)
             return entry.session
 
     async def luns(self, target: str, portal: Portal) -> list[LunEntry]:

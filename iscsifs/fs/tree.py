@@ -3,6 +3,7 @@
 Owns: the inode table and the names under the mount point::
 
     InitiatorName                                  text file
+    sessions                                       text file: iscsiadm -m session (live ones)
     by-path/ip-<addr:port>-iscsi-<iqn>-lun-<n>     symlink -> ../portals/.../luns/<n>/raw
     portals/<addr:port>/rescan                     write: SendTargets again (bypass the cache)
     portals/<addr:port>/targets/<iqn>/session      text file
@@ -41,6 +42,7 @@ ROOT_INODE = 1               # == pyfuse3.ROOT_INODE (FUSE_ROOT_ID)
 class Kind(enum.Enum):
     ROOT = "root"
     INITIATOR_NAME = "initiator_name"   # text: InitiatorName=...
+    SESSIONS = "sessions"               # text: iscsiadm -m session, one line per live session
     PORTALS = "portals"                 # dir of portal dirs
     PORTAL = "portal"                   # dir: targets/
     TARGETS = "targets"                 # dir, filled by discovery
@@ -60,7 +62,7 @@ class Kind(enum.Enum):
 
     @property
     def is_text(self) -> bool:
-        return self in (Kind.INITIATOR_NAME, Kind.SESSION, Kind.INFO)
+        return self in (Kind.INITIATOR_NAME, Kind.SESSIONS, Kind.SESSION, Kind.INFO)
 
 
 _DIR_KINDS = frozenset({Kind.ROOT, Kind.PORTALS, Kind.PORTAL, Kind.TARGETS, Kind.TARGET,
@@ -106,6 +108,7 @@ class Tree:
                     mtime_ns=self.mount_time_ns, ctime_ns=self.mount_time_ns)
         self._nodes[ROOT_INODE] = root
         self._add(root, "InitiatorName", Kind.INITIATOR_NAME)
+        self._add(root, "sessions", Kind.SESSIONS)
         self.by_path_dir = self._add(root, "by-path", Kind.BY_PATH)
         self.portals_dir = self._add(root, "portals", Kind.PORTALS)
         for portal in portals:
