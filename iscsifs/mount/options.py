@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass, field
 
 from iscsifs import __version__
-from iscsifs.cli.common import portal_arg
+from iscsifs.cli.common import SYSLOG, portal_arg
 from iscsifs.config.locations import default_config_dir
 from iscsifs.core.discovery import Portal
 from iscsifs.errors import EXIT_GENERIC, EXIT_INVALID_ARGUMENT, QuietError
@@ -53,6 +53,8 @@ TIMEOUT_OPTIONS = {            # mount option -> net.session.Timeouts field
     "lu_reset_timeout": "lu_reset",
     "tgt_reset_timeout": "tgt_reset",
 }
+# login=: which targets the mount logs in to before it reports ready (docs/mount-options.md)
+LOGIN_MODES = ("automatic", "all", "lazy")
 DIGESTS = {                    # mount option value (',' is the -o separator, so '+') -> key value
     "none": "None", "crc32c": "CRC32C", "crc32c+none": "CRC32C,None",
     "none+crc32c": "None,CRC32C",
@@ -72,7 +74,13 @@ options (-o, comma separated; later ones win):
   allow_other              let other users access the mount (modes still apply)
   debug                    stay in the foreground, log at DEBUG (one line per PDU)
   foreground               stay in the foreground (same as -f)
-  logfile=PATH             where the daemon logs (default: syslog if /dev/log exists)
+  logfile=PATH|syslog      where the daemon logs (default: LOG_DIR/<mount point, escaped
+                           like systemd-escape --path>.log, LOG_DIR = $ISCSIFS_LOG_DIR,
+                           /var/log/iscsifs as root, ~/.local/state/iscsifs otherwise;
+                           warnings also go to syslog when /dev/log exists)
+  login=automatic|all|lazy at mount time, log in to the node records with node.startup =
+                           automatic (default) / to every target SendTargets reports /
+                           to nothing; the rest logs in on first use
   login_timeout=S logout_timeout=S noop_out_interval=S noop_out_timeout=S
   replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
   abort_timeout=S lu_reset_timeout=S tgt_reset_timeout=S   error recovery steps (seconds)
@@ -102,7 +110,8 @@ class MountOptions:
     foreground: bool = False
     verbose: bool = False
     sloppy: bool = False
-    logfile: str | None = None
+    logfile: str | None = None                                      # None: default_log_file
+    login: str = "automatic"                                        # one of LOGIN_MODES
     timeouts: dict[str, int] = field(default_factory=dict)          # Timeouts field -> value
     max_sectors_kb: int = 512                                       # requests split above
     header_digest: str | None = None
@@ -168,7 +177,12 @@ def apply_option(opts: MountOptions, item: str) -> None:
     elif key == "logfile":
         if not value:
             raise _usage_error("logfile= needs a value")
-        opts.logfile = os.path.abspath(value)
+        opts.logfile = value if value == SYSLOG else os.path.abspath(value)
+    elif key == "login":
+        if value not in LOGIN_MODES:
+            raise _usage_error(f"bad value for login: {value!r} "
+                               f"(expected {', '.join(LOGIN_MODES)})")
+        opts.login = value
     elif key == "cache":
         if value not in CACHE_MODES:
             raise _usage_error(f"bad value for cache: {value!r} (expected direct or page)")
