@@ -33,8 +33,8 @@ from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAIL
                             ConnectionLost, LoginError, QuietError, RemoteProtocolError,
                             leaf_exceptions, os_reason)
 
-__all__ = ["config_dir", "exit_code", "initiator_name", "open_log_file", "portal_arg",
-           "quiet_error", "quiet_error_in", "setup_logging"]
+__all__ = ["config_dir", "exit_code", "initiator_name", "iscsifs_mounts", "open_log_file",
+           "portal_arg", "quiet_error", "quiet_error_in", "setup_logging"]
 
 
 # ---------------------------------------------------------------------- config dir, names
@@ -75,6 +75,44 @@ def initiator_name(given: str | None, config_dir: str, *, option: str = "--initi
     if not existed and os.path.exists(path):
         note = f"no initiator name configured: generated {name} and saved it in {path}"
     return name, note
+
+
+# ---------------------------------------------------------------------- mounts
+MOUNTINFO = "/proc/self/mountinfo"
+FSTYPE = "fuse.iscsifs"
+
+
+def _unescape_mountinfo(path: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "\\" and i + 4 <= len(path) and path[i + 1:i + 4].isdigit():
+            out.append(chr(int(path[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def iscsifs_mounts(mountinfo: str = MOUNTINFO) -> list[str]:
+    """The mount points of every iscsifs mount (fstype ``fuse.iscsifs``), in mount order.
+    Reads only the kernel's table: never the mounts themselves."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        fstype = right.split()[0] if right.split() else ""
+        if fstype == FSTYPE:
+            found.append(_unescape_mountinfo(fields[4]))
+    return found
 
 
 # ---------------------------------------------------------------------- logging

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass, field
 
 from iscsifs import __version__
-from iscsifs.cli.common import SYSLOG, portal_arg
+from iscsifs.cli.common import SYSLOG, iscsifs_mounts, portal_arg
 from iscsifs.config.locations import default_config_dir
 from iscsifs.core.discovery import Portal
 from iscsifs.errors import EXIT_GENERIC, EXIT_INVALID_ARGUMENT, QuietError
@@ -264,35 +264,9 @@ def parse_args(argv: list[str]) -> MountOptions:
     return opts
 
 
-def _unescape_mountinfo(path: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(path):
-        if path[i] == "\\" and i + 4 <= len(path) and path[i + 1:i + 4].isdigit():
-            out.append(chr(int(path[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(path[i])
-            i += 1
-    return "".join(out)
-
-
 def iscsifs_mounted_at(path: str) -> bool:
     """Is an iscsifs already mounted on path (per /proc/self/mountinfo)?"""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5:
-            continue
-        fstype = right.split()[0] if right.split() else ""
-        if fstype == "fuse.iscsifs" and _unescape_mountinfo(fields[4]) == path:
-            return True
-    return False
+    return path in iscsifs_mounts()
 
 
 def check_mountpoint(path: str) -> None:

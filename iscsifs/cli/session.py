@@ -1,0 +1,352 @@
+"""``iscsifs session``: the sessions of every running iscsifs mount, in ``iscsiadm -m session``'s
+shapes (``-P 0..3``, ``-s``), or as JSON.
+
+Owns: finding the mounts (``/proc/self/mountinfo``, fstype ``fuse.iscsifs``), reading each
+mount's own files, and printing them. No daemon is asked and nothing logs in: a mount's
+top-level ``sessions`` file lists its live sessions (``tcp: [SID] ADDR:PORT,TPGT IQN``), and
+only those sessions' ``portals/<ADDR:PORT>/targets/<IQN>/session`` files are read, so no
+``targets/`` directory is listed (listing one runs discovery).
+
+A mount whose daemon hangs must not hang the command: each mount is read in its own daemon
+thread, and whatever has not answered by the deadline (``--timeout``, 5 s) is skipped with a
+one-line warning. A FUSE read can't be given a timeout (O_NONBLOCK means nothing to it) and a
+thread can't be cancelled, but a daemon thread doesn't keep the process alive: the kernel ends
+its wait (a killable one) when the process exits.
+
+The ``session`` file is parsed back into its sections (it is ``iscsiadm -m session -P 3`` plus
+``-s``), and each print level shows the sections iscsiadm shows at that level:
+-P 1 the portals, the interface, SID and states; -P 2 adds timeouts, CHAP (usernames only) and
+the negotiated parameters; -P 3 adds the version lines and the attached LUNs. Session IDs are
+unique across mounts (``mount/sids.py``), so ``-r SID`` picks one session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from iscsifs.cli.common import iscsifs_mounts
+from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, QuietError
+
+DEFAULT_TIMEOUT = 5.0
+NO_SESSIONS = "No active sessions."
+READ_LIMIT = 1 << 20           # a session file is a few KiB; never read more than this
+
+# the sections of a session file, by their heading (between lines of stars)
+LEVEL_OF_SECTION = {"Interface:": 1, "Timeouts:": 2, "CHAP:": 2,
+                    "Negotiated iSCSI params:": 2, "Attached SCSI devices:": 3}
+
+
+@dataclass
+class SessionRecord:
+    """One session, parsed from its mount's ``session`` file."""
+
+    mount: str
+    sid: int
+    target: str
+    portal: str                                 # persistent portal ADDR:PORT,TPGT (the dir)
+    path: str                                   # the session file
+    header: list[str] = field(default_factory=list)        # transport class, version
+    portal_lines: list[str] = field(default_factory=list)  # Current / Persistent Portal
+    # (heading, its line of stars, its lines), in file order
+    sections: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    stats: list[str] = field(default_factory=list)         # "Stats for session ..." block
+
+    def values(self, heading: str) -> dict[str, Any]:
+        """``key: value`` lines of one section as a dict (numbers as int)."""
+        result: dict[str, Any] = {}
+        for title, _stars, lines in self.sections:
+            if title != heading:
+                continue
+            for line in lines:
+                key, sep, value = line.strip().partition(": ")
+                if sep and "\t" not in value:
+                    result[key] = _number(value)
+        return result
+
+    def counters(self) -> dict[str, int]:
+        result = {}
+        for line in self.stats:
+            if line.startswith("\t"):
+                key, sep, value = line.strip().partition(": ")
+                if sep and value.isdigit():
+                    result[key] = int(value)
+        return result
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The LUNs of ``Attached SCSI devices``: number, raw file (absolute), state."""
+        found: list[dict[str, Any]] = []
+        for title, _stars, lines in self.sections:
+            if title != "Attached SCSI devices:":
+                continue
+            for line in lines:
+                text = line.strip()
+                if " Lun: " in text and text.startswith("scsi"):
+                    found.append({"lun": _number(text.rpartition(" Lun: ")[2]), "raw": None,
+                                  "state": None})
+                elif text.startswith("Attached ") and found:
+                    what, _, state = text.partition("\t\tState: ")
+                    if what.startswith("Attached scsi disk "):
+                        found[-1]["raw"] = self.raw_path(what[len("Attached scsi disk "):])
+                    else:
+                        found[-1]["type"] = what[len("Attached "):].replace(
+                            " (no raw file)", "")
+                    found[-1]["state"] = state or None
+        return found
+
+    def raw_path(self, relative: str) -> str:
+        return os.path.join(os.path.dirname(self.path), relative)
+
+    def as_json(self) -> dict[str, Any]:
+        iface = self.values("Interface:")
+        chap = self.values("CHAP:")
+        current = next((line.split(": ", 1)[1] for line in self.portal_lines
+                        if line.strip().startswith("Current Portal:")), self.portal)
+        return {
+            "sid": self.sid, "mount": self.mount, "target": self.target,
+            "portal": self.portal, "current_portal": current, "transport": "tcp",
+            "initiator_name": iface.get("Iface Initiatorname"),
+            "local_address": iface.get("Iface IPaddress"),
+            "connection_state": iface.get("iSCSI Connection State"),
+            "session_state": iface.get("iSCSI Session State"),
+            "timeouts": {_json_key(k): v for k, v in self.values("Timeouts:").items()},
+            "chap": {k: None if v == "<empty>" else v for k, v in chap.items()
+                     if not k.startswith("password")},
+            "params": self.values("Negotiated iSCSI params:"),
+            "devices": self.devices(), "stats": self.counters(), "session_file": self.path,
+        }
+
+
+def _json_key(name: str) -> str:
+    """``Recovery Timeout`` -> ``recovery_timeout``, ``NOP-Out Interval`` -> ``nop_out_interval``."""
+    return "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+
+
+def _number(text: str) -> Any:
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return text
+
+
+def parse_session_file(text: str, *, mount: str, path: str, sid: int, target: str,
+                       portal: str) -> SessionRecord:
+    """A ``session`` file (``fs/render.render_session``'s layout) -> its parts. Raises
+    ValueError when it is not a logged-in session's file (e.g. logged out meanwhile)."""
+    record = SessionRecord(mount=mount, sid=sid, target=target, portal=portal, path=path)
+    body, _, stats = text.partition("\n\nStats for session ")
+    if stats:
+        record.stats = ("Stats for session " + stats).rstrip("\n").split("\n")
+    lines = body.rstrip("\n").split("\n")
+    current: list[str] | None = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        text_ = line.strip()
+        is_stars = bool(text_) and set(text_) == {"*"}
+        if is_stars and i + 2 < len(lines) and set(lines[i + 2].strip()) == {"*"}:
+            current = []
+            record.sections.append((lines[i + 1].strip(), text_, current))
+            i += 3
+            continue
+        if current is not None:
+            current.append(line)
+        elif line.startswith("\t"):
+            record.portal_lines.append(line)
+        elif line.startswith("Target: "):
+            pass
+        elif line:
+            record.header.append(line)
+        i += 1
+    file_sid = record.values("Interface:").get("SID")
+    if file_sid != sid:
+        raise ValueError(f"session file shows SID {file_sid}, not {sid}")
+    return record
+
+
+def parse_session_list(text: str) -> list[tuple[int, str, str]]:
+    """The top-level ``sessions`` file -> (sid, portal ADDR:PORT,TPGT, target) per line."""
+    found = []
+    for line in text.splitlines():
+        parts = line.split()
+        # tcp: [SID] ADDR:PORT,TPGT IQN (non-flash)
+        if len(parts) < 4 or parts[0] != "tcp:" or not (parts[1].startswith("[")
+                                                         and parts[1].endswith("]")):
+            continue
+        sid_text = parts[1][1:-1]
+        if sid_text.isdigit():
+            found.append((int(sid_text), parts[2], parts[3]))
+    return found
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read(READ_LIMIT).decode("utf-8", "replace")
+
+
+def read_mount(mount: str) -> list[SessionRecord]:
+    """Every live session of one mount (blocking reads of its files)."""
+    records = []
+    for sid, portal, target in parse_session_list(_read(os.path.join(mount, "sessions"))):
+        address = portal.rpartition(",")[0] or portal
+        if "/" in address or "/" in target or target in (".", ".."):
+            continue                      # names are checked by the mount; never trust them
+        path = os.path.join(mount, "portals", address, "targets", target, "session")
+        try:
+            text = _read(path)
+            records.append(parse_session_file(text, mount=mount, path=path, sid=sid,
+                                              target=target, portal=portal))
+        except (OSError, ValueError):
+            continue                      # logged out between the two reads
+    return records
+
+
+@dataclass
+class MountResult:
+    mount: str
+    records: list[SessionRecord] | None = None
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def collect(mounts: list[str], timeout: float) -> list[MountResult]:
+    """Read every mount in its own daemon thread; those not done by ``timeout`` keep
+    ``done`` unset (their thread is abandoned)."""
+    results = [MountResult(m) for m in mounts]
+
+    def work(result: MountResult) -> None:
+        try:
+            result.records = read_mount(result.mount)
+        except OSError as exc:
+            result.error = exc.strerror or str(exc)
+        except Exception as exc:          # noqa: BLE001 - one broken mount, not the command
+            result.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            result.done.set()
+
+    for result in results:
+        threading.Thread(target=work, args=(result,), daemon=True,
+                         name=f"iscsifs-session {result.mount}").start()
+    deadline = time.monotonic() + timeout
+    for result in results:
+        result.done.wait(max(0.0, deadline - time.monotonic()))
+    return results
+
+
+# ------------------------------------------------------------------------------ printing
+def _grouped(records: list[SessionRecord]) -> list[SessionRecord]:
+    """iscsiadm's order: sessions of one target together (in order of their first SID),
+    by SID within it."""
+    first: dict[str, int] = {}
+    for r in sorted(records, key=lambda r: r.sid):
+        first.setdefault(r.target, r.sid)
+    return sorted(records, key=lambda r: (first[r.target], r.sid))
+
+
+def render_flat(records: list[SessionRecord]) -> str:
+    return "".join(f"tcp: [{r.sid}] {r.portal} {r.target} (non-flash)\n"
+                   for r in sorted(records, key=lambda r: r.sid))
+
+
+def render_tree(records: list[SessionRecord], level: int) -> str:
+    out: list[str] = []
+    ordered = _grouped(records)
+    if level >= 3 and ordered:
+        out += ordered[0].header
+    prev: SessionRecord | None = None
+    for r in ordered:
+        if prev is None or prev.target != r.target:
+            out.append(f"Target: {r.target} (non-flash)")
+            prev = None
+        if prev is None or prev.portal != r.portal:
+            out += r.portal_lines
+        else:
+            out.append("")
+        for title, stars, lines in r.sections:
+            if LEVEL_OF_SECTION.get(title, 3) > level:
+                continue
+            out += [f"\t\t{stars}", f"\t\t{title}", f"\t\t{stars}"]
+            for line in lines:
+                if line.startswith("\t\t\tAttached scsi disk "):
+                    rel, sep, state = line[len("\t\t\tAttached scsi disk "):].partition("\t")
+                    line = f"\t\t\tAttached scsi disk {r.raw_path(rel)}{sep}{state}"
+                out.append(line)
+        prev = r
+    return "\n".join(out) + "\n" if out else ""
+
+
+def render_stats(records: list[SessionRecord]) -> str:
+    return "".join("\n".join(r.stats) + "\n" for r in sorted(records, key=lambda r: r.sid))
+
+
+def run(args: Any) -> int:
+    if args.print_level is not None and not 0 <= args.print_level <= 3:
+        raise QuietError(f"invalid info level {args.print_level}; try 0 - 3",
+                         EXIT_INVALID_ARGUMENT)
+    if args.timeout <= 0:
+        raise QuietError("--timeout must be positive", EXIT_INVALID_ARGUMENT)
+    records: list[SessionRecord] = []
+    for result in collect(iscsifs_mounts(), args.timeout):
+        if not result.done.is_set():
+            print(f"iscsifs: {result.mount}: no answer within {args.timeout:g} s; skipped",
+                  file=sys.stderr, flush=True)
+        elif result.error is not None:
+            print(f"iscsifs: {result.mount}: {result.error}; skipped", file=sys.stderr,
+                  flush=True)
+        else:
+            records += result.records or []
+    if args.sid is not None:
+        records = [r for r in records if r.sid == args.sid]
+        if not records:
+            raise QuietError(f"no session with SID {args.sid}", EXIT_NO_OBJECTS)
+    if args.json:
+        print(json.dumps([r.as_json() for r in sorted(records, key=lambda r: r.sid)],
+                         indent=2))
+        return 0
+    if not records:
+        raise QuietError(NO_SESSIONS, EXIT_NO_OBJECTS)
+    if args.stats:
+        sys.stdout.write(render_stats(records))
+    elif not args.print_level:
+        sys.stdout.write(render_flat(records))
+    else:
+        sys.stdout.write(render_tree(records, args.print_level))
+    return 0
+
+
+_EPILOG = """\
+examples (iscsiadm -m session equivalents):
+  iscsifs session                     tcp: [SID] ADDR:PORT,TPGT IQN (non-flash), one per session
+  iscsifs session -P 3                portals, interface, state, timeouts, CHAP usernames,
+                                      negotiated parameters, attached LUNs
+  iscsifs session -s                  the counters (txdata_octets, scsicmd_pdus, ...)
+  iscsifs session -r 3 -P 1           one session by its SID
+  iscsifs session --json              everything, as a JSON list
+
+Reads the files of every mounted iscsifs (its top-level sessions file, then each session's
+portals/<portal>/targets/<iqn>/session); never logs in. A mount that does not answer within
+--timeout seconds is skipped with a warning.
+exit codes: 0 ok, 7 invalid argument, 21 no active sessions (--json prints [] instead).
+"""
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add ``session`` to the ``iscsifs`` command line."""
+    import argparse
+    p = subparsers.add_parser("session", help="sessions of the running mounts "
+                              "(iscsiadm -m session)", epilog=_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-P", "--print", dest="print_level", type=int, metavar="N",
+                   help="detail level 0-3, as iscsiadm -P (default 0: one line each)")
+    p.add_argument("-s", "--stats", action="store_true", help="the counters of each session")
+    p.add_argument("-r", "--sid", type=int, metavar="SID", help="only this session")
+    p.add_argument("--json", action="store_true", help="a JSON list of the sessions")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"skip a mount that does not answer within S seconds "
+                        f"(default {DEFAULT_TIMEOUT:g})")
+    p.set_defaults(run=run, is_async=False)
