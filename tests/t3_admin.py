@@ -5,6 +5,7 @@ session files rendered by ``fs/render.py`` (the same code a mount serves them wi
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import shutil
@@ -314,3 +315,98 @@ def test_session_command(tmp_path, monkeypatch):
     assert r.returncode == 21
     assert r.stderr == (f"iscsifs: {tmp_path}/gone: No such file or directory; skipped\n"
                         "iscsifs: No active sessions.\n")
+
+
+# ------------------------------------------------------------------ man pages
+ROOT = Path(__file__).resolve().parent.parent
+MAN = {name: ROOT / "man" / name for name in ("mount.iscsifs.8", "iscsifs.8")}
+
+
+def mount_option_names() -> set[str]:
+    """Every option mount.iscsifs accepts, read from the parser itself: ``name=`` for the
+    options that take a value, ``name`` for the others."""
+    import ast
+    import inspect
+
+    from iscsifs.mount import options
+    tree = ast.parse(inspect.getsource(options.apply_option))
+    names = set()
+    for cmp in ast.walk(tree):
+        if not isinstance(cmp, ast.Compare) or not isinstance(cmp.left, ast.Name):
+            continue
+        suffix = "=" if cmp.left.id == "key" else ""
+        for comparator in cmp.comparators:
+            for node in ast.walk(comparator):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                        and node.value.replace("_", "").isalnum():
+                    names.add(node.value + suffix)
+    names |= {k + "=" for k in options.TIMEOUT_OPTIONS}
+    return names | options.FUSE_PASSTHROUGH | options.IGNORED_OPTIONS
+
+
+def man_text(path: Path) -> str:
+    """The page as a reader sees it (groff's ASCII output, hyphens and all)."""
+    out = subprocess.run(["groff", "-man", "-Tascii", "-P", "-cbou", str(path)],
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def test_man_pages_parse_without_warnings():
+    if not shutil.which("groff"):
+        pytest.skip("groff is missing (scripts/setup installs groff-base)")
+    for path in MAN.values():
+        r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(path)],
+                           capture_output=True, text=True)
+        assert (r.returncode, r.stderr) == (0, ""), (path.name, r.stderr)
+        text = man_text(path)
+        for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "EXIT STATUS", "FILES",
+                        "EXAMPLES", "SEE ALSO"):
+            assert f"\n{section}\n" in text, (path.name, section)
+
+
+def test_man_pages_render_with_man():
+    if not shutil.which("man"):
+        pytest.skip("man is missing (scripts/setup installs man-db)")
+    r = subprocess.run(["man", "-l", str(MAN["iscsifs.8"])], capture_output=True, text=True,
+                       env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat"}, timeout=60)
+    assert r.returncode == 0 and "iscsifs - iSCSI discovery" in r.stdout, r.stderr
+
+
+def test_mount_man_page_and_docs_name_every_option():
+    names = mount_option_names()
+    assert {"login=", "logfile=", "ro", "cache=", "login_timeout=", "nofail"} <= names
+    docs = (ROOT / "docs" / "mount-options.md").read_text()
+    man = (man_text(MAN["mount.iscsifs.8"]) if shutil.which("groff")
+           else MAN["mount.iscsifs.8"].read_text().replace("\\-", "-"))
+    for name in sorted(names):
+        pattern = rf"(?<![\w-]){re.escape(name)}" + ("" if name.endswith("=") else r"(?![\w])")
+        assert re.search(pattern, man), f"mount.iscsifs.8 does not mention {name}"
+        assert re.search(pattern, docs), f"docs/mount-options.md does not mention {name}"
+
+
+def test_iscsifs_man_page_names_every_command_and_option():
+    from iscsifs.cli.main import build_parser
+    parser = build_parser()
+    man = (man_text(MAN["iscsifs.8"]) if shutil.which("groff")
+           else MAN["iscsifs.8"].read_text().replace("\\-", "-"))
+    subparsers = next(a for a in parser._actions if a.choices and a.dest == "command")
+    assert set(subparsers.choices) >= {"discover", "node", "discovery", "login", "iname",
+                                       "session"}
+    for name, sub in [("", parser), *subparsers.choices.items()]:
+        if name:
+            assert f"iscsifs {name}" in man, f"iscsifs.8 does not show iscsifs {name}"
+        for action in sub._actions:
+            for option in action.option_strings:
+                if option in ("-h", "--help"):
+                    continue
+                assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", man), \
+                    f"iscsifs.8 does not mention {name} {option}"
+
+
+def test_man_pages_are_installed_with_the_package():
+    cfg = (ROOT / "setup.cfg").read_text()
+    section = cfg.split("[options.data_files]")[1].split("\n[")[0]
+    assert "share/man/man8 =" in section
+    for name in MAN:
+        assert f"man/{name}" in section
+    assert sorted(p.name for p in (ROOT / "man").iterdir()) == sorted(MAN)
