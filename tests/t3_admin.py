@@ -301,6 +301,8 @@ def test_session_command(tmp_path, monkeypatch):
     r = run_iscsifs(tmp_path, "session")
     assert (r.returncode, r.stderr) == (0, "")
     assert len(r.stdout.splitlines()) == 2
+    r = run_iscsifs(tmp_path, "session", str(b))
+    assert r.stdout == f"tcp: [5] 127.0.0.1:3260,1 {DISK1} (non-flash)\n"
     r = run_iscsifs(tmp_path, "session", "-r", "5", "-P", "1")
     assert r.returncode == 0 and r.stdout.count("\t\tSID: 5\n") == 1
     assert json.loads(run_iscsifs(tmp_path, "session", "--json").stdout)[1]["sid"] == 5
@@ -310,6 +312,9 @@ def test_session_command(tmp_path, monkeypatch):
     r = run_iscsifs(tmp_path, "session")
     assert (r.returncode, r.stdout, r.stderr) == (21, "", "iscsifs: No active sessions.\n")
     assert run_iscsifs(tmp_path, "session", "--json").stdout == "[]\n"
+    r = run_iscsifs(tmp_path, "session", str(tmp_path))
+    assert (r.returncode, r.stderr) == (7, f"iscsifs: {tmp_path} is not an iscsifs mount "
+                                           "point\n")
     mounts.append(str(tmp_path / "gone"))
     r = run_iscsifs(tmp_path, "session")
     assert r.returncode == 21

@@ -84,7 +84,8 @@ class Mnt:
 
 
 def session_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``iscsifs session ARGS`` as its own process (a hung read must not hang the tests)."""
+    """``iscsifs session ARGS`` as its own process (a hung read must not hang the tests).
+    ARGS name the test's mount points: others may run on this machine."""
     return subprocess.run([sys.executable, "-m", "iscsifs.cli", "session", *args],
                           capture_output=True, text=True, timeout=timeout)
 
@@ -97,14 +98,15 @@ def test_session_command_across_mounts(tgt_target, fuse_available, tmp_path):
     portal = tgt_target.portal
     with Mnt(tmp_path, portal, "a", initiator=tgt_target.initiator_name) as a, \
             Mnt(tmp_path, portal, "b", initiator=tgt_target.initiator_name) as b:
-        r = session_cmd()
+        mps = (str(a.path), str(b.path))
+        r = session_cmd(*mps)
         assert (r.returncode, r.stdout) == (21, ""), r
         assert r.stderr == "iscsifs: No active sessions.\n"
         os.listdir(a.target(IQN1) / "luns")
         os.listdir(a.target(IQN2) / "luns")
         os.listdir(b.target(IQN1) / "luns")
 
-        r = ok(session_cmd())
+        r = ok(session_cmd(*mps))
         capture("session-P0.txt", r.stdout)
         lines = r.stdout.splitlines()
         assert len(lines) == 3, r.stdout
@@ -122,31 +124,32 @@ def test_session_command_across_mounts(tgt_target, fuse_available, tmp_path):
                 sid, target = line.split()[1].strip("[]"), line.split()[3]
                 assert f"\t\tSID: {sid}\n" in (mnt.target(target) / "session").read_text()
 
-        p1 = ok(session_cmd("-P", "1")).stdout
+        p1 = ok(session_cmd(*mps, "-P", "1")).stdout
         assert p1.count(f"Target: {IQN1} (non-flash)\n") == 1        # grouped by target
         assert p1.count("\tPersistent Portal: ") == 2                 # same portal: once
         assert "\t\tSID: " in p1 and "Timeouts:" not in p1 and "Attached" not in p1
-        p2 = ok(session_cmd("-P", "2")).stdout
+        p2 = ok(session_cmd(*mps, "-P", "2")).stdout
         assert "\t\tNegotiated iSCSI params:\n" in p2 and "\t\tCHAP:\n" in p2
         assert "Attached SCSI devices" not in p2 and "version" not in p2.split("\n")[0]
-        p3 = ok(session_cmd("-P", "3")).stdout
+        p3 = ok(session_cmd(*mps, "-P", "3")).stdout
         capture("session-P3.txt", p3)
         assert p3.startswith("iSCSI Transport Class version ")
         raw = a.target(IQN1) / "luns" / "1" / "raw"
         assert f"\t\t\tAttached scsi disk {raw}\t\tState: running\n" in p3
         assert p3.count("Attached SCSI devices:") == 3
 
-        one = ok(session_cmd("-r", str(sids[0]), "-P", "1")).stdout
+        capture("session-P1.txt", p1)
+        one = ok(session_cmd(*mps, "-r", str(sids[0]), "-P", "1")).stdout
         assert one.count("\t\tSID: ") == 1 and f"\t\tSID: {sids[0]}\n" in one
-        r = session_cmd("-r", "999999")
+        r = session_cmd(*mps, "-r", "999999")
         assert r.returncode == 21 and "no session with SID 999999" in r.stderr
 
-        stats = ok(session_cmd("-s")).stdout
+        stats = ok(session_cmd(*mps, "-s")).stdout
         capture("session-s.txt", stats)
         assert stats.count("Stats for session [sid: ") == 3
         assert re.search(r"\n\tscsicmd_pdus: [1-9]\d*\n", stats)
 
-        data = json.loads(ok(session_cmd("--json")).stdout)
+        data = json.loads(ok(session_cmd(*mps, "--json")).stdout)
         capture("session-json.txt", json.dumps(data[0], indent=2) + "\n")
         assert [d["sid"] for d in data] == sids
         first = next(d for d in data if d["mount"] == str(a.path) and d["target"] == IQN1)
@@ -163,14 +166,14 @@ def test_session_command_across_mounts(tgt_target, fuse_available, tmp_path):
         os.kill(pid, signal.SIGSTOP)
         try:
             start = time.monotonic()
-            r = session_cmd("--timeout", "1")
+            r = session_cmd(*mps, "--timeout", "1")
             took = time.monotonic() - start
         finally:
             os.kill(pid, signal.SIGCONT)
         assert r.returncode == 0, r
         assert r.stderr == f"iscsifs: {b.path}: no answer within 1 s; skipped\n"
         assert len(r.stdout.splitlines()) == 2 and str(took) and took < 15
-        assert ok(session_cmd()).stdout == "\n".join(lines) + "\n"     # and it is back
+        assert ok(session_cmd(*mps)).stdout == "\n".join(lines) + "\n"     # and it is back
 
 
 def test_login_at_mount(tgt_target, fresh_target, fuse_available, tmp_path):
@@ -188,8 +191,9 @@ def test_login_at_mount(tgt_target, fresh_target, fuse_available, tmp_path):
         assert links == [f"ip-{portal}-iscsi-{IQN2}-lun-1"]
         assert os.readlink(m.path / "by-path" / links[0]) == \
             f"../portals/{portal}/targets/{IQN2}/luns/1/raw"
-        assert [line.split()[3] for line in
-                (m.path / "sessions").read_text().splitlines()] == [IQN2]
+        sessions = (m.path / "sessions").read_text()
+        capture("sessions-automatic.txt", sessions)
+        assert [line.split()[3] for line in sessions.splitlines()] == [IQN2]
     with Mnt(tmp_path, portal, "all", "login=all", config_dir=conf, initiator=name) as m:
         assert by_path(m) == sorted([f"ip-{portal}-iscsi-{IQN1}-lun-{n}" for n in (1, 2, 3)]
                                     + [f"ip-{portal}-iscsi-{IQN2}-lun-1"])
@@ -215,6 +219,7 @@ def test_failed_automatic_login_is_a_warning(tgt_target, fresh_target, fuse_avai
         assert m.result.stderr == ""
         assert by_path(m) == [f"ip-{tgt_target.portal}-iscsi-{IQN2}-lun-1"]
         text = log.read_text()
+        capture("mount-log-failed-login.txt", text)
         warnings = [line for line in text.splitlines() if " WARNING: " in line]
         assert len(warnings) == 1, text
         assert f"login to {refusing.iqn} at {tgt_target.portal} failed" in warnings[0]

@@ -290,8 +290,15 @@ def run(args: Any) -> int:
                          EXIT_INVALID_ARGUMENT)
     if args.timeout <= 0:
         raise QuietError("--timeout must be positive", EXIT_INVALID_ARGUMENT)
+    mounts = iscsifs_mounts()
+    if args.mountpoints:
+        wanted = [os.path.abspath(m) for m in args.mountpoints]
+        for m in wanted:
+            if m not in mounts:
+                raise QuietError(f"{m} is not an iscsifs mount point", EXIT_INVALID_ARGUMENT)
+        mounts = [m for m in mounts if m in wanted]
     records: list[SessionRecord] = []
-    for result in collect(iscsifs_mounts(), args.timeout):
+    for result in collect(mounts, args.timeout):
         if not result.done.is_set():
             print(f"iscsifs: {result.mount}: no answer within {args.timeout:g} s; skipped",
                   file=sys.stderr, flush=True)
@@ -327,6 +334,7 @@ examples (iscsiadm -m session equivalents):
   iscsifs session -s                  the counters (txdata_octets, scsicmd_pdus, ...)
   iscsifs session -r 3 -P 1           one session by its SID
   iscsifs session --json              everything, as a JSON list
+  iscsifs session /mnt/san            only the sessions of that mount
 
 Reads the files of every mounted iscsifs (its top-level sessions file, then each session's
 portals/<portal>/targets/<iqn>/session); never logs in. A mount that does not answer within
@@ -341,6 +349,8 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("session", help="sessions of the running mounts "
                               "(iscsiadm -m session)", epilog=_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mountpoints", nargs="*", metavar="MOUNTPOINT",
+                   help="only these mounts (default: every iscsifs mount)")
     p.add_argument("-P", "--print", dest="print_level", type=int, metavar="N",
                    help="detail level 0-3, as iscsiadm -P (default 0: one line each)")
     p.add_argument("-s", "--stats", action="store_true", help="the counters of each session")

@@ -100,11 +100,15 @@ async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
             with trio.fail_after(timeout):
                 await namespace.populate(luns)
         except Exception as exc:
-            error = quiet_error(exc, doing=f"login to {tnode.target} at {portal.address}",
-                                who=f"{tnode.target} at {portal.address}",
-                                detail="timed out" if isinstance(exc, trio.TooSlowError)
-                                else None)
-            log.warning("login=%s: %s; it is tried again on first use", mode, error)
+            where = f"{tnode.target} at {portal.address}"
+            error = str(quiet_error(exc, detail="timed out"
+                                    if isinstance(exc, trio.TooSlowError) else None))
+            # the session's errors already say which target ("login to IQN failed: ...")
+            for prefix in (f"login to {tnode.target} failed: ", f"login to {where} failed: ",
+                           f"authentication failed for {where}: "):
+                error = error.removeprefix(prefix)
+            log.warning("login=%s: login to %s failed: %s; it is tried again on first use",
+                        mode, where, error)
         else:
             done.append(tnode.target)
 
