@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from helpers import run_iscsifs
 
@@ -23,12 +24,13 @@ from iscsifs.cli import session as session_cli
 from iscsifs.cli.common import MountLogHandler, iscsifs_mounts, setup_logging
 from iscsifs.config import locations
 from iscsifs.core.discovery import Portal
+from iscsifs.errors import ConnectionLost
 from iscsifs.fs import render
 from iscsifs.mount import main as mount_main
 from iscsifs.mount.options import parse_args
 from iscsifs.mount.sids import SidCounter
 
-from fs_fake import DISK1, make_session_info, standard_targets
+from fs_fake import DISK1, FakeInitiator, make_session_info, standard_targets
 from t3_fs_ops import PORTAL, list_luns, make_ops, walk
 
 pytestmark = pytest.mark.expect_log("skipping target with unusable name",
@@ -415,3 +417,45 @@ def test_man_pages_are_installed_with_the_package():
     for name in MAN:
         assert f"man/{name}" in section
     assert sorted(p.name for p in (ROOT / "man").iterdir()) == sorted(MAN)
+
+
+# ------------------------------------------------------------------ login= at mount time
+class SlowFake(FakeInitiator):
+    """DISK1 answers; "slow" never does; "broken" refuses."""
+
+    async def luns(self, target, portal):
+        if target.endswith(":slow"):
+            await trio.sleep_forever()
+        if target.endswith(":broken"):
+            raise ConnectionLost("connection refused")
+        return await super().luns(target, portal)
+
+
+@pytest.mark.parametrize("mode, tried", [("automatic", 2), ("all", 3), ("lazy", 0)])
+async def test_login_at_mount(mode, tried, tmp_path, autojump_clock, expect_log):
+    from iscsifs.config.nodedb import NodeDB, PortalKey
+    from iscsifs.fs.namespace import Namespace
+    from iscsifs.fs.records import NodeRecords
+    from iscsifs.fs.tree import Tree
+    from iscsifs.mount.lifetime import login_at_mount
+    slow, broken = "iqn.2026-11.org.example:slow", "iqn.2026-11.org.example:broken"
+    targets = {**standard_targets(), slow: [], broken: []}
+    db = NodeDB(str(tmp_path))
+    for target in targets:
+        db.add(target, PortalKey.of(PORTAL))
+    for target in (DISK1, slow):
+        db.update(target, PortalKey.of(PORTAL), "node.startup", "automatic")
+    db.add("iqn.2026-11.org.example:gone", PortalKey.of(Portal("127.0.0.2", 3260)))
+    fake = SlowFake(targets)
+    namespace = Namespace(fake, Tree([PORTAL]), records=NodeRecords(db))
+    if mode != "lazy":
+        expect_log(rf"login={mode}: login to {slow} at 127.0.0.1:3260 failed: timed out")
+    if mode == "all":
+        expect_log(rf"login=all: login to {broken} at 127.0.0.1:3260 failed: "
+                   "connection refused")
+    start = trio.current_time()
+    await login_at_mount(namespace, NodeRecords(db), mode, [PORTAL], 30.0)
+    assert trio.current_time() - start == pytest.approx(30.0 if tried else 0.0)  # concurrent
+    assert fake.logged_in == ({(DISK1, PORTAL)} if tried else set())
+    luns = namespace.tree.by_path("portals", PORTAL.address, "targets", DISK1, "luns")
+    assert (luns is not None and luns.children is not None) == bool(tried)

@@ -79,7 +79,8 @@ async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
     for portal in portals:
         tdir = namespace.tree.targets_dir(portal)
         try:
-            await namespace.populate(tdir)
+            with trio.fail_after(timeout):
+                await namespace.populate(tdir)
         except Exception as exc:     # the startup discovery already said why
             log.debug("login=%s: cannot list the targets of %s: %s", mode, portal.address, exc)
             continue
