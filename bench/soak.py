@@ -54,7 +54,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
 
-from _target import Tgtd, free_tcp_port, missing_requirements  # noqa: E402,F401
+from _target import Tgtd, TgtError, free_tcp_port, missing_requirements  # noqa: E402,F401
 
 MiB = 1 << 20
 IQN = "iqn.2026-11.org.iscsifs.soak:lun"
@@ -91,16 +91,6 @@ def run_bounded(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedPro
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     except subprocess.TimeoutExpired:
         return None
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def mountinfo_entry(path: Path) -> tuple[str, str] | None:
@@ -168,48 +158,18 @@ class SoakTgtd(Tgtd):
         self.add_lun(TID, 1, lun_path, blocksize=block_size)
         self.bind(TID)
 
-    def kill_and_restart(self, lun_path: Path, block_size: int, downtime: float,
-                         timeout: float = 30.0) -> str:
-        """SIGKILL our tgtd; after ``downtime`` s start a new one on the same ports.
-        Returns a short description; raises RuntimeError when it cannot restart in time."""
-        assert self.proc is not None and self.port is not None
-        port, old_pid = self.port, self.pid
-        if self.stalled:
-            self.resume()
-        self.proc.kill()
+    def kill_and_restart_configured(self, lun_path: Path, block_size: int,
+                                    downtime: float, timeout: float = 30.0) -> str:
+        """The harness's crash-and-restart on the same ports, then the same target and LUN
+        file again. Returns a short description; raises RuntimeError when it cannot."""
+        old_pid = self.pid
         try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired as e:
-            raise RuntimeError(f"tgtd pid {old_pid} did not die after SIGKILL") from e
-        # tgtd had no chance to remove its control socket files: remove the ones we created
-        for p in list(self._created_socket_files):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-        self._created_socket_files = []
-        self.proc = None
-        time.sleep(downtime)
-        deadline = time.monotonic() + timeout
-        while not port_free(self.host, port):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"port {port} still busy {timeout:g}s after killing tgtd")
-            time.sleep(0.1)
+            launches = self.kill_and_restart(downtime, timeout)
+        except TgtError as exc:
+            raise RuntimeError(str(exc)) from None
         self.restarts = getattr(self, "restarts", 0) + 1
-        tries = 0
-        while True:
-            tries += 1
-            # the harness' launcher: tgtd -f -C <ctl> --iscsi portal=HOST:PORT, waits until
-            # our pid owns the listener; log goes to tgtd.<100+n>.log in the work dir
-            if self._launch(port, 100 + self.restarts):
-                break
-            self._terminate()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tgtd did not restart on port {port} within {timeout:g}s;"
-                                   f" log tail:\n{self.log_tail(600)}")
-            time.sleep(0.5)
         self.configure(lun_path, block_size)
-        return f"pid {old_pid} -> {self.pid} (downtime {downtime:.1f}s, {tries} launch(es))"
+        return f"pid {old_pid} -> {self.pid} (downtime {downtime:.1f}s, {launches} launch(es))"
 
 
 # ------------------------------------------------------------------------------- mount
@@ -605,7 +565,7 @@ class FaultInjector:
         if kind == "restart":
             lo, hi = self.args.restart_downtime
             t = time.monotonic()
-            detail = self.tgtd.kill_and_restart(self.lun_path, self.args.block_size,
+            detail = self.tgtd.kill_and_restart_configured(self.lun_path, self.args.block_size,
                                                 self.rng.uniform(lo, hi))
             return f"{detail}, back after {time.monotonic() - t:.1f}s"
         raise ValueError(kind)

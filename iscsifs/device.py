@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import trio
 
-from .errors import NoSpace
+from .errors import NoSpace, leaf_exceptions
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
-from .scsi.sense import ScsiError, is_capacity_changed, is_luns_changed, is_unit_attention
+from .scsi.sense import (ScsiError, is_capacity_changed, is_data_protect, is_luns_changed,
+                         is_unit_attention)
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,21 @@ class Lun:
             self.block_limits = scsi_parse.parse_vpd_block_limits(
                 await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0xB0, alloc=64), 64))
         await self.read_capacity()
+        await self.read_write_protect()
+
+    async def read_write_protect(self) -> None:
+        """MODE SENSE(6): the WP bit of the device-specific parameter (SBC-3 §6.5.1), as sd
+        reads it. Kept as it was when the target does not answer it."""
         try:
             data = await self._read_bytes(scsi_cdb.mode_sense6(page=0x3F, alloc=192), 192)
-            self.write_protected = scsi_parse.parse_mode_sense_wp(data, ten=False)
         except ScsiError as exc:
             log.debug("LUN %d: MODE SENSE failed: %s", self.lun, exc)
+            return
+        protected = scsi_parse.parse_mode_sense_wp(data, ten=False)
+        if protected != self.write_protected:
+            log.info("LUN %d is now %s", self.lun,
+                     "write-protected" if protected else "writable")
+        self.write_protected = protected
 
     async def read_capacity(self) -> None:
         """READ CAPACITY(16), falling back to (10); sets block size and block count."""
@@ -221,21 +232,36 @@ class Lun:
         tail = (last + 1) * bs - (offset + length)
         entry = await self._locks.acquire(first, last)
         try:
-            if head == 0 and tail == 0:
-                await self._transfer(first, data, True)
-                return length
-            buf = bytearray((last - first + 1) * bs)
-            view = memoryview(buf)
-            # read only the edge blocks that are partly overwritten
-            if head:
-                await self._transfer(first, view[:bs], False)
-            if tail and (last != first or not head):
-                await self._transfer(last, view[len(buf) - bs:], False)
-            view[head:head + length] = data
-            await self._transfer(first, view, True)
-            return length
+            return await self._write_locked(first, last, head, tail, data)
+        except Exception as exc:
+            if any(is_data_protect(e) for e in leaf_exceptions(exc)):
+                # the LUN was made read-only (tgt: readonly=1): re-read the WP bit so that
+                # the raw file's mode and the info file say so (sd re-reads it the same way)
+                try:
+                    await self.read_write_protect()
+                except Exception as again:      # the write's own error is the answer
+                    log.debug("LUN %d: MODE SENSE after DATA PROTECT: %s", self.lun, again)
+            raise
         finally:
             self._locks.release(entry)
+
+    async def _write_locked(self, first: int, last: int, head: int, tail: int,
+                            data: memoryview) -> int:
+        bs = self.block_size
+        length = len(data)
+        if head == 0 and tail == 0:
+            await self._transfer(first, data, True)
+            return length
+        buf = bytearray((last - first + 1) * bs)
+        view = memoryview(buf)
+        # read only the edge blocks that are partly overwritten
+        if head:
+            await self._transfer(first, view[:bs], False)
+        if tail and (last != first or not head):
+            await self._transfer(last, view[len(buf) - bs:], False)
+        view[head:head + length] = data
+        await self._transfer(first, view, True)
+        return length
 
     async def flush(self) -> None:
         """SYNCHRONIZE CACHE for the whole LUN."""

@@ -22,7 +22,30 @@ EXIT_AUTH_FAILED = 24        # ISCSI_ERR_LOGIN_AUTH_FAILED
 
 
 class IscsiError(Exception):
-    """Base class of every error iscsifs raises on purpose."""
+    """Base class of every error iscsifs raises on purpose.
+
+    An error that ended a login is ``located`` by the layer that knows which login it was
+    (``who``: ``iqn... at 10.0.0.5:3260``); its message is then composed once from ``who`` and
+    ``detail`` (the words without the name), so no layer wraps the text of another and a
+    caller that names the login itself takes ``detail``."""
+
+    who: str | None = None
+    _template = "login to {who} failed: {detail}"
+
+    @property
+    def detail(self) -> str:
+        """What went wrong, without the name of the login."""
+        return super().__str__()
+
+    def located(self, who: str) -> IscsiError:
+        """Name the login this error ended (replacing a vaguer name); returns self."""
+        self.who = who
+        return self
+
+    def __str__(self) -> str:
+        if self.who is None:
+            return self.detail
+        return self._template.format(who=self.who, detail=self.detail)
 
 
 class LocalProtocolError(IscsiError):
@@ -54,6 +77,7 @@ class AuthenticationError(LoginError):
     """CHAP failed: the target rejected our credentials, or failed to prove its own."""
 
     exit_code = EXIT_AUTH_FAILED
+    _template = "authentication failed for {who}: {detail}"
 
 
 class ConfigError(IscsiError):
@@ -69,7 +93,13 @@ class ConfigError(IscsiError):
 
 
 class ConnectionLost(IscsiError):
-    """The TCP connection to the target is gone (reset, closed, NOP timeout)."""
+    """The TCP connection to the target is gone (reset, closed, NOP timeout), or could not be
+    made. ``errno`` is the socket's errno when one said why (ECONNREFUSED, EHOSTUNREACH,
+    ETIMEDOUT, ...), else None."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 class CommandTimeout(IscsiError):
@@ -110,10 +140,9 @@ def single_exception(exc: BaseException) -> BaseException | None:
     return leaves[0] if len(leaves) == 1 else None
 
 
-def os_reason(exc: BaseException) -> str:
-    """The most useful words of a (possibly grouped or chained) connect error, such as
-    ``Connection refused``: the first OS error with an errno found in ``exc``, its groups and
-    its cause chain; else ``str(exc)``."""
+def os_errno(exc: BaseException) -> int | None:
+    """The errno of a (possibly grouped or chained) connect error: that of the first OS error
+    with an errno found in ``exc``, its groups and its cause chain; else None."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -122,6 +151,15 @@ def os_reason(exc: BaseException) -> str:
             cur = next(leaf_exceptions(cur), None)
             continue
         if isinstance(cur, OSError) and cur.errno:
-            return os.strerror(cur.errno)
+            return cur.errno
         cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    return None
+
+
+def os_reason(exc: BaseException) -> str:
+    """The most useful words of a (possibly grouped or chained) connect error, such as
+    ``Connection refused`` (see ``os_errno``); else ``str(exc)``."""
+    code = os_errno(exc)
+    if code is not None:
+        return os.strerror(code)
     return str(exc) or type(exc).__name__

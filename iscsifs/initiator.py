@@ -45,7 +45,8 @@ class LunEntry:
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A snapshot of one session for ``fs/render.py``."""
+    """A snapshot of one session for ``fs/render.py``. ``portal`` is where the connection is
+    now (the Current Portal: it differs from the node's after a login redirection)."""
 
     target: str
     portal: Portal
@@ -73,6 +74,7 @@ class NodeOptions:
     login_params: LoginParams | None = None
     timeouts: Timeouts | None = None
     queue_depth: int | None = None
+    cmds_max: int | None = None
 
 
 def _key(target: str, portal: Portal) -> tuple[str, str, int]:
@@ -166,6 +168,7 @@ class Initiator:
                     chap=opts.chap if opts.chap is not None else self.chap,
                     timeouts=opts.timeouts or self.timeouts,
                     queue_depth=opts.queue_depth or self.queue_depth,
+                    cmds_max=opts.cmds_max or 128,
                     initiator_alias=self.initiator_alias,
                     sid=self.sid_source() if self.sid_source is not None else None)
             return entry.session
@@ -199,6 +202,7 @@ class Initiator:
             prev = old.get(n)
             if prev is not None and prev.device is not None:
                 await prev.device.read_capacity()
+                await prev.device.read_write_protect()
                 result.append(prev)
                 continue
             inquiry = scsi_parse.parse_inquiry(await read_data(session, n, scsi_cdb.inquiry(alloc=96), 96))
@@ -218,7 +222,7 @@ class Initiator:
         s = entry.session
         chap = s.chap
         return SessionInfo(
-            target=target, portal=portal, sid=s.sid, initiator_name=s.initiator_name,
+            target=target, portal=s.current_portal, sid=s.sid, initiator_name=s.initiator_name,
             local_address=s.local_address, connection_state=s.connection_state,
             session_state=s.session_state, timeouts=s.timeouts,
             chap_username=chap.username if chap else None,

@@ -72,7 +72,7 @@ def node_options_from_settings(settings: NodeSettings, where: str | None = None)
         raise ConfigError(str(exc), where) from None
     return NodeOptions(chap=settings.auth, login_params=params,
                        timeouts=timeouts_from_settings(settings),
-                       queue_depth=settings.queue_depth)
+                       queue_depth=settings.queue_depth, cmds_max=settings.cmds_max)
 
 
 def find_record(db: NodeDB, target: str, portal: Any) -> NodeRecord | None:

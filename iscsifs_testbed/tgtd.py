@@ -167,6 +167,16 @@ def _pid_socket_inodes(pid: int) -> set[str]:
     return out
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_tcp_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -538,6 +548,44 @@ class Tgtd:
         if self.pid is not None and _pid_alive(self.pid):
             os.kill(self.pid, signal.SIGCONT)
         self._stalled = False
+
+    def kill_and_restart(self, downtime: float = 0.0, timeout: float = 30.0) -> int:
+        """A target crash and restart: SIGKILL tgtd, wait ``downtime`` s, start a new tgtd
+        on the same portal and control port. Its targets, LUNs and accounts are gone (the
+        caller configures them again, as an admin's start-up script would). Returns the
+        number of launches it took; TgtError when it cannot restart within ``timeout``.
+
+        Start tgtd and call this from the same thread: the child dies with the thread that
+        started it (PR_SET_PDEATHSIG)."""
+        if self.proc is None or self.port is None:
+            raise TgtError("tgtd is not running")
+        port = self.port
+        if self._stalled:
+            self.resume()
+        self.proc.kill()
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise TgtError(f"tgtd pid {self.pid} did not die after SIGKILL") from None
+        for path in self._created_socket_files:      # it had no chance to remove them
+            path.unlink(missing_ok=True)
+        self._created_socket_files = []
+        self.proc = None
+        self._tids.clear()
+        self._accounts.clear()
+        time.sleep(downtime)
+        deadline = time.monotonic() + timeout
+        launches = 0
+        while True:
+            if _port_free(self.host, port):
+                launches += 1
+                if self._launch(port, 100 + launches):
+                    return launches
+                self._terminate()
+            if time.monotonic() > deadline:
+                raise TgtError(f"tgtd did not restart on port {port} within {timeout:g} s; "
+                               f"log tail:\n{self.log_tail(600)}")
+            time.sleep(0.1)
 
     # ------------------------------------------------------------ files
     def make_backing_file(self, name: str, size: int, fill: str = "random",

@@ -73,7 +73,8 @@ def good_read(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
 
 @dataclass
 class FakeTarget:
-    """``on_command(conn, cmd) -> list of PDUs | bytes``; ``sendtargets``: raw key pairs.
+    """``on_command(conn, cmd) -> list of PDUs | bytes``; ``sendtargets``: raw key pairs
+    (``sendtargets_raw``: the answer's bytes as they are, for malformed ones).
 
     ``on_tmf(conn, req) -> list of PDUs``: answers to task management requests (none by
     default: a target that ignores them). ``hang_login_after=N``: connections after the N-th
@@ -85,6 +86,7 @@ class FakeTarget:
     on_command: Callable | None = None
     on_tmf: Callable | None = None
     sendtargets: list = field(default_factory=list)
+    sendtargets_raw: bytes | None = None    # the Text Response's data as is (malformed ones)
     digests: bool = False           # accept CRC32C digests when offered
     login_hook: Callable | None = None   # (conn, req, pairs) -> list of answer pairs or None
     hang_login_after: int | None = None
@@ -158,9 +160,11 @@ class FakeTarget:
         elif isinstance(pdu, TextRequest):
             if not pdu.immediate:
                 conn.exp_cmd_sn = pdu.cmd_sn + 1
+            data = self.sendtargets_raw
+            if data is None:
+                data = encode_text(self.sendtargets)
             await conn.send(TextResponse(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, final=True,
-                                         cont=False, data=encode_text(self.sendtargets),
-                                         **conn.sns()))
+                                         cont=False, data=data, **conn.sns()))
         elif isinstance(pdu, TaskManagementRequest):
             answer = self.on_tmf(conn, pdu) if self.on_tmf else []
             if answer:

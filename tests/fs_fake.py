@@ -56,8 +56,11 @@ class FakeLun:
     delay: float = 0.0
     capacity_changed: bool = False
     luns_changed: bool = False
+    medium_protected: bool | None = None    # the target's side (tgt's readonly=); None: as WP
 
     def __post_init__(self) -> None:
+        if self.medium_protected is None:
+            self.medium_protected = self.write_protected
         if not self.data:
             self.data = bytearray(os.urandom(self.size)) if self.size <= (1 << 20) \
                 else bytearray(self.size)
@@ -81,7 +84,8 @@ class FakeLun:
 
     async def write(self, offset: int, data: Any) -> int:
         self.writes += 1
-        if self.write_protected:
+        if self.medium_protected:
+            await self.read_write_protect()          # as device.Lun does on DATA PROTECT
             raise ScsiError(0x7, 0x27, 0x00)          # DATA PROTECT, WRITE PROTECTED
         if offset + len(data) > self.size:
             raise NoSpace("write beyond the end of the LUN")
@@ -98,6 +102,10 @@ class FakeLun:
     async def read_capacity(self) -> None:
         await trio.sleep(0)                          # the size is whatever the test set
         self.capacity_changed = False
+
+    async def read_write_protect(self) -> None:
+        await trio.sleep(0)
+        self.write_protected = bool(self.medium_protected)
 
 
 @dataclass(frozen=True)

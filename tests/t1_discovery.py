@@ -54,6 +54,19 @@ def test_parse_portal_rejects(text):
         parse_portal(text)
 
 
+@pytest.mark.parametrize("text,problem", [
+    ("bad!!", "invalid host name 'bad!!'"), ("1.2.3.4:99999", "invalid port 99999 (1-65535)"),
+    ("host:x", "invalid port 'x'"), ("[::1", "missing ']'"),
+    ("[10.0.0.1]:3260", "brackets are only for IPv6 addresses"),
+    ("host:3260,x", "invalid portal group tag 'x'"),
+])
+def test_parse_portal_says_what_is_wrong_without_repeating_the_text(text, problem):
+    # the caller names the text ("bad portal 'bad!!': ..."); it used to be said twice
+    with pytest.raises(ValueError) as info:
+        parse_portal(text)
+    assert str(info.value) == problem
+
+
 def test_portal_str():
     assert str(Portal("127.0.0.1")) == "127.0.0.1:3260,1"
     assert str(Portal("::1")) == "[::1]:3260,1"

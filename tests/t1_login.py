@@ -669,3 +669,63 @@ def test_failure_status_checked_before_header_fields():
     req = login.start()
     with pytest.raises(LoginError, match="target not found"):
         login.receive(Target().reply(req, status=(2, 3), transit=False, isid=0, itt=0x1234))
+
+
+# ---------------------------------------------------------------------------------------------
+# one message, composed once (a login failure used to read "login to T failed: login to T
+# failed: ..." once every layer had added its prefix)
+
+def test_failure_names_the_target_once_and_keeps_the_bare_reason():
+    login = make_login(chap=_creds())
+    req = login.start()
+    req = login.receive(Target().reply(req, [("AuthMethod", "CHAP")]))
+    with pytest.raises(AuthenticationError) as info:
+        login.receive(Target().reply(req, status=(2, 1), transit=False))
+    exc = info.value
+    assert exc.detail == ("authentication failure (status 0x0201); check the CHAP username "
+                          "and password")
+    assert str(exc) == f"authentication failed for {TARGET}: {exc.detail}"
+    # the session names the portal too: the name is replaced, never stacked
+    exc.located(f"{TARGET} at 127.0.0.1:3260")
+    assert str(exc) == f"authentication failed for {TARGET} at 127.0.0.1:3260: {exc.detail}"
+    assert str(exc).count("authentication fail") == 2      # "failed for" + "failure (status"
+
+
+# ---------------------------------------------------------------------------------------------
+# CHAP algorithms a target mishandles (tgt answers CHAP_A=7 but computes SHA-1, and ends the
+# login with 0x0200 for an algorithm it lacks): the error names the key that fixes it
+
+@pytest.mark.parametrize("algs,status,session_type,key", [
+    (("SHA256",), (2, 0), "Normal", "node.session.auth.chap_algs"),
+    (("SHA256", "MD5"), (2, 1), "Normal", "node.session.auth.chap_algs"),
+    (("SHA1",), (2, 0), "Discovery", "discovery.sendtargets.auth.chap_algs"),
+])
+def test_chap_failure_after_offering_more_than_md5_names_chap_algs(algs, status, session_type,
+                                                                   key):
+    creds = chap.ChapCredentials("alice", "initiator-secret", algorithms=algs)
+    login = make_login(chap=creds, session_type=session_type)
+    req = login.start()
+    req = login.receive(Target().reply(req, [("AuthMethod", "CHAP")]))
+    assert pairs_of(req) == [("CHAP_A", ",".join(str(chap.ALGORITHMS[a].number)
+                                                 for a in algs))]
+    with pytest.raises(LoginError) as info:
+        login.receive(Target().reply(req, status=status, transit=False))
+    text = str(info.value)
+    assert f"set {key} = MD5" in text and f"({','.join(algs)};" in text
+    assert "\n" not in text and "initiator-secret" not in text
+
+
+@pytest.mark.parametrize("algs,auth,status", [
+    (("MD5",), "CHAP", (2, 0)),          # MD5 only: nothing to change
+    (("SHA256",), "None", (2, 0)),       # the target did not choose CHAP
+    (("SHA256",), "CHAP", (2, 3)),       # target not found: unrelated to CHAP
+])
+def test_no_chap_algs_hint_where_it_cannot_help(algs, auth, status):
+    creds = chap.ChapCredentials("alice", "initiator-secret", algorithms=algs)
+    login = make_login(chap=creds)
+    req = login.start()
+    if auth == "CHAP":
+        req = login.receive(Target().reply(req, [("AuthMethod", auth)]))
+    with pytest.raises(LoginError) as info:
+        login.receive(Target().reply(req, status=status, transit=False))
+    assert "chap_algs" not in str(info.value)

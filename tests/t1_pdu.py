@@ -596,3 +596,18 @@ def test_decode_requires_exactly_one_pdu():
 def test_pdus_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         INITIATOR_PDUS[0].itt = 5
+
+
+def test_summary_shows_the_lun_number_not_the_raw_field():
+    # a debug line for a command to LUN 1 said lun=281474976710656 (the raw 8-byte field)
+    line = P.summary(ScsiCommand(itt=1, lun=encode_lun(1), cdb=bytes(16), cmd_sn=0,
+                                 exp_stat_sn=0, expected_data_transfer_length=512, read=True,
+                                 write=False))
+    assert "lun=1," in line and "281474976710656" not in line
+    assert "lun=300," in P.summary(ScsiCommand(itt=1, lun=LUN300, cdb=bytes(16), cmd_sn=0,
+                                               exp_stat_sn=0, expected_data_transfer_length=0,
+                                               read=False, write=False))
+    # a field that does not decode (extended addressing, method 11b) is shown in hex
+    odd = 0xC1 << 56
+    assert f"lun={odd:#018x}" in P.summary(NopIn(itt=1, ttt=0xFFFFFFFF, lun=odd, stat_sn=0,
+                                                 exp_cmd_sn=0, max_cmd_sn=0))

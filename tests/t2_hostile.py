@@ -11,11 +11,12 @@ import pytest
 import trio
 
 from fake_target import FakeTarget, good_read
-from helpers import CONN_FAILED, READ_TIMED_OUT, RECOVERY_FAILED, TMF_UNANSWERED
+from helpers import (CONN_FAILED, READ_TIMED_OUT, RECOVERY_FAILED, TMF_UNANSWERED,
+                     one_error_line, run_iscsifs)
 from iscsifs.core.discovery import Portal
 from iscsifs.core.keys import LoginParams
 from iscsifs.core.pdu import R2T, DataIn, NopIn, ScsiResponse
-from iscsifs.errors import SessionFailed
+from iscsifs.errors import AuthenticationError, RemoteProtocolError, SessionFailed
 from iscsifs.net.discovery import discover
 from iscsifs.net.session import Session, Timeouts
 
@@ -181,3 +182,99 @@ async def test_hostile_target_names_are_dropped(nursery):
     v6 = found[1].portals[0]
     assert (v6.host, v6.port, v6.tpgt) == ("::1", 3261, 2)
     assert str(v6) == "[::1]:3261,2"
+
+
+# ---------------------------------------------------------------------------------------------
+# what the user reads when the target breaks the protocol or refuses the login: one line that
+# says why, composed once (no "X: X: ...", no "text request failed", no class name)
+
+def _serve_in_thread(target: FakeTarget):
+    """Run ``target`` in a thread of its own (the CLI runs its own trio.run); returns its
+    port and a function that stops it."""
+    import threading
+    started, running = threading.Event(), []
+
+    async def serve():
+        async with trio.open_nursery() as nursery:
+            await target.start(nursery)
+            running.append((trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+            started.set()
+            await trio.sleep_forever()
+
+    thread = threading.Thread(target=lambda: trio.run(serve), daemon=True)
+    thread.start()
+    assert started.wait(10)
+
+    def stop():
+        token, scope = running[0]
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join(10)
+        assert not thread.is_alive()
+    return target.port, stop
+
+
+MALFORMED = [b"garbage\0", b"TargetAddress=127.0.0.1:3260,1\0TargetName=iqn.2026-11.org.x:y\0"]
+
+
+@pytest.mark.parametrize("raw", MALFORMED)
+async def test_malformed_sendtargets_answer_raises_the_protocol_error(nursery, raw):
+    target = await start(nursery, sendtargets_raw=raw)
+    with trio.fail_after(10):
+        with pytest.raises(RemoteProtocolError) as info:
+            await discover(Portal("127.0.0.1", target.port), initiator_name=INITIATOR,
+                           timeouts=FAST)
+    assert ("text item without '='" in str(info.value)
+            or "TargetAddress before any TargetName" in str(info.value))
+
+
+@pytest.mark.parametrize("raw", MALFORMED)
+def test_cli_discover_of_a_malformed_answer_is_one_line_with_exit_19(tmp_path, raw):
+    target = FakeTarget(sendtargets_raw=raw)
+    port, stop = _serve_in_thread(target)
+    try:
+        r = run_iscsifs(tmp_path / "cfg", "discover", f"127.0.0.1:{port}", "--no-record",
+                        "--initiator-name", INITIATOR)
+    finally:
+        stop()
+    line = one_error_line(r, 19)
+    reason = ("text item without '=': b'garbage'" if raw == MALFORMED[0]
+              else "SendTargets answer has a TargetAddress before any TargetName")
+    assert line == f"iscsifs: discovery on portal 127.0.0.1:{port} failed: {reason}"
+
+
+def _refuse_chap(conn, req, pairs):
+    """Login hook: choose CHAP, then answer the CHAP_A offer with authentication failure."""
+    keys = dict(pairs)
+    if "AuthMethod" in keys:
+        return [("AuthMethod", "CHAP")], (0, 0), 0, False
+    return [], (2, 1), 0, False
+
+
+async def test_authentication_failure_names_the_login_once(nursery):
+    from iscsifs.core.chap import ChapCredentials
+    target = await start(nursery, login_hook=_refuse_chap)
+    with pytest.raises(AuthenticationError) as info:
+        await session_to(target, nursery, chap=ChapCredentials("alice", "initiator-secret"))
+    who = f"{target.target_name} at 127.0.0.1:{target.port}"
+    assert str(info.value) == (f"authentication failed for {who}: authentication failure "
+                               "(status 0x0201); check the CHAP username and password")
+    assert info.value.who == who
+
+
+@pytest.mark.expect_log("opendir: ConnectionLost: .* -> ECONNREFUSED",
+                        logger="iscsifs.fs.errno_map")
+async def test_a_refused_connect_keeps_its_errno(nursery):
+    """The errno survives up to the FUSE layer (ls of a mkdir'd portal where nothing listens
+    said EIO, not ECONNREFUSED)."""
+    import errno
+    import socket
+    from iscsifs.errors import ConnectionLost
+    from iscsifs.fs.errno_map import errno_for
+    with socket.socket() as s:                  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with trio.fail_after(10), pytest.raises(ConnectionLost) as info:
+        await discover(Portal("127.0.0.1", port), initiator_name=INITIATOR, timeouts=FAST)
+    assert info.value.errno == errno.ECONNREFUSED
+    assert str(info.value) == f"cannot connect to 127.0.0.1:{port}: Connection refused"
+    assert errno_for(info.value, "opendir") == errno.ECONNREFUSED

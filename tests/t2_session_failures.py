@@ -255,3 +255,30 @@ async def test_idle_connection_still_answers_target_pings(nursery, autojump_cloc
             await trio.sleep(0.01)
     await session.close()
 
+
+
+@CONN_FAILED
+async def test_commands_held_by_a_session_are_bounded_by_cmds_max(nursery, autojump_clock):
+    # node.session.cmds_max: callers beyond it wait for a slot instead of piling up commands
+    target = FakeTarget(on_command=lambda conn, cmd: [] if conn.number == 1    # silent first
+                        else good_read(conn, cmd, PAYLOAD))
+    session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                    initiator_name=INITIATOR, nursery=nursery,
+                                    timeouts=Timeouts(noop_out_interval=0, command=0),
+                                    connector=target.socketpair_connector(nursery),
+                                    cmds_max=4)
+    done = []
+
+    async def reader(lba):
+        done.append(await read(session, lba))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            for i in range(10):
+                n.start_soon(reader, 8 * i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(target.commands_seen()) == 4       # the other 6 callers wait
+            assert len(session._unfinished) == 4
+            await target.live[1].close()                  # all answered on the next one
+    assert len(done) == 10 and all(d == PAYLOAD for d in done)
+    await session.close()

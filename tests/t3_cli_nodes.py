@@ -195,6 +195,69 @@ def test_discovery_records(tmp_path):
     assert ok(run_iscsifs(d, "discovery")).stdout.splitlines() == ["[fe80::1]:3261 via sendtargets"]
 
 
+def test_show_says_chap_when_credentials_are_set(tmp_path):
+    """The effective method: CHAP is used whenever a username and password are set, so
+    ``-o show`` must not say ``authmethod = None`` then (it did, misleading newcomers)."""
+    d = tmp_path / "cfg"
+    secret_file = tmp_path / "s"
+    secret_file.write_text(SECRET)
+    ok(run_iscsifs(d, "node", "-T", T1, "-p", "127.0.0.1", "-o", "new"))
+    assert show_node(d, T1)["node.session.auth.authmethod"] == "None"
+    ok(run_iscsifs(d, "node", "-T", T1, "-p", "127.0.0.1", "-o", "update",
+                   "-n", "node.session.auth.username", "-v", "alice"))
+    assert show_node(d, T1)["node.session.auth.authmethod"] == "None"      # half a pair
+    ok(run_iscsifs(d, "node", "-T", T1, "-p", "127.0.0.1", "-o", "update",
+                   "-n", "node.session.auth.password", "-v", f"@{secret_file}"))
+    keys = show_node(d, T1)
+    assert keys["node.session.auth.authmethod"] == "CHAP"
+    assert keys["node.session.auth.password"] == "********"
+    # the stored record is not rewritten by showing it
+    record = d / "nodes" / T1 / "127.0.0.1,3260,1" / "default"
+    assert "node.session.auth.authmethod = CHAP" not in record.read_text()
+    # discovery records the same way
+    ok(run_iscsifs(d, "discovery", "-p", "10.0.0.5", "-o", "new"))
+    for key, value in (("username", "disc"), ("password", f"@{secret_file}")):
+        ok(run_iscsifs(d, "discovery", "-p", "10.0.0.5", "-o", "update",
+                       "-n", f"discovery.sendtargets.auth.{key}", "-v", value))
+    r = ok(run_iscsifs(d, "discovery", "-p", "10.0.0.5", "-o", "show"))
+    assert "discovery.sendtargets.auth.authmethod = CHAP" in r.stdout.splitlines()
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("bad!!", "invalid host name 'bad!!'"),
+    ("1.2.3.4:99999", "invalid port 99999 (1-65535)"),
+])
+def test_bad_portal_is_said_once(tmp_path, text, problem):
+    # it read "bad portal 'bad!!': invalid portal 'bad!!': invalid host name 'bad!!'"
+    line = one_error_line(run_iscsifs(tmp_path / "cfg", "discover", text), 7)
+    assert line == f"iscsifs: bad portal '{text}': {problem}"
+
+
+def test_one_line_names_the_login_once():
+    """cli.common composes the line from the error's fields: the words of the error and the
+    name of the login, each once (it read "authentication failed for X at P: authentication
+    failed for X at P: login to X failed: ...")."""
+    from iscsifs.cli.common import quiet_error
+    from iscsifs.errors import AuthenticationError, LoginError, RemoteProtocolError
+    who = f"{T1} at 127.0.0.1:3260"
+    words = "authentication failure (status 0x0201); check the CHAP username and password"
+    auth = AuthenticationError(words, 2, 1).located(T1).located(who)
+    assert str(auth) == f"authentication failed for {who}: {words}"
+    line = quiet_error(auth, doing=f"login to {who}", who=who)
+    assert (str(line), line.exit_code) == (f"authentication failed for {who}: {words}", 24)
+    assert str(quiet_error(auth)) == f"authentication failed for {who}: {words}"
+    refused = LoginError("target not found (status 0x0203)", 2, 3).located(who)
+    line = quiet_error(refused, doing=f"login to {who}", who=who)
+    assert (str(line), line.exit_code) == (
+        f"login to {who} failed: target not found (status 0x0203)", 19)
+    broken = RemoteProtocolError("final Login Response has TSIH 0").located(who)
+    assert str(quiet_error(broken, doing=f"login to {who}")) == \
+        f"login to {who} failed: final Login Response has TSIH 0"
+    disc = AuthenticationError(words, 2, 1).located("discovery at 127.0.0.1:3260")
+    assert str(quiet_error(disc, doing="discovery on portal 127.0.0.1:3260")) == \
+        f"discovery on portal 127.0.0.1:3260 failed: {words}"
+
+
 def test_login_unreachable_portal(tmp_path):
     d = tmp_path / "cfg"
     ok(run_iscsifs(d, "node", "-T", T1, "-p", "127.0.0.1:1", "-o", "new"))
@@ -202,7 +265,8 @@ def test_login_unreachable_portal(tmp_path):
            "-n", "node.conn[0].timeo.login_timeout", "-v", "3"))
     r = run_iscsifs(d, "login", "-T", T1)
     line = one_error_line(r, 4)
-    assert "refused" in line.lower()
+    assert line == (f"iscsifs: login to {T1} at 127.0.0.1:1 failed: cannot connect to "
+                    "127.0.0.1:1: Connection refused")
 
 
 # ------------------------------------------------------------------ nodeopts mapping

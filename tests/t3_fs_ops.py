@@ -149,6 +149,30 @@ async def test_write_protected_and_read_only():
     await expect_errno(errno.EROFS, ops.write(fh, 0, b"x"))
 
 
+async def test_lun_made_read_only_at_the_target_shows_in_mode_and_info(monkeypatch):
+    """DATA PROTECT on a WRITE (tgt: readonly=1 at runtime): the write fails with EROFS, the
+    WP bit is read again, and the raw file turns 0400, the info file says "Write protect:
+    Yes", and the kernel is told to forget the raw file's cached attributes."""
+    forgotten = []
+    monkeypatch.setattr(pyfuse3, "invalidate_inode",
+                        lambda inode, attr_only=False: forgotten.append((inode, attr_only)))
+    ops, fake = make_ops(kernel_notify=True)
+    a1 = await raw(ops, 1)
+    assert stat.S_IMODE(a1.st_mode) == 0o600
+    fh = (await ops.open(a1.st_ino, os.O_RDWR, None)).fh
+    assert await ops.write(fh, 0, b"x" * 512) == 512
+    dev = fake.targets[DISK1][1].device
+    dev.medium_protected = True                       # tgtadm ... --params readonly=1
+    await expect_errno(errno.EROFS, ops.write(fh, 0, b"y" * 512))
+    assert (a1.st_ino, True) in forgotten
+    assert stat.S_IMODE((await ops.getattr(a1.st_ino)).st_mode) == 0o400
+    info = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "luns", "1", "info")
+    text = await ops.read((await ops.open(info.st_ino, os.O_RDONLY, None)).fh, 0, 1 << 16)
+    assert b"Write protect: Yes" in text
+    await expect_errno(errno.EROFS, ops.open(a1.st_ino, os.O_WRONLY, None))
+    assert len(await ops.read(fh, 0, 512)) == 512       # reads go on
+
+
 async def test_text_files_are_snapshots():
     ops, fake = make_ops()
     session = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "session")

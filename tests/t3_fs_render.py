@@ -289,6 +289,13 @@ def test_other_errors_map():
     assert errno_map.errno_for(login, "l") == errno.EHOSTUNREACH
     group = ExceptionGroup("x", [errors.CommandTimeout("slow")])
     assert errno_map.errno_for(group, "r") == errno.ETIMEDOUT
+    # a portal that cannot be reached: the socket's errno (ls said EIO for a refused mkdir'd
+    # portal); a connection lost later, with no such errno, stays EIO
+    for code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT):
+        assert errno_map.errno_for(errors.ConnectionLost("cannot connect", errno=code),
+                                   "opendir") == code
+    assert errno_map.errno_for(errors.ConnectionLost("odd", errno=errno.ENOMEM), "r") == \
+        errno.EIO
 
 
 @pytest.mark.expect_log("NOT READY", logger="iscsifs.fs.errno_map")

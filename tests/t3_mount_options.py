@@ -243,3 +243,14 @@ def test_default_config_dir_is_ours(monkeypatch, tmp_path):
     assert opts.config_dir != "/etc/iscsi"
     if os.geteuid() == 0:
         assert opts.config_dir == "/etc/iscsifs"
+
+
+def test_an_iscsifs_error_is_never_an_internal_error_with_a_class_name():
+    """What escapes the mount as one of our errors is its own line and exit code, not
+    "internal error: RemoteProtocolError: ..." with exit 1."""
+    from iscsifs.cli.common import quiet_error
+    from iscsifs.errors import RemoteProtocolError, SessionFailed
+    from iscsifs.mount.main import _failure
+    err = _failure(ExceptionGroup("nursery", [RemoteProtocolError("text item without '='")]))
+    assert (str(err), err.exit_code) == ("text item without '='", 19)
+    assert "Error" not in str(quiet_error(SessionFailed("session to X was logged out")))

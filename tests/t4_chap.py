@@ -134,8 +134,10 @@ def test_cli_login_right_and_wrong_secret(fresh_target, tmp_path):
     assert r.stdout.splitlines() == [f"Logging in to {who}"]
     lines = r.stderr.splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(
-        f"iscsifs: authentication failed for {info.iqn} at {info.host}:{info.port}")
+    # the login named once (it was said three times, each layer adding its own prefix)
+    assert lines[0] == (
+        f"iscsifs: authentication failed for {info.iqn} at {info.host}:{info.port}: "
+        "authentication failure (status 0x0201); check the CHAP username and password")
     assert_no_secret(r.stdout + r.stderr)
 
     # --all goes through every record: same outcome, same code
@@ -144,6 +146,29 @@ def test_cli_login_right_and_wrong_secret(fresh_target, tmp_path):
     # nothing matching: 21
     r = cli(good, "login", "-T", "iqn.2026-11.org.iscsifs.test:absent")
     assert r.returncode == 21 and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("algs", ["SHA256", "SHA256,MD5", "SHA1"])
+def test_cli_login_with_chap_algs_tgt_mishandles_names_chap_algs(fresh_target, tmp_path, algs):
+    """tgt answers CHAP_A=7 (SHA-256) but computes SHA-1, and refuses SHA-1 (6) outright:
+    both end in "initiator error (status 0x0200)". The line names the key that fixes it,
+    and with that fix the same record logs in."""
+    info = fresh_target()
+    fresh_target.add_account(info.tid, USER, SECRET)
+    cfg = tmp_path / "cfg"
+    _node_with_chap(cfg, tmp_path, info, SECRET, **{"node.session.auth.chap_algs": algs})
+    r = cli(cfg, "login", "-T", info.iqn, "-p", info.portal)
+    assert r.returncode == 19, (r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert lines == [f"iscsifs: login to {info.iqn} at {info.host}:{info.port} failed: "
+                     "initiator error (status 0x0200); the target may lack or mishandle the "
+                     f"CHAP algorithms offered ({algs}; tgt gets SHA256 wrong): set "
+                     "node.session.auth.chap_algs = MD5"], lines
+    r = cli(cfg, "node", "-T", info.iqn, "-p", info.portal, "-o", "update",
+            "-n", "node.session.auth.chap_algs", "-v", "MD5")
+    assert r.returncode == 0, r.stderr
+    r = cli(cfg, "login", "-T", info.iqn, "-p", info.portal)
+    assert r.returncode == 0, r.stderr
 
 
 async def test_mutual_chap_right_target_secret(fresh_target, nursery):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from iscsifs_testbed.tgtd import IQN1, IQN2, SOCKET_DIR, MiB, Tgtd, TgtadmError
+from iscsifs_testbed.tgtd import IQN1, IQN2, SOCKET_DIR, MiB, Tgtd, TgtadmError, _pid_alive
 
 HERE = Path(__file__).resolve().parent
 
@@ -171,6 +171,23 @@ def test_stall_and_resume(tgt_target):
     finally:
         d.resume()
     assert "iscsi: ready" in d.show_system()
+
+
+def test_kill_and_restart_on_the_same_ports(tmp_path):
+    other = Tgtd()
+    other.start()
+    try:
+        pid, ctl, port = other.pid, other.ctl, other.port
+        other.add_target(5, "iqn.2026-11.org.iscsifs.test:crash")
+        assert other.kill_and_restart() >= 1
+        assert (other.ctl, other.port) == (ctl, port) and other.pid != pid
+        assert not _pid_alive(pid)
+        assert other.tids() == []                     # a crash forgets the configuration
+        other.add_target(5, "iqn.2026-11.org.iscsifs.test:crash")
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        other.stop()
 
 
 def test_second_instance_and_stop_cleans_up(tgtd, tmp_path):

@@ -142,6 +142,54 @@ def test_write_protected_lun(mounted, tgt_target):
     assert exc.value.errno in (errno.EROFS, errno.EACCES)
 
 
+def test_mounting_twice_on_the_same_directory_is_exit_7(mounted, tgt_target):
+    """The docs promise 7 for a bad mount point; a second mount said 1."""
+    result = subprocess.run([sys.executable, str(HELPER), tgt_target.portal, str(mounted.path),
+                             "-o", f"initiator_name={tgt_target.initiator_name}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 7, result.stderr
+    assert result.stderr == (f"mount.iscsifs: {mounted.path} is already an iscsifs mount "
+                             "point\n")
+    assert os.path.ismount(mounted.path)
+    with open("/proc/self/mountinfo") as f:
+        assert sum(f" {mounted.path} " in line for line in f) == 1
+
+
+def test_lun_made_read_only_after_login(tgt_target, fresh_target, fuse_available, tmp_path):
+    """tgtadm makes a LUN read-only while it is mounted: the next write fails with EROFS and
+    from then on ``raw`` is 0400 and ``info`` says "Write protect: Yes" (they stayed 0600 and
+    No); a rescan after it is writable again brings both back."""
+    t = fresh_target(luns=[(4 * MiB, 512, None, "zero")])
+    tgtd = fresh_target.tgtd
+    mp = do_mount(tmp_path, t.portal, tgt_target.initiator_name)
+    m = Mount(mp, t.portal, tgtd, [t.tid])
+    try:
+        raw, info = m.raw(t.iqn, 1), m.target(t.iqn) / "luns" / "1" / "info"
+        assert stat.S_IMODE(raw.stat().st_mode) == 0o600
+        fd = os.open(raw, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"a" * 4096, 0)
+            tgtd.update_lun(t.tid, 1, "readonly=1")
+            with pytest.raises(OSError) as exc:
+                os.pwrite(fd, b"b" * 4096, 0)
+            assert exc.value.errno == errno.EROFS
+        finally:
+            os.close(fd)
+        assert stat.S_IMODE(raw.stat().st_mode) == 0o400      # the kernel's cache was dropped
+        assert "Write protect: Yes\n" in info.read_text()
+        with pytest.raises(OSError) as exc:
+            os.open(raw, os.O_WRONLY)
+        assert exc.value.errno == errno.EROFS
+        with open(t.luns[1].path, "rb") as f:
+            assert f.read(4096) == b"a" * 4096
+        tgtd.update_lun(t.tid, 1, "readonly=0")
+        (m.target(t.iqn) / "rescan").write_text("1\n")
+        assert stat.S_IMODE(raw.stat().st_mode) == 0o600
+        assert "Write protect: No\n" in info.read_text()
+    finally:
+        m.unmount()
+
+
 def test_dd_unaligned_writes(tgt_target, fresh_target, fuse_available, tmp_path):
     t = fresh_target(luns=[(8 * MiB, 512), (4 * MiB, 4096)])
     mp = do_mount(tmp_path, tgt_target.portal, tgt_target.initiator_name)

@@ -46,6 +46,7 @@ class Mounted:
         result = run_helper(portal, self.path, opts)
         assert result.returncode == 0, result.stderr
         assert os.path.ismount(self.path)
+        self.stderr = result.stderr
 
     @property
     def targets(self) -> Path:
@@ -268,6 +269,10 @@ def test_rmdir_discovered_target_and_portal(tgt_target, fresh_target, fuse_avail
         os.mkdir(m.path / "portals" / "127.0.0.2:3260")
         assert sorted(os.listdir(m.path / "portals")) == sorted([t.portal, "127.0.0.2:3260"])
         assert sorted(os.listdir(m.path / "portals" / "127.0.0.2:3260")) == ["rescan", "targets"]
+        # nothing listens there: listing its targets says so (it said EIO)
+        with pytest.raises(OSError) as info:
+            os.listdir(m.path / "portals" / "127.0.0.2:3260" / "targets")
+        assert info.value.errno == errno.ECONNREFUSED
         os.rmdir(m.path / "portals" / "127.0.0.2:3260")
         assert os.listdir(m.path / "portals") == [t.portal]
         # other places refuse
@@ -311,6 +316,13 @@ def test_discovery_failure_with_records_still_mounts(tgt_target, fresh_target, f
     assert WRONG not in result.stderr and SECRET not in result.stderr
     assert not os.path.ismount(mp)
     with Mounted(tmp_path, t.portal, tgtd, conf, name="mnt2") as m:
+        # it mounts, and says why the portal lists its node records (it used to say nothing)
+        lines = m.stderr.splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(
+            f"mount.iscsifs: warning: discovery on portal {t.portal} failed: "), lines
+        assert lines[0].endswith("; mounted with its 1 node record(s) instead"), lines
+        assert "authentication" in lines[0] and WRONG not in lines[0]
         assert t.iqn in os.listdir(m.targets)
         assert os.listdir(m.target(t.iqn) / "luns")
     assert WRONG not in m.log.read_text()

@@ -30,7 +30,7 @@ from iscsifs.config.locations import default_config_dir
 from iscsifs.core.discovery import Portal, iscsi_name_problem, parse_portal, printable
 from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED,
                             EXIT_TRANSPORT_FAILURE, AuthenticationError, ConfigError,
-                            ConnectionLost, LoginError, QuietError, RemoteProtocolError,
+                            ConnectionLost, IscsiError, LoginError, QuietError, RemoteProtocolError,
                             leaf_exceptions, os_reason)
 
 __all__ = ["config_dir", "exit_code", "initiator_name", "iscsifs_mounts", "open_log_file",
@@ -48,7 +48,7 @@ def portal_arg(text: str) -> Portal:
     try:
         return parse_portal(text)
     except ValueError as exc:
-        raise QuietError(f"bad portal {text!r}: {exc}", EXIT_INVALID_ARGUMENT) from None
+        raise QuietError(f"bad portal {printable(text)}: {exc}", EXIT_INVALID_ARGUMENT) from None
 
 
 def initiator_name(given: str | None, config_dir: str, *, option: str = "--initiator-name",
@@ -242,8 +242,7 @@ def reason(exc: BaseException) -> str:
         if exc.filename is not None:
             return f"{exc.filename}: {exc.strerror or exc}"
         return os_reason(exc)
-    if isinstance(exc, (QuietError, LoginError, RemoteProtocolError, ConfigError,
-                        ConnectionLost)):
+    if isinstance(exc, IscsiError):          # ours: the message says it; no class names
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -261,7 +260,13 @@ def quiet_error(exc: BaseException, *, doing: str | None = None, who: str | None
     leaves = list(leaf_exceptions(exc))
     if len(leaves) == 1:
         exc = leaves[0]
-    text = reason(exc) if detail is None else detail
+    if detail is not None:
+        text = detail
+    elif isinstance(exc, IscsiError) and exc.who is not None \
+            and (doing is not None or who is not None):
+        text = exc.detail        # without the login's name: the line below names it once
+    else:
+        text = reason(exc)
     if isinstance(exc, AuthenticationError) and who is not None:
         text = f"authentication failed for {who}: {text}"
     elif isinstance(exc, ConfigError) and doing is not None:

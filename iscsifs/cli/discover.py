@@ -12,10 +12,10 @@ from typing import Any
 
 import trio
 
-from iscsifs.cli.common import initiator_name, portal_arg
+from iscsifs.cli.common import initiator_name, portal_arg, quiet_error
 from iscsifs.config.initiatorname import DEFAULT_INAME_PREFIX, iname
 from iscsifs.config.nodedb import NodeDB
-from iscsifs.errors import EXIT_NO_OBJECTS, QuietError
+from iscsifs.errors import EXIT_NO_OBJECTS, IscsiError, QuietError
 from iscsifs.net.discovery import discover as sendtargets
 from iscsifs.net.session import Timeouts
 
@@ -29,8 +29,12 @@ async def discover(args: Any) -> int:
         db = NodeDB(args.config_dir)
         chap = db.discovery_chap(portal)
     timeouts = Timeouts(login=args.timeout)
-    with trio.fail_after(args.timeout * 2 + 1):
-        targets = await sendtargets(portal, initiator_name=name, chap=chap, timeouts=timeouts)
+    try:
+        with trio.fail_after(args.timeout * 2 + 1):
+            targets = await sendtargets(portal, initiator_name=name, chap=chap,
+                                        timeouts=timeouts)
+    except (IscsiError, OSError, trio.TooSlowError) as exc:
+        raise quiet_error(exc, doing=f"discovery on portal {portal.address}") from None
     if db is not None:
         db.record_discovery(portal, [(t.name, list(t.portals)) for t in targets])
     if not targets:

@@ -29,7 +29,7 @@ from iscsifs.cli.discover import discover
 from iscsifs.config.conffile import render_record
 from iscsifs.config.keys import is_secret_key, validate_host, validate_iscsi_name, validate_key
 from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
-from iscsifs.config.settings import NodeSettings
+from iscsifs.config.settings import NodeSettings, with_effective_authmethod
 from iscsifs.core.discovery import Portal, host_port
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, ConfigError, IscsiError, QuietError
 from iscsifs.net.session import Session
@@ -163,7 +163,8 @@ def _node(args: Any) -> int:
         for n, record in enumerate(records):
             if n:
                 print()
-            print(render_record(record.keys, hide_secrets=True, version=None), end="")
+            print(render_record(with_effective_authmethod(record.keys), hide_secrets=True,
+                                version=None), end="")
         return 0
     if op == "delete":
         records = _select(db, args)
@@ -272,7 +273,8 @@ def _discovery(args: Any) -> int:
     if op == "show":
         keys = db.discovery_keys(*portal)
         _flush_warnings(db)
-        print(render_record(keys, hide_secrets=True, version=None), end="")
+        print(render_record(with_effective_authmethod(keys), hide_secrets=True, version=None),
+              end="")
         return 0
     if op == "delete":
         db.delete_discovery(portal)
@@ -289,13 +291,8 @@ def _run_discovery(args: Any) -> int:
 
 # ---------------------------------------------------------------------- login
 def _login_failure(record: NodeRecord, exc: BaseException) -> QuietError:
-    detail = str(exc)
-    for prefix in (f"login to {record.target} failed: ", f"login to {record.target}: "):
-        if detail.startswith(prefix):
-            detail = detail[len(prefix):]
     where = f"{record.target} at {host_port(record.portal.host, record.portal.port)}"
-    return quiet_error(exc, doing=f"login to {where}", who=where,
-                       detail=detail if isinstance(exc, IscsiError) else None)
+    return quiet_error(exc, doing=f"login to {where}", who=where)
 
 
 async def _login_one(record: NodeRecord, options: Any, name: str) -> None:

@@ -73,6 +73,21 @@ def _chap_to_keys(auth: ChapCredentials | None, prefix: str) -> dict[str, str]:
             prefix + "chap_algs": ",".join(auth.algorithms)}
 
 
+def with_effective_authmethod(keys: Mapping[str, str]) -> dict[str, str]:
+    """``keys`` with each ``*.auth.authmethod`` as a login uses it: ``CHAP`` wherever that
+    prefix's username and password are both set, whatever the record says (a login offers
+    CHAP whenever it has credentials), so that ``-o show`` does not say None while CHAP is
+    used. The stored record is not changed."""
+    shown = dict(keys)
+    for prefix in (NodeSettings.AUTH_PREFIX, DiscoverySettings.AUTH_PREFIX):
+        def get(name: str) -> str:
+            value = keys.get(prefix + name, "")
+            return "" if value == EMPTY else value
+        if prefix + "authmethod" in keys and get("username") and get("password"):
+            shown[prefix + "authmethod"] = "CHAP"
+    return shown
+
+
 def _meta(key: str, kind: type) -> dict[str, Any]:
     return {"metadata": {"key": key, "kind": kind}}
 

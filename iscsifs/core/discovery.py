@@ -103,10 +103,10 @@ def parse_portal(text: str, *, default_port: int = DEFAULT_PORT,
                  default_tpgt: int = DEFAULT_TPGT) -> Portal:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port``, each optionally followed by
     ``,tpgt`` (RFC 7143 §13.8 TargetAddress syntax). A bare IPv6 address without brackets is
-    accepted (it cannot carry a port). ValueError with a clear message otherwise."""
+    accepted (it cannot carry a port). ValueError otherwise, saying what is wrong (the caller
+    names the text: ``bad portal '...': invalid port 'x'``)."""
     if not isinstance(text, str):
         raise ValueError("portal must be a string")
-    original = text
     text = text.strip()
     if not text:
         raise ValueError("empty portal address")
@@ -115,29 +115,26 @@ def parse_portal(text: str, *, default_port: int = DEFAULT_PORT,
     if "," in text:
         text, _, tag = text.rpartition(",")
         if not _NUMBER_RE.match(tag):
-            raise ValueError(f"invalid portal group tag in {original[:80]!r}")
+            raise ValueError(f"invalid portal group tag {tag[:20]!r}")
         tpgt = int(tag)
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep:
-            raise ValueError(f"missing ']' in portal {original[:80]!r}")
+            raise ValueError("missing ']'")
         if rest:
             if not rest.startswith(":") or not _NUMBER_RE.match(rest[1:]):
-                raise ValueError(f"invalid port in portal {original[:80]!r}")
+                raise ValueError(f"invalid port {rest[1:21]!r}")
             port = int(rest[1:])
         if ":" not in host:
-            raise ValueError(f"brackets are only for IPv6 addresses: {original[:80]!r}")
+            raise ValueError("brackets are only for IPv6 addresses")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
         if not _NUMBER_RE.match(port_text):
-            raise ValueError(f"invalid port in portal {original[:80]!r}")
+            raise ValueError(f"invalid port {port_text[:20]!r}")
         port = int(port_text)
     else:
         host = text       # a host name, an IPv4 address or a bare IPv6 address
-    try:
-        return Portal(host, port, tpgt)
-    except ValueError as exc:
-        raise ValueError(f"invalid portal {original[:80]!r}: {exc}") from None
+    return Portal(host, port, tpgt)
 
 
 def iscsi_name_problem(name: object) -> str | None:

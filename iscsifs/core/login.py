@@ -188,11 +188,14 @@ class Login:
             return self._receive(resp)
         except LoginError as exc:   # includes AuthenticationError
             self._state = _State.FAILED
-            raise type(exc)(f"login to {self.who} failed: {exc}", exc.status_class,
-                            exc.status_detail, exc.target_address) from exc
+            if exc.who is None:
+                exc.located(self.who)
+            raise
         except RemoteProtocolError as exc:
             self._state = _State.FAILED
-            raise RemoteProtocolError(f"login to {self.who}: {exc.reason}") from exc
+            if exc.who is None:
+                exc.located(self.who)
+            raise
         except BaseException:
             self._state = _State.FAILED
             raise
@@ -331,15 +334,36 @@ class Login:
             raise LoginError(f"redirected: {reason}{where} ({status})", cls, detail,
                              target_address=address)
         message = f"{reason} ({status})"
+        hint = self._chap_algs_hint(cls, detail)
         if cls == 2 and detail in (1, 2):
             if detail == 1 and self._creds is None:
                 message += "; the target may require CHAP, which is not configured"
             elif detail == 1:
                 message += "; check the CHAP username and password"
+            if hint:
+                message += f"; {hint}"
             raise AuthenticationError(message, cls, detail)
+        if hint:
+            message += f"; {hint}"
         if cls == 3:
             message += "; try again later"
         raise LoginError(message, cls, detail)
+
+    def _chap_algs_hint(self, cls: int, detail: int) -> str:
+        """For a CHAP login the target ended with "initiator error" or "authentication
+        failure" after we offered more than MD5: name the key that changes the offer. tgt
+        answers CHAP_A=7 (SHA-256) but computes SHA-1, and refuses algorithms it lacks with
+        status 0x0200 (RFC 7143 §12.1.3 lists 5 (MD5) as the one every target has)."""
+        if self.auth_method != "CHAP" or self._creds is None or (cls, detail) not in (
+                (2, 0), (2, 1)):
+            return ""
+        algs = self._creds.algorithms
+        if algs == ("MD5",):
+            return ""
+        key = ("node.session.auth.chap_algs" if self.session_type == "Normal"
+               else "discovery.sendtargets.auth.chap_algs")
+        return (f"the target may lack or mishandle the CHAP algorithms offered "
+                f"({','.join(algs)}; tgt gets SHA256 wrong): set {key} = MD5")
 
     # -- security stage (§6.3, §12) -------------------------------------------------------------
 

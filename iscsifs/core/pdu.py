@@ -545,6 +545,11 @@ def summary(pdu) -> str:
             value = getattr(pdu, name)
             if name in ("itt", "ttt", "isid"):
                 fields.append(f"{name}={value:#x}")
+            elif name == "lun":
+                try:
+                    fields.append(f"lun={decode_lun(value)}")
+                except ValueError:       # an addressing method we don't decode: the raw field
+                    fields.append(f"lun={value:#018x}")
             elif name == "cdb":
                 fields.append(f"cdb={bytes(value).hex()}")
             else:

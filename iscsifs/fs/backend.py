@@ -66,6 +66,9 @@ class BlockDevice(Protocol):
         """SYNCHRONIZE CACHE."""
     async def read_capacity(self) -> None:
         """Read the capacity again (after a resize); clears ``capacity_changed``."""
+    async def read_write_protect(self) -> None:
+        """Read ``write_protected`` again (MODE SENSE). ``write`` does it itself when the
+        target answers DATA PROTECT."""
 
 
 class LunListing(Protocol):

@@ -6,7 +6,7 @@ treats any other exception as fatal).
 
 Must not know: how the errors arise (sessions, PDUs, CDBs). It only reads the attributes the
 contracts give the exception types (``ScsiError.sense.key/asc/ascq``, ``ScsiError.status``,
-``LoginError.status_class/status_detail``).
+``LoginError.status_class/status_detail``, ``ConnectionLost.errno``).
 
 """
 
@@ -108,6 +108,8 @@ def classify(exc: BaseException) -> tuple[int, int]:
         return _login_errno(exc), logging.WARNING
     if isinstance(exc, (CommandTimeout, trio.TooSlowError)):
         return errno.ETIMEDOUT, logging.WARNING
+    if isinstance(exc, ConnectionLost) and exc.errno in _NETWORK_ERRNOS:
+        return exc.errno, logging.WARNING     # could not connect: refused, unreachable, ...
     if isinstance(exc, (ConnectionLost, SessionFailed, RemoteProtocolError)):
         return errno.EIO, logging.WARNING
     if isinstance(exc, ConfigError):

@@ -172,6 +172,15 @@ class Namespace:
             node.ctime_ns = time.time_ns()
             self.notify_attrs([node])
 
+    def protection_changed(self, node: Node) -> None:
+        """The LUN of ``node`` (a raw file) became write-protected or writable again: its
+        mode changes (0400 / 0600); the kernel must forget the attributes it cached."""
+        dev = node.device
+        log.info("%s: the LUN is now %s", "/".join(node.path),
+                 "write-protected" if dev is not None and dev.write_protected else "writable")
+        node.ctime_ns = time.time_ns()
+        self.notify_attrs([node])
+
     async def rescan_target(self, node: Node) -> None:
         """``iscsiadm -m node -R`` for one target: new LUNs appear, capacities re-read."""
         assert node.target is not None and node.portal is not None

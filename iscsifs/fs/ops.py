@@ -421,7 +421,12 @@ class Operations(pyfuse3.Operations):
         data: bytes | memoryview = buf
         if len(buf) > room:     # write what fits; the caller's next write gets ENOSPC
             data = memoryview(buf)[:room]
-        written = await dev.write(off, data)
+        protected = dev.write_protected
+        try:
+            written = await dev.write(off, data)
+        finally:
+            if dev.write_protected != protected:     # DATA PROTECT made it re-read WP
+                self.namespace.protection_changed(node)
         node.mtime_ns = node.ctime_ns = time.time_ns()
         if dev.capacity_changed:
             await self.namespace.refresh_capacity(node)

@@ -2,7 +2,8 @@
 
     check that every portal answers a TCP connect
     open the nursery; create the Initiator in it
-    discover each portal (a portal whose discovery fails lists its node records instead)
+    discover each portal (a portal whose discovery fails lists its node records instead,
+        with a warning the user sees; without records the mount fails)
     log in as login= says (automatic: node.startup = automatic records; all; lazy: none),
         concurrently, and list those targets' LUNs, so by-path/ is complete at once
     pyfuse3.init -> ready -> pyfuse3.main, until unmounted or SIGTERM/SIGINT
@@ -68,11 +69,12 @@ async def check_portal_tcp(portal: Portal, timeout: float) -> None:
 
 
 async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
-                         portals: list[Portal], timeout: float) -> None:
+                         portals: list[Portal], timeout: float,
+                         warn: Callable[[str], None] | None = None) -> None:
     """``login=automatic|all``: log in to the chosen targets of every portal of the mount and
     list their LUNs, concurrently, each target bounded by ``timeout``. A target that fails is
     one warning line, never a failed mount (open-iscsi's boot-time logins go on likewise);
-    its first use tries again."""
+    its first use tries again. ``warn`` also tells the user (on the terminal)."""
     if mode == "lazy":
         return
     chosen: list[tuple[Portal, Node]] = []
@@ -90,8 +92,11 @@ async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
             if target in listed:
                 chosen.append((portal, listed[target]))
             else:
-                log.warning("login=automatic: %s at %s is not listed by that portal; "
-                            "not logged in", target, portal.address)
+                message = (f"login=automatic: {target} at {portal.address} is not listed by "
+                           f"that portal; not logged in")
+                log.warning("%s", message)
+                if warn is not None:
+                    warn(message)
     done: list[str] = []
 
     async def one(portal: Portal, tnode: Node) -> None:
@@ -108,8 +113,11 @@ async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
             for prefix in (f"login to {tnode.target} failed: ", f"login to {where} failed: ",
                            f"authentication failed for {where}: "):
                 error = error.removeprefix(prefix)
-            log.warning("login=%s: login to %s failed: %s; it is tried again on first use",
-                        mode, where, error)
+            message = (f"login={mode}: login to {where} failed: {error}; it is tried again "
+                       f"on first use")
+            log.warning("%s", message)
+            if warn is not None:
+                warn(message)
         else:
             done.append(tnode.target)
 
@@ -135,9 +143,12 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None],
-                    backend: Callable[..., Any] | None = None) -> None:
+                    backend: Callable[..., Any] | None = None, *,
+                    warn: Callable[[str], None] | None = None) -> None:
     """Check portals, mount, call ``ready()``, serve until unmounted or signalled, log out,
-    unmount. ``backend(opts, initiator_name, nursery)`` replaces the Initiator (tests)."""
+    unmount. ``backend(opts, initiator_name, nursery)`` replaces the Initiator (tests).
+    ``warn(message)`` tells the user (not only the log) what mounted but not as asked: the
+    daemon's parent prints it on stderr; in the foreground the log is stderr already."""
     initiator_name = resolve_initiator_name(opts)
     for warning in opts.warnings:
         log.warning("%s", warning)
@@ -196,17 +207,23 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
             except Exception as exc:
                 log.debug("discovery on %s failed", portal, exc_info=True)
                 error = quiet_error(exc, doing=f"discovery on portal {portal.address}")
-                if not config.records.targets_at(portal, static_only=False):
+                records = config.records.targets_at(portal, static_only=False)
+                if not records:
                     raise error from None
-                # targets that refuse discovery: their node records are listed instead
-                log.warning("%s; listing the node records of that portal", error)
+                # as open-iscsi logs in to node records whatever discovery says: the portal
+                # lists its node records, and the user hears why, once
+                message = (f"{error}; mounted with its {len(records)} node record(s) "
+                           f"instead")
+                log.warning("%s", message)
+                if warn is not None:
+                    warn(message)
         tree = Tree(opts.portals)
         ops = Operations(initiator, tree, initiator_name=initiator_name,
                          read_only=opts.read_only, cache=opts.cache,
                          records=config.records, kernel_notify=True)
         # login + LUN scan of one target, each bounded by login_timeout
         await login_at_mount(ops.namespace, config.records, opts.login, opts.portals,
-                             2 * login_timeout)
+                             2 * login_timeout, warn)
         if terminated:
             return
         try:

@@ -3,15 +3,18 @@ the foreground (``-f``, ``-d``) or as a daemon.
 
 The daemon reports through a pipe: the parent waits until the child says ``OK`` (mounted) or
 ``ERR <code> <message>``, prints that one line and exits with that code, so ``mount`` and
-fstab's ``nofail`` see the real outcome. The daemon logs to ``logfile=``, by default to
-``config.locations.default_log_file(MOUNTPOINT)`` (/var/log/iscsifs/<mnt-escaped>.log as root):
-one INFO line per login, logout, relogin and path change, warnings and errors (also to syslog
-when /dev/log exists). In the foreground it logs to stderr unless ``logfile=`` is given.
+fstab's ``nofail`` see the real outcome; a ``WARN <message>`` before it (a portal whose
+discovery failed) is printed as ``mount.iscsifs: warning: ...``. The daemon logs to
+``logfile=``, by default to ``config.locations.default_log_file(MOUNTPOINT)``
+(/var/log/iscsifs/<mnt-escaped>.log as root): one INFO line per login, logout, relogin and
+path change, warnings and errors (also to syslog when /dev/log exists). In the foreground it
+logs to stderr unless ``logfile=`` is given.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -19,9 +22,11 @@ import sys
 
 import trio
 
-from iscsifs.cli.common import SYSLOG, open_log_file, quiet_error_in, setup_logging
+from iscsifs.cli.common import (SYSLOG, open_log_file, quiet_error, quiet_error_in,
+                                setup_logging)
 from iscsifs.config.locations import default_log_file
-from iscsifs.errors import EXIT_GENERIC, EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, IscsiError, QuietError,
+                            single_exception)
 from iscsifs.mount.lifetime import run_mount
 from iscsifs.mount.options import PROG, MountOptions, check_mountpoint, parse_args
 
@@ -29,21 +34,27 @@ log = logging.getLogger(__name__)
 
 
 class Reporter:
-    """The daemon's side of the startup pipe: one line, then closed."""
+    """The daemon's side of the startup pipe: ``WARN <message>`` lines for the user, then
+    ``OK`` or ``ERR <code> <message>``, then closed."""
 
     def __init__(self, fd: int | None):
         self.fd = fd
 
-    def _send(self, text: str) -> None:
+    def _send(self, text: str, *, last: bool = True) -> None:
         if self.fd is None:
             return
         try:
             os.write(self.fd, text.encode("utf-8", "backslashreplace"))
         except OSError:
             pass
+        if not last:
+            return
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = None
+
+    def warning(self, message: str) -> None:
+        self._send(f"WARN {' '.join(message.split())}\n", last=False)
 
     def ready(self) -> None:
         self._send("OK\n")
@@ -56,12 +67,22 @@ def _print_error(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
+def _expected(exc: BaseException) -> bool:
+    """A failure with a line of its own (not a bug): a QuietError, an iscsifs error, a network
+    error or a timeout, alone or as the one exception in a group."""
+    leaf = single_exception(exc)
+    return quiet_error_in(exc) is not None or isinstance(
+        leaf, (IscsiError, OSError, trio.TooSlowError))
+
+
 def _failure(exc: BaseException) -> QuietError:
     """What a mount that raised tells the user: its QuietError, or an internal error (logged
     with its traceback)."""
     quiet = quiet_error_in(exc)
     if quiet is not None:
         return quiet
+    if _expected(exc):
+        return quiet_error(exc)             # one of ours, or the network's: its line and code
     log.error("internal error", exc_info=exc)
     return QuietError(f"internal error: {type(exc).__name__}: {exc}", EXIT_GENERIC)
 
@@ -113,7 +134,10 @@ def daemonize(opts: MountOptions) -> int:
                 break
             chunks.append(chunk)
         os.close(read_fd)
-        text = b"".join(chunks).decode("utf-8", "replace").strip()
+        lines = b"".join(chunks).decode("utf-8", "replace").strip().splitlines()
+        while lines and lines[0].startswith("WARN "):
+            _print_error("warning: " + lines.pop(0)[5:])
+        text = lines[0] if lines else ""
         if text == "OK":
             return 0
         if text.startswith("ERR "):
@@ -144,10 +168,11 @@ def daemonize(opts: MountOptions) -> int:
                       syslog=True, detailed=True)
         reporter = Reporter(write_fd)
         try:
-            trio.run(run_mount, opts, reporter.ready)
+            trio.run(functools.partial(run_mount, warn=reporter.warning), opts,
+                     reporter.ready)
         except BaseException as exc:  # noqa: BLE001
             err = _failure(exc)
-            if quiet_error_in(exc) is not None:
+            if _expected(exc):               # an internal error was logged with its traceback
                 log.error("%s", err)
             reporter.error(err.exit_code, str(err))
             code = err.exit_code

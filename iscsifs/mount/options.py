@@ -19,7 +19,7 @@ from iscsifs import __version__
 from iscsifs.cli.common import SYSLOG, iscsifs_mounts, portal_arg
 from iscsifs.config.locations import default_config_dir
 from iscsifs.core.discovery import Portal
-from iscsifs.errors import EXIT_GENERIC, EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
 from iscsifs.fs.ops import CACHE_MODES
 
 PROG = "mount.iscsifs"
@@ -279,5 +279,5 @@ def check_mountpoint(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise QuietError(f"mount point {path} is not a directory", EXIT_INVALID_ARGUMENT)
     if iscsifs_mounted_at(path):
-        raise QuietError(f"{path} is already an iscsifs mount point", EXIT_GENERIC)
+        raise QuietError(f"{path} is already an iscsifs mount point", EXIT_INVALID_ARGUMENT)
 

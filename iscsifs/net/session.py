@@ -28,6 +28,7 @@ The protocol itself lives in :mod:`iscsifs.core`; this module only does I/O and 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import math
@@ -42,12 +43,12 @@ from ..core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGE
                                AsyncEventReceived, Connection, LogoutComplete, NopReceived,
                                RejectReceived, TaskComplete, TaskFailed,
                                TaskManagementComplete, TextComplete)
-from ..core.discovery import Portal
+from ..core.discovery import Portal, parse_portal, printable
 from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
 from ..core.pdu import LoginResponse
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
-                      RemoteProtocolError, SessionFailed)
+                      LoginError, RemoteProtocolError, SessionFailed)
 from ..scsi.sense import check_status
 from .transport import Connector, Transport, open_tcp
 
@@ -61,6 +62,8 @@ RETRY_CAP = 5.0
 # SCSI midlayer's retry limit): a target that logs in fine but breaks on one command must not
 # keep it spinning forever.
 MAX_REISSUE = 5
+# Login redirections followed before a login gives up (a target that redirects in a loop).
+MAX_REDIRECTS = 4
 # Asynchronous events kept for the session file (the newest).
 ASYNC_EVENTS_KEPT = 32
 # TMF responses (RFC 7143 §11.6.1) after which the referenced task no longer exists.
@@ -130,6 +133,7 @@ class _Link:
         self.requests: dict[int, _Request] = {}
         self.last_rx = trio.current_time()
         self.failed = False
+        self.error: BaseException | None = None     # why it failed (the first reason)
         self.timed_out: deque[_Command] = deque()   # waiting for error recovery
         self.recovery_wanted = trio.Event()
 
@@ -149,7 +153,9 @@ class Session:
                  initiator_alias: str | None = None, queue_depth: int = 32,
                  cmds_max: int = 128, recover: bool = True, connector: Connector = open_tcp,
                  sid: int | None = None):
-        self.portal = portal
+        self.portal = portal                # the persistent portal (the node's)
+        self.current_portal = portal        # where the connection is (after redirections)
+        self._login_portal = portal         # where the next login starts
         self.target_name = target_name
         self.session_type = "Normal" if target_name else "Discovery"
         self.initiator_name = initiator_name
@@ -204,12 +210,48 @@ class Session:
         return self.session_state == "LOGGED_IN"
 
     async def _login(self) -> _Link:
-        """Open a connection and run the login phase on it (RFC 7143 §6), within
-        ``login_timeout``."""
+        """Log in at the persistent portal, following the target's redirections (RFC 7143
+        §11.13.5: status 0x0101 moved temporarily, 0x0102 moved permanently, with a
+        TargetAddress) for at most ``MAX_REDIRECTS`` hops, each within ``login_timeout``.
+        A temporary redirection holds for this connection only: the next login starts at
+        the persistent portal again; a permanent one is where later logins start."""
+        portal = self._login_portal
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                link = await self._login_at(portal)
+            except LoginError as exc:
+                if exc.status_class != 1 or hop == MAX_REDIRECTS:
+                    raise
+                new = self._redirect_target(exc)
+                permanent = exc.status_detail == 2
+                log.info("%s redirects the login from %s to %s (%s)", self._who(), portal,
+                         new, "permanently" if permanent else "temporarily")
+                if permanent:
+                    self._login_portal = new
+                portal = new
+                continue
+            self.current_portal = portal
+            return link
+        raise AssertionError("unreachable")
+
+    def _redirect_target(self, exc: LoginError) -> Portal:
+        text = exc.target_address
+        try:
+            if not text:
+                raise ValueError("no TargetAddress")
+            return parse_portal(text)
+        except ValueError as why:
+            raise LoginError(f"redirected to an unusable address {printable(text or '')!r}: "
+                             f"{why}", exc.status_class,
+                             exc.status_detail).located(self._who()) from None
+
+    async def _login_at(self, portal: Portal) -> _Link:
+        """Open a connection to ``portal`` and run the login phase on it (RFC 7143 §6),
+        within ``login_timeout``."""
         self.connection_state = "IN LOGIN"
         try:
             with trio.fail_after(self.timeouts.login):
-                transport = await Transport.open(self.portal, self.connector)
+                transport = await Transport.open(portal, self.connector)
                 try:
                     complete = await self._login_exchange(transport)
                 except BaseException:
@@ -217,12 +259,11 @@ class Session:
                     raise
         except trio.TooSlowError:
             self.connection_state = "FREE"
-            raise ConnectionLost(f"login to {self._who()} timed out after "
-                                 f"{self.timeouts.login:g} s") from None
-        except AuthenticationError as exc:
+            raise ConnectionLost(f"timed out after {self.timeouts.login:g} s",
+                                 errno=errno.ETIMEDOUT).located(self._who()) from None
+        except (LoginError, RemoteProtocolError) as exc:   # name the target and the portal
             self.connection_state = "FREE"
-            raise AuthenticationError(f"authentication failed for {self._who()}: {exc}",
-                                      exc.status_class, exc.status_detail) from None
+            raise exc.located(self._who())
         except BaseException:
             self.connection_state = "FREE"
             raise
@@ -620,6 +661,7 @@ class Session:
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
         if link.failed:
             return
+        link.error = exc
         was_current = self._link is link
         self._drop_link(link)
         # commands of this connection wait for the next one, except those in error
@@ -631,7 +673,9 @@ class Session:
         link.commands.clear()
         if not was_current or self._closed:
             return
-        log.warning("connection to %s failed: %s", self._who(), exc)
+        # a session that does not recover hands the failure to its caller, who reports it
+        log.log(logging.WARNING if self.recover else logging.INFO,
+                "connection to %s failed: %s", self._who(), exc)
         self.connection_state = "TRANSPORT WAIT"
         self.session_state = "FAILED"
         self._notify()
@@ -679,10 +723,11 @@ class Session:
                     # RETRY_CAP seconds, and those repeats go to DEBUG
                     except AuthenticationError as exc:
                         last_error = _log_once(logging.ERROR, last_error, "relogin to %s: %s",
-                                               self._who(), exc)
+                                               self._who(), exc.detail)
                     except (IscsiError, OSError) as exc:
-                        last_error = _log_once(logging.INFO, last_error,
-                                               "relogin to %s failed: %s", self._who(), exc)
+                        last_error = _log_once(
+                            logging.INFO, last_error, "relogin to %s failed: %s", self._who(),
+                            exc.detail if isinstance(exc, IscsiError) else exc)
                 if link is None:
                     self.connection_state = "TRANSPORT WAIT"
                     continue
@@ -713,9 +758,15 @@ class Session:
         result = None
         with trio.move_on_after(self.timeouts.login):
             result = await self._request(link, link.conn.send_text(pairs))
-        if not isinstance(result, TextComplete):
-            raise ConnectionLost(f"text request to {self._who()} failed")
-        return result.pairs
+        if isinstance(result, TextComplete):
+            return result.pairs
+        if isinstance(link.error, RemoteProtocolError):    # e.g. a malformed answer
+            raise RemoteProtocolError(link.error.detail) from link.error
+        if link.error is not None:
+            raise ConnectionLost(f"text request to {self._who()} failed: {link.error}",
+                                 errno=getattr(link.error, "errno", None))
+        raise ConnectionLost(f"text request to {self._who()} got no answer within "
+                             f"{self.timeouts.login:g} s", errno=errno.ETIMEDOUT)
 
     def counters(self) -> dict[str, int]:
         """``iscsiadm -m session -s`` counters, summed over this session's connections."""

@@ -26,7 +26,7 @@ import trio
 
 from ..core.discovery import Portal
 from ..core.pdu import RECEIVE_CHUNK, PduDecoder, encode, summary
-from ..errors import ConnectionLost, os_reason
+from ..errors import ConnectionLost, os_errno, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ async def open_tcp(portal: Portal) -> socket.socket:
         reason = os_reason(exc)
         if isinstance(exc, socket.gaierror):
             reason = f"cannot resolve {portal.host}"
-        raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}") from None
+        raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}",
+                             errno=os_errno(exc)) from None
     trio_sock = stream.socket
     sock = socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto,
                          fileno=trio_sock.detach())

@@ -22,7 +22,7 @@ from iscsifs.errors import IscsiError, RemoteProtocolError
 
 __all__ = [
     "ScsiStatus", "SenseKey", "Sense", "ScsiError", "parse_sense", "asc_name", "check_status",
-    "is_unit_attention", "is_capacity_changed", "is_luns_changed",
+    "is_unit_attention", "is_capacity_changed", "is_luns_changed", "is_data_protect",
     "RESPONSE_FIXED_CURRENT", "RESPONSE_FIXED_DEFERRED",
     "RESPONSE_DESCRIPTOR_CURRENT", "RESPONSE_DESCRIPTOR_DEFERRED",
 ]
@@ -515,6 +515,12 @@ def is_luns_changed(what: Sense | ScsiError | None) -> bool:
     """UNIT ATTENTION 3F/0E REPORTED LUNS DATA HAS CHANGED (re-run REPORT LUNS)."""
     sense = _sense_of(what)
     return is_unit_attention(sense) and sense is not None and sense.asc_ascq == (0x3F, 0x0E)
+
+
+def is_data_protect(what: Sense | ScsiError | None) -> bool:
+    """DATA PROTECT (e.g. 27/00 WRITE PROTECTED): the medium refuses the write."""
+    sense = _sense_of(what)
+    return sense is not None and sense.key is SenseKey.DATA_PROTECT
 
 
 def check_status(status: int, sense_bytes: bytes | bytearray | memoryview = b"") -> None:
