@@ -16,7 +16,8 @@ NAMES = {Path(f).name for f in FILES}
 
 PATH_RE = re.compile(r"(?<![\w./-])((?:[\w.-]+/)+[\w.-]+\.(?:py|md|sh))\b")
 FILE_RE = re.compile(r"(?<![\w./-])([\w-]+\.py)\b")
-MODULE_RE = re.compile(r"(?<![\w.])(iscsifs(?:_testbed)?(?:\.[A-Za-z_]\w*)+)")
+# a dotted name followed by "/" is not a module: a JSON schema name (iscsifs.session/1)
+MODULE_RE = re.compile(r"(?<![\w.])(iscsifs(?:_testbed)?(?:\.[A-Za-z_]\w*)+)(?![\w/])")
 
 
 def _resolves(dotted: str) -> bool:

@@ -257,17 +257,43 @@ def test_print_levels_show_iscsiadms_sections(tmp_path):
         for sid, t in ((4, DISK1), (5, DISK1), (7, DISK2))]
 
 
-def test_json_has_no_secrets_and_typed_values(tmp_path):
-    rec = records(fake_mount(tmp_path / "a", [(4, DISK1)]))[0]
+def test_json_is_session_json_schema(tmp_path):
+    """--json: each session in session.json's schema (iscsifs.session/1), read back from the
+    text file when the mount has no session.json, and the mount's own when it has one."""
+    m = fake_mount(tmp_path / "a", [(4, DISK1)])
+    rec = records(m)[0]
     data = rec.as_json()
-    assert data["sid"] == 4 and data["portal"] == "127.0.0.1:3260,1"
+    assert list(data)[:3] == ["schema", "target", "logged_in"]
+    assert data["schema"] == "iscsifs.session/1" and data["sid"] == 4
+    assert data["mount"] == str(m) and data["session_file"] == rec.path
+    portal = {"address": "127.0.0.1:3260", "host": "127.0.0.1", "port": 3260, "tpgt": 1}
+    assert data["current_portal"] == data["persistent_portal"] == portal
+    assert data["iface"] == {"name": "default", "transport": "tcp",
+                             "initiator_name": "iqn.2016-04.com.open-iscsi:0123456789ab",
+                             "ip_address": "127.0.0.1"}
     assert data["chap"] == {"username": "alice", "username_in": None}
     assert "password" not in json.dumps(data)
     assert data["timeouts"]["recovery_timeout"] == 120
-    assert data["timeouts"]["nop_out_interval"] == 5
-    assert data["params"]["MaxBurstLength"] == 262144
-    assert [d["lun"] for d in data["devices"]] == [e.lun for e in standard_targets()[DISK1]]
-    assert data["stats"]["txdata_octets"] >= 0
+    assert data["timeouts"]["noop_out_interval"] == 5
+    assert data["negotiated"]["max_burst_length"] == 262144
+    assert data["negotiated"]["initial_r2t"] in (True, False)
+    assert set(data["negotiated"]) == {
+        "header_digest", "data_digest", "max_recv_data_segment_length",
+        "max_xmit_data_segment_length", "first_burst_length", "max_burst_length",
+        "immediate_data", "initial_r2t", "max_outstanding_r2t"}
+    assert data["luns"][0] == {"lun": 0, "device_type": 12,
+                               "type": "storage array controller", "raw": None,
+                               "state": "running"}
+    assert data["luns"][1] == {"lun": 1, "device_type": 0, "type": "disk",
+                               "raw": "luns/1/raw", "state": "running"}
+    assert data["stats"]["txdata_octets"] >= 0 and "reconnects" not in data["stats"]
+    # a session.json of the same schema and SID is preferred
+    mine = {"schema": "iscsifs.session/1", "sid": 4, "target": DISK1, "from": "json"}
+    (Path(rec.path).parent / "session.json").write_text(json.dumps(mine))
+    assert session_cli.read_mount(str(m), facts=True)[0].as_json()["from"] == "json"
+    assert session_cli.read_mount(str(m))[0].as_json()["schema"] == "iscsifs.session/1"
+    (Path(rec.path).parent / "session.json").write_text(json.dumps({**mine, "sid": 5}))
+    assert "from" not in session_cli.read_mount(str(m), facts=True)[0].as_json()
 
 
 def test_a_file_that_no_longer_matches_is_skipped(tmp_path):

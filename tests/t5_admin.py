@@ -153,11 +153,16 @@ def test_session_command_across_mounts(tgt_target, fuse_available, tmp_path):
         capture("session-json.txt", json.dumps(data[0], indent=2) + "\n")
         assert [d["sid"] for d in data] == sids
         first = next(d for d in data if d["mount"] == str(a.path) and d["target"] == IQN1)
-        assert first["portal"] == f"{portal},1"
+        assert first["schema"] == "iscsifs.session/1"
+        assert first["persistent_portal"]["address"] == portal
         assert first["session_state"] == "LOGGED_IN"
-        assert first["params"]["MaxBurstLength"] > 0
-        assert {d["lun"] for d in first["devices"]} == {0, 1, 2, 3}
-        assert next(d for d in first["devices"] if d["lun"] == 1)["raw"] == str(raw)
+        assert first["negotiated"]["max_burst_length"] > 0
+        assert {d["lun"] for d in first["luns"]} == {0, 1, 2, 3}
+        assert next(d for d in first["luns"] if d["lun"] == 1) == {
+            "lun": 1, "device_type": 0, "type": "disk", "raw": "luns/1/raw",
+            "state": "running"}
+        assert next(d for d in first["luns"] if d["lun"] == 0)["device_type"] == 12
+        assert Path(first["session_file"]).parent / "luns/1/raw" == raw
         assert "password" not in json.dumps(data)
         assert first["stats"]["scsicmd_pdus"] > 0
 

@@ -32,6 +32,8 @@ from typing import Any
 
 from iscsifs.cli.common import iscsifs_mounts
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, QuietError
+from iscsifs.fs.render import DEVICE_TYPES
+from iscsifs.scsi.parse import device_type_name
 
 DEFAULT_TIMEOUT = 5.0
 NO_SESSIONS = "No active sessions."
@@ -56,6 +58,8 @@ class SessionRecord:
     # (heading, its line of stars, its lines), in file order
     sections: list[tuple[str, str, list[str]]] = field(default_factory=list)
     stats: list[str] = field(default_factory=list)         # "Stats for session ..." block
+    extended: set[str] = field(default_factory=set)        # counters under "Extended"
+    json_facts: dict[str, Any] | None = None               # the mount's session.json
 
     def values(self, heading: str) -> dict[str, Any]:
         """``key: value`` lines of one section as a dict (numbers as int)."""
@@ -78,8 +82,9 @@ class SessionRecord:
                     result[key] = int(value)
         return result
 
-    def devices(self) -> list[dict[str, Any]]:
-        """The LUNs of ``Attached SCSI devices``: number, raw file (absolute), state."""
+    def luns(self) -> list[dict[str, Any]]:
+        """``Attached SCSI devices`` as session.json's ``luns`` (``raw`` relative to the
+        target directory, as there)."""
         found: list[dict[str, Any]] = []
         for title, _stars, lines in self.sections:
             if title != "Attached SCSI devices:":
@@ -87,39 +92,94 @@ class SessionRecord:
             for line in lines:
                 text = line.strip()
                 if " Lun: " in text and text.startswith("scsi"):
-                    found.append({"lun": _number(text.rpartition(" Lun: ")[2]), "raw": None,
+                    found.append({"lun": _number(text.rpartition(" Lun: ")[2]),
+                                  "device_type": None, "type": None, "raw": None,
                                   "state": None})
                 elif text.startswith("Attached ") and found:
                     what, _, state = text.partition("\t\tState: ")
                     if what.startswith("Attached scsi disk "):
-                        found[-1]["raw"] = self.raw_path(what[len("Attached scsi disk "):])
+                        found[-1].update(device_type=0, type="disk",
+                                         raw=what[len("Attached scsi disk "):])
                     else:
-                        found[-1]["type"] = what[len("Attached "):].replace(
-                            " (no raw file)", "")
+                        name = what[len("Attached "):].replace(" (no raw file)", "")
+                        found[-1].update(device_type=_DEVICE_TYPES.get(name), type=name)
                     found[-1]["state"] = state or None
         return found
 
     def raw_path(self, relative: str) -> str:
         return os.path.join(os.path.dirname(self.path), relative)
 
-    def as_json(self) -> dict[str, Any]:
+    def facts(self) -> dict[str, Any]:
+        """The session as ``session.json`` has it (schema ``iscsifs.session/1``,
+        docs/json.md on the ident branch): the mount's own ``session.json`` when it has one,
+        else the same keys read back from the text file."""
+        if self.json_facts is not None:
+            return dict(self.json_facts)
         iface = self.values("Interface:")
         chap = self.values("CHAP:")
-        current = next((line.split(": ", 1)[1] for line in self.portal_lines
-                        if line.strip().startswith("Current Portal:")), self.portal)
+        portals = {line.strip().partition(": ")[0]: line.strip().partition(": ")[2]
+                   for line in self.portal_lines}
+        timeouts = {_TIMEOUT_KEYS.get(_json_key(k), _json_key(k)): v
+                    for k, v in self.values("Timeouts:").items()}
+        negotiated = {}
+        for key, value in self.values("Negotiated iSCSI params:").items():
+            if value in ("Yes", "No"):
+                value = value == "Yes"
+            negotiated[_snake(key)] = value
+        counters = self.counters()
+        stats = {k: counters.pop(k) for k in list(counters) if k not in self.extended}
         return {
-            "sid": self.sid, "mount": self.mount, "target": self.target,
-            "portal": self.portal, "current_portal": current, "transport": "tcp",
-            "initiator_name": iface.get("Iface Initiatorname"),
-            "local_address": iface.get("Iface IPaddress"),
+            "schema": SESSION_SCHEMA, "target": self.target, "logged_in": True,
+            "current_portal": _portal_facts(portals.get("Current Portal", self.portal)),
+            "persistent_portal": _portal_facts(portals.get("Persistent Portal", self.portal)),
+            "iface": {"name": iface.get("Iface Name"),
+                      "transport": iface.get("Iface Transport"),
+                      "initiator_name": iface.get("Iface Initiatorname"),
+                      "ip_address": _none_if_empty(iface.get("Iface IPaddress"))},
+            "sid": self.sid,
             "connection_state": iface.get("iSCSI Connection State"),
             "session_state": iface.get("iSCSI Session State"),
-            "timeouts": {_json_key(k): v for k, v in self.values("Timeouts:").items()},
-            "chap": {k: None if v == "<empty>" else v for k, v in chap.items()
-                     if not k.startswith("password")},
-            "params": self.values("Negotiated iSCSI params:"),
-            "devices": self.devices(), "stats": self.counters(), "session_file": self.path,
+            "timeouts": timeouts,
+            "chap": {"username": _none_if_empty(chap.get("username")),
+                     "username_in": _none_if_empty(chap.get("username_in"))},
+            "negotiated": negotiated, "luns": self.luns(), "stats": stats,
+            "extended_stats": counters,
         }
+
+    def as_json(self) -> dict[str, Any]:
+        """One element of ``iscsifs session --json``: ``facts()`` plus where it came from."""
+        return {**self.facts(), "mount": self.mount, "session_file": self.path}
+
+
+SESSION_SCHEMA = "iscsifs.session/1"
+# the text file's timeout names -> session.json's keys
+_TIMEOUT_KEYS = {"nop_out_interval": "noop_out_interval", "nop_out_timeout": "noop_out_timeout"}
+# a device type's name in the file -> its number (SPC names from scsi.parse and fs.render)
+_DEVICE_TYPES = {**{name: n for n, name in DEVICE_TYPES.items()},
+                 **{device_type_name(n): n for n in range(32)}}
+
+
+def _none_if_empty(value: Any) -> Any:
+    return None if value in (None, "", "<empty>") else value
+
+
+def _snake(name: str) -> str:
+    """``MaxRecvDataSegmentLength`` -> ``max_recv_data_segment_length``."""
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and name[i - 1].islower():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def _portal_facts(text: str) -> dict[str, Any]:
+    """``127.0.0.1:3260,1`` / ``[::1]:3260,1`` -> session.json's portal object."""
+    address, _, tpgt = text.rpartition(",") if "," in text else (text, "", "")
+    host, _, port = address.rpartition(":")
+    return {"address": address, "host": host.strip("[]"),
+            "port": int(port) if port.isdigit() else None,
+            "tpgt": int(tpgt) if tpgt.isdigit() else None}
 
 
 def _json_key(name: str) -> str:
@@ -142,6 +202,9 @@ def parse_session_file(text: str, *, mount: str, path: str, sid: int, target: st
     body, _, stats = text.partition("\n\nStats for session ")
     if stats:
         record.stats = ("Stats for session " + stats).rstrip("\n").split("\n")
+        _, _, extended = stats.partition("\niSCSI Extended Statistics:\n")
+        record.extended = {line.strip().partition(": ")[0] for line in extended.splitlines()
+                           if line.startswith("\t")}
     lines = body.rstrip("\n").split("\n")
     current: list[str] | None = None
     i = 0
@@ -189,8 +252,22 @@ def _read(path: str) -> str:
         return f.read(READ_LIMIT).decode("utf-8", "replace")
 
 
-def read_mount(mount: str) -> list[SessionRecord]:
-    """Every live session of one mount (blocking reads of its files)."""
+def _read_facts(path: str, sid: int) -> dict[str, Any] | None:
+    """A ``session.json`` of schema iscsifs.session/1 for this SID, or None (none there:
+    older mounts have only the text file)."""
+    try:
+        data = json.loads(_read(path))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("schema") != SESSION_SCHEMA \
+            or data.get("sid") != sid:
+        return None
+    return data
+
+
+def read_mount(mount: str, *, facts: bool = False) -> list[SessionRecord]:
+    """Every live session of one mount (blocking reads of its files); with ``facts`` also
+    each ``session.json`` there is."""
     records = []
     for sid, portal, target in parse_session_list(_read(os.path.join(mount, "sessions"))):
         address = portal.rpartition(",")[0] or portal
@@ -198,11 +275,13 @@ def read_mount(mount: str) -> list[SessionRecord]:
             continue                      # names are checked by the mount; never trust them
         path = os.path.join(mount, "portals", address, "targets", target, "session")
         try:
-            text = _read(path)
-            records.append(parse_session_file(text, mount=mount, path=path, sid=sid,
-                                              target=target, portal=portal))
+            record = parse_session_file(_read(path), mount=mount, path=path, sid=sid,
+                                        target=target, portal=portal)
         except (OSError, ValueError):
             continue                      # logged out between the two reads
+        if facts:
+            record.json_facts = _read_facts(path + ".json", sid)
+        records.append(record)
     return records
 
 
@@ -214,14 +293,14 @@ class MountResult:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def collect(mounts: list[str], timeout: float) -> list[MountResult]:
+def collect(mounts: list[str], timeout: float, *, facts: bool = False) -> list[MountResult]:
     """Read every mount in its own daemon thread; those not done by ``timeout`` keep
     ``done`` unset (their thread is abandoned)."""
     results = [MountResult(m) for m in mounts]
 
     def work(result: MountResult) -> None:
         try:
-            result.records = read_mount(result.mount)
+            result.records = read_mount(result.mount, facts=facts)
         except OSError as exc:
             result.error = exc.strerror or str(exc)
         except Exception as exc:          # noqa: BLE001 - one broken mount, not the command
@@ -298,7 +377,7 @@ def run(args: Any) -> int:
                 raise QuietError(f"{m} is not an iscsifs mount point", EXIT_INVALID_ARGUMENT)
         mounts = [m for m in mounts if m in wanted]
     records: list[SessionRecord] = []
-    for result in collect(mounts, args.timeout):
+    for result in collect(mounts, args.timeout, facts=args.json):
         if not result.done.is_set():
             print(f"iscsifs: {result.mount}: no answer within {args.timeout:g} s; skipped",
                   file=sys.stderr, flush=True)
@@ -333,7 +412,8 @@ examples (iscsiadm -m session equivalents):
                                       negotiated parameters, attached LUNs
   iscsifs session -s                  the counters (txdata_octets, scsicmd_pdus, ...)
   iscsifs session -r 3 -P 1           one session by its SID
-  iscsifs session --json              everything, as a JSON list
+  iscsifs session --json              a JSON list: each session as its session.json
+                                      (schema iscsifs.session/1) plus mount, session_file
   iscsifs session /mnt/san            only the sessions of that mount
 
 Reads the files of every mounted iscsifs (its top-level sessions file, then each session's
