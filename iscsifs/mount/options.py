@@ -90,6 +90,7 @@ options (-o, comma separated; later ones win):
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
   _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
 flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
+In the foreground the log goes to stderr unless logfile= is given. See mount.iscsifs(8).
 """
 
 
