@@ -456,7 +456,11 @@ async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=N
         except ScsiError as exc:
             if not is_unit_attention(exc) or attempt == UA_RETRIES:
                 raise
-            log.info("LUN %d: unit attention (%s); retrying", lun, exc)
+            # 29/xx (power on, reset) follows every new session: DEBUG; others (capacity or
+            # LUNs changed, ...) are news for the log
+            sense = exc.sense
+            level = logging.DEBUG if sense is not None and sense.asc == 0x29 else logging.INFO
+            log.log(level, "LUN %d: unit attention (%s); retrying", lun, exc)
             if on_unit_attention is not None:
                 on_unit_attention(exc)
     raise AssertionError("unreachable")

@@ -101,7 +101,8 @@ class Initiator:
                  node_options: Callable[[str, Portal], NodeOptions | None] | None = None,
                  discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
                  on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None,
-                 multipath_policy: str = "failover"):
+                 multipath_policy: str = "failover",
+                 sid_source: Callable[[], int] | None = None):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -116,6 +117,8 @@ class Initiator:
         self.discovery_chap_for = discovery_chap_for
         # called after every SendTargets answer (not for cached ones): e.g. to record nodes
         self.on_discovered = on_discovered
+        # session IDs for new sessions (the mount's are unique machine-wide); None: per process
+        self.sid_source = sid_source
         self._nursery = nursery
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
@@ -175,7 +178,8 @@ class Initiator:
                     timeouts=opts.timeouts or self.timeouts,
                     queue_depth=opts.queue_depth or self.queue_depth,
                     cmds_max=opts.cmds_max or 128,
-                    initiator_alias=self.initiator_alias)
+                    initiator_alias=self.initiator_alias,
+                    sid=self.sid_source() if self.sid_source is not None else None)
             return entry.session
 
     async def luns(self, target: str, portal: Portal) -> list[LunEntry]:

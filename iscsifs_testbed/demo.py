@@ -74,7 +74,9 @@ def run(keep: bool = False, mountpoint: str | None = None) -> int:
         env_cfg = str(work / "config")
         os.environ["ISCSIFS_CONFIG_DIR"] = env_cfg
         _run([_bin("iscsifs"), "discover", portal])
-        _run([_bin("mount.iscsifs"), portal, mnt, "-o", f"config_dir={env_cfg}"])
+        log_file = work / "mount.log"
+        _run([_bin("mount.iscsifs"), portal, mnt, "-o",
+              f"config_dir={env_cfg},logfile={log_file}"])
         mounted = True
         _wait_mounted(mnt)
         tdir = f"{mnt}/portals/{portal}/targets/{DEMO_IQN}"
@@ -91,6 +93,7 @@ def run(keep: bool = False, mountpoint: str | None = None) -> int:
         if shutil.which("qemu-img"):
             _run(["qemu-img", "info", "-f", "raw", f"{tdir}/luns/2/raw"])
         _run(["cat", f"{tdir}/session"])
+        _run([_bin("iscsifs"), "session", mnt])
         if keep:
             print(f"\n# mounted at {mnt}; press Ctrl-C to unmount and stop the target",
                   flush=True)
@@ -103,6 +106,10 @@ def run(keep: bool = False, mountpoint: str | None = None) -> int:
         mounted = False
         sessions = tgtd.show_connections(1)
         print(f"# after umount the target has {len(sessions)} session(s)", flush=True)
+        deadline = time.monotonic() + 20      # umount returns before the daemon logs out
+        while "logged out of" not in log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _run(["grep", "-E", "logged (in to|out of)", str(log_file)])
         return 0
     finally:
         if mounted and os.path.ismount(mnt):

@@ -87,11 +87,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "integration: needs a real tgtd and/or /dev/fuse")
     config.addinivalue_line("markers", "slow: a t4/t5 test (real tgtd or FUSE mount) or a long "
                             "hypothesis run; deselect with -m 'not slow'")
-    # mounts and CLI runs without config_dir= must never touch the machine's /etc/iscsifs
-    if "ISCSIFS_CONFIG_DIR" not in os.environ:
-        os.environ["ISCSIFS_CONFIG_DIR"] = tempfile.mkdtemp(prefix="iscsifs-test-config-")
-        config.add_cleanup(lambda: shutil.rmtree(os.environ.pop("ISCSIFS_CONFIG_DIR"),
-                                                 ignore_errors=True))
+    # mounts and CLI runs without config_dir= must never touch the machine's /etc/iscsifs;
+    # mounts without logfile= log under a temp dir, not /var/log/iscsifs, and take their
+    # session IDs from a temp counter, not /run/iscsifs/sid
+    for var, prefix in (("ISCSIFS_CONFIG_DIR", "iscsifs-test-config-"),
+                        ("ISCSIFS_LOG_DIR", "iscsifs-test-log-"),
+                        ("ISCSIFS_RUN_DIR", "iscsifs-test-run-")):
+        if var not in os.environ:
+            os.environ[var] = tempfile.mkdtemp(prefix=prefix)
+            config.add_cleanup(lambda var=var: shutil.rmtree(os.environ.pop(var),
+                                                             ignore_errors=True))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -79,7 +80,9 @@ def mounted(tgt_target, fuse_available, tmp_path):
 
 
 def test_tree_lists_targets_and_luns(mounted, tgt_target):
-    assert sorted(os.listdir(mounted.path)) == ["InitiatorName", "by-id", "by-path", "portals"]
+    assert sorted(os.listdir(mounted.path)) == ["InitiatorName", "by-id", "by-path", "portals",
+                                                "sessions"]
+    assert (mounted.path / "sessions").read_text() == ""         # nothing logged in yet
     assert os.listdir(mounted.path / "portals") == [tgt_target.portal]
     targets = sorted(os.listdir(mounted.path / "portals" / tgt_target.portal / "targets"))
     assert targets == sorted([IQN1, IQN2])
@@ -92,6 +95,9 @@ def test_tree_lists_targets_and_luns(mounted, tgt_target):
     assert sorted(os.listdir(mounted.target(IQN1) / "luns" / "0")) == ["info", "info.json"]
     text = session.read_text()
     assert "\t\tiSCSI Session State: LOGGED_IN\n" in text
+    sid = re.search(r"\tSID: (\d+)\n", text)[1]
+    assert (mounted.path / "sessions").read_text() == \
+        f"tcp: [{sid}] {tgt_target.portal},1 {IQN1} (non-flash)\n"
     assert "\t\t\tAttached scsi disk luns/1/raw\t\tState: running\n" in text
     for n, info in tgt_target.disk1.luns.items():
         st = mounted.raw(IQN1, n).stat()

@@ -12,7 +12,7 @@ import sys
 import trio
 
 from iscsifs import __version__
-from iscsifs.cli import discard, discover, nodes
+from iscsifs.cli import discard, discover, nodes, session
 from iscsifs.cli.common import config_dir, quiet_error, setup_logging
 from iscsifs.errors import IscsiError
 
@@ -20,7 +20,7 @@ from iscsifs.errors import IscsiError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iscsifs", description="Userspace iSCSI initiator: discovery, node records, "
-        "initiator names. Mount with mount.iscsifs.")
+        "initiator names, the sessions of the running mounts. Mount with mount.iscsifs.")
     parser.add_argument("--version", action="version", version=f"iscsifs {__version__}")
     parser.add_argument("-d", "--debug", action="store_true", help="debug log (one line per PDU)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_commands(sub)
     nodes.add_commands(sub)
     discard.add_commands(sub)
+    session.add_commands(sub)
     return parser
 
 

@@ -475,6 +475,6 @@ class Login:
         done = LoginComplete(params=params, tsih=resp.tsih, isid=self.isid, cmd_sn=self.cmd_sn,
                              exp_cmd_sn=self.exp_cmd_sn, max_cmd_sn=self.max_cmd_sn,
                              exp_stat_sn=self.exp_stat_sn, auth_method=self.auth_method or "None")
-        log.info("login to %s complete: TSIH %d, AuthMethod=%s", self.who, done.tsih,
+        log.debug("login to %s complete: TSIH %d, AuthMethod=%s", self.who, done.tsih,
                  done.auth_method)
         return done

@@ -97,6 +97,8 @@ class Operations(pyfuse3.Operations):
     def render_text(self, node: Node) -> bytes:
         if node.kind is Kind.INITIATOR_NAME:
             text = render.render_initiator_name(self.initiator_name)
+        elif node.kind is Kind.SESSIONS:
+            text = render.render_session_list(self.live_sessions())
         elif node.kind is Kind.SESSION:
             assert node.target is not None and node.portal is not None
             info = self.initiator.session_info(node.target, node.portal)
@@ -117,6 +119,19 @@ class Operations(pyfuse3.Operations):
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
+
+    def live_sessions(self) -> list[tuple[int, Any, str]]:
+        """(sid, portal, target) of every session of this mount's portals (logged in, or
+        failed and recovering). Asks the backend only: no login, no discovery."""
+        found = []
+        for pnode in self.tree.portal_nodes():
+            assert pnode.portal is not None
+            for target in self.initiator.logged_in_targets(pnode.portal):
+                info = self.initiator.session_info(target, pnode.portal)
+                sid = getattr(info, "sid", None)
+                if sid is not None:
+                    found.append((int(sid), pnode.portal, target))
+        return found
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()

@@ -63,6 +63,16 @@ class NodeRecords:
                 names.append(record.target)
         return names
 
+    def automatic_at(self, portal: Portal) -> list[str]:
+        """Targets with a record at portal's host and port whose ``node.startup`` is
+        ``automatic``: open-iscsi logs them in at boot, the mount (``login=automatic``) when
+        it starts."""
+        names: list[str] = []
+        for record in self._at(portal):
+            if record.settings.startup == "automatic" and record.target not in names:
+                names.append(record.target)
+        return names
+
     def has_record(self, target: str, portal: Portal) -> bool:
         return any(r.target == target for r in self._at(portal))
 

@@ -172,6 +172,19 @@ def render_initiator_name(name: str) -> str:
     return f"InitiatorName={clean(name)}\n"
 
 
+def session_line(sid: int, portal: Portal, target: str) -> str:
+    """One line of ``iscsiadm -m session`` (-P 0): ``tcp: [SID] ADDR:PORT,TPGT IQN (non-flash)``,
+    with the persistent portal (the ``portals/`` directory the session belongs to)."""
+    return f"tcp: [{int(sid)}] {portal} {clean(target)} (non-flash)"
+
+
+def render_session_list(sessions: list[tuple[int, Portal, str]]) -> str:
+    """The top-level ``sessions`` file: one ``session_line`` per live session, by SID. Empty
+    when nothing is logged in."""
+    return "".join(session_line(sid, portal, target) + "\n"
+                   for sid, portal, target in sorted(sessions, key=lambda s: s[0]))
+
+
 def _star_heading(lines: list[str], indent: str, title: str) -> None:
     stars = "*" * len(title)
     lines += [f"{indent}{stars}", f"{indent}{title}", f"{indent}{stars}"]

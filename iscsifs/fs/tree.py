@@ -3,6 +3,7 @@
 Owns: the inode table and the names under the mount point::
 
     InitiatorName                                  text file
+    sessions                                       text file: iscsiadm -m session (live ones)
     by-path/ip-<addr:port>-iscsi-<iqn>-lun-<n>     symlink -> ../portals/.../luns/<n>/raw
     by-id/wwn-0x<hex>                              a LUN through all of its paths (multipath)
     by-id/.multipath/wwn-0x<hex>                   text file: its paths (multipath -ll)
@@ -45,6 +46,7 @@ ROOT_INODE = 1               # == pyfuse3.ROOT_INODE (FUSE_ROOT_ID)
 class Kind(enum.Enum):
     ROOT = "root"
     INITIATOR_NAME = "initiator_name"   # text: InitiatorName=...
+    SESSIONS = "sessions"               # text: iscsiadm -m session, one line per live session
     PORTALS = "portals"                 # dir of portal dirs
     PORTAL = "portal"                   # dir: targets/
     TARGETS = "targets"                 # dir, filled by discovery
@@ -70,8 +72,8 @@ class Kind(enum.Enum):
 
     @property
     def is_text(self) -> bool:
-        return self in (Kind.INITIATOR_NAME, Kind.SESSION, Kind.SESSION_JSON, Kind.INFO,
-                        Kind.INFO_JSON, Kind.MPATH_STATUS)
+        return self in (Kind.INITIATOR_NAME, Kind.SESSIONS, Kind.SESSION, Kind.SESSION_JSON,
+                        Kind.INFO, Kind.INFO_JSON, Kind.MPATH_STATUS)
 
     @property
     def is_device(self) -> bool:
@@ -125,6 +127,7 @@ class Tree:
                     mtime_ns=self.mount_time_ns, ctime_ns=self.mount_time_ns)
         self._nodes[ROOT_INODE] = root
         self._add(root, "InitiatorName", Kind.INITIATOR_NAME)
+        self._add(root, "sessions", Kind.SESSIONS)
         self.by_path_dir = self._add(root, "by-path", Kind.BY_PATH)
         self.by_id_dir = self._add(root, "by-id", Kind.BY_ID)
         self.portals_dir = self._add(root, "portals", Kind.PORTALS)

@@ -4,6 +4,8 @@
     open the nursery; create the Initiator in it
     discover each portal (a portal whose discovery fails lists its node records instead,
         with a warning the user sees; without records the mount fails)
+    log in as login= says (automatic: node.startup = automatic records; all; lazy: none),
+        concurrently, and list those targets' LUNs, so by-path/ is complete at once
     pyfuse3.init -> ready -> pyfuse3.main, until unmounted or SIGTERM/SIGINT
     log out every session -> pyfuse3.close(unmount=True)
 
@@ -28,11 +30,14 @@ from iscsifs import __version__
 from iscsifs.cli.common import quiet_error
 from iscsifs.core.discovery import Portal
 from iscsifs.errors import EXIT_GENERIC, EXIT_TRANSPORT_FAILURE, QuietError, os_reason
+from iscsifs.fs.namespace import Namespace
 from iscsifs.fs.ops import Operations
-from iscsifs.fs.tree import Tree
+from iscsifs.fs.records import NodeRecords
+from iscsifs.fs.tree import Node, Tree
 from iscsifs.initiator import Initiator
 from iscsifs.mount.config import MountConfig, load_config, resolve_initiator_name
 from iscsifs.mount.options import MountOptions
+from iscsifs.mount.sids import SidCounter
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,66 @@ async def check_portal_tcp(portal: Portal, timeout: float) -> None:
     await stream.aclose()
 
 
+async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
+                         portals: list[Portal], timeout: float,
+                         warn: Callable[[str], None] | None = None) -> None:
+    """``login=automatic|all``: log in to the chosen targets of every portal of the mount and
+    list their LUNs, concurrently, each target bounded by ``timeout``. A target that fails is
+    one warning line, never a failed mount (open-iscsi's boot-time logins go on likewise);
+    its first use tries again. ``warn`` also tells the user (on the terminal)."""
+    if mode == "lazy":
+        return
+    chosen: list[tuple[Portal, Node]] = []
+    for portal in portals:
+        tdir = namespace.tree.targets_dir(portal)
+        try:
+            with trio.fail_after(timeout):
+                await namespace.populate(tdir)
+        except Exception as exc:     # the startup discovery already said why
+            log.debug("login=%s: cannot list the targets of %s: %s", mode, portal.address, exc)
+            continue
+        listed = {n.target: n for n in namespace.tree.children(tdir) if n.target is not None}
+        wanted = list(listed) if mode == "all" else records.automatic_at(portal)
+        for target in wanted:
+            if target in listed:
+                chosen.append((portal, listed[target]))
+            else:
+                message = (f"login=automatic: {target} at {portal.address} is not listed by "
+                           f"that portal; not logged in")
+                log.warning("%s", message)
+                if warn is not None:
+                    warn(message)
+    done: list[str] = []
+
+    async def one(portal: Portal, tnode: Node) -> None:
+        luns = namespace.tree.child(tnode, "luns")
+        assert luns is not None and tnode.target is not None
+        try:
+            with trio.fail_after(timeout):
+                await namespace.populate(luns)
+        except Exception as exc:
+            where = f"{tnode.target} at {portal.address}"
+            error = str(quiet_error(exc, detail="timed out"
+                                    if isinstance(exc, trio.TooSlowError) else None))
+            # the session's errors already say which target ("login to IQN failed: ...")
+            for prefix in (f"login to {tnode.target} failed: ", f"login to {where} failed: ",
+                           f"authentication failed for {where}: "):
+                error = error.removeprefix(prefix)
+            message = (f"login={mode}: login to {where} failed: {error}; it is tried again "
+                       f"on first use")
+            log.warning("%s", message)
+            if warn is not None:
+                warn(message)
+        else:
+            done.append(tnode.target)
+
+    async with trio.open_nursery() as nursery:
+        for portal, tnode in chosen:
+            nursery.start_soon(one, portal, tnode)
+    if chosen:
+        log.info("login=%s: %d of %d target(s) logged in", mode, len(done), len(chosen))
+
+
 def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nursery,
                    config: MountConfig) -> Initiator:
     defaults = config.default_options
@@ -74,7 +139,8 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
                      node_options=config.node_options,
                      discovery_chap_for=config.discovery_chap_for,
                      on_discovered=config.records.record_discovery,
-                     multipath_policy=opts.multipath)
+                     multipath_policy=opts.multipath,
+                     sid_source=SidCounter().next)
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None],
@@ -156,6 +222,9 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
         ops = Operations(initiator, tree, initiator_name=initiator_name,
                          read_only=opts.read_only, cache=opts.cache,
                          records=config.records, kernel_notify=True)
+        # login + LUN scan of one target, each bounded by login_timeout
+        await login_at_mount(ops.namespace, config.records, opts.login, opts.portals,
+                             2 * login_timeout, warn)
         if terminated:
             return
         try:
@@ -163,8 +232,8 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
         except Exception as exc:
             raise QuietError(f"cannot mount on {opts.mountpoint}: {exc}", EXIT_GENERIC) from None
         fuse_mounted = True
-        log.info("mounted %s on %s (iscsifs %s, initiator %s)", opts.spec, opts.mountpoint,
-                 __version__, initiator_name)
+        log.info("mounted %s on %s (iscsifs %s, initiator %s, login=%s)", opts.spec,
+                 opts.mountpoint, __version__, initiator_name, opts.login)
         ready()
         # Keep idle FUSE workers around: with pyfuse3's default (1), every burst of parallel
         # requests spawns tasks that exit again at once (measured: 1 spawn per 3 requests).

@@ -5,7 +5,10 @@ The daemon reports through a pipe: the parent waits until the child says ``OK`` 
 ``ERR <code> <message>``, prints that one line and exits with that code, so ``mount`` and
 fstab's ``nofail`` see the real outcome; a ``WARN <message>`` before it (a portal whose
 discovery failed) is printed as ``mount.iscsifs: warning: ...``. The daemon logs to
-``logfile=``, else to syslog.
+``logfile=``, by default to ``config.locations.default_log_file(MOUNTPOINT)``
+(/var/log/iscsifs/<mnt-escaped>.log as root): one INFO line per login, logout, relogin and
+path change, warnings and errors (also to syslog when /dev/log exists). In the foreground it
+logs to stderr unless ``logfile=`` is given.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import sys
 
 import trio
 
-from iscsifs.cli.common import quiet_error, quiet_error_in, setup_logging
-from iscsifs.errors import EXIT_GENERIC, IscsiError, QuietError, single_exception
+from iscsifs.cli.common import (SYSLOG, open_log_file, quiet_error, quiet_error_in,
+                                setup_logging)
+from iscsifs.config.locations import default_log_file
+from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, IscsiError, QuietError,
+                            single_exception)
 from iscsifs.mount.lifetime import run_mount
 from iscsifs.mount.options import PROG, MountOptions, check_mountpoint, parse_args
 
@@ -81,6 +87,26 @@ def _failure(exc: BaseException) -> QuietError:
     return QuietError(f"internal error: {type(exc).__name__}: {exc}", EXIT_GENERIC)
 
 
+def resolve_logfile(opts: MountOptions) -> None:
+    """Settle ``opts.logfile`` before anything starts: the file given or the default one,
+    created now (mode 0600) so a problem is reported on the terminal. A default file that
+    can't be created falls back to syslog with a warning; a given one is an error (exit 7).
+    In the foreground without ``logfile=`` it stays None: stderr."""
+    if opts.logfile == SYSLOG or (opts.foreground and opts.logfile is None):
+        return
+    path = opts.logfile or default_log_file(opts.mountpoint)
+    try:
+        open_log_file(path)
+    except OSError as exc:
+        if opts.logfile is not None:
+            raise QuietError(f"cannot open log file {path}: {exc.strerror or exc}",
+                             EXIT_INVALID_ARGUMENT) from None
+        _print_error(f"warning: cannot log to {path} ({exc.strerror or exc}); "
+                     f"logging to syslog")
+        path = SYSLOG
+    opts.logfile = path
+
+
 def run_foreground(opts: MountOptions) -> int:
     setup_logging(debug=opts.debug, verbose=opts.verbose, logfile=opts.logfile, detailed=True)
     try:
@@ -132,8 +158,9 @@ def daemonize(opts: MountOptions) -> int:
         os.chdir("/")
         devnull = os.open(os.devnull, os.O_RDWR)
         out = devnull
-        if opts.logfile:
-            out = os.open(opts.logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if opts.logfile and opts.logfile != SYSLOG:
+            with contextlib.suppress(OSError):
+                out = os.open(opts.logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(devnull, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)          # libfuse writes its own messages to fd 2
@@ -161,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = parse_args(args)
         check_mountpoint(opts.mountpoint)
+        resolve_logfile(opts)
     except QuietError as exc:
         if exc.exit_code == 0:
             print(str(exc))

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass, field
 
 from iscsifs import __version__
-from iscsifs.cli.common import portal_arg
+from iscsifs.cli.common import SYSLOG, iscsifs_mounts, portal_arg
 from iscsifs.config.locations import default_config_dir
 from iscsifs.core.discovery import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
@@ -54,6 +54,8 @@ TIMEOUT_OPTIONS = {            # mount option -> net.session.Timeouts field
     "lu_reset_timeout": "lu_reset",
     "tgt_reset_timeout": "tgt_reset",
 }
+# login=: which targets the mount logs in to before it reports ready (docs/mount-options.md)
+LOGIN_MODES = ("automatic", "all", "lazy")
 DIGESTS = {                    # mount option value (',' is the -o separator, so '+') -> key value
     "none": "None", "crc32c": "CRC32C", "crc32c+none": "CRC32C,None",
     "none+crc32c": "None,CRC32C",
@@ -75,7 +77,13 @@ options (-o, comma separated; later ones win):
   allow_other              let other users access the mount (modes still apply)
   debug                    stay in the foreground, log at DEBUG (one line per PDU)
   foreground               stay in the foreground (same as -f)
-  logfile=PATH             where the daemon logs (default: syslog if /dev/log exists)
+  logfile=PATH|syslog      where the daemon logs (default: LOG_DIR/<mount point, escaped
+                           like systemd-escape --path>.log, LOG_DIR = $ISCSIFS_LOG_DIR,
+                           /var/log/iscsifs as root, ~/.local/state/iscsifs otherwise;
+                           warnings also go to syslog when /dev/log exists)
+  login=automatic|all|lazy at mount time, log in to the node records with node.startup =
+                           automatic (default) / to every target SendTargets reports /
+                           to nothing; the rest logs in on first use
   login_timeout=S logout_timeout=S noop_out_interval=S noop_out_timeout=S
   replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
   abort_timeout=S lu_reset_timeout=S tgt_reset_timeout=S   error recovery steps (seconds)
@@ -85,6 +93,7 @@ options (-o, comma separated; later ones win):
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
   _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
 flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
+In the foreground the log goes to stderr unless logfile= is given. See mount.iscsifs(8).
 """
 
 
@@ -106,7 +115,8 @@ class MountOptions:
     foreground: bool = False
     verbose: bool = False
     sloppy: bool = False
-    logfile: str | None = None
+    logfile: str | None = None                                      # None: default_log_file
+    login: str = "automatic"                                        # one of LOGIN_MODES
     timeouts: dict[str, int] = field(default_factory=dict)          # Timeouts field -> value
     max_sectors_kb: int = 512                                       # requests split above
     header_digest: str | None = None
@@ -172,7 +182,12 @@ def apply_option(opts: MountOptions, item: str) -> None:
     elif key == "logfile":
         if not value:
             raise _usage_error("logfile= needs a value")
-        opts.logfile = os.path.abspath(value)
+        opts.logfile = value if value == SYSLOG else os.path.abspath(value)
+    elif key == "login":
+        if value not in LOGIN_MODES:
+            raise _usage_error(f"bad value for login: {value!r} "
+                               f"(expected {', '.join(LOGIN_MODES)})")
+        opts.login = value
     elif key == "cache":
         if value not in CACHE_MODES:
             raise _usage_error(f"bad value for cache: {value!r} (expected direct or page)")
@@ -259,35 +274,9 @@ def parse_args(argv: list[str]) -> MountOptions:
     return opts
 
 
-def _unescape_mountinfo(path: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(path):
-        if path[i] == "\\" and i + 4 <= len(path) and path[i + 1:i + 4].isdigit():
-            out.append(chr(int(path[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(path[i])
-            i += 1
-    return "".join(out)
-
-
 def iscsifs_mounted_at(path: str) -> bool:
     """Is an iscsifs already mounted on path (per /proc/self/mountinfo)?"""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5:
-            continue
-        fstype = right.split()[0] if right.split() else ""
-        if fstype == "fuse.iscsifs" and _unescape_mountinfo(fields[4]) == path:
-            return True
-    return False
+    return path in iscsifs_mounts()
 
 
 def check_mountpoint(path: str) -> None:

@@ -161,7 +161,8 @@ class Session:
                  nursery: trio.Nursery, params: LoginParams | None = None,
                  chap: ChapCredentials | None = None, timeouts: Timeouts | None = None,
                  initiator_alias: str | None = None, queue_depth: int = 32,
-                 cmds_max: int = 128, recover: bool = True, connector: Connector = open_tcp):
+                 cmds_max: int = 128, recover: bool = True, connector: Connector = open_tcp,
+                 sid: int | None = None):
         self.portal = portal                # the persistent portal (the node's)
         self.current_portal = portal        # where the connection is (after redirections)
         self._login_portal = portal         # where the next login starts
@@ -175,7 +176,8 @@ class Session:
         self.queue_depth = queue_depth
         self.recover = recover
         self.connector = connector
-        self.sid = next(_sid_counter)
+        # the session ID iscsiadm would show; the mount passes machine-wide unique ones
+        self.sid = next(_sid_counter) if sid is None else sid
         # ISID type 0x80 "random" (RFC 7143 §11.12.5): T=10b, then 24 random bits, qualifier 0.
         self.isid = (0x80 << 40) | (secrets.randbits(24) << 16)
         self.tsih = 0
@@ -205,7 +207,15 @@ class Session:
         session = cls(portal, target_name, **kwargs)
         link = await session._login()
         session._install(link)
+        # one INFO line per login and logout of a normal session (the mount's log shows
+        # them by default); discovery sessions come and go with every listing: DEBUG
+        log.log(session._level, "logged in to %s (sid %d, tsih %d)", session._who(),
+                session.sid, session.tsih)
         return session
+
+    @property
+    def _level(self) -> int:
+        return logging.INFO if self.target_name else logging.DEBUG
 
     @property
     def logged_in(self) -> bool:
@@ -275,7 +285,7 @@ class Session:
         transport.set_digests(complete.params.header_digest, complete.params.data_digest,
                               complete.params.max_recv_data_segment_length)
         conn = Connection(complete, queue_depth=self.queue_depth)
-        log.info("logged in to %s (sid %d, tsih %d)", self._who(), self.sid, self.tsih)
+        log.debug("login to %s complete (sid %d, tsih %d)", self._who(), self.sid, self.tsih)
         return _Link(transport, conn)
 
     async def _login_exchange(self, transport: Transport) -> LoginComplete:
@@ -335,7 +345,7 @@ class Session:
         self.session_state = "FREE"
         self._fail_waiting(SessionFailed(f"session to {self._who()} was logged out"))
         self._notify()
-        log.info("logged out of %s", self._who())
+        log.log(self._level, "logged out of %s (sid %d)", self._who(), self.sid)
 
     def _drop_link(self, link: _Link | None) -> None:
         if link is None or link.failed:
@@ -719,6 +729,8 @@ class Session:
         fail at once; the attempts go on, and the first that works ends that."""
         try:
             limit = self.timeouts.replacement_timeout
+            failed_at = trio.current_time()
+            last_error = ""
             deadline = trio.current_time() + limit if limit >= 0 else math.inf
             delay = 0.0
             while not self._closed:
@@ -736,11 +748,15 @@ class Session:
                 with trio.move_on_at(bound):
                     try:
                         link = await self._login()
+                    # one line per reason: a long outage repeats the same one every
+                    # RETRY_CAP seconds, and those repeats go to DEBUG
                     except AuthenticationError as exc:
-                        log.error("relogin to %s: %s", self._who(), exc.detail)
+                        last_error = _log_once(logging.ERROR, last_error, "relogin to %s: %s",
+                                               self._who(), exc.detail)
                     except (IscsiError, OSError) as exc:
-                        log.info("relogin to %s failed: %s", self._who(),
-                                 exc.detail if isinstance(exc, IscsiError) else exc)
+                        last_error = _log_once(
+                            logging.INFO, last_error, "relogin to %s failed: %s", self._who(),
+                            exc.detail if isinstance(exc, IscsiError) else exc)
                 if link is None:
                     self.connection_state = "TRANSPORT WAIT"
                     continue
@@ -750,6 +766,9 @@ class Session:
                 self.reconnects += 1
                 self._count("reconnects")
                 self._install(link)
+                log.info("relogged in to %s (sid %d, tsih %d) %.1f s after the connection "
+                         "failed", self._who(), self.sid, self.tsih,
+                         trio.current_time() - failed_at)
                 for cmd in list(self._unfinished):
                     if cmd.link is None and not cmd.done:
                         self._reissue(link, cmd)
@@ -786,6 +805,14 @@ class Session:
             for name, value in link.conn.counters.items():
                 total[name] = total.get(name, 0) + value
         return total
+
+
+def _log_once(level: int, last: str, fmt: str, *args: object) -> str:
+    """Log ``fmt % args`` at ``level`` unless it is the same text as ``last`` (then DEBUG);
+    returns the text, for the next call's ``last``."""
+    text = fmt % args
+    log.log(level if text != last else logging.DEBUG, "%s", text)
+    return text
 
 
 def _abort_wait(cmd: _Command):
