@@ -11,16 +11,22 @@ import os
 OPEN_ISCSI_DIR = "/etc/iscsi"       # read (never written) with -o open_iscsi
 
 
+def _location(env: str, as_root: str, xdg: str, xdg_default: str | None) -> str:
+    """$``env``, else ``as_root`` for root, else $``xdg``/iscsifs (``xdg_default`` when the
+    variable is unset; with no default, "" means "no such place")."""
+    value = os.environ.get(env)
+    if value:
+        return value
+    if os.geteuid() == 0:
+        return as_root
+    base = os.environ.get(xdg) or (os.path.expanduser(xdg_default) if xdg_default else "")
+    return os.path.join(base, "iscsifs") if base else ""
+
+
 def default_config_dir() -> str:
     """$ISCSIFS_CONFIG_DIR, else /etc/iscsifs for root, else $XDG_CONFIG_HOME/iscsifs
     (~/.config/iscsifs)."""
-    env = os.environ.get("ISCSIFS_CONFIG_DIR")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/etc/iscsifs"
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-    return os.path.join(base, "iscsifs")
+    return _location("ISCSIFS_CONFIG_DIR", "/etc/iscsifs", "XDG_CONFIG_HOME", "~/.config")
 
 
 # -------------------------------------------------------------- logs and runtime state
@@ -47,13 +53,7 @@ def escape_path(path: str) -> str:
 def default_log_dir() -> str:
     """$ISCSIFS_LOG_DIR, else /var/log/iscsifs for root, else $XDG_STATE_HOME/iscsifs
     (~/.local/state/iscsifs)."""
-    env = os.environ.get("ISCSIFS_LOG_DIR")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/var/log/iscsifs"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "iscsifs")
+    return _location("ISCSIFS_LOG_DIR", "/var/log/iscsifs", "XDG_STATE_HOME", "~/.local/state")
 
 
 def default_log_file(mountpoint: str) -> str:
@@ -65,10 +65,5 @@ def default_run_dir() -> str:
     """State shared by every iscsifs process of this user while the machine runs (the session
     ID counter): $ISCSIFS_RUN_DIR, else /run/iscsifs for root, else $XDG_RUNTIME_DIR/iscsifs,
     else the log dir."""
-    env = os.environ.get("ISCSIFS_RUN_DIR")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/run/iscsifs"
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return os.path.join(runtime, "iscsifs") if runtime else default_log_dir()
+    return _location("ISCSIFS_RUN_DIR", "/run/iscsifs", "XDG_RUNTIME_DIR", None) \
+        or default_log_dir()
