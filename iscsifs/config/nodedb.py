@@ -288,15 +288,7 @@ class NodeDB:
         has ``settings.auth_error`` set and the record can't be used to log in until fixed."""
         record = self.get(target, portal, strict=False)
         path = self._record_path(target, record.portal)
-        if key in _IDENTITY_KEYS:
-            raise ConfigError(f"{key} cannot be changed (it names the record)", str(path))
-        if not key.startswith("node.") or key not in KNOWN_KEYS:
-            raise ConfigError(f"unknown node key {printable(key)}", str(path))
-        try:
-            value = validate_key(key, value)
-        except ValueError as exc:
-            shown = "" if is_secret_key(key) else f" {printable(value)}"
-            raise ConfigError(f"bad value{shown} for {key}: {exc}", str(path)) from None
+        value = _checked_update(key, value, "node", _IDENTITY_KEYS, path)
         on_disk = dict(read_conf(path))
         on_disk[key] = value
         merged = dict(record.keys)
@@ -371,15 +363,7 @@ class NodeDB:
         """Set one key of a discovery record (created with the defaults if missing)."""
         host, port = _discovery_portal(portal)
         path = self._st_path(host, port)
-        if key in _DISCOVERY_IDENTITY_KEYS:
-            raise ConfigError(f"{key} cannot be changed (it names the record)", str(path))
-        if not key.startswith("discovery.") or key not in KNOWN_KEYS:
-            raise ConfigError(f"unknown discovery key {printable(key)}", str(path))
-        try:
-            value = validate_key(key, value)
-        except ValueError as exc:
-            shown = "" if is_secret_key(key) else f" {printable(value)}"
-            raise ConfigError(f"bad value{shown} for {key}: {exc}", str(path)) from None
+        value = _checked_update(key, value, "discovery", _DISCOVERY_IDENTITY_KEYS, path)
         keys = self.discovery_keys(host, port)
         keys[key] = value
         try:
@@ -445,3 +429,18 @@ def _rmdir_if_empty(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass
+
+
+def _checked_update(key: str, value: str, kind: str, identity_keys, path) -> str:
+    """The validated value of an update of ``key`` in a ``kind`` (node / discovery) record;
+    ConfigError for a key that names the record, an unknown key or a bad value (a secret's
+    value is never shown)."""
+    if key in identity_keys:
+        raise ConfigError(f"{key} cannot be changed (it names the record)", str(path))
+    if not key.startswith(kind + ".") or key not in KNOWN_KEYS:
+        raise ConfigError(f"unknown {kind} key {printable(key)}", str(path))
+    try:
+        return validate_key(key, value)
+    except ValueError as exc:
+        shown = "" if is_secret_key(key) else f" {printable(value)}"
+        raise ConfigError(f"bad value{shown} for {key}: {exc}", str(path)) from None
