@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 import trio
 
@@ -26,6 +26,7 @@ from .errors import IscsiError
 from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
 from .net.session import Session, Timeouts
+from .net.transport import Transport
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.sense import ScsiError
@@ -102,7 +103,8 @@ class Initiator:
                  discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
                  on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None,
                  multipath_policy: str = "failover",
-                 sid_source: Callable[[], int] | None = None):
+                 sid_source: Callable[[], int] | None = None,
+                 transport_factory: Callable[[Portal], Awaitable[Transport]] | None = None):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -119,6 +121,8 @@ class Initiator:
         self.on_discovered = on_discovered
         # session IDs for new sessions (the mount's are unique machine-wide); None: per process
         self.sid_source = sid_source
+        # how sessions reach a portal (None: TCP); the simulator passes an in-memory network
+        self.transport_factory = transport_factory
         self._nursery = nursery
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
@@ -179,7 +183,8 @@ class Initiator:
                     queue_depth=opts.queue_depth or self.queue_depth,
                     cmds_max=opts.cmds_max or 128,
                     initiator_alias=self.initiator_alias,
-                    sid=self.sid_source() if self.sid_source is not None else None)
+                    sid=self.sid_source() if self.sid_source is not None else None,
+                    transport_factory=self.transport_factory)
             return entry.session
 
     async def luns(self, target: str, portal: Portal) -> list[LunEntry]:
