@@ -128,6 +128,11 @@ class NotSupported(IscsiError):
     with UNMAP)."""
 
 
+class NoSuchDevice(IscsiError):
+    """The logical unit an open file was bound to is gone: its LUN number left the target's
+    list, or now names another logical unit (other VPD 0x83 / 0x80 identity)."""
+
+
 class QuietError(IscsiError):
     """A user-facing error: printed as one line, no traceback, with an exit code."""
 

@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from iscsifs.errors import (AuthenticationError, CommandTimeout, ConfigError, ConnectionLost,
-                            LoginError, NoSpace, NotSupported, RemoteProtocolError,
+                            LoginError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
                             SessionFailed, leaf_exceptions)
 from iscsifs.scsi.sense import ScsiError, ScsiStatus, SenseKey
 
@@ -106,6 +106,8 @@ def classify(exc: BaseException) -> tuple[int, int]:
         return errno.ENOSPC, logging.INFO
     if isinstance(exc, NotSupported):
         return errno.EOPNOTSUPP, logging.INFO
+    if isinstance(exc, NoSuchDevice):
+        return errno.ENXIO, logging.WARNING
     if isinstance(exc, LoginError):          # includes AuthenticationError
         return _login_errno(exc), logging.WARNING
     if isinstance(exc, (CommandTimeout, trio.TooSlowError)):
