@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tail", type=int, default=120, help="trace events shown for a failure")
     ap.add_argument("--quiet", action="store_true", help="one line per failing seed")
     ap.add_argument("--stop", action="store_true", help="stop at the first failing seed")
+    ap.add_argument("--defects", action="store_true",
+                    help="keep going after violations and report, per known defect of issue "
+                    "15, the first seed that shows it")
     args = ap.parse_args(argv)
     only = frozenset(args.faults.split(",")) if args.faults else None
     if only is not None and not only <= set(ALL_KINDS):
@@ -59,6 +62,9 @@ def main(argv=None) -> int:
                             log=lambda m: print(m, file=sys.stderr))
         print(format_report(result, tail=args.tail, replay=replay_command(result) + extra))
         return 1
+
+    if args.defects:
+        return _defects(args, only)
 
     started = time.perf_counter()
     failures = []
@@ -101,6 +107,40 @@ def main(argv=None) -> int:
     print(f"{ran} seeds, {len(failures)} violations")
     print(f"{ran / wall:.1f} seeds/s ({wall:.1f} s)")
     return 0 if not failures else 1
+
+
+def _defects(args, only) -> int:
+    from .defects import DEFECTS, attribute
+    started = time.perf_counter()
+    first: dict[int, tuple[int, str]] = {}
+    counts: Counter = Counter()
+    other: Counter = Counter()
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        result = run_seed(seed, only=only, lu_swap=args.lu_swap, keep_going=True)
+        kinds = {f.kind for f in result.faults}
+        found = attribute(result.violations, kinds)
+        for n, why in found.items():
+            counts[n] += 1
+            if n not in first:
+                first[n] = (seed, why)
+                print(f"defect {n} first seen in seed {seed} (after {seed - args.first_seed + 1}"
+                      f" seeds): {why}", flush=True)
+        for inv in result.violations:
+            other[inv] += 1
+    wall = time.perf_counter() - started
+    print()
+    print("| defect | found | first seed | seeds with it | violation |")
+    print("|---|---|---|---|---|")
+    for n, title in DEFECTS.items():
+        if n in first:
+            seed, why = first[n]
+            print(f"| {n} {title} | yes | {seed} | {counts[n]} of {args.seeds} | {why[:150]} |")
+        else:
+            print(f"| {n} {title} | no | - | 0 of {args.seeds} | |")
+    print("violations by invariant (seeds): " + ", ".join(f"{k} {v}" for k, v in
+                                                          other.most_common()))
+    print(f"{args.seeds} seeds in {wall:.1f} s ({args.seeds / wall:.1f} seeds/s)")
+    return 0
 
 
 if __name__ == "__main__":

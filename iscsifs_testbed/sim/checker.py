@@ -38,7 +38,8 @@ from collections import Counter
 
 import trio
 
-from iscsifs.errors import CommandTimeout, IscsiError, SessionFailed
+from iscsifs.errors import CommandTimeout, SessionFailed
+from iscsifs.net.session import RETRY_CAP
 
 from . import disk
 from .disk import CELL
@@ -72,6 +73,7 @@ class SessInfo:
             self.outages.append([now, math.inf])
         self.closed_at: float | None = None
         self.close_started: float | None = None
+        self.last_attempt = -math.inf        # the last time it opened a connection
 
 
 class Checker:
@@ -104,6 +106,13 @@ class Checker:
             session._sim_info = info
             self.sessions.append(info)
             session.listeners.append(self._session_changed)
+            # see its relogin attempts: the transport factory (the simulator's seam) per session
+            factory = session.transport_factory
+
+            async def attempt(portal, info=info, factory=factory):
+                info.last_attempt = trio.current_time()
+                return await factory(portal)
+            session.transport_factory = attempt
         return info
 
     def _session_changed(self, session) -> None:
@@ -140,7 +149,7 @@ class Checker:
         rec.end = world.next_seq()
         rec.end_t = now = trio.current_time()
         self.pending.pop(rec, None)
-        if world.failed:
+        if world.stopped:
             return
         self.checks["bound.exec"] += 1
         self._check_waited(rec, now)
@@ -217,10 +226,7 @@ class Checker:
     def applying(self, lu, first_cell: int, data) -> None:
         """The target is about to put ``data`` on ``lu`` from cell ``first_cell``."""
         self.checks["data.apply"] += 1
-        n = len(data) // CELL
-        if not n:
-            return
-        for i, (tag, wid, cell) in enumerate(disk.decode(data, first_cell)):
+        for i, k, tag, wid, cell in disk.runs(data):
             if wid == disk.ZERO:
                 continue
             if wid == disk.GARBAGE:
@@ -239,7 +245,7 @@ class Checker:
     def read_done(self, what: str, tag: int, offset: int, data, rs: float, re: float) -> None:
         self.checks["data.read"] += 1
         first = offset // CELL
-        why = self.model.check_read(tag, first, disk.decode(data, first), rs, re)
+        why = self.model.check_read(tag, first, disk.runs(data), rs, re)
         if why is not None:
             self.fail("data.read", f"{what}: {why}")
 
@@ -247,7 +253,7 @@ class Checker:
         seq = self.world.next_seq()
         for lu in lus:
             self.checks["data.final"] += 1
-            why = self.model.check_read(lu.tag, 0, disk.decode(lu.data, 0), seq, seq)
+            why = self.model.check_read(lu.tag, 0, disk.runs(lu.data), seq, seq)
             if why is not None:
                 self.fail("data.final", f"LU tag {lu.tag} at the end: {why}")
                 return
@@ -266,7 +272,7 @@ class Checker:
         """The initiator closed a connection in the full feature phase: only for a reason."""
         self.checks["conn.healthy_drop"] += 1
         world = self.world
-        now = trio.current_time()
+        now = getattr(tconn.sim, "initiator_closed_at", None) or trio.current_time()
         t = self.t
         quiet = t.noop_out_interval + t.noop_out_timeout + 1
         if tconn.logged_out or tconn.misbehaved or tconn.tmf_fault or tconn.async_logout_sent \
@@ -277,9 +283,9 @@ class Checker:
             return
         if world.closing or world.target_rng is None:
             return
-        why = world.last_warning or "no reason logged"
+        why = " / ".join(world.warnings[-3:]) or "no reason logged"
         self.fail("conn.healthy_drop", f"the initiator dropped connection {tconn.id} to a "
-                  f"target that answered everything correctly; last warning: {why}")
+                  f"target that answered everything correctly; last warnings: {why}")
 
     # ------------------------------------------------------------------ per step / beat
     def step(self) -> None:
@@ -287,16 +293,35 @@ class Checker:
 
     def heartbeat(self) -> None:
         world = self.world
-        if world.failed:
+        if world.stopped:
             return
         now = trio.current_time()
         self.checks["heartbeat"] += 1
         for rec in list(self.pending):
             self._check_waited(rec, now)
-            if world.failed:
+            if world.stopped:
                 return
+        self._stuck(now)
         self._queues()
         self._target_waits(now)
+
+    def _stuck(self, now: float) -> None:
+        """No session stays down without trying to log in again (``session.stuck``)."""
+        t = self.t
+        # the back-off is at most RETRY_CAP, and the give-up at replacement_timeout may
+        # start one more wait: two RETRY_CAPs and a login attempt
+        bound = 2 * RETRY_CAP + t.login + 1
+        for info in self.sessions:
+            if info.down_since is None or info.close_started is not None:
+                continue
+            self.checks["session.stuck"] += 1
+            last = max(info.down_since, info.last_attempt)
+            if now - last > bound:
+                self.fail("session.stuck", f"session {info.session.sid} has been down since "
+                          f"{info.down_since:.2f} and has not tried to log in again for "
+                          f"{now - last:.1f} s (relogin attempts come at least every "
+                          f"{bound:g} s)")
+                return
 
     def _queues(self) -> None:
         world = self.world

@@ -14,6 +14,8 @@ reads zeros where it unmapped: LBPRZ). Anything else was written by nobody.
 from __future__ import annotations
 
 import struct
+from array import array
+from itertools import groupby
 
 CELL = 16
 BLOCK = 512
@@ -22,64 +24,92 @@ MAGIC = 0xC5
 ZERO = -1           # a zero cell (discarded)
 GARBAGE = -2        # bytes nobody wrote
 
-_STRUCTS: dict[int, struct.Struct] = {}
+# A cell is four native 32-bit words: MAGIC | tag << 8, the write id, the cell's index, and a
+# check word (base(wid) + index), so that stamping and decoding run in C: strided memoryview
+# slices and array('I', range(...)), never a Python loop per cell.
+_K = 0x9E3779B1
+_SPAN = (1 << 32) - (1 << 26)       # cell indices stay below 2**26
+_ZEROS = bytes(1 << 20)
 
 
-def _cells_struct(n: int) -> struct.Struct:
-    s = _STRUCTS.get(n)
-    if s is None:
-        s = _STRUCTS[n] = struct.Struct(">" + "BBHIII" * n)
-    return s
-
-
-_WIDS: dict[int, struct.Struct] = {}
-
-
-def _wids_struct(n: int) -> struct.Struct:
-    s = _WIDS.get(n)
-    if s is None:
-        s = _WIDS[n] = struct.Struct(">" + "4xI8x" * n)
-    return s
-
-
-def check_word(tag: int, wid: int, cell: int) -> int:
-    return ((wid * 0x9E3779B1) ^ (cell * 0x85EBCA77) ^ (tag * 0xC2B2AE3D) ^ 0x5A5A5A5A) \
-        & 0xFFFFFFFF
+def _base(wid: int) -> int:
+    return (wid * _K) % _SPAN
 
 
 def stamp(tag: int, wid: int, first_cell: int, count: int) -> bytes:
     """``count`` cells of write ``wid`` on the LU tagged ``tag``, from cell ``first_cell``."""
-    flat: list[int] = []
-    ext = flat.extend
-    for cell in range(first_cell, first_cell + count):
-        ext((MAGIC, tag, 0, wid, cell, check_word(tag, wid, cell)))
-    return _cells_struct(count).pack(*flat)
+    data = bytearray(count * CELL)
+    mv = memoryview(data).cast("I")
+    mv[0::4] = array("I", [MAGIC | tag << 8]) * count
+    mv[1::4] = array("I", [wid]) * count
+    mv[2::4] = array("I", range(first_cell, first_cell + count))
+    b = _base(wid) + first_cell
+    mv[3::4] = array("I", range(b, b + count))
+    return bytes(data)
 
 
-def decode(data, first_cell: int) -> list[tuple[int, int, int]]:
-    """``(tag, wid, cell)`` per cell of ``data`` (whole cells); ``wid`` is ZERO for a zero
-    cell and GARBAGE for bytes no write made (then tag and cell are -1)."""
+def runs(data) -> list[tuple[int, int, int, int, int]]:
+    """The cells of ``data`` as runs ``(i, k, tag, wid, cell)``: ``k`` cells from index ``i``
+    of ``data`` made by write ``wid`` of LU ``tag`` for cells ``cell``..``cell + k - 1``.
+    ``wid`` is ZERO for zero cells and GARBAGE for bytes no write made (tag, cell -1)."""
     n = len(data) // CELL
-    flat = _cells_struct(n).unpack_from(data)
+    if not n:
+        return []
+    mv = memoryview(data)[:n * CELL].cast("B").cast("I")
+    heads = mv[0::4].tolist()
+    wids = mv[1::4].tolist()
+    cells = mv[2::4].tolist()
+    checks = mv[3::4].tolist()
     out = []
-    app = out.append
-    for i in range(n):
-        magic, tag, pad, wid, cell, chk = flat[6 * i:6 * i + 6]
-        if magic == MAGIC and not pad and chk == check_word(tag, wid, cell):
-            app((tag, wid, cell))
-        elif not (magic or tag or pad or wid or cell or chk):
-            app((-1, ZERO, first_cell + i))
-        else:
-            app((-1, GARBAGE, -1))
+    i = 0
+    for (h, w), grp in groupby(zip(heads, wids)):
+        k = len(list(grp))
+        out.extend(_classify(data, i, k, h, w, cells, checks))
+        i += k
     return out
 
 
-def write_ids(data) -> tuple[int, ...]:
-    """The write id field of every whole cell of ``data`` (cheap: one unpack)."""
+def _classify(data, i, k, h, w, cells, checks):
+    if h == 0 and w == 0:
+        raw = bytes(memoryview(data)[i * CELL:(i + k) * CELL])
+        if raw == _ZEROS[:len(raw)]:
+            return [(i, k, -1, ZERO, -1)]
+        return _slow(data, i, k, cells, checks)
+    if h & 0xFF == MAGIC and h >> 16 == 0:
+        c = cells[i]
+        b = _base(w) + c
+        if cells[i:i + k] == list(range(c, c + k)) and checks[i:i + k] == list(range(b, b + k)):
+            return [(i, k, h >> 8, w, c)]
+    return _slow(data, i, k, cells, checks)
+
+
+def _slow(data, i, k, cells, checks):
+    """Cell by cell (a run that is not one clean piece of one write)."""
+    mv = memoryview(data).cast("B")
+    out = []
+    for j in range(i, i + k):
+        h, w, c, chk = memoryview(bytes(mv[j * CELL:(j + 1) * CELL])).cast("I").tolist()
+        if h == 0 and w == 0 and c == 0 and chk == 0:
+            item = (j, 1, -1, ZERO, -1)
+        elif h & 0xFF == MAGIC and h >> 16 == 0 and chk == (_base(w) + c) & 0xFFFFFFFF:
+            item = (j, 1, h >> 8, w, c)
+        else:
+            item = (j, 1, -1, GARBAGE, -1)
+        if out and out[-1][3] == item[3] and out[-1][2] == item[2] and item[3] != GARBAGE \
+                and (item[3] == ZERO or out[-1][4] + out[-1][1] == item[4]):
+            p = out[-1]
+            out[-1] = (p[0], p[1] + 1, p[2], p[3], p[4])
+        else:
+            out.append(item)
+    return out
+
+
+def write_ids(data) -> list[int]:
+    """The write id field of every whole cell of ``data`` (cheap)."""
     n = len(data) // CELL
     if not n:
-        return ()
-    return _wids_struct(n).unpack_from(data)
+        return []
+    return memoryview(data)[:n * CELL].cast("B").cast("I")[1::4].tolist()
 
 
 class LogicalUnit:

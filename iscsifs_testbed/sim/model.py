@@ -124,9 +124,12 @@ class Model:
                 why = f"write {value} never covered this cell"
         return why
 
-    def check_read(self, tag: int, first_cell: int, cells, rs: float, re: float) -> str | None:
-        """Check decoded cells ``(tag, wid, cell)`` read from ``first_cell`` on."""
-        for i, (t, wid, c) in enumerate(cells):
+    def check_read(self, tag: int, first_cell: int, runs, rs: float, re: float) -> str | None:
+        """Check what a read [rs, re] of the cells from ``first_cell`` returned, as
+        :func:`disk.runs` describes it."""
+        h = self.hist[tag]
+        writes = self.writes
+        for i, k, t, wid, c in runs:
             cell = first_cell + i
             if wid == GARBAGE:
                 return f"cell {cell} (byte {cell * CELL}): bytes nobody wrote"
@@ -137,8 +140,15 @@ class Model:
                 if c != cell:
                     return f"cell {cell} (byte {cell * CELL}) holds data written for cell {c} " \
                            f"(write {wid})"
-            why = self.check_cell(tag, cell, wid, rs, re)
-            if why is not None:
-                shown = "zeros" if wid == ZERO else f"write {wid}"
-                return f"cell {cell} (byte {cell * CELL}) read {shown}: {why}"
+                rec = writes.get(wid)
+                fast = rec is not None and rec.start < re and self.may_have_landed(rec)
+            else:
+                fast = False
+            for j in range(cell, cell + k):
+                if fast and j < len(h) and h[j][-1] == wid:
+                    continue
+                why = self.check_cell(tag, j, wid, rs, re)
+                if why is not None:
+                    shown = "zeros" if wid == ZERO else f"write {wid}"
+                    return f"cell {j} (byte {j * CELL}) read {shown}: {why}"
         return None

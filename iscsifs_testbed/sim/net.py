@@ -129,6 +129,7 @@ class SimConn:
             return
         self.initiator_closed = True
         self.initiator_reset = reset
+        self.initiator_closed_at = trio.current_time()
         if reset:
             self.up.kill()
             self.down.kill()

@@ -64,6 +64,7 @@ class Result:
     ops: dict = field(default_factory=dict)
     enabled: tuple = ()
     max_seen: dict = field(default_factory=dict)
+    violations: dict = field(default_factory=dict)      # invariant -> messages (keep_going)
 
     @property
     def failed(self) -> bool:
@@ -71,8 +72,13 @@ class Result:
 
 
 class World:
-    def __init__(self, seed: int, *, disabled=frozenset(), only=None, lu_swap=False):
+    def __init__(self, seed: int, *, disabled=frozenset(), only=None, lu_swap=False,
+                 keep_going: bool = False):
         self.seed = seed
+        # keep_going: record every kind of violation and run on (to tell several defects
+        # apart); otherwise the first violation ends the run
+        self.keep_going = keep_going
+        self.violations: dict[str, list[str]] = {}
         crng = random.Random(f"config-{seed}")
         self.wrng = random.Random(f"workload-{seed}")
         self.target_rng = random.Random(f"target-{seed}")
@@ -82,6 +88,7 @@ class World:
         self.failed: tuple | None = None
         self.closing = False
         self.last_warning: str | None = None
+        self.warnings: list[str] = []
         self.limits: dict = {"tombstones": 8}
         self.transports: list = []
         self.conn_ids = itertools.count(1)
@@ -139,13 +146,23 @@ class World:
     def trace_pdu(self, direction: str, conn, pdu) -> None:
         self.trace_list.append((trio.current_time(), direction, conn.id, brief(pdu)))
 
+    @property
+    def stopped(self) -> bool:
+        """A violation ended the run (checks stop, so that one failure is reported)."""
+        return self.failed is not None and not self.keep_going
+
     def violation(self, invariant: str, message: str) -> None:
-        if self.failed is not None:
+        if self.stopped:
             return
         now = trio.current_time()
-        self.failed = (invariant, message, now)
+        msgs = self.violations.setdefault(invariant, [])
+        if len(msgs) >= 3 or message in msgs:
+            return
+        msgs.append(message)
         self.trace("VIOLATION", invariant, message)
-        if self.root is not None:
+        if self.failed is None:
+            self.failed = (invariant, message, now)
+        if not self.keep_going and self.root is not None:
             self.root.cancel()
 
     def step(self) -> None:
@@ -213,7 +230,16 @@ class World:
             self.root = nursery.cancel_scope
             nursery.start_soon(self._timers)
             nursery.start_soon(self._heartbeat)
-            await self.scenario()
+            t = self.timeouts
+            per_exec = t.replacement_timeout + t.command + t.abort + t.lu_reset + t.tgt_reset \
+                + t.login + RETRY_CAP
+            limit = 120 + self.duration + 12 * per_exec + 4 * t.logout + 300
+            with trio.move_on_after(limit):
+                await self.scenario()
+            if trio.current_time() >= limit:
+                self.violation("bound.never_returned", f"the run did not end within {limit:g} s "
+                               f"of simulated time; {self.pending_summary()}; last: "
+                               f"{self.trace_list[-1] if self.trace_list else ''}")
             nursery.cancel_scope.cancel()
 
     async def scenario(self) -> None:
@@ -243,7 +269,7 @@ class World:
             per_client = max(1, wl.ops // wl.clients)
             for i in range(wl.clients):
                 clients.start_soon(self._client, wl, i, per_client, horizon)
-            if wl.admin:
+            if wl.admin_on:
                 clients.start_soon(self._admin, wl, horizon)
             await trio.sleep_until(horizon)
             faults.heal(self.target)
@@ -254,7 +280,6 @@ class World:
             if scope.cancelled_caught:
                 self.violation("liveness", "I/O did not complete after the faults stopped "
                                f"(within {2 * escalation + per_exec + 30:g} s)")
-                return
             deadline = trio.current_time() + 8 * per_exec
             while self.active and trio.current_time() < deadline:
                 await trio.sleep(1)
@@ -262,13 +287,12 @@ class World:
                 self.violation("bound.never_returned", f"{self.active} client(s) still waiting "
                                f"{8 * per_exec:g} s after the faults stopped; "
                                f"{self.pending_summary()}")
-                return
             clients.cancel_scope.cancel()
-        if self.failed:
+        if self.stopped:
             return
         await wl.unmount()
         await trio.sleep(1)
-        if self.failed:
+        if self.stopped:
             return
         if self.checker.pending:
             self.violation("unmount.pending", f"after unmount: {self.pending_summary()}")
@@ -459,10 +483,15 @@ class _TraceHandler(logging.Handler):
         self.world.trace_list.append((now, "log", record.levelname, record.name, msg))
         if record.levelno >= logging.WARNING:
             self.world.last_warning = msg
+            w = self.world.warnings
+            w.append(msg)
+            if len(w) > 4:
+                del w[0]
 
 
-def run_seed(seed: int, *, disabled=frozenset(), only=None, lu_swap: bool = False) -> Result:
-    world = World(seed, disabled=disabled, only=only, lu_swap=lu_swap)
+def run_seed(seed: int, *, disabled=frozenset(), only=None, lu_swap: bool = False,
+             keep_going: bool = False) -> Result:
+    world = World(seed, disabled=disabled, only=only, lu_swap=lu_swap, keep_going=keep_going)
     started = time.perf_counter()
     clock = trio.testing.MockClock(autojump_threshold=0)
     with _patched(world):
@@ -477,7 +506,8 @@ def run_seed(seed: int, *, disabled=frozenset(), only=None, lu_swap: bool = Fals
     return Result(seed, world.failed, world.trace_list, list(world.faults.injected),
                   list(world.faults.suppressed), dict(world.checker.checks), wall,
                   clock.current_time(), frozenset(disabled), dict(wl.op_counts) if wl else {},
-                  tuple(sorted(world.faults.enabled)), dict(world.checker.max_seen))
+                  tuple(sorted(world.faults.enabled)), dict(world.checker.max_seen),
+                  dict(world.violations))
 
 
 def shrink(result: Result, *, only=None, lu_swap=False, log=None) -> Result:

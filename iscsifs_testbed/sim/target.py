@@ -222,7 +222,8 @@ class TConn:
                 now = trio.current_time()
                 hold = max(self.portal.stalled_until, self.paused_until)
                 if hold > now:
-                    await trio.sleep_until(hold)
+                    # in steps: a heal at the horizon may end the stall early
+                    await trio.sleep_until(min(hold, now + 0.5))
                     continue
                 if self.pending_out:
                     self.flush_pending()

@@ -58,8 +58,8 @@ class Workload:
         self.weights = {"read": rng.choice((2, 4)), "write": rng.choice((2, 4)),
                         "flush": rng.choice((0, 1)), "discard": rng.choice((0, 0, 1))}
         self.max_len = rng.choice((1024, 4096, 16384, 65536))
-        self.admin = rng.random() < 0.5
-        self.race_logout = self.admin and rng.random() < 0.5
+        self.admin_on = rng.random() < 0.5
+        self.race_logout = self.admin_on and rng.random() < 0.5
         self.unmount_midflight = rng.random() < 0.4
         self.use_raw = rng.random() < 0.85
         self.use_by_id = rng.random() < 0.7 or not self.use_raw
@@ -206,7 +206,7 @@ class Workload:
                 await self.discard(f, off, n)
             elif name == "flush":
                 await self.call(f"{f.name} flush", dev.flush)
-        if getattr(dev, "capacity_changed", False) and not world.failed:
+        if getattr(dev, "capacity_changed", False) and not world.stopped:
             await self.call(f"{f.name} read capacity", dev.read_capacity)
 
     async def read(self, f: File, off: int, n: int, *, must: bool = False) -> bool:
@@ -261,7 +261,7 @@ class Workload:
         think = span / max(1, ops)
         for _ in range(ops):
             await trio.sleep(rng.expovariate(1 / think))
-            if trio.current_time() >= until or self.world.failed:
+            if trio.current_time() >= until or self.world.stopped:
                 return
             await self.op(rng.choice(names))
 
@@ -270,7 +270,7 @@ class Workload:
         world = self.world
         while True:
             await trio.sleep(rng.uniform(5, 40))
-            if trio.current_time() >= until or world.failed:
+            if trio.current_time() >= until or world.stopped:
                 return
             pair = rng.choice(self.pairs)
             action = rng.choice(("list", "rescan", "logout", "login", "race"
@@ -285,6 +285,8 @@ class Workload:
             elif action == "login":
                 await self.call(f"login {where}", self.open_raw, pair)
             elif action == "race":
+                # a listing that logs in (the session is gone) while the target is removed
+                await self.logout(pair)
                 async with trio.open_nursery() as n:
                     n.start_soon(self.call, f"login {where} (racing a logout)", self.open_raw,
                                  pair)
@@ -308,6 +310,10 @@ class Workload:
                 world.violation("liveness", f"cannot log in to {pair[1].host} after the "
                                 f"faults stopped: {exc}")
                 return
+        ok, exc = await self.call("by-id listing (liveness)", self.list_by_id)
+        if not ok:
+            world.violation("liveness", f"by-id listing failed after the faults stopped: {exc}")
+            return
         for f in self.live_files():
             if not await self.read(f, 0, f.dev.size, must=True):
                 return
