@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 def _defects(args, only) -> int:
     from .defects import DEFECTS, attribute
     started = time.perf_counter()
-    first: dict[int, tuple[int, str]] = {}
+    first: dict = {}
     counts: Counter = Counter()
     other: Counter = Counter()
     for seed in range(args.first_seed, args.first_seed + args.seeds):

@@ -26,14 +26,16 @@ DEFECTS = {
     15: "luns()/rescan() racing a logout",
     17: "rejected SCSI Command leaves a CmdSN gap",
     18: "Async event 4 (renegotiate) ignored",
+    # found by the simulator, not in the issue
+    "A1": "a command still in the transport backlog goes out after its caller was answered",
 }
 
 
-def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict[int, str]:
+def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict:
     """Defect number -> the (first) violation that shows it."""
-    found: dict[int, str] = {}
+    found: dict = {}
 
-    def note(n: int, inv: str, msg: str) -> None:
+    def note(n, inv: str, msg: str) -> None:
         found.setdefault(n, f"{inv}: {msg.splitlines()[0]}")
 
     stuck = "session.stuck" in violations
@@ -71,4 +73,13 @@ def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict[i
                 note(17, inv, msg)
             elif inv == "target.renegotiate":
                 note(18, inv, msg)
+            elif inv in ("wire.after_answer", "wire.failed_write"):
+                note("A1", inv, msg)
+            elif inv in ("liveness", "bound.never_returned"):
+                # what is left broken when the faults stop: the CmdSN gap (17) holds every
+                # later command; a by-id without paths after a capacity change (14)
+                if "reject_command" in fault_kinds and "timed out" in msg:
+                    note(17, inv, msg)
+                elif "no path is available" in msg and "capacity_change" in fault_kinds:
+                    note(14, inv, msg)
     return found

@@ -79,18 +79,16 @@ class Model:
 
     def check_cell(self, tag: int, cell: int, value: int, rs: float, re: float) -> str | None:
         """None if a read [rs, re] of ``cell`` may return write ``value`` (or ZERO), else why
-        not."""
+        not. A cell's history is in start order, so only writes after ``value``'s own entry
+        can supersede it."""
         h = self.hist[tag]
         if cell >= len(h):
             return f"cell {cell} is beyond the LU"
         hist = h[cell]
         writes = self.writes
-        if value != ZERO and hist[-1] == value:     # the newest write of the cell
-            rec = writes[value]
-            if rec.start < re and self.may_have_landed(rec):
-                return None
         why = None
-        for w in reversed(hist):
+        for i in range(len(hist) - 1, -1, -1):
+            w = hist[i]
             rec = writes[w]
             if value == ZERO:
                 if not rec.zero:
@@ -107,7 +105,7 @@ class Model:
             end = rec.end
             newer = None
             if end != INF:
-                for k in hist:
+                for k in hist[i + 1:]:
                     kr = writes[k]
                     if kr.outcome == "ok" and kr.start > end and kr.end < rs:
                         newer = kr

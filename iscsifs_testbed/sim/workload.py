@@ -218,7 +218,7 @@ class Workload:
         if not ok:
             if must:
                 world.violation("liveness", f"{what} failed after the faults stopped: "
-                                f"{type(data).__name__}: {data}")
+                                f"{_leaves(data)}")
             return False
         whole = len(data) // CELL * CELL
         world.checker.read_done(what, f.tag, off, bytes(data[:whole]), rs, re)
@@ -239,7 +239,7 @@ class Workload:
             model.answered(rec, outcome, world.next_seq())
         if must and outcome != "ok":
             world.violation("liveness", f"{what} failed after the faults stopped: "
-                            f"{type(result).__name__}: {result}")
+                            f"{_leaves(result)}")
         return outcome == "ok"
 
     async def discard(self, f: File, off: int, n: int) -> None:
@@ -310,9 +310,12 @@ class Workload:
                 world.violation("liveness", f"cannot log in to {pair[1].host} after the "
                                 f"faults stopped: {exc}")
                 return
-        ok, exc = await self.call("by-id listing (liveness)", self.list_by_id)
+        ok, mdevs = await self.call("by-id listing (liveness)", self.list_by_id)
         if not ok:
-            world.violation("liveness", f"by-id listing failed after the faults stopped: {exc}")
+            world.violation("liveness", f"by-id listing failed after the faults stopped: "
+                            f"{mdevs}")
+            return
+        if not self.all_listed(mdevs):
             return
         for f in self.live_files():
             if not await self.read(f, 0, f.dev.size, must=True):
@@ -328,12 +331,8 @@ class Workload:
             world.violation("liveness", f"by-id listing failed after the faults stopped: "
                             f"{mdevs}")
             return
-        listed = {m.wwn for m in mdevs}
-        for lu in world.target.lun_map.values():
-            if lu.wwn not in listed:
-                world.violation("by_id.lost", f"by-id does not list {lu.wwn} (LU tag {lu.tag}) "
-                                f"although its paths are logged in")
-                return
+        if not self.all_listed(mdevs):
+            return
         for f in self.live_files():
             lu = world.lu_by_wwn.get(f.dev.wwn)
             if lu is not None and f.dev.num_blocks != lu.blocks:
@@ -350,6 +349,16 @@ class Workload:
             if not await self.read(f, max(0, off - BLOCK), min(size, off + n + BLOCK)
                                    - max(0, off - BLOCK), must=True):
                 return
+
+    def all_listed(self, mdevs) -> bool:
+        """by-id lists every logical unit (every path is logged in, faults are over)."""
+        listed = {m.wwn for m in mdevs}
+        for lu in self.world.target.lun_map.values():
+            if lu.wwn not in listed:
+                self.world.violation("by_id.lost", f"by-id does not list {lu.wwn} (LU tag "
+                                     f"{lu.tag}) although its paths are logged in")
+                return False
+        return True
 
     async def unmount(self) -> None:
         world = self.world
@@ -374,3 +383,14 @@ class Workload:
                             f"({t.logout:g} s) + 5 s")
             return
         world.trace("unmounted", trio.current_time() - started)
+
+
+def _leaves(exc) -> str:
+    """The distinct errors inside ``exc`` (a nursery's group of chunk errors), one line."""
+    if exc is None:
+        return "cancelled"
+    seen: dict[str, int] = {}
+    for leaf in leaf_exceptions(exc):
+        text = f"{type(leaf).__name__}: {leaf}"
+        seen[text] = seen.get(text, 0) + 1
+    return "; ".join(f"{t}" + (f" (x{n})" if n > 1 else "") for t, n in seen.items())
