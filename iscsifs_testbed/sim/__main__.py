@@ -1,7 +1,7 @@
 """``python -m iscsifs_testbed.sim`` (``bash scripts/sim``): run seeds, replay one, shrink it.
 
     bash scripts/sim --seeds 200 [--first-seed 1000]   # N seeds; exit 0 only with 0 violations
-    bash scripts/sim --seed 1234 [--without 3,7]        # replay one seed, print its trace
+    bash scripts/sim --seed 1234 [--without drop#2]     # replay one seed, print its trace
     bash scripts/sim --seed 1234 --shrink               # ... with its faults removed one at a
                                                           # time while it still fails
 """
@@ -14,11 +14,12 @@ import time
 from collections import Counter
 
 from .faults import ALL_KINDS
-from .run import format_report, replay_command, run_seed, shrink
+from .run import format_report, replay_command, run_seed, shrink, trace_digest
 
 
-def _ints(text: str) -> frozenset:
-    return frozenset(int(x) for x in text.split(",") if x.strip())
+def _names(text: str) -> frozenset:
+    """drop#1,busy#2 -> fault names; "none" -> empty"""
+    return frozenset(x.strip() for x in text.split(",") if x.strip() and x.strip() != "none")
 
 
 def main(argv=None) -> int:
@@ -26,8 +27,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     ap.add_argument("--first-seed", type=int, default=0, help="the first seed")
     ap.add_argument("--seed", type=int, help="replay this one seed and print its trace")
-    ap.add_argument("--without", type=_ints, default=frozenset(),
-                    help="fault numbers to suppress in a replay (from a shrink)")
+    ap.add_argument("--without", type=_names, default=frozenset(),
+                    help="faults (kind#n, the n-th fault of a kind) to suppress in a replay")
+    ap.add_argument("--keep", type=_names, default=None,
+                    help="suppress every fault but these (kind#n, comma separated)")
     ap.add_argument("--shrink", action="store_true",
                     help="shrink each failing seed (remove its faults one at a time)")
     ap.add_argument("--faults", help="only these fault kinds (comma separated): "
@@ -39,6 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tail", type=int, default=120, help="trace events shown for a failure")
     ap.add_argument("--quiet", action="store_true", help="one line per failing seed")
     ap.add_argument("--stop", action="store_true", help="stop at the first failing seed")
+    ap.add_argument("--ci", action="store_true",
+                    help="the CI budget (iscsifs_testbed/sim/gate.py): its seeds, and in "
+                    "'report' mode exit 0 even with violations")
     ap.add_argument("--defects", action="store_true",
                     help="keep going after violations and report, per known defect of issue "
                     "15, the first seed that shows it")
@@ -50,10 +56,12 @@ def main(argv=None) -> int:
         (" --lu-swap" if args.lu_swap else "")
 
     if args.seed is not None:
-        result = run_seed(args.seed, disabled=args.without, only=only, lu_swap=args.lu_swap)
+        result = run_seed(args.seed, disabled=args.without, keep=args.keep, only=only,
+                          lu_swap=args.lu_swap)
         if not result.failed:
             print(f"seed {args.seed}: no violation ({result.sim_time:.1f} s simulated, "
-                  f"{len(result.faults)} faults, {result.wall:.2f} s)")
+                  f"{len(result.faults)} faults, {result.wall:.2f} s); trace "
+                  f"{trace_digest(result)}")
             return 0
         if args.shrink:
             print(f"seed {args.seed}: {result.violation[0]}; shrinking "
@@ -61,8 +69,17 @@ def main(argv=None) -> int:
             result = shrink(result, only=only, lu_swap=args.lu_swap,
                             log=lambda m: print(m, file=sys.stderr))
         print(format_report(result, tail=args.tail, replay=replay_command(result) + extra))
+        print(f"trace {trace_digest(result)} ({len(result.trace)} events)")
         return 1
 
+    ci_mode = None
+    if args.ci:
+        from . import gate
+        ci_mode = gate.mode()
+        if ci_mode == "off":
+            print("sim: CI budget off (ISCSIFS_SIM_CI / iscsifs_testbed/sim/gate.py)")
+            return 0
+        args.seeds, args.first_seed, args.quiet = gate.CI_SEEDS, gate.CI_FIRST_SEED, True
     if args.defects:
         return _defects(args, only)
 
@@ -106,6 +123,10 @@ def main(argv=None) -> int:
         print(f"simulated time: {sim_time:.0f} s ({sim_time / max(wall, 1e-9):.0f}x real time)")
     print(f"{ran} seeds, {len(failures)} violations")
     print(f"{ran / wall:.1f} seeds/s ({wall:.1f} s)")
+    if ci_mode == "report" and failures:
+        print("sim: CI budget in report mode (issue 15 defects open): not failing the run; "
+              "switch CI_MODE to 'gate' in iscsifs_testbed/sim/gate.py once they are fixed")
+        return 0
     return 0 if not failures else 1
 
 

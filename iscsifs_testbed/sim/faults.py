@@ -66,10 +66,15 @@ ALL_KINDS = tuple(ROLLED) + tuple(TIMED)
 
 @dataclass
 class Fault:
-    index: int
+    index: int          # order of firing in this run (for reading a trace)
     time: float
     kind: str
     detail: str = ""
+    ordinal: int = 0    # the n-th fault of its kind: its name, ``kind#n``, in replays
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}#{self.ordinal}"
 
 
 @dataclass
@@ -77,9 +82,11 @@ class FaultPlan:
     seed: int
     horizon: float = 0.0                # faults stop here (set when the workload is ready)
     start: float = float("inf")         # and start here
-    disabled: frozenset = frozenset()   # fault numbers to suppress (replay/shrink)
+    disabled: frozenset = frozenset()   # fault names (kind#n) to suppress (replay/shrink)
+    keep: frozenset | None = None       # if set: suppress every fault not named here
     only: frozenset | None = None       # restrict to these kinds (--faults)
     lu_swap: bool = False
+    canary: str | None = None           # a fault kind whose first firing is a violation
     rng: random.Random = field(init=False)
     enabled: dict = field(init=False)
     injected: list = field(init=False)
@@ -102,12 +109,17 @@ class FaultPlan:
             self.enabled.pop("restart_swap", None)
         if self.only is not None:
             self.enabled = {k: v for k, v in self.enabled.items() if k in self.only}
-            for kind in self.only:
+            for kind in sorted(self.only):
                 self.enabled.setdefault(kind, ROLLED.get(kind, TIMED.get(kind, 1)))
             if any(k in TIMED for k in self.only) and not self.timed_rate:
                 self.timed_rate = 1 / 30
         self.injected = []
         self.suppressed = []
+        # one stream per kind (and one for the timed faults): suppressing a fault of one kind
+        # leaves the draws of the others alone, so a shrunk replay stays close to the original
+        self.streams = {kind: random.Random(f"faults-{self.seed}-{kind}") for kind in ROLLED}
+        self.timed_rng = random.Random(f"faults-{self.seed}-timed")
+        self.ordinals: dict[str, int] = {}
 
     @property
     def active(self) -> bool:
@@ -115,7 +127,7 @@ class FaultPlan:
         return self.start <= now < self.horizon
 
     def roll(self, kind: str, conn=None, detail: str = "") -> bool:
-        draw = self.rng.random()
+        draw = self.streams[kind].random()
         p = self.enabled.get(kind)
         if p is None or draw >= p or not self.active:
             return False
@@ -124,18 +136,22 @@ class FaultPlan:
     def _fire(self, kind: str, detail: str) -> bool:
         self.counter += 1
         index = self.counter
-        fault = Fault(index, trio.current_time(), kind, detail)
-        if index in self.disabled:
+        ordinal = self.ordinals[kind] = self.ordinals.get(kind, 0) + 1
+        fault = Fault(index, trio.current_time(), kind, detail, ordinal)
+        if fault.name in self.disabled or (self.keep is not None and fault.name not in self.keep):
             self.suppressed.append(fault)
-            self.world.trace("fault-suppressed", index, kind, detail)
+            self.world.trace("fault-suppressed", index, fault.name, detail)
             return False
         self.injected.append(fault)
-        self.world.trace("FAULT", index, kind, detail)
+        self.world.trace("FAULT", index, fault.name, detail)
+        if kind == self.canary:
+            # the simulator's self-test: a "defect" that needs exactly this fault
+            self.world.violation("canary", f"fault #{index} ({kind}) fired")
         return True
 
     # ------------------------------------------------------------------ timed faults
     async def run(self, target) -> None:
-        rng = self.rng
+        rng = self.timed_rng
         timed = [(k, w) for k, w in self.enabled.items() if k in TIMED]
         if not timed or not self.timed_rate:
             return
@@ -154,7 +170,7 @@ class FaultPlan:
 
     def apply(self, kind: str, target) -> None:
         world = self.world
-        rng = self.rng
+        rng = self.timed_rng
         t = world.timeouts
         conns = [c for c in target.conns.values() if c.phase == "ffp" and not c.dead]
         # draw every parameter before deciding whether it fires (same stream in replays)

@@ -18,6 +18,7 @@ seed. The same seed gives the same trace, in this process or another (``scripts/
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import errno
 import heapq
 import itertools
@@ -61,6 +62,7 @@ class Result:
     wall: float
     sim_time: float
     disabled: frozenset = frozenset()
+    keep: frozenset | None = None
     ops: dict = field(default_factory=dict)
     enabled: tuple = ()
     max_seen: dict = field(default_factory=dict)
@@ -72,8 +74,8 @@ class Result:
 
 
 class World:
-    def __init__(self, seed: int, *, disabled=frozenset(), only=None, lu_swap=False,
-                 keep_going: bool = False):
+    def __init__(self, seed: int, *, disabled=frozenset(), keep=None, only=None,
+                 lu_swap=False, keep_going: bool = False, canary: str | None = None):
         self.seed = seed
         # keep_going: record every kind of violation and run on (to tell several defects
         # apart); otherwise the first violation ends the run
@@ -97,7 +99,9 @@ class World:
         self._tev: trio.Event | None = None
         self.nursery = None
         self.root = None
-        self.faults = FaultPlan(seed, disabled=frozenset(disabled), only=only, lu_swap=lu_swap)
+        self.faults = FaultPlan(seed, disabled=frozenset(disabled),
+                                keep=None if keep is None else frozenset(keep), only=only,
+                                lu_swap=lu_swap, canary=canary)
         self.faults.world = self
         self.checker = Checker(self)
 
@@ -394,7 +398,7 @@ def format_report(result: Result, *, tail: int = 120, replay: str | None = None)
     lines.append(f"seed {result.seed}: VIOLATION {inv} at t={when:.3f}: {msg}")
     lines.append(f"replay: {replay or replay_command(result)}")
     lines.append(f"faults injected ({len(result.faults)}): " + ", ".join(
-        f"#{f.index} {f.kind}@{f.time:.2f}" + (f" ({f.detail})" if f.detail else "")
+        f"{f.name}@{f.time:.2f}" + (f" ({f.detail})" if f.detail else "")
         for f in result.faults) if result.faults else "faults injected: none")
     lines.append(f"trace (last {tail} events):")
     for e in result.trace[-tail:]:
@@ -402,10 +406,21 @@ def format_report(result: Result, *, tail: int = 120, replay: str | None = None)
     return "\n".join(lines)
 
 
+def trace_digest(result: Result) -> str:
+    """A short hash of the whole trace: equal digests, equal runs."""
+    h = hashlib.sha256()
+    for e in result.trace:
+        h.update(format_entry(e).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
 def replay_command(result: Result) -> str:
     cmd = f"bash scripts/sim --seed {result.seed}"
+    if result.keep is not None:
+        cmd += " --keep " + (",".join(sorted(result.keep)) or "none")
     if result.disabled:
-        cmd += " --without " + ",".join(str(i) for i in sorted(result.disabled))
+        cmd += " --without " + ",".join(sorted(result.disabled))
     return cmd
 
 
@@ -489,9 +504,14 @@ class _TraceHandler(logging.Handler):
                 del w[0]
 
 
-def run_seed(seed: int, *, disabled=frozenset(), only=None, lu_swap: bool = False,
-             keep_going: bool = False) -> Result:
-    world = World(seed, disabled=disabled, only=only, lu_swap=lu_swap, keep_going=keep_going)
+def run_seed(seed: int, *, disabled=frozenset(), keep=None, only=None, lu_swap: bool = False,
+             keep_going: bool = False, canary: str | None = None) -> Result:
+    """Run one seed. ``disabled``: fault names (``kind#n``) to suppress; ``keep``: suppress
+    every fault but these; ``only``: fault kinds allowed; ``keep_going``: record every kind of
+    violation instead of stopping at the first; ``canary``: a fault kind whose firing is
+    itself a violation (the simulator's self-test)."""
+    world = World(seed, disabled=disabled, keep=keep, only=only, lu_swap=lu_swap,
+                  keep_going=keep_going, canary=canary)
     started = time.perf_counter()
     clock = trio.testing.MockClock(autojump_threshold=0)
     with _patched(world):
@@ -505,25 +525,41 @@ def run_seed(seed: int, *, disabled=frozenset(), only=None, lu_swap: bool = Fals
     wl = getattr(world, "workload", None)
     return Result(seed, world.failed, world.trace_list, list(world.faults.injected),
                   list(world.faults.suppressed), dict(world.checker.checks), wall,
-                  clock.current_time(), frozenset(disabled), dict(wl.op_counts) if wl else {},
+                  clock.current_time(), frozenset(disabled),
+                  None if keep is None else frozenset(keep), dict(wl.op_counts) if wl else {},
                   tuple(sorted(world.faults.enabled)), dict(world.checker.max_seen),
                   dict(world.violations))
 
 
-def shrink(result: Result, *, only=None, lu_swap=False, log=None) -> Result:
-    """Suppress the failing run's faults one at a time (last first), keeping each suppression
-    under which the same invariant still fails. Returns the smallest failing run found."""
-    best = result
+def shrink(result: Result, *, only=None, lu_swap=False, canary=None, log=None) -> Result:
+    """A failing run with fewer faults that fails the same invariant.
+
+    A replay can suppress faults by name (``kind#n``, the n-th fault of a kind; every kind
+    draws from its own random stream, so the others are unchanged until the runs diverge).
+    First try each fault alone (most defects need one), then suppress the faults one at a
+    time, last first, keeping every suppression under which the run still fails the same way."""
     inv = result.violation[0]
-    for fault in sorted(result.faults, key=lambda f: -f.index):
-        if fault.index in best.disabled:
-            continue
-        trial = run_seed(result.seed, disabled=best.disabled | {fault.index}, only=only,
-                         lu_swap=lu_swap)
-        if trial.failed and trial.violation[0] == inv:
+    names = [f.name for f in result.faults]
+
+    def still_fails(**kw):
+        trial = run_seed(result.seed, only=only, lu_swap=lu_swap, canary=canary, **kw)
+        return trial if trial.failed and trial.violation[0] == inv else None
+
+    if not names:
+        return result
+    for name in reversed(names):
+        trial = still_fails(keep=frozenset({name}))
+        if trial is not None:
+            if log:
+                log(f"  {name} alone is enough")
+            return trial
+    best = result
+    for name in reversed(names):
+        trial = still_fails(disabled=best.disabled | {name})
+        if trial is not None:
             best = trial
             if log:
-                log(f"  without fault #{fault.index} ({fault.kind}): still fails")
+                log(f"  without {name}: still fails")
         elif log:
-            log(f"  fault #{fault.index} ({fault.kind}) is needed")
+            log(f"  {name} is needed")
     return best

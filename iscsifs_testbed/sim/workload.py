@@ -18,6 +18,7 @@ reaching a caller, and any exception that is not the library's.
 from __future__ import annotations
 
 import itertools
+import re
 import traceback
 
 import trio
@@ -33,6 +34,7 @@ from .disk import BLOCK, CELL
 
 INITIATOR = "iqn.2026-11.org.iscsifs.sim:initiator"
 _BUSY_STATUSES = (0x08, 0x28)
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")     # object addresses differ from run to run
 
 
 class File:
@@ -140,7 +142,8 @@ class Workload:
         try:
             result = await fn(*args)
         except BaseException as exc:
-            world.trace("error", what, type(exc).__name__, str(exc)[:160])
+            world.trace("error", what, type(exc).__name__,
+                        _ADDRESS.sub("", str(exc))[:160])
             self.judge(what, exc)
             if any(isinstance(leaf, trio.Cancelled) for leaf in leaf_exceptions(exc)):
                 raise
