@@ -50,7 +50,11 @@ def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict:
             elif inv == "target.data_out_wait":
                 note(3, inv, msg)
             elif inv in ("data.read", "data.final"):
-                if "zeros where no discard" in msg or fault_kinds & {"short_read", "underflow"}:
+                # a read taken as data leaves zeros (4); an acknowledged write the target
+                # only partly did (underflow) or a lost update (13) leaves older data
+                partial = fault_kinds & {"short_read", "underflow"}
+                if "read zeros" in msg and ("stale" not in msg or partial) \
+                        or "stale" in msg and "underflow" in fault_kinds:
                     note(4, inv, msg)
                 elif "stale" in msg:
                     note(13, inv, msg)

@@ -63,6 +63,7 @@ class TargetParams:
     window: int = 32                # command credit: MaxCmdSN - ExpCmdSN + 1
     status_in_data: float = 0.7     # probability that a read's status rides on its Data-In
     service: tuple = (0.0, 0.002)   # command service time, seconds (uniform)
+    r2t_delay: float = 0.0          # an R2T goes out up to this long after it could
 
 
 @dataclass
@@ -509,6 +510,25 @@ class TConn:
     def _next_r2t(self, task: TTask) -> None:
         if task.r2t is not None or task.unsolicited_left or task.state != "data":
             return
+        delay = self.target.params.r2t_delay
+        if delay and task.r2t_offset < task.edtl:
+            # a target that asks for data when it has a buffer for it, a little later
+            task.r2t = ("pending",)
+            self.world.call_at(trio.current_time() + self.world.target_rng.uniform(0, delay),
+                               self._r2t_now, task)
+            return
+        self._send_r2t(task)
+
+    def _r2t_now(self, task: TTask) -> None:
+        if task.r2t != ("pending",) or task.state != "data" or self.dead:
+            return
+        if self.stalled():
+            self.world.call_at(self.portal.stalled_until, self._r2t_now, task)
+            return
+        task.r2t = None
+        self._send_r2t(task)
+
+    def _send_r2t(self, task: TTask) -> None:
         if task.r2t_offset >= task.edtl:
             if task.received >= task.edtl:
                 self._serve(task)
@@ -562,7 +582,7 @@ class TConn:
                 world.violation("protocol", "unsolicited Data-Out F bit misplaced")
         else:
             r = task.r2t
-            if r is None or r[0] != pdu.ttt:
+            if r is None or len(r) != 4 or r[0] != pdu.ttt:
                 world.violation("protocol", f"Data-Out with TTT {pdu.ttt:#x} that no "
                                 f"outstanding R2T gave (ITT {pdu.itt:#x})")
                 return

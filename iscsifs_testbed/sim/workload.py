@@ -55,7 +55,7 @@ class Workload:
         rng = self.rng = world.wrng
         self.clients = rng.choice((1, 2, 3, 4, 6, 8, 12, 20))
         self.ops = rng.choice((40, 80, 150, 250))
-        self.p_cancel = rng.choice((0.0, 0.0, 0.03, 0.1))
+        self.p_cancel = rng.choice((0.0, 0.0, 0.05, 0.2))
         self.p_unaligned = rng.choice((0.0, 0.3, 0.7))
         self.weights = {"read": rng.choice((2, 4)), "write": rng.choice((2, 4)),
                         "flush": rng.choice((0, 1)), "discard": rng.choice((0, 0, 1))}
@@ -63,6 +63,12 @@ class Workload:
         self.admin_on = rng.random() < 0.5
         self.race_logout = self.admin_on and rng.random() < 0.5
         self.unmount_midflight = rng.random() < 0.4
+        # a hot spot: every client works on the same few blocks (races between files)
+        self.hot_blocks = rng.choice((2, 4, 16)) if rng.random() < 0.5 else 0
+        # bursts: runs of operations back to back (concurrent calls overlap in time)
+        self.burst = rng.choice((1, 1, 4, 8))
+        # clients start their bursts together, on a shared grid (calls overlap)
+        self.grid = rng.choice((0, 0, 2.0, 5.0))
         self.use_raw = rng.random() < 0.85
         self.use_by_id = rng.random() < 0.7 or not self.use_raw
         self.files: list[File] = []
@@ -80,7 +86,7 @@ class Workload:
             immediate_data=rng.random() < 0.6, initial_r2t=rng.random() < 0.5,
             first_burst_length=min(fb, mb), max_burst_length=mb,
             max_recv_data_segment_length=rng.choice((4096, 8192, 262144)))
-        cmds_max = rng.choice((4, 8, 16, 128))
+        cmds_max = rng.choice((2, 4, 8, 16, 128))
         queue_depth = rng.choice((1, 4, 32))
         sids = itertools.count(1)
         world.limits["cmds_max"] = cmds_max
@@ -178,6 +184,8 @@ class Workload:
     def pick_range(self, f: File, size: int, unaligned: bool) -> tuple[int, int]:
         rng = self.rng
         unit = CELL if unaligned else BLOCK
+        if self.hot_blocks:
+            size = min(size, self.hot_blocks * BLOCK)
         units = size // unit
         off = rng.randrange(units) * unit
         n = rng.randint(1, max(1, self.max_len // unit)) * unit
@@ -196,7 +204,10 @@ class Workload:
             return
         self.op_counts[name] = self.op_counts.get(name, 0) + 1
         unaligned = rng.random() < self.p_unaligned
-        cancel_after = rng.expovariate(1 / 0.2) if rng.random() < self.p_cancel else None
+        # cancel scopes that fire while the call's commands are on the wire (target service
+        # times are 0-200 ms)
+        cancel_after = rng.expovariate(1 / rng.choice((0.0005, 0.002, 0.05))) \
+            if rng.random() < self.p_cancel else None
         with trio.move_on_after(cancel_after if cancel_after is not None else float("inf")):
             if name == "read":
                 off, n = self.pick_range(f, size, unaligned)
@@ -261,9 +272,14 @@ class Workload:
         rng = self.rng
         names = [k for k, w in self.weights.items() for _ in range(w)]
         span = max(1.0, until - trio.current_time())
-        think = span / max(1, ops)
-        for _ in range(ops):
-            await trio.sleep(rng.expovariate(1 / think))
+        think = span / max(1, ops) * self.burst
+        for n in range(ops):
+            pause = rng.expovariate(1 / think if n % self.burst == 0 else 1000)
+            if self.grid and n % self.burst == 0:
+                now = trio.current_time()
+                wake = (int((now + pause) / self.grid) + 1) * self.grid + rng.uniform(0, 0.002)
+                pause = wake - now
+            await trio.sleep(min(pause, max(0.0, until - trio.current_time())))
             if trio.current_time() >= until or self.world.stopped:
                 return
             await self.op(rng.choice(names))
