@@ -64,6 +64,7 @@ class FakeLun:
         lbpme=True, lbprz=True, provisioning_type=2, method=DISCARD_UNMAP,
         max_blocks=0x7FFFFF))
     discards: list = field(default_factory=list)     # (offset, length) of each discard
+    fallocates: list = field(default_factory=list)   # (what, offset, length) of each
 
     def __post_init__(self) -> None:
         if self.medium_protected is None:
@@ -135,6 +136,26 @@ class FakeLun:
                                     prov.granularity, prov.alignment)
         return (stop - start) * bs, length - (stop - start) * bs
 
+    async def punch_hole(self, offset: int, length: int) -> tuple[int, int]:
+        """As ``device.Lun``: a LUN that can't deallocate refuses; else a discard."""
+        if self.provisioning.method is None:
+            raise NotSupported("the LUN supports neither UNMAP nor WRITE SAME with UNMAP")
+        self.fallocates.append(("punch_hole", offset, length))
+        return await self.discard(offset, length)
+
+    async def zero_range(self, offset: int, length: int) -> tuple[int, int]:
+        """Zeros over the range (WRITE SAME on a LUN that can't unmap)."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative range")
+        if offset + length > self.size:
+            raise NoSpace("zeroing beyond the end of the LUN")
+        self.fallocates.append(("zero_range", offset, length))
+        if self.provisioning.method is not None and self.provisioning.lbprz:
+            return await self.discard(offset, length)
+        await self._io()
+        self.data[offset:offset + length] = bytes(length)
+        return 0, length
+
 
 @dataclass(frozen=True)
 class FakePathState:
@@ -201,6 +222,12 @@ class FakeMultipath:
 
     async def discard(self, offset: int, length: int) -> tuple[int, int]:
         return await self.lun.discard(offset, length)
+
+    async def punch_hole(self, offset: int, length: int) -> tuple[int, int]:
+        return await self.lun.punch_hole(offset, length)
+
+    async def zero_range(self, offset: int, length: int) -> tuple[int, int]:
+        return await self.lun.zero_range(offset, length)
 
     def path_states(self) -> list[FakePathState]:
         active = self.active_path()

@@ -71,7 +71,9 @@ options (-o, comma separated; later ones win):
                            $ISCSIFS_CONFIG_DIR, /etc/iscsifs as root, ~/.config/iscsifs)
   open_iscsi               also read /etc/iscsi/iscsid.conf and initiatorname.iscsi
   nodiscovery              never send SendTargets: list the node records of each portal
-  cache=direct|page        raw files: direct = no page cache (default), page = kernel cache
+  cache=auto|direct|page   raw files: auto = like a block device, the page cache for
+                           buffered opens and none for O_DIRECT (default); direct = never
+                           the page cache; page = always
   multipath=failover|round-robin   by-id files: one active path, the others standby
                            (default), or every healthy path in turn
   allow_other              let other users access the mount (modes still apply)
@@ -90,6 +92,8 @@ options (-o, comma separated; later ones win):
   header_digest=V data_digest=V                V: none | crc32c | crc32c+none | none+crc32c
   max_sectors_kb=N         split larger reads and writes into concurrent commands of N KiB
                            at most (4..1024, default 512; the LUN's own limit also applies)
+  read_ahead_kb=N          the kernel's read-ahead for buffered reads of raw files, in KiB
+                           (default 1024; 0 keeps the kernel's 128; needs root)
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
   _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
 flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
@@ -108,7 +112,7 @@ class MountOptions:
     config_dir_given: bool = False
     open_iscsi: bool = False
     nodiscovery: bool = False
-    cache: str = "direct"
+    cache: str = "auto"
     multipath: str = "failover"
     allow_other: bool = False
     debug: bool = False
@@ -119,6 +123,7 @@ class MountOptions:
     login: str = "automatic"                                        # one of LOGIN_MODES
     timeouts: dict[str, int] = field(default_factory=dict)          # Timeouts field -> value
     max_sectors_kb: int = 512                                       # requests split above
+    read_ahead_kb: int = 1024                                       # the mount's bdi
     header_digest: str | None = None
     data_digest: str | None = None
     fuse_options: list[str] = field(default_factory=list)           # passed through to libfuse
@@ -190,7 +195,8 @@ def apply_option(opts: MountOptions, item: str) -> None:
         opts.login = value
     elif key == "cache":
         if value not in CACHE_MODES:
-            raise _usage_error(f"bad value for cache: {value!r} (expected direct or page)")
+            raise _usage_error(f"bad value for cache: {value!r} "
+                               f"(expected {', '.join(CACHE_MODES)})")
         opts.cache = value
     elif key == "multipath":
         if value not in MULTIPATH_POLICIES:
@@ -205,6 +211,11 @@ def apply_option(opts: MountOptions, item: str) -> None:
         if not 4 <= kib <= 1024:
             raise _usage_error(f"bad value for max_sectors_kb: {value!r} (4 to 1024)")
         opts.max_sectors_kb = kib
+    elif key == "read_ahead_kb":
+        kib = _int_value(key, value, unit="KiB")
+        if not 0 <= kib <= 65536:
+            raise _usage_error(f"bad value for read_ahead_kb: {value!r} (0 to 65536)")
+        opts.read_ahead_kb = kib
     elif key in ("header_digest", "data_digest"):
         digest = DIGESTS.get(value.lower())
         if digest is None:
