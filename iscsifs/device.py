@@ -150,6 +150,9 @@ class Lun:
         self.lbprz = False              # READ CAPACITY(16): unmapped blocks read as zeros
         self._locks = _RangeLock()
         self._write_same_refused = False    # WRITE SAME(16) was refused: zero_range can't
+        # READ and WRITE commands running now, and the most at once (/sys/block/*/inflight)
+        self.inflight = [0, 0]             # reads, writes
+        self.max_inflight = [0, 0]
         self.capacity_changed = False
         self.luns_changed = False       # 3F/0E seen: the target's LUN list changed
 
@@ -261,6 +264,10 @@ class Lun:
         else:
             cdb = scsi_cdb.read(lba, blocks)
             kw = {"read_length": len(view), "read_buffer": view}
+        inflight = self.inflight
+        inflight[write] += 1
+        if inflight[write] > self.max_inflight[write]:
+            self.max_inflight[write] = inflight[write]
         try:
             await self.session.execute(self.lun, cdb, **kw)
         except ScsiError as exc:
@@ -268,6 +275,8 @@ class Lun:
                 raise
             self._unit_attention(exc)
             await self.command(cdb, **kw)
+        finally:
+            inflight[write] -= 1
 
     async def _transfer(self, lba: int, view: memoryview, write: bool) -> None:
         """READ into / WRITE from ``view`` (whole blocks at ``lba``), in commands of at most

@@ -65,6 +65,8 @@ class FakeLun:
         max_blocks=0x7FFFFF))
     discards: list = field(default_factory=list)     # (offset, length) of each discard
     fallocates: list = field(default_factory=list)   # (what, offset, length) of each
+    inflight: list = field(default_factory=lambda: [0, 0])        # as device.Lun's
+    max_inflight: list = field(default_factory=lambda: [0, 0])
 
     def __post_init__(self) -> None:
         if self.medium_protected is None:
@@ -196,6 +198,8 @@ class FakeMultipath:
     wwn = property(lambda self: self.lun.wwn)
     capacity_changed = property(lambda self: self.lun.capacity_changed)
     provisioning = property(lambda self: self.lun.provisioning)
+    inflight = property(lambda self: self.lun.inflight)
+    max_inflight = property(lambda self: self.lun.max_inflight)
 
     @property
     def luns_changed(self) -> bool:

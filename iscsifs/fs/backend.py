@@ -79,6 +79,11 @@ class BlockDevice(Protocol):
     def capacity_changed(self) -> bool:
         """A command saw UNIT ATTENTION 2A/09: ``read_capacity()`` before trusting ``size``."""
 
+    inflight: list[int]
+    """READ and WRITE commands running now: ``[reads, writes]``."""
+    max_inflight: list[int]
+    """The most READ and WRITE commands that ran at once: ``[reads, writes]``."""
+
     luns_changed: bool
     """A command saw UNIT ATTENTION 3F/0E: the target's LUN list changed (the filesystem
     rescans and clears it)."""
