@@ -29,6 +29,16 @@ pytestmark = pytest.mark.integration
 THIN = "thin_provisioning=1"
 
 
+def patched_pyfuse3() -> None:
+    """fallocate and parallel direct writes need the patched pyfuse3 (scripts/setup builds it;
+    patches/pyfuse3/README.md): without it they are off, and these tests say why."""
+    import pyfuse3
+    if not (hasattr(pyfuse3.Operations, "fallocate")
+            and getattr(pyfuse3, "HAVE_PARALLEL_DIRECT_WRITES", False)):
+        pytest.fail("pyfuse3 is not the patched build (run scripts/setup; "
+                    "ISCSIFS_PYFUSE3_PATCH=0 turns fallocate and parallel writes off)")
+
+
 def tool(*names: str) -> None:
     for name in names:
         if shutil.which(name) is None:
@@ -68,6 +78,7 @@ def loop_device(path: Path, *options: str):
 
 def test_fallocate_punches_holes_and_zeroes_ranges(fresh_mount):
     tool("fallocate")
+    patched_pyfuse3()
     m, info = fresh_mount([(16 * MiB, 512, THIN), (8 * MiB, 4096)])
     raw, backing = m.raw(info.iqn, 1), info.luns[1].path
     pattern = os.urandom(6 * MiB)
@@ -108,6 +119,7 @@ def test_fallocate_punches_holes_and_zeroes_ranges(fresh_mount):
 
 def test_loop_device_discard_reaches_the_target(fresh_mount, tmp_path):
     tool("losetup", "blkdiscard", "mkfs.ext4", "fstrim")
+    patched_pyfuse3()
     m, info = fresh_mount([(96 * MiB, 512, THIN)])
     raw, backing = m.raw(info.iqn, 1), info.luns[1].path
     with loop_device(raw) as dev:
@@ -156,6 +168,7 @@ def test_writes_from_many_threads_run_in_parallel(fresh_mount, cache, parallel):
     default cache mode the LUN sees many WRITEs at once; with cache=page the kernel holds the
     file's lock across each write, and it sees one at a time."""
     tool("fio")
+    patched_pyfuse3()
     m, info = fresh_mount([(64 * MiB, 512)], options=(f"cache={cache}",))
     raw = m.raw(info.iqn, 1)
     r = run("fio", "--name=threads", f"--filename={str(raw).replace(':', chr(92) + ':')}",
@@ -171,6 +184,7 @@ def test_writes_from_many_threads_run_in_parallel(fresh_mount, cache, parallel):
 
 
 def test_shared_mmap_is_coherent_with_other_fds(fresh_mount):
+    patched_pyfuse3()                            # for the hole punched through a third fd
     m, info = fresh_mount([(8 * MiB, 512, THIN)])
     raw, backing = m.raw(info.iqn, 1), info.luns[1].path
     page = mmap.PAGESIZE

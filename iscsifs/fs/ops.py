@@ -64,6 +64,9 @@ class _Handle:
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
+    # asynchronous direct I/O and read-ahead the kernel may have outstanding (its default is
+    # 12, fewer than one fio job at iodepth 16); a patched pyfuse3 asks for it in FUSE_INIT
+    max_background = 64
 
     def __init__(self, initiator: Backend, tree: Tree, *, initiator_name: str,
                  read_only: bool = False, cache: str = "auto",
