@@ -159,11 +159,11 @@ def _install_probes(sums: dict) -> None:
 
     orig_send = Transport.send
 
-    def send(self, buffers):
+    def send(self, buffers, *, batch=False):
         first = "send_in" not in mark
         if first:
             mark["send_in"] = now()
-        orig_send(self, buffers)
+        orig_send(self, buffers, batch=batch)
         if first:
             mark["send_out"] = now()
 
