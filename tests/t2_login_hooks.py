@@ -178,3 +178,33 @@ async def test_a_hook_can_fail_the_commands_waiting_for_one_lun(nursery, autojum
     assert failed == [1]
     assert results[1] == PAYLOAD and isinstance(results[2], NoSuchDevice)
     await session.close()
+
+
+@CONN_FAILED
+async def test_hook_commands_need_no_command_slot(nursery, autojump_clock):
+    # cmds_max=1 and the one slot held by a read waiting for the relogin: the hook's own
+    # commands still go out (they used to wait for the slot, and the read for the hook)
+    def on_command(conn, cmd):
+        if conn.number == 1 and cmd.cdb[0] == 0x28:
+            return []
+        return good_read(conn, cmd, PAYLOAD[:cmd.expected_data_transfer_length])
+
+    target = FakeTarget(on_command=on_command)
+    with trio.fail_after(5):
+        session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                        initiator_name=INITIATOR, nursery=nursery,
+                                        timeouts=Timeouts(noop_out_interval=0, command=0),
+                                        login_hooks=[inquiry_hook], cmds_max=1,
+                                        connector=target.socketpair_connector(nursery))
+    got = {}
+
+    async def reader():
+        got["data"] = await read(session)
+
+    with trio.fail_after(10):           # well within login_timeout (15 s): no stall
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await target.live[1].close()
+    assert got["data"] == PAYLOAD and session.reconnects == 1
+    await session.close()

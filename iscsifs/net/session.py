@@ -544,10 +544,13 @@ class Session:
                 raise PathFailed(f"session to {self._who()} is not logged in")
             if self._given_up or not self.recover:
                 raise SessionFailed(f"session to {self._who()} is not logged in")
-        try:
-            self._admission.acquire_nowait()
-        except trio.WouldBlock:
-            await self._admission.acquire()
+        # a login hook's commands take no cmds_max slot: the slots may all be held by
+        # commands waiting for this very login to finish
+        if not setup:
+            try:
+                self._admission.acquire_nowait()
+            except trio.WouldBlock:
+                await self._admission.acquire()
         cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast, setup)
         self._unfinished[cmd] = None
         try:
@@ -561,7 +564,8 @@ class Session:
                 cmd.task = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(_abort_wait(cmd))
         finally:
-            self._admission.release()
+            if not setup:
+                self._admission.release()
             if not cmd.done:
                 self._forget(cmd)       # the caller is leaving unanswered: never send it again
         if cmd.error is not None:
