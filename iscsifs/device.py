@@ -321,7 +321,8 @@ class Lun:
             await self._write_locked(offset, data)
             return length
         except Exception as exc:
-            if any(is_data_protect(e) for e in leaf_exceptions(exc)):
+            if any(isinstance(e, ScsiError) and is_data_protect(e)
+                   for e in leaf_exceptions(exc)):
                 # the LUN was made read-only (tgt: readonly=1): re-read the WP bit so that
                 # the raw file's mode and the info file say so (sd re-reads it the same way)
                 try:
