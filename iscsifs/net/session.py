@@ -53,7 +53,7 @@ from ..core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGE
 from ..core.discovery import Portal, parse_portal, printable
 from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
-from ..core.pdu import LoginResponse
+from ..core.pdu import AsyncMessage, LoginResponse
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
                       LoginError, PathFailed, RemoteProtocolError, SessionFailed)
 from ..scsi.sense import check_status
@@ -205,6 +205,10 @@ class Session:
         self._counters_base: dict[str, int] = {}
         # called (synchronously, with the session) after every change of session_state
         self.listeners: list[Callable[[Session], None]] = []
+        # called (synchronously, with the session and the AsyncMessage) for every
+        # asynchronous message, before the session acts on it (e.g. a SCSI async event
+        # saying the target's LUNs changed)
+        self.async_listeners: list[Callable[[Session, AsyncMessage], None]] = []
         # awaited, in order, after every login before the session takes I/O (LoginHook)
         self.login_hooks: list[LoginHook] = list(login_hooks)
         self._setting_up = False        # login hooks are running: only setup commands go out
@@ -498,6 +502,8 @@ class Session:
         code = pdu.async_event
         self.async_events.append(f"event {code} (parameters {pdu.parameter1}, {pdu.parameter2}, "
                                  f"{pdu.parameter3})")
+        for listener in list(self.async_listeners):
+            listener(self, pdu)
         if code == 0:
             log.info("%s: asynchronous SCSI event", self._who())
         elif code == 1:
