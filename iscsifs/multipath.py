@@ -34,7 +34,7 @@ import trio
 
 from .core.discovery import Portal
 from .device import Lun
-from .errors import CommandTimeout, ConnectionLost, SessionFailed
+from .errors import CommandTimeout, ConnectionLost, NoSuchDevice, SessionFailed
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Path:
 
     @property
     def healthy(self) -> bool:
-        return bool(self.session.logged_in)
+        return bool(self.session.logged_in) and not self.device.is_gone
 
     def __str__(self) -> str:
         return f"{self.portal.address} {self.target} lun {self.lun}"
@@ -181,7 +181,10 @@ class PathGroup:
 
     def update(self) -> None:
         """Note path state changes (one INFO line each) and the active path; wake commands
-        waiting for a path. Synchronous: runs inside the session's state change."""
+        waiting for a path. Synchronous: runs inside the session's state change. Nothing
+        once closed (unmount, or the logical unit is gone)."""
+        if self._closed:
+            return
         changed = False
         for path in self.paths:
             healthy = path.healthy
@@ -272,10 +275,12 @@ class PathGroup:
                 raise last
             attempts += 1
             try:
-                result = await path.session.execute(path.lun, cdb, read_length=read_length,
-                                                    read_buffer=read_buffer,
-                                                    write_data=write_data, fail_fast=True)
-            except PATH_ERRORS as exc:
+                # through the path's Lun: refused once its logical unit is gone (the LUN
+                # number names another one now), even if it waited for a slot meanwhile
+                result = await path.device.execute(path.lun, cdb, read_length=read_length,
+                                                   read_buffer=read_buffer,
+                                                   write_data=write_data, fail_fast=True)
+            except (*PATH_ERRORS, NoSuchDevice) as exc:
                 path.errors += 1
                 failed[path] = path.session.reconnects
                 last = exc
@@ -324,6 +329,7 @@ class MultipathDevice(Lun):
         self.inquiry = template.inquiry
         self.serial = template.serial
         self.wwn = template.wwn
+        self.designators = template.designators
         self.block_limits = template.block_limits
         self.copy_geometry(template)
 

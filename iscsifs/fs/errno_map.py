@@ -107,7 +107,8 @@ def classify(exc: BaseException) -> tuple[int, int]:
     if isinstance(exc, NotSupported):
         return errno.EOPNOTSUPP, logging.INFO
     if isinstance(exc, NoSuchDevice):
-        return errno.ENXIO, logging.WARNING
+        # the change was logged once, as a WARNING, when it was found
+        return errno.ENXIO, logging.INFO
     if isinstance(exc, LoginError):          # includes AuthenticationError
         return _login_errno(exc), logging.WARNING
     if isinstance(exc, (CommandTimeout, trio.TooSlowError)):

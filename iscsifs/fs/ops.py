@@ -450,6 +450,8 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if not node.kind.is_device or node.device is None:
             raise _fail(errno.ENXIO)
+        if node.device.is_gone:     # an old inode of a LUN that names another LU now
+            raise _fail(errno.ENXIO)
         if wants_write and self._lun_read_only(node):
             raise _fail(errno.EROFS)
         if flags & os.O_TRUNC:
