@@ -278,6 +278,21 @@ class Lun:
             return 0
         return fail_waiting(self.lun, self._gone_error())
 
+    def share_range_lock(self, locks) -> None:
+        """Use the range lock of this logical unit from ``locks`` (a mapping by WWN and
+        serial, e.g. a ``weakref.WeakValueDictionary`` of its owner), lending ours if it has
+        none yet: every Lun of one logical unit (the ``raw`` files of its paths, its
+        ``by-id`` device) must wait for an overlapping write through any other, or one
+        read-modify-write loses the other's update. A LU that names neither keeps its own."""
+        if self.wwn is None and self.serial is None:
+            return
+        key = (self.wwn, self.serial)
+        lock = locks.get(key)
+        if lock is None:
+            locks[key] = self._locks
+        else:
+            self._locks = lock
+
     def _gone_error(self) -> NoSuchDevice:
         return NoSuchDevice(f"{self._where()} is gone: {self.why_gone}")
 

@@ -21,6 +21,7 @@ This is the facade above the layers: it uses ``net`` (sessions, discovery), ``de
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -145,6 +146,8 @@ class Initiator:
             raise ValueError(f"multipath policy must be one of {', '.join(POLICIES)}")
         self.multipath_policy = multipath_policy
         self._multipath: dict[str, MultipathDevice] = {}     # identity -> device
+        # one range lock per logical unit (by WWN and serial), shared by all of its Luns
+        self._range_locks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._closed = False
         # told of every new LUN list (after a listing, a rescan, a LUN change)
         self.luns_listeners: list[LunsListener] = []
@@ -286,6 +289,7 @@ class Initiator:
                     log.warning("LUN %d of %s: %s", n, session.target_name, exc)
                 else:
                     device.on_luns_changed = lambda _dev, key=key: self._rescan_soon(key)
+                    device.share_range_lock(self._range_locks)
             result.append(LunEntry(n, inquiry.device_type, inquiry.device_type_name, device))
         for prev in old.values():       # numbers the target does not report any more
             if prev.device is not None and not prev.device.is_gone:

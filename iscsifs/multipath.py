@@ -331,6 +331,7 @@ class MultipathDevice(Lun):
         self.wwn = template.wwn
         self.designators = template.designators
         self.block_limits = template.block_limits
+        self._locks = template._locks       # the unit's range lock: its raw files use it too
         self.copy_geometry(template)
 
     def copy_geometry(self, source: Lun) -> None:

@@ -4,7 +4,8 @@ answers - and what tgt cannot be made to do on cue (a LUN number that names anot
 unit after a relogin, an async event, UNIT ATTENTION on a chosen command).
 
 ``LuTable`` answers INQUIRY (standard, VPD 00h/80h/83h), REPORT LUNS, READ CAPACITY(10/16),
-MODE SENSE(6), TEST UNIT READY, SYNCHRONIZE CACHE and READ/WRITE(10/16) (writes with their
+MODE SENSE(6), TEST UNIT READY, SYNCHRONIZE CACHE, WRITE SAME(16) with UNMAP (``thin``
+LUs) and READ/WRITE(10/16) (writes with their
 data in the command, i.e. at most 8 KiB here) for the LUs in ``luns`` (LUN 0 is a storage
 array controller, as tgt's). A LUN number it does not have answers INQUIRY with peripheral
 qualifier 011b and everything else with ILLEGAL REQUEST 25/00, as tgt does. Every new
@@ -31,6 +32,7 @@ class FakeLU:
     block_size: int = 512
     data: bytearray = field(default_factory=bytearray)
     writes: list = field(default_factory=list)          # (lba, bytes) of each WRITE
+    thin: bool = False          # LBPME: discards go out as WRITE SAME(16) with UNMAP
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -163,7 +165,14 @@ class LuTable:
     def _disk(self, conn: TargetConn, cmd: ScsiCommand, lu: FakeLU, op: int):
         bs = lu.block_size
         if op == 0x9E:                                  # READ CAPACITY(16)
-            return [data_in(conn, cmd, struct.pack(">QI", lu.blocks - 1, bs).ljust(32, b"\0"))]
+            lbp = 0xC000 if lu.thin else 0                  # LBPME, LBPRZ
+            return [data_in(conn, cmd, struct.pack(">QIBBH", lu.blocks - 1, bs, 0, 0, lbp)
+                            .ljust(32, b"\0"))]
+        if op == 0x93 and lu.thin:                      # WRITE SAME(16) with UNMAP
+            lba = int.from_bytes(cmd.cdb[2:10], "big")
+            count = int.from_bytes(cmd.cdb[10:14], "big")
+            lu.data[lba * bs:(lba + count) * bs] = bytes(count * bs)
+            return [respond(conn, cmd)]
         if op == 0x25:
             return [data_in(conn, cmd, struct.pack(">II", lu.blocks - 1, bs))]
         if op == 0x1A:                                  # MODE SENSE(6): not write protected

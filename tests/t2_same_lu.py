@@ -1,0 +1,68 @@
+"""One logical unit reached through several files at once (``raw`` and ``by-id``, the ``raw``
+files of two portals): what the Initiator shares between them. Real Initiator, sessions, Luns
+and multipath device over socketpairs to scripted targets serving the same blocks, on trio's
+MockClock.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from fake_lu import FakeLU, LuTable
+from fake_target import FakeTarget
+from iscsifs.core.discovery import Portal
+from iscsifs.initiator import Initiator
+from iscsifs.net.session import Timeouts
+
+INITIATOR = "iqn.2026-11.org.iscsifs.test:initiator"
+IQN = "iqn.2026-11.org.iscsifs.test:same-lu"
+PORTAL_A = Portal("127.0.0.1", 3260)
+PORTAL_B = Portal("127.0.0.2", 3260)
+NAA = "60000000000000000e00000000010001"
+
+
+def initiator(nursery, targets: dict[Portal, FakeTarget]) -> Initiator:
+    connectors = {p.host: t.socketpair_connector(nursery) for p, t in targets.items()}
+
+    async def connect(portal: Portal):
+        return await connectors[portal.host](portal)
+
+    return Initiator(initiator_name=INITIATOR, portals=list(targets), nursery=nursery,
+                     timeouts=Timeouts(noop_out_interval=0), connector=connect)
+
+
+async def one_lu_two_portals(nursery, **lu):
+    """The same LU as LUN 1 behind two portals: (LU, initiator, raw A, raw B, by-id)."""
+    shared = FakeLU("beaf11", NAA, **lu)
+    init = initiator(nursery, {PORTAL_A: FakeTarget(target_name=IQN,
+                                                    on_command=LuTable({1: shared})),
+                               PORTAL_B: FakeTarget(target_name=IQN,
+                                                    on_command=LuTable({1: shared}))})
+    (mdev,) = await init.multipath([(IQN, PORTAL_A), (IQN, PORTAL_B)])
+    raw_a = {e.lun: e.device for e in await init.luns(IQN, PORTAL_A)}[1]
+    raw_b = {e.lun: e.device for e in await init.luns(IQN, PORTAL_B)}[1]
+    for dev in (raw_a, raw_b):
+        await dev.read(0, 512)           # each path's UNIT ATTENTION 29/00 taken
+    return shared, init, raw_a, raw_b, mdev
+
+
+@pytest.mark.parametrize("pair", ["raw and by-id", "two portals' raw", "by-id and raw B",
+                                  "discard on by-id, write on raw"])
+async def test_unaligned_updates_of_one_block_through_two_files_are_never_lost(
+        nursery, autojump_clock, pair):
+    shared, init, raw_a, raw_b, mdev = await one_lu_two_portals(nursery, thin=True)
+    first, second = {"raw and by-id": (raw_a, mdev), "two portals' raw": (raw_a, raw_b),
+                     "by-id and raw B": (mdev, raw_b),
+                     "discard on by-id, write on raw": (mdev, raw_a)}[pair]
+    before = bytes(shared.data[:1024])
+    async with trio.open_nursery() as n:        # both read block 0, merge, write it back
+        if pair.startswith("discard"):
+            n.start_soon(first.discard, 100, 300)       # zeros over 100..400 of block 0
+        else:
+            n.start_soon(first.write, 100, b"A" * 300)
+        n.start_soon(second.write, 450, b"B" * 40)
+    fill = b"\0" if pair.startswith("discard") else b"A"
+    want = before[:100] + fill * 300 + before[400:450] + b"B" * 40 + before[490:1024]
+    assert bytes(shared.data[:1024]) == want
+    await init.aclose()
