@@ -482,6 +482,11 @@ class Initiator:
             mdev.on_luns_changed = lambda m: [self._rescan_soon(
                 (p.target, p.portal.host, p.portal.port)) for p in m.group.paths]
             self._multipath[identity] = mdev
+        elif any(p.device is device for p in mdev.group.paths):
+            # already one of its paths: a geometry that differs now is a capacity change
+            # seen through that path first; the device reads it again (and passes it on)
+            if (device.block_size, device.num_blocks) != (mdev.block_size, mdev.num_blocks):
+                mdev.capacity_changed = True
         elif (why := mdev.same_unit(device)) is not None:
             log.warning("multipath: LUN %d of %s at %s reports the identity %s but %s; not "
                         "used as a path", device.lun, target, portal.address, identity, why)

@@ -337,12 +337,16 @@ class MultipathDevice(Lun):
     def copy_geometry(self, source: Lun) -> None:
         """Take the block size, block count, transfer limits and write protection of a
         path's Lun (after a rescan re-read them)."""
-        self.write_protected = source.write_protected
-        self.lbp, self.lbpme, self.lbprz = source.lbp, source.lbpme, source.lbprz
-        self.block_size = source.block_size
-        self.num_blocks = source.num_blocks
-        self.max_transfer_bytes = source.max_transfer_bytes
-        self._chunk = source._chunk
+        _copy_geometry(self, source)
+
+    async def read_capacity(self) -> None:
+        """READ CAPACITY through a path, and the new geometry for every path's own Lun too:
+        they are the same logical unit (their ``raw`` files show the new size, and the
+        identity check of the next listing sees the same capacity)."""
+        await super().read_capacity()
+        for path in self.group.paths:
+            _copy_geometry(path.device, self)
+            path.device.capacity_changed = False
 
     @property
     def policy(self) -> str:
@@ -376,6 +380,15 @@ class MultipathDevice(Lun):
         if other.num_blocks != self.num_blocks:
             return f"{other.num_blocks} blocks instead of {self.num_blocks}"
         return None
+
+
+def _copy_geometry(device: Lun, source: Lun) -> None:
+    device.write_protected = source.write_protected
+    device.lbp, device.lbpme, device.lbprz = source.lbp, source.lbpme, source.lbprz
+    device.block_size = source.block_size
+    device.num_blocks = source.num_blocks
+    device.max_transfer_bytes = source.max_transfer_bytes
+    device._chunk = source._chunk
 
 
 def _seconds(limit: float) -> str:

@@ -66,3 +66,37 @@ async def test_unaligned_updates_of_one_block_through_two_files_are_never_lost(
     want = before[:100] + fill * 300 + before[400:450] + b"B" * 40 + before[490:1024]
     assert bytes(shared.data[:1024]) == want
     await init.aclose()
+
+
+def grow(lu: FakeLU, blocks: int) -> None:
+    lu.data.extend(bytes((blocks - lu.blocks) * lu.block_size))
+    lu.blocks = blocks
+
+
+async def test_a_capacity_change_seen_through_by_id_reaches_the_paths(nursery, autojump_clock):
+    shared = FakeLU("beaf11", NAA)
+    table = LuTable({1: shared})
+    init = initiator(nursery, {PORTAL_A: FakeTarget(target_name=IQN, on_command=table)})
+    (mdev,) = await init.multipath([(IQN, PORTAL_A)])
+    raw = {e.lun: e.device for e in await init.luns(IQN, PORTAL_A)}[1]
+    await raw.read(0, 512)
+    grow(shared, 128)
+    table.ua(1, 0x2A, 0x09)              # CAPACITY DATA HAS CHANGED, to the next command
+    await mdev.read(0, 512)              # by-id takes it
+    assert mdev.capacity_changed
+    await mdev.read_capacity()           # what the FUSE layer does next (refresh_capacity)
+    assert mdev.size == raw.size == 128 * 512 and not raw.capacity_changed
+    # the identity guard keeps the group's own path: by-id is still there, one path
+    assert await init.multipath([(IQN, PORTAL_A)]) == [mdev]
+    assert len(mdev.group.paths) == 1
+    # and the other way round: raw sees it first; by-id is kept and re-reads
+    grow(shared, 192)
+    table.ua(1, 0x2A, 0x09)
+    await raw.read(0, 512)
+    await raw.read_capacity()
+    assert raw.size == 192 * 512
+    assert await init.multipath([(IQN, PORTAL_A)]) == [mdev]
+    assert mdev.capacity_changed
+    await mdev.read_capacity()
+    assert mdev.size == 192 * 512
+    await init.aclose()
