@@ -32,7 +32,7 @@ from .core.discovery import DiscoveredTarget, Portal
 from .core.keys import LoginParams, NegotiatedParams
 from .core.pdu import AsyncMessage, decode_lun
 from .device import DEFAULT_MAX_COMMAND, Identity, Lun, read_data, read_identity
-from .errors import IscsiError, RemoteProtocolError
+from .errors import IscsiError, LoggedOut, RemoteProtocolError
 from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
 from .net.session import Session, Timeouts
@@ -207,17 +207,36 @@ class Initiator:
                     connector=self.connector)
                 entry.session.async_listeners.append(
                     lambda session, pdu, key=_key(target, portal): self._async_event(key, pdu))
+                if self._closed or self._entries.get(_key(target, portal)) is not entry:
+                    # logged out (rmdir, unmount) while this login ran: out again at once
+                    with trio.CancelScope(shield=True):
+                        await entry.session.close()
+                    raise self._logged_out(target, portal)
             return entry.session
+
+    def _logged_out(self, target: str, portal: Portal) -> LoggedOut:
+        return LoggedOut(f"{target} at {portal.address} was logged out meanwhile")
+
+    def _current(self, target: str, portal: Portal, session: Session) -> _Entry:
+        """The entry of ``session``; LoggedOut once it was logged out."""
+        entry = self._entries.get(_key(target, portal))
+        if entry is None or entry.session is not session:
+            raise self._logged_out(target, portal)
+        return entry
 
     async def luns(self, target: str, portal: Portal) -> list[LunEntry]:
         """The LUNs of a target (REPORT LUNS + INQUIRY each), logging in lazily."""
         session = await self.session(target, portal)
-        entry = self._entries[_key(target, portal)]
+        entry = self._current(target, portal, session)
         if entry.luns is not None:
             return entry.luns
         async with entry.lock:
             if entry.luns is None:
-                entry.luns = await self._scan(_key(target, portal), session, [])
+                try:
+                    entry.luns = await self._scan(_key(target, portal), session, [])
+                except IscsiError:      # e.g. the session closed under the scan
+                    self._current(target, portal, session)
+                    raise
                 self._tell(target, portal, entry.luns)
             return entry.luns
 
@@ -226,9 +245,13 @@ class Initiator:
         LUN that is not reported any more, or names another logical unit now (VPD 0x80 /
         0x83), is gone and gets a new ``Lun`` if its number is still there."""
         session = await self.session(target, portal)
-        entry = self._entries[_key(target, portal)]
+        entry = self._current(target, portal, session)
         async with entry.lock:
-            entry.luns = await self._scan(_key(target, portal), session, entry.luns or [])
+            try:
+                entry.luns = await self._scan(_key(target, portal), session, entry.luns or [])
+            except IscsiError:      # e.g. the session closed under the scan
+                self._current(target, portal, session)
+                raise
             luns = {e.lun: e.device for e in entry.luns if e.device is not None}
         # multipath devices follow: a LUN gone is a path gone; a new capacity is theirs too
         for mdev in self._multipath.values():

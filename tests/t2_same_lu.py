@@ -6,12 +6,18 @@ MockClock.
 
 from __future__ import annotations
 
+import errno
+import logging
+
 import pytest
 import trio
+import trio.testing
 
 from fake_lu import FakeLU, LuTable
 from fake_target import FakeTarget
 from iscsifs.core.discovery import Portal
+from iscsifs.core.pdu import LogoutRequest
+from iscsifs.fs.errno_map import classify
 from iscsifs.initiator import Initiator
 from iscsifs.net.session import Timeouts
 
@@ -99,4 +105,51 @@ async def test_a_capacity_change_seen_through_by_id_reaches_the_paths(nursery, a
     assert mdev.capacity_changed
     await mdev.read_capacity()
     assert mdev.size == 192 * 512
+    await init.aclose()
+
+
+@pytest.mark.parametrize("call", ["luns", "rescan"])
+@pytest.mark.parametrize("ending", ["logout", "unmount"])
+@pytest.mark.parametrize("during", ["login", "scan"])
+async def test_a_listing_racing_a_logout_ends_cleanly_and_leaves_no_session(
+        nursery, autojump_clock, call, ending, during):
+    # rmdir of the target (logout) or unmount (aclose) while the listing's login, or its
+    # REPORT LUNS, still runs
+    table = LuTable({1: FakeLU("beaf11", NAA)})
+    target = FakeTarget(target_name=IQN, on_command=table)
+    inner = target.socketpair_connector(nursery)
+    gate = trio.Event()
+
+    async def slow_connect(portal: Portal):
+        if during == "login":
+            await gate.wait()
+        return await inner(portal)
+
+    if during == "scan":
+        table.hold = lambda conn, cmd: cmd.cdb[0] == 0xA0 and not gate.is_set()
+    init = Initiator(initiator_name=INITIATOR, portals=[PORTAL_A], nursery=nursery,
+                     timeouts=Timeouts(noop_out_interval=0), connector=slow_connect)
+    failed: list = []
+
+    async def listing():
+        try:
+            await getattr(init, call)(IQN, PORTAL_A)
+        except Exception as exc:
+            failed.append(exc)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            n.start_soon(listing)
+            await trio.testing.wait_all_tasks_blocked()
+            if ending == "logout":
+                await init.logout(IQN, PORTAL_A)
+            else:
+                await init.aclose()
+            gate.set()
+        while target.live:                  # the session it logged in is logged out again
+            await trio.sleep(0.1)
+    assert len(failed) == 1 and not isinstance(failed[0], KeyError)
+    assert classify(failed[0]) == (errno.ENOENT, logging.INFO)     # a clean, quiet ENOENT
+    assert any(isinstance(p, LogoutRequest) for _, p in target.received)
+    assert init.logged_in_targets(PORTAL_A) == []
     await init.aclose()

@@ -21,8 +21,8 @@ import pyfuse3
 import trio
 
 from iscsifs.errors import (AuthenticationError, CommandTimeout, ConfigError, ConnectionLost,
-                            LoginError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
-                            SessionFailed, leaf_exceptions)
+                            LoggedOut, LoginError, NoSpace, NoSuchDevice, NotSupported,
+                            RemoteProtocolError, SessionFailed, leaf_exceptions)
 from iscsifs.scsi.sense import ScsiError, ScsiStatus, SenseKey
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ def classify(exc: BaseException) -> tuple[int, int]:
         return _login_errno(exc), logging.WARNING
     if isinstance(exc, (CommandTimeout, trio.TooSlowError)):
         return errno.ETIMEDOUT, logging.WARNING
+    if isinstance(exc, LoggedOut):           # a listing that raced rmdir or unmount
+        return errno.ENOENT, logging.INFO
     if isinstance(exc, ConnectionLost) and exc.errno in _NETWORK_ERRNOS:
         return exc.errno, logging.WARNING     # could not connect: refused, unreachable, ...
     if isinstance(exc, (ConnectionLost, SessionFailed, RemoteProtocolError)):
