@@ -304,6 +304,8 @@ class FakeInitiator:
 
     async def logout(self, target: str, portal: Any) -> None:
         self.logged_in.discard((target, portal))
+        for dev in self.multipath_devices.values():     # as the Initiator: its paths go
+            dev.paths = [p for p in dev.paths if (p[0], p[1]) != (target, portal)]
 
     async def luns(self, target: str, portal: Any) -> list[FakeLunEntry]:
         await trio.sleep(0)

@@ -540,3 +540,27 @@ async def test_a_removed_lun_leaves_luns_by_path_and_by_id_without_a_rescan():
     link4 = await ops.lookup(by_path.st_ino, f"ip-127.0.0.1:3260-iscsi-{DISK1}-lun-4".encode())
     assert stat.S_ISLNK(link4.st_mode)
     await ops.release(fh)
+
+
+async def test_rmdir_of_the_only_target_behind_an_open_by_id_file_is_ebusy(tmp_path):
+    from iscsifs.config.nodedb import NodeDB
+    from iscsifs.fs.records import NodeRecords
+    fake = FakeInitiator(standard_targets(), extra_names=HOSTILE_NAMES)
+    ops = Operations(fake, Tree([PORTAL, PORTAL2]), initiator_name="iqn.2016-04.com.open-iscsi:ab",
+                     records=NodeRecords(NodeDB(str(tmp_path))))
+    by_id = await walk(ops, "by-id")
+    await listing(ops, by_id)                               # both portals' targets listed
+    node = await ops.lookup(by_id.st_ino, NAME1.encode())
+    fh = (await ops.open(node.st_ino, os.O_RDWR, None)).fh
+    targets1 = await walk(ops, "portals", "127.0.0.1:3260", "targets")
+    targets2 = await walk(ops, "portals", "127.0.0.2:3260", "targets")
+    portals = await walk(ops, "portals")
+    # two paths: removing the target at one portal leaves the other one
+    await ops.rmdir(targets1.st_ino, DISK1.encode(), None)
+    assert await ops.write(fh, 0, b"still") == 5
+    # now it is the only target behind the open by-id file: busy, as for an open raw
+    await expect_errno(errno.EBUSY, ops.rmdir(targets2.st_ino, DISK1.encode(), None))
+    await expect_errno(errno.EBUSY, ops.rmdir(portals.st_ino, b"127.0.0.2:3260", None))
+    assert await ops.read(fh, 0, 5) == b"still"
+    await ops.release(fh)
+    await ops.rmdir(targets2.st_ino, DISK1.encode(), None)
