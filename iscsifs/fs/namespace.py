@@ -202,7 +202,7 @@ class Namespace:
         if not stale and not added:
             self.notify_attrs([n for n in self.tree.subtree(luns) if n.kind is Kind.RAW])
             return
-        log.info("%s at %s: LUNs now %s", target, portal.address,
+        log.debug("%s at %s: LUNs now %s", target, portal.address,
                  ", ".join(after) or "none")
         self.forget_names(luns, stale)
         by_path = self.tree.by_path_dir
