@@ -150,6 +150,9 @@ class FakePathState:
     errors: int
     failures: int
     device: Any
+    alua_state: str | None = None
+    target_port_group: int | None = None
+    preferred: bool = False
 
 
 class FakeMultipath:
@@ -208,7 +211,8 @@ class FakeMultipath:
         for i, key in enumerate(self.paths):
             up = key not in self.down
             out.append(FakePathState(
-                portal=key[1], target=key[0], lun=key[2], priority=len(self.paths) - i,
+                portal=key[1], target=key[0], lun=key[2],
+                priority=len(self.paths) - i if self.policy == "failover" else 1,
                 group_active=active is not None and (active.target, active.portal,
                                                      active.lun) == key,
                 dm_state="active" if up else "failed", checker_state="ready" if up else "faulty",

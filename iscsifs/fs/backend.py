@@ -136,6 +136,15 @@ class PathState(Protocol):
     @property
     def device(self) -> BlockDevice:
         """The path's own device (the per-portal ``raw``)."""
+    @property
+    def alua_state(self) -> str | None:
+        """``active/optimized``, ``active/non-optimized``, ``standby``, ``unavailable``,
+        ``transitioning``, ...; None when the LUN has no ALUA."""
+    @property
+    def target_port_group(self) -> int | None: ...
+    @property
+    def preferred(self) -> bool:
+        """The target port group's PREF bit."""
 
 
 class MultipathBlockDevice(BlockDevice, Protocol):

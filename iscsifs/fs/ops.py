@@ -116,6 +116,9 @@ class Operations(pyfuse3.Operations):
         elif node.kind is Kind.MPATH_STATUS:
             assert node.mpath is not None
             text = render.render_multipath(node.mpath, node.name)
+        elif node.kind is Kind.MPATH_JSON:
+            assert node.mpath is not None
+            text = render.render_multipath_json(node.mpath, node.name.removesuffix(".json"))
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
