@@ -178,6 +178,43 @@ def _alua_text(path: dict[str, Any]) -> str:
 
 
 MULTIPATH_SCHEMA = "iscsifs.multipath/1"
+PR_SCHEMA = "iscsifs.pr/1"
+
+
+def _hex_key(key: int) -> str:
+    return f"0x{int(key):x}"        # as sg_persist prints keys
+
+
+def pr_facts(action: str, result: Any) -> dict[str, Any]:
+    """A PERSISTENT RESERVE IN answer (``scsi.parse.PrKeys``, ``PrReservation``,
+    ``PrCapabilities`` or ``PrFullStatus``) for ``user.iscsi.pr.<action>`` (schema
+    ``iscsifs.pr/1``, docs/json.md). Keys are hex strings: 64 bits do not fit a JSON number
+    every reader keeps exact."""
+    facts: dict[str, Any] = {"schema": PR_SCHEMA, "service_action": action,
+                             "generation": _int_or_none(getattr(result, "generation", None))}
+    if action == "read_keys":
+        facts["keys"] = [_hex_key(k) for k in result.keys]
+    elif action == "read_reservation":
+        facts["reservation"] = None if result.key is None else {
+            "key": _hex_key(result.key), "scope": int(result.scope), "type": int(result.type)}
+    elif action == "report_capabilities":
+        facts["capabilities"] = {
+            name: bool(getattr(result, name))
+            for name in ("rlr_c", "crh", "sip_c", "atp_c", "ptpl_c", "tmv", "ptpl_a")}
+        facts["capabilities"]["allow_commands"] = int(result.allow_commands)
+        facts["capabilities"]["types"] = sorted(int(t) for t in result.types)
+    elif action == "read_full_status":
+        facts["registrations"] = [{
+            "key": _hex_key(d.key), "all_tg_pt": bool(d.all_tg_pt),
+            "holder": bool(d.holder), "scope": int(d.scope), "type": int(d.type),
+            "relative_target_port": int(d.relative_target_port),
+            "transport_id": d.transport_id.hex(),
+        } for d in result.descriptors]
+    return facts
+
+
+def render_pr_json(action: str, result: Any) -> str:
+    return _json(pr_facts(action, result))
 
 
 def multipath_facts(dev: MultipathBlockDevice, name: str) -> dict[str, Any]:
