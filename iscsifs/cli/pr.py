@@ -85,7 +85,7 @@ def _type(text: str) -> int:
     return value
 
 
-def _meaning(doing: str) -> dict[int, str]:
+def _meaning() -> dict[int, str]:
     return {
         errno.EOPNOTSUPP: "not supported by the LUN (bad field in cdb or parameter list: "
                           "perhaps an unsupported service action or type)",
@@ -97,7 +97,7 @@ def _meaning(doing: str) -> dict[int, str]:
 
 
 def _fail(exc: OSError, path: str, doing: str) -> QuietError:
-    error = file_error(exc, path, doing=doing, meaning=_meaning(doing))
+    error = file_error(exc, path, doing=doing, meaning=_meaning())
     if exc.errno == errno.EBADE:
         error.exit_code = EXIT_ACCESS
     return error
@@ -198,6 +198,8 @@ def pr(args: Any) -> int:
         raise _usage("pr: no PATH given (a raw or by-id file of an iscsifs mount)")
     if args.device and args.path and args.device != args.path:
         raise _usage(f"pr: unexpected extra argument: {args.path}")
+    rk, sark = _key(args.param_rk, "param-rk"), _key(args.param_sark, "param-sark")
+    prout_type = _type(args.prout_type)
     ins = [a for a in PR_IN if getattr(args, a)]
     outs = [a for a in PR_OUT if getattr(args, a)]
     if args.want_in and args.want_out:
@@ -229,10 +231,9 @@ def pr(args: Any) -> int:
         print("\n".join(format_pr_in(json.loads(value))))
         return 0
     action = outs[0]
-    if action in ("reserve", "release", "preempt", "preempt_abort") and args.prout_type == 0:
+    if action in ("reserve", "release", "preempt", "preempt_abort") and prout_type == 0:
         print("warning>>> --prout-type probably needs to be given", file=sys.stderr)
-    words = [action, f"key=0x{args.param_rk:x}", f"sa_key=0x{args.param_sark:x}",
-             f"type={args.prout_type}"]
+    words = [action, f"key=0x{rk:x}", f"sa_key=0x{sark:x}", f"type={prout_type}"]
     if args.param_aptpl:
         words.append("aptpl")
     if args.param_alltgpt:
@@ -245,16 +246,6 @@ def pr(args: Any) -> int:
     if args.pr_verbose:
         print(f"PR out: command ({PR_OUT[action]}) successful", file=sys.stderr)
     return 0
-
-
-class _Key(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, _key(str(values), self.dest.replace("_", "-")))
-
-
-class _Type(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, _type(str(values)))
 
 
 def add_commands(subparsers: Any) -> None:
@@ -292,11 +283,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("-P", "--preempt", action="store_true", help="PR Out: Preempt")
     p.add_argument("-A", "--preempt-abort", action="store_true",
                    help="PR Out: Preempt and Abort")
-    p.add_argument("-K", "--param-rk", metavar="RK", action=_Key, default=0,
+    p.add_argument("-K", "--param-rk", metavar="RK", default="0",
                    help="PR Out parameter reservation key (hex)")
-    p.add_argument("-S", "--param-sark", metavar="SARK", action=_Key, default=0,
+    p.add_argument("-S", "--param-sark", metavar="SARK", default="0",
                    help="PR Out parameter service action reservation key (hex)")
-    p.add_argument("-T", "--prout-type", metavar="TYPE", action=_Type, default=0,
+    p.add_argument("-T", "--prout-type", metavar="TYPE", default="0",
                    help="PR Out type field (see below)")
     p.add_argument("-Z", "--param-aptpl", action="store_true",
                    help="PR Out parameter 'APTPL'")
