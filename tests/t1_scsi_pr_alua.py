@@ -74,7 +74,7 @@ class TestPersistentReserveIn:
         assert none == PrReservation(3) and none.key is None
 
     def test_report_capabilities_tgt(self):
-        # what tgt 1.0.85 answers: CRH 0, PTPL_C 1, TMV, every type
+        # CRH 0, PTPL_C and PTPL_A 1, TMV, every type
         caps = parse_pr_report_capabilities(H("0008 01 81 ea01 0000"))
         assert caps == PrCapabilities(rlr_c=False, crh=False, sip_c=False, atp_c=False,
                                       ptpl_c=True, tmv=True, allow_commands=0, ptpl_a=True,
