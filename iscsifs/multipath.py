@@ -512,9 +512,10 @@ class PathGroup:
                 priority = n - i if self.policy == "failover" else 1
             if self.policy == "failover":
                 group_active = path is active
+            elif not alua:
+                group_active = active is not None     # one group of every path
             else:
-                group_active = active is not None and path.usable and \
-                    self._preference(path)[:3] == self._preference(active)[:3]
+                group_active = active is not None and path.prio == active.prio
             out.append(PathState(
                 portal=path.portal, target=path.target, lun=path.lun,
                 priority=priority, group_active=group_active,
