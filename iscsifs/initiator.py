@@ -40,6 +40,9 @@ from .net.transport import Connector, open_tcp
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.sense import ScsiError, is_capacity_changed, is_luns_changed, parse_sense
+# (apart from the block above: the defect commits of issue 15 must revert cleanly over it)
+from .device import register_key
+from .multipath import ALUA_TRANSITION_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,9 @@ class Initiator:
                  on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None,
                  multipath_policy: str = "failover",
                  sid_source: Callable[[], int] | None = None,
-                 connector: Connector = open_tcp):
+                 connector: Connector = open_tcp,
+                 reservation_key: int | None = None, reservation_aptpl: bool = False,
+                 alua_transition_timeout: float = ALUA_TRANSITION_TIMEOUT):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -142,6 +147,11 @@ class Initiator:
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
         self._entries: dict[tuple[str, str, int], _Entry] = {}
+        self.alua_transition_timeout = alua_transition_timeout
+        # multipath.conf's reservation_key: registered on every disk LUN of every session
+        # (every path, every I_T nexus) before I/O goes down it; never logged above DEBUG
+        self.reservation_key = reservation_key
+        self.reservation_aptpl = reservation_aptpl
         if multipath_policy not in POLICIES:
             raise ValueError(f"multipath policy must be one of {', '.join(POLICIES)}")
         self.multipath_policy = multipath_policy
@@ -203,7 +213,9 @@ class Initiator:
                     cmds_max=opts.cmds_max or 128,
                     initiator_alias=self.initiator_alias,
                     sid=self.sid_source() if self.sid_source is not None else None,
-                    login_hooks=[self._identity_hook(_key(target, portal))],
+                    # identity first: nothing else goes to a LUN that may be another LU now
+                    login_hooks=[self._identity_hook(_key(target, portal)),
+                                 *self._login_hooks(entry)],
                     connector=self.connector)
                 entry.session.async_listeners.append(
                     lambda session, pdu, key=_key(target, portal): self._async_event(key, pdu))
@@ -317,7 +329,43 @@ class Initiator:
         for prev in old.values():       # numbers the target does not report any more
             if prev.device is not None and not prev.device.is_gone:
                 self._unit_gone(key, prev.device, None, "on a rescan")
+        if self.reservation_key is not None:    # new LUNs, before any I/O of their own
+            for e in result:
+                if e.device is not None and all(e is not k for k in known):
+                    await self._register_key(session, e.lun)
         return result
+
+    # ------------------------------------------------------------------ reservations
+    def _login_hooks(self, entry: _Entry) -> list:
+        """What every login of ``entry``'s session runs before it takes I/O, after the
+        identity check."""
+        hooks = []
+        if self.reservation_key is not None:
+            async def register_keys(session: Session) -> None:
+                # a relogin is a new I_T nexus: the LUNs known so far get the key again
+                # (the first login knows none yet: _scan registers each LUN it finds; one
+                # that is another LU now gets it when the rescan finds the new one)
+                for e in entry.luns or ():
+                    if e.device is not None and not e.device.is_gone:
+                        await self._register_key(session, e.lun, setup=True)
+            hooks.append(register_keys)
+        return hooks
+
+    async def _register_key(self, session: Session, lun: int, **kw) -> None:
+        """REGISTER AND IGNORE EXISTING KEY of the mount's reservation_key on ``lun``. A
+        target that refuses it is a warning (the LUN stays usable, unregistered); a broken
+        connection fails the login it runs in."""
+        assert self.reservation_key is not None
+        try:
+            await register_key(session, lun, self.reservation_key,
+                               aptpl=self.reservation_aptpl, **kw)
+        except ScsiError as exc:
+            log.warning("LUN %d of %s: registering the reservation key failed: %s", lun,
+                        session.target_name, exc)
+            return
+        log.info("LUN %d of %s: reservation key registered", lun, session.target_name)
+        log.debug("LUN %d of %s: reservation key 0x%x", lun, session.target_name,
+                  self.reservation_key)
 
     # ------------------------------------------------------------------ identity
     def _identity_hook(self, key: tuple[str, str, int]):
@@ -500,7 +548,8 @@ class Initiator:
         mdev = self._multipath.get(identity)
         if mdev is None:
             mdev = MultipathDevice(device, policy=self.multipath_policy,
-                                   no_path_retry=device.session.timeouts.replacement_timeout)
+                                   no_path_retry=device.session.timeouts.replacement_timeout,
+                                   alua_transition_timeout=self.alua_transition_timeout)
             # 3F/0E or 25/00 through a path: rescan the targets of every path
             mdev.on_luns_changed = lambda m: [self._rescan_soon(
                 (p.target, p.portal.host, p.portal.port)) for p in m.group.paths]
