@@ -119,6 +119,11 @@ class SessionFailed(IscsiError):
     """The session could not be re-established within the replacement timeout."""
 
 
+class LoggedOut(SessionFailed):
+    """The target was logged out (rmdir of its directory, unmount) while this waited for its
+    session or its LUN list: what was asked for is not there any more."""
+
+
 class NoSpace(IscsiError):
     """A write starts at or beyond the end of the LUN (or a discard runs past it)."""
 
@@ -126,6 +131,11 @@ class NoSpace(IscsiError):
 class NotSupported(IscsiError):
     """The LUN cannot do what was asked (a discard on a LUN with neither UNMAP nor WRITE SAME
     with UNMAP)."""
+
+
+class NoSuchDevice(IscsiError):
+    """The logical unit an open file was bound to is gone: its LUN number left the target's
+    list, or now names another logical unit (other VPD 0x83 / 0x80 identity)."""
 
 
 class QuietError(IscsiError):

@@ -41,7 +41,7 @@ import math
 import secrets
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable, Sequence
 
 import trio
 
@@ -53,7 +53,7 @@ from ..core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGE
 from ..core.discovery import Portal, parse_portal, printable
 from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
-from ..core.pdu import LoginResponse
+from ..core.pdu import AsyncMessage, LoginResponse
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
                       LoginError, PathFailed, RemoteProtocolError, SessionFailed)
 from ..scsi.sense import check_status
@@ -79,6 +79,11 @@ _TMF_NO_TASK = 1
 
 ScsiResult = TaskComplete      # what execute() returns: status GOOD, residuals, data length
 
+# Run after every login (the first and each relogin), before the session takes I/O: the hook
+# sends its own commands with ``execute(..., setup=True)`` (e.g. re-reading a LUN's identity,
+# registering a reservation key). A hook that raises makes that login a failed one.
+LoginHook = Callable[["Session"], Awaitable[None]]
+
 
 @dataclass(frozen=True)
 class Timeouts:
@@ -101,12 +106,13 @@ class _Command:
 
     __slots__ = ("lun", "cdb", "read_length", "read_buffer", "write_data", "task", "done",
                  "result", "error", "link", "itt", "attempts", "deadline", "timed_out",
-                 "fail_fast")
+                 "fail_fast", "setup")
 
     def __init__(self, lun: int, cdb: bytes, read_length: int, read_buffer, write_data,
-                 fail_fast: bool = False):
+                 fail_fast: bool = False, setup: bool = False):
         self.lun = lun
-        self.fail_fast = fail_fast  # answered PathFailed instead of waiting for a relogin
+        self.fail_fast = fail_fast or setup  # answered PathFailed instead of waiting for a relogin
+        self.setup = setup          # a login hook's: goes out before the session takes I/O
         self.cdb = cdb
         self.read_length = read_length
         self.read_buffer = read_buffer
@@ -120,6 +126,17 @@ class _Command:
         self.attempts = 0
         self.deadline = math.inf    # command timeout on its current connection
         self.timed_out = False      # the watchdog handed it to error recovery
+
+
+class _SlotWaiter:
+    """A caller waiting for a ``cmds_max`` slot (its command does not exist yet)."""
+
+    __slots__ = ("lun", "scope", "error")
+
+    def __init__(self, lun: int):
+        self.lun = lun
+        self.scope = trio.CancelScope()
+        self.error: BaseException | None = None   # set by fail_waiting: answer this
 
 
 class _Request:
@@ -163,7 +180,7 @@ class Session:
                  chap: ChapCredentials | None = None, timeouts: Timeouts | None = None,
                  initiator_alias: str | None = None, queue_depth: int = 32,
                  cmds_max: int = 128, recover: bool = True, connector: Connector = open_tcp,
-                 sid: int | None = None):
+                 sid: int | None = None, login_hooks: Sequence[LoginHook] = ()):
         self.portal = portal                # the persistent portal (the node's)
         self.current_portal = portal        # where the connection is (after redirections)
         self._login_portal = portal         # where the next login starts
@@ -193,6 +210,7 @@ class Session:
         # every command whose caller still waits, in arrival order (bounded by cmds_max)
         self._unfinished: dict[_Command, None] = {}
         self._admission = trio.Semaphore(cmds_max)
+        self._slot_waiters: set[_SlotWaiter] = set()    # callers waiting for a slot
         self._state_changed = trio.Event()
         self._recovering = False
         self._given_up = False          # replacement timeout expired: fail I/O at once
@@ -200,6 +218,13 @@ class Session:
         self._counters_base: dict[str, int] = {}
         # called (synchronously, with the session) after every change of session_state
         self.listeners: list[Callable[[Session], None]] = []
+        # called (synchronously, with the session and the AsyncMessage) for every
+        # asynchronous message, before the session acts on it (e.g. a SCSI async event
+        # saying the target's LUNs changed)
+        self.async_listeners: list[Callable[[Session, AsyncMessage], None]] = []
+        # awaited, in order, after every login before the session takes I/O (LoginHook)
+        self.login_hooks: list[LoginHook] = list(login_hooks)
+        self._setting_up = False        # login hooks are running: only setup commands go out
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -207,7 +232,15 @@ class Session:
         """Log in and start the connection's tasks. Raises LoginError, ConnectionLost, ..."""
         session = cls(portal, target_name, **kwargs)
         link = await session._login()
-        session._install(link)
+        session._start(link)
+        try:
+            await session._run_login_hooks(link)
+        except BaseException:
+            session._closed = True
+            session._drop_link(link)
+            session.connection_state = session.session_state = "FREE"
+            raise
+        session._open()
         # one INFO line per login and logout of a normal session (the mount's log shows
         # them by default); discovery sessions come and go with every listing: DEBUG
         log.log(session._level, "logged in to %s (sid %d, tsih %d)", session._who(),
@@ -308,13 +341,40 @@ class Session:
                 return step
             request = step
 
-    def _install(self, link: _Link) -> None:
+    def _start(self, link: _Link) -> None:
+        """Serve a logged-in connection; it takes only setup commands until ``_open``."""
         self._link = link
         self.connection_state = "LOGGED IN"
+        self._setting_up = True
+        self._nursery.start_soon(self._serve, link)
+
+    async def _run_login_hooks(self, link: _Link) -> None:
+        """Run the login hooks on ``link``, within ``login_timeout`` in all. Any failure (the
+        hook's, the connection's, the time) is a ConnectionLost or the hook's IscsiError."""
+        if not self.login_hooks:
+            return
+        try:
+            with trio.fail_after(self.timeouts.login):
+                for hook in self.login_hooks:
+                    await hook(self)
+        except trio.TooSlowError:
+            raise ConnectionLost(f"login to {self._who()}: setup after login did not finish "
+                                 f"within {self.timeouts.login:g} s",
+                                 errno=errno.ETIMEDOUT) from None
+        if link.failed:
+            raise ConnectionLost(f"connection to {self._who()} failed during setup after "
+                                 f"login: {link.error}")
+
+    def _open(self) -> None:
+        """The session takes I/O: logged in, and the commands waiting for it go out."""
+        self._setting_up = False
         self.session_state = "LOGGED_IN"
         self._given_up = False
-        self._nursery.start_soon(self._serve, link)
         self._notify()
+
+    def _install(self, link: _Link) -> None:
+        self._start(link)
+        self._open()
 
     def _notify(self) -> None:
         self._state_changed.set()
@@ -334,7 +394,7 @@ class Session:
             return
         self._closed = True
         link = self._link
-        if link is not None and not link.failed and self.logged_in:
+        if link is not None and not link.failed:
             self.connection_state = "IN LOGOUT"
             with trio.move_on_after(self.timeouts.logout):
                 try:
@@ -455,6 +515,8 @@ class Session:
         code = pdu.async_event
         self.async_events.append(f"event {code} (parameters {pdu.parameter1}, {pdu.parameter2}, "
                                  f"{pdu.parameter3})")
+        for listener in list(self.async_listeners):
+            listener(self, pdu)
         if code == 0:
             log.info("%s: asynchronous SCSI event", self._who())
         elif code == 1:
@@ -479,38 +541,50 @@ class Session:
 
     # ------------------------------------------------------------------ commands
     async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0, read_buffer=None,
-                      write_data=None, fail_fast: bool = False) -> ScsiResult:
+                      write_data=None, fail_fast: bool = False,
+                      setup: bool = False) -> ScsiResult:
         """Run one SCSI command; returns on GOOD status, raises ScsiError otherwise.
 
         Raises SessionFailed when the session is closed or could not be recovered in time,
         CommandTimeout when the command timed out (or the caller was cancelled). With
         ``fail_fast``, PathFailed when the connection is down or fails before the answer. In
         every case where this raises, the command will not be sent again.
+
+        ``setup`` is for login hooks (``LoginHook``): the command goes out on the connection
+        being set up, before the session takes other I/O, and fails fast like ``fail_fast``.
         """
         if self._closed:
             raise SessionFailed(f"session to {self._who()} is closed")
-        if self._link is None and fail_fast:
-            raise PathFailed(f"session to {self._who()} is not logged in")
-        if self._link is None and (self._given_up or not self.recover):
-            raise SessionFailed(f"session to {self._who()} is not logged in")
-        try:
-            self._admission.acquire_nowait()
-        except trio.WouldBlock:
-            await self._admission.acquire()
-        cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast)
+        if setup:
+            if self._link is None or not self._setting_up:
+                raise PathFailed(f"session to {self._who()} is not setting up a login")
+        elif self._link is None or self._setting_up:
+            if fail_fast:
+                raise PathFailed(f"session to {self._who()} is not logged in")
+            if self._given_up or not self.recover:
+                raise SessionFailed(f"session to {self._who()} is not logged in")
+        # a login hook's commands take no cmds_max slot: the slots may all be held by
+        # commands waiting for this very login to finish
+        if not setup:
+            try:
+                self._admission.acquire_nowait()
+            except trio.WouldBlock:
+                await self._wait_for_slot(lun)
+        cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast, setup)
         self._unfinished[cmd] = None
         try:
             link = self._link
-            if link is not None:
+            if link is not None and self._setting_up == setup:
                 self._issue(link, cmd)
-            elif fail_fast:         # the connection failed while we waited for admission
+            elif cmd.fail_fast:     # the connection changed while we waited for admission
                 self._complete(cmd, None, PathFailed(f"session to {self._who()} is not "
                                                      f"logged in"))
             if not cmd.done:
                 cmd.task = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(_abort_wait(cmd))
         finally:
-            self._admission.release()
+            if not setup:
+                self._admission.release()
             if not cmd.done:
                 self._forget(cmd)       # the caller is leaving unanswered: never send it again
         if cmd.error is not None:
@@ -585,6 +659,35 @@ class Session:
                     link.push()
                 except ConnectionLost as exc:
                     self._link_failed(link, exc)
+
+    async def _wait_for_slot(self, lun: int) -> None:
+        """Wait for a ``cmds_max`` slot; ``fail_waiting(lun, error)`` ends the wait with
+        ``error`` (and the slot, if it came meanwhile, goes back)."""
+        waiter = _SlotWaiter(lun)
+        self._slot_waiters.add(waiter)
+        try:
+            with waiter.scope:
+                await self._admission.acquire()
+        finally:
+            self._slot_waiters.discard(waiter)
+        if waiter.error is not None:
+            if not waiter.scope.cancelled_caught:
+                self._admission.release()
+            raise waiter.error
+
+    def fail_waiting(self, lun: int, error: BaseException) -> int:
+        """Answer ``error`` to every caller whose command for ``lun`` waits for the session
+        to take I/O again, or for a ``cmds_max`` slot (a login hook's way of keeping them off
+        a logical unit that is no longer the one they were meant for): none of those commands
+        is ever sent. Returns how many callers there were."""
+        waiting = [cmd for cmd in self._unfinished if cmd.lun == lun and cmd.link is None]
+        for cmd in waiting:
+            self._complete(cmd, None, error)
+        admitting = [w for w in self._slot_waiters if w.lun == lun and w.error is None]
+        for waiter in admitting:
+            waiter.error = error
+            waiter.scope.cancel()
+        return len(waiting) + len(admitting)
 
     def _fail_waiting(self, error: BaseException) -> None:
         for cmd in list(self._unfinished):
@@ -766,9 +869,24 @@ class Session:
                 if self._closed:
                     await link.transport.aclose()
                     return
+                self._start(link)
+                try:
+                    with trio.move_on_at(bound) as hooks_scope:
+                        await self._run_login_hooks(link)
+                    if hooks_scope.cancelled_caught:
+                        raise ConnectionLost("setup after login cut short by the replacement "
+                                             "timeout")
+                except (IscsiError, OSError) as exc:
+                    last_error = _log_once(logging.WARNING, last_error,
+                                           "relogin to %s failed: %s", self._who(),
+                                           exc.detail if isinstance(exc, IscsiError) else exc)
+                    self._link_failed(link, exc)
+                    continue
+                if self._closed:
+                    return
                 self.reconnects += 1
                 self._count("reconnects")
-                self._install(link)
+                self._open()
                 log.info("relogged in to %s (sid %d, tsih %d) %.1f s after the connection "
                          "failed", self._who(), self.sid, self.tsih,
                          trio.current_time() - failed_at)
