@@ -104,6 +104,23 @@ def test_fallocate_punches_holes_and_zeroes_ranges(fresh_mount):
     run("fallocate", "--zero-range", "--offset", "0", "--length", str(MiB + 512), str(raw))
     assert backing.read_bytes()[:MiB + 512] == bytes(MiB + 512)
 
+    # the by-id file of the same LU takes it too
+    by_id = m.path / "by-id"
+    names = [n for n in os.listdir(by_id)
+             if os.path.realpath(by_id / n) != str(by_id) and not n.startswith(".")]
+    lun1 = [n for n in names if os.stat(by_id / n).st_size == 16 * MiB]
+    assert len(lun1) == 1, names
+    with open(by_id / lun1[0], "r+b") as f:
+        f.seek(8 * MiB)
+        f.write(os.urandom(4 * MiB))
+        f.flush()
+        os.fsync(f.fileno())
+    before = allocated(backing)
+    run("fallocate", "--punch-hole", "--offset", str(8 * MiB), "--length", str(4 * MiB),
+        str(by_id / lun1[0]))
+    assert before - allocated(backing) >= 4 * MiB - 64 * 1024
+    assert backing.read_bytes()[8 * MiB:12 * MiB] == bytes(4 * MiB)
+
     # a LUN without thin provisioning: ZERO_RANGE is WRITE SAME of zeros, PUNCH_HOLE refused
     raw2, backing2 = m.raw(info.iqn, 2), info.luns[2].path
     run("fallocate", "--zero-range", "--offset", "4000", "--length", str(MiB), str(raw2))
