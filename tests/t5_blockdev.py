@@ -105,19 +105,16 @@ def test_fallocate_punches_holes_and_zeroes_ranges(fresh_mount):
     assert backing.read_bytes()[:MiB + 512] == bytes(MiB + 512)
 
     # the by-id file of the same LU takes it too
-    by_id = m.path / "by-id"
-    names = [n for n in os.listdir(by_id)
-             if os.path.realpath(by_id / n) != str(by_id) and not n.startswith(".")]
-    lun1 = [n for n in names if os.stat(by_id / n).st_size == 16 * MiB]
-    assert len(lun1) == 1, names
-    with open(by_id / lun1[0], "r+b") as f:
+    wwn = json.loads((m.target(info.iqn) / "luns" / "1" / "info.json").read_text())["wwn"]
+    by_id = m.path / "by-id" / f"wwn-0x{wwn.removeprefix('naa.')}"
+    with open(by_id, "r+b") as f:
         f.seek(8 * MiB)
         f.write(os.urandom(4 * MiB))
         f.flush()
         os.fsync(f.fileno())
     before = allocated(backing)
     run("fallocate", "--punch-hole", "--offset", str(8 * MiB), "--length", str(4 * MiB),
-        str(by_id / lun1[0]))
+        str(by_id))
     assert before - allocated(backing) >= 4 * MiB - 64 * 1024
     assert backing.read_bytes()[8 * MiB:12 * MiB] == bytes(4 * MiB)
 
