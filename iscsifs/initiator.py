@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import trio
 
 from .core.chap import ChapCredentials
-from .core.discovery import DiscoveredTarget, Portal
+from .core.discovery import DiscoveredTarget
+from .core.names import Portal
 from .core.keys import LoginParams, NegotiatedParams
 from .device import DEFAULT_MAX_COMMAND, Lun, read_data
 from .errors import IscsiError

@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from .core.discovery import Portal
+from .core.names import Portal
 from .device import Lun
 from .errors import CommandTimeout, ConnectionLost, SessionFailed
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
 from iscsifs.config.settings import NodeSettings
-from iscsifs.core.discovery import valid_iscsi_name
+from iscsifs.core.names import valid_iscsi_name
 from iscsifs.core.keys import LoginParams
 from iscsifs.errors import ConfigError
 from iscsifs.initiator import NodeOptions

@@ -1,4 +1,5 @@
-"""Tests for iscsifs.core.discovery: portals, SendTargets parsing, iSCSI name validation."""
+"""Tests for iscsifs.core.names (portals, iSCSI name validation) and iscsifs.core.discovery
+(SendTargets parsing)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iscsifs.core.discovery import (
-    DiscoveredTarget,
-    Portal,
-    parse_portal,
-    parse_sendtargets,
-    sendtargets_request,
-    split_sendtargets,
-    valid_iscsi_name,
-)
+from iscsifs.core.discovery import (DiscoveredTarget, parse_sendtargets, sendtargets_request,
+                                    split_sendtargets)
+from iscsifs.core.names import Portal, parse_portal, valid_iscsi_name
 from iscsifs.core.keys import decode_text
 from iscsifs.errors import RemoteProtocolError
 

@@ -17,7 +17,7 @@ import trio.testing
 
 from fake_target import FakeTarget, good_read, good_status
 from helpers import CONN_FAILED
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import ScsiResponse
 from iscsifs.device import Lun
 from iscsifs.errors import SessionFailed

@@ -15,7 +15,7 @@ from helpers import (ABORT_REFUSED, CONN_FAILED, ENDED_BY_LU_RESET, NO_CMDSN, RE
                      RECOVERY_FAILED, REPLACEMENT_EXPIRED, TMF_UNANSWERED)
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import AsyncMessage, NopIn, NopOut, TaskManagementRequest
 from iscsifs.errors import CommandTimeout, LocalProtocolError, PathFailed, SessionFailed
 from iscsifs.net.session import ASYNC_EVENTS_KEPT, Session, Timeouts

@@ -23,7 +23,7 @@ from iscsifs.cli import common
 from iscsifs.cli import session as session_cli
 from iscsifs.cli.common import MountLogHandler, iscsifs_mounts, setup_logging
 from iscsifs.config import locations
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import ConnectionLost
 from iscsifs.fs import render
 from iscsifs.mount import main as mount_main

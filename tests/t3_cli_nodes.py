@@ -10,7 +10,7 @@ import pytest
 
 from helpers import ok, one_error_line, run_iscsifs, show_node
 from iscsifs.config.nodedb import NodeDB
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import ConfigError
 from iscsifs.net.session import Timeouts
 from iscsifs.nodeopts import node_options_from_db

@@ -17,7 +17,7 @@ from iscsifs.config.keys import validate_iscsi_name
 from iscsifs.config.nodedb import NodeDB, PortalKey
 from iscsifs.config.settings import DiscoverySettings, NodeSettings
 from iscsifs.core.chap import ChapCredentials
-from iscsifs.core.discovery import valid_iscsi_name
+from iscsifs.core.names import valid_iscsi_name
 from iscsifs.errors import ConfigError
 
 T1 = "iqn.2003-01.org.example:t1"
@@ -25,7 +25,7 @@ T2 = "iqn.2003-01.org.example:t2"
 SECRET = "node-secret-0001"
 SECRET_IN = "target-secret-002"
 P1 = PortalKey("10.0.0.5", 3260, 1)
-OtherPortal = namedtuple("OtherPortal", "host port tpgt")   # like core.discovery.Portal
+OtherPortal = namedtuple("OtherPortal", "host port tpgt")   # like core.names.Portal
 
 
 def mode(path):

@@ -11,7 +11,7 @@ import pyfuse3
 import pytest
 import trio
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.device import Provisioning
 from iscsifs.errors import ConnectionLost
 from iscsifs.fs.ops import Operations
@@ -331,7 +331,7 @@ async def test_statfs():
 
 # -- by-path names and capacity changes ---------------------------------------------------
 def test_by_path_names_ipv6_and_parse():
-    from iscsifs.core.discovery import Portal
+    from iscsifs.core.names import Portal
     from iscsifs.fs.namespace import BY_PATH_RE
     from iscsifs.fs.render import by_path_name
     name = by_path_name("iqn.2026-11.org.example:disk-lun-1", Portal("::1", 3260), 3)
@@ -350,7 +350,7 @@ def test_unit_attention_capacity_change_rereads_size():
     from fs_fake import DISK1, FakeInitiator, standard_targets
     from iscsifs.fs.ops import Operations
     from iscsifs.fs.tree import Tree
-    from iscsifs.core.discovery import Portal
+    from iscsifs.core.names import Portal
 
     async def main():
         targets = standard_targets()

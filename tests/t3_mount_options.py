@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from iscsifs.config import locations
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.mount.config import load_config, resolve_initiator_name
 from iscsifs.mount.lifetime import fuse_options
 from iscsifs.mount.options import MountOptions, parse_args

@@ -30,7 +30,7 @@ import trio
 
 from iscsifs.config.initiatorname import ensure_initiator_name
 from iscsifs.config.locations import default_config_dir
-from iscsifs.core.discovery import Portal, iscsi_name_problem, parse_portal, printable
+from iscsifs.core.names import Portal, iscsi_name_problem, parse_portal, printable
 from iscsifs.errors import (EXIT_ACCESS, EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED,
                             EXIT_NOT_SUPPORTED, EXIT_TRANSPORT_FAILURE, AuthenticationError,
                             ConfigError, ConnectionLost, IscsiError, LoginError, QuietError,

@@ -30,7 +30,7 @@ from iscsifs.config.conffile import render_record
 from iscsifs.config.keys import is_secret_key, validate_host, validate_iscsi_name, validate_key
 from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
 from iscsifs.config.settings import NodeSettings, with_effective_authmethod
-from iscsifs.core.discovery import Portal, host_port
+from iscsifs.core.names import Portal, host_port
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, ConfigError, IscsiError, QuietError
 from iscsifs.net.session import Session
 from iscsifs.net.util import unwrap_group

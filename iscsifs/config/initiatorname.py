@@ -13,7 +13,7 @@ from pathlib import Path
 
 from iscsifs.config.conffile import atomic_write
 from iscsifs.config.keys import validate_iscsi_name
-from iscsifs.core.discovery import iscsi_name_problem, printable
+from iscsifs.core.names import iscsi_name_problem, printable
 from iscsifs.errors import ConfigError
 
 DEFAULT_INAME_PREFIX = "iqn.2016-04.com.open-iscsi"   # iscsi-iname's default prefix

@@ -4,7 +4,7 @@ the checks of names and addresses used as values or as path components.
 Owns: ``KNOWN_KEYS`` (key -> value check, in open-iscsi's record order), ``validate_key``,
 secret keys (``is_secret_key``, shown as ``HIDDEN``), ``validate_iscsi_name`` and
 ``validate_host`` (ConfigError naming the bad value; the name rules themselves are
-``iscsifs.core.discovery.iscsi_name_problem``). Pure: no files, no I/O.
+``iscsifs.core.names.iscsi_name_problem``). Pure: no files, no I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 
 from iscsifs.core.chap import normalize_algorithms
-from iscsifs.core.discovery import iscsi_name_problem, printable
+from iscsifs.core.names import iscsi_name_problem, printable
 from iscsifs.errors import ConfigError
 
 EMPTY = "<empty>"              # how open-iscsi writes an empty value

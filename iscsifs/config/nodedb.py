@@ -26,8 +26,8 @@ from iscsifs.config.keys import KNOWN_KEYS, is_secret_key, validate_host, valida
 from iscsifs.config.locations import OPEN_ISCSI_DIR
 from iscsifs.config.settings import DiscoverySettings, NodeSettings
 from iscsifs.core.chap import ChapCredentials
-from iscsifs.core.discovery import (DEFAULT_PORT, host_port, iscsi_name_problem, printable,
-                                    valid_iscsi_name)
+from iscsifs.core.names import (DEFAULT_PORT, host_port, iscsi_name_problem, printable,
+                                valid_iscsi_name)
 from iscsifs.errors import ConfigError
 
 
@@ -53,7 +53,7 @@ def _validate_tpgt(tpgt: object) -> int:
 
 class PortalKey(NamedTuple):
     """Where a node record lives: (host, port, tpgt). Any object with .host/.port/.tpgt (like
-    core.discovery.Portal) is accepted wherever a PortalKey is."""
+    core.names.Portal) is accepted wherever a PortalKey is."""
 
     host: str
     port: int = DEFAULT_PORT

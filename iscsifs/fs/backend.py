@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 
 
 class Inquiry(Protocol):

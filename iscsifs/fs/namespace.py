@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
-from iscsifs.core.discovery import Portal, parse_portal, printable, valid_iscsi_name
+from iscsifs.core.names import Portal, parse_portal, printable, valid_iscsi_name
 from iscsifs.fs.backend import Backend, LunListing
 from iscsifs.fs.records import NodeRecords
 from iscsifs.fs.render import by_id_name, by_path_name

@@ -22,7 +22,8 @@ import logging
 from collections.abc import Iterable
 
 from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
-from iscsifs.core.discovery import DiscoveredTarget, Portal, valid_iscsi_name
+from iscsifs.core.discovery import DiscoveredTarget
+from iscsifs.core.names import Portal, valid_iscsi_name
 
 log = logging.getLogger(__name__)
 

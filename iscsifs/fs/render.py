@@ -27,7 +27,7 @@ from typing import Any
 from iscsifs import __version__
 from iscsifs.config.keys import EMPTY, HIDDEN
 from iscsifs.core.connection import COUNTER_NAMES   # iscsiadm -m session -s order
-from iscsifs.core.discovery import Portal, format_host
+from iscsifs.core.names import Portal, format_host
 from iscsifs.fs.backend import BlockDevice, LunListing, MultipathBlockDevice
 
 

@@ -19,7 +19,7 @@ Inodes are allocated once per path (a dict path-tuple -> inode) and never reused
 that disappears and comes back gets its old inode - except after ``forget`` (a directory removed
 with rmdir is dead for the kernel, so what comes back at that path needs a new inode). Names
 coming from the target are untrusted: a target name becomes a directory name only if it passes
-``iscsifs.core.discovery.valid_iscsi_name``; others are skipped with a warning.
+``iscsifs.core.names.valid_iscsi_name``; others are skipped with a warning.
 
 Must not know: pyfuse3, trio, sessions. The tree is pure data; ``fs/namespace.py`` asks the
 backend and feeds the answers in through ``set_targets`` / ``set_luns``.
@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from iscsifs.core.discovery import Portal, printable, valid_iscsi_name
+from iscsifs.core.names import Portal, printable, valid_iscsi_name
 from iscsifs.fs.backend import BlockDevice, LunListing, MultipathBlockDevice
 
 log = logging.getLogger(__name__)

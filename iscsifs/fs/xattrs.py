@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.fs.backend import BlockDevice
 from iscsifs.fs.render import lun_facts
 

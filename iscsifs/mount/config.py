@@ -21,7 +21,7 @@ from iscsifs.config import locations
 from iscsifs.config.nodedb import NodeDB
 from iscsifs.config.settings import NodeSettings
 from iscsifs.core.chap import ChapCredentials
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, ConfigError, QuietError
 from iscsifs.fs.records import NodeRecords
 from iscsifs.initiator import NodeOptions

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from iscsifs import __version__
 from iscsifs.cli.common import SYSLOG, iscsifs_mounts, portal_arg
 from iscsifs.config.locations import default_config_dir
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
 from iscsifs.fs.ops import CACHE_MODES
 from iscsifs.multipath import POLICIES as MULTIPATH_POLICIES

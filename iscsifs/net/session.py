@@ -50,7 +50,7 @@ from ..core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGE
                                AsyncEventReceived, Connection, LogoutComplete, NopReceived,
                                RejectReceived, TaskComplete, TaskFailed,
                                TaskManagementComplete, TextComplete)
-from ..core.discovery import Portal, parse_portal, printable
+from ..core.names import Portal, parse_portal, printable
 from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
 from ..core.pdu import LoginResponse

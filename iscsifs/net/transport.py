@@ -25,7 +25,7 @@ from typing import Awaitable, Callable, Iterable
 
 import trio
 
-from ..core.discovery import Portal
+from ..core.names import Portal
 from ..core.pdu import RECEIVE_CHUNK, PduDecoder, encode, summary
 from ..errors import ConnectionLost, os_errno, os_reason
 
