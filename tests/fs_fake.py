@@ -342,7 +342,8 @@ def standard_targets() -> dict[str, list[FakeLunEntry]]:
 
 def main(argv: list[str]) -> int:
     """Mount the fake in the foreground through iscsifs.mount (its option parsing/lifetime)."""
-    from iscsifs.cli.common import quiet_error_in, setup_logging
+    from iscsifs.exits import quiet_error_in
+    from iscsifs.logs import setup_logging
     from iscsifs.mount import lifetime
     from iscsifs.mount.options import parse_args
 

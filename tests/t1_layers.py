@@ -144,9 +144,13 @@ LAYERS = [
     ("multipath", ("iscsifs.multipath",)),        # a LUN over several paths (sessions)
     ("initiator", ("iscsifs.initiator", "iscsifs.nodeopts")),   # the facade
     ("fs", ("iscsifs.fs",)),                      # pyfuse3 (sees the facade as fs/backend.py)
-    ("cli", ("iscsifs.cli",)),                    # iscsifs, and what every command needs
+    ("shared", ("iscsifs.logs", "iscsifs.exits", "iscsifs.mounttable")),  # what both commands use
+    ("cli", ("iscsifs.cli",)),                    # iscsifs
     ("mount", ("iscsifs.mount",)),                # mount.iscsifs
 ]
+# The two entry points stand side by side: neither imports the other (a LAYERS rank of their
+# own would allow one direction).
+SIDE_BY_SIDE = [("iscsifs.cli", "iscsifs.mount")]
 
 
 def layer_of(module: str) -> int | None:
@@ -162,7 +166,13 @@ def internal_graph() -> dict[str, set[str]]:
     return {m: {i for i in imported if i in graph and i != m} for m, imported in graph.items()}
 
 
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that point up the layers, and imports between two packages that stand side by
+    side (``SIDE_BY_SIDE``)."""
     found = []
     for module, imported in sorted(graph.items()):
         here = layer_of(module)
@@ -170,6 +180,10 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
             there = layer_of(target)
             if here is not None and there is not None and there > here:
                 found.append(f"{module} -> {target}")
+            for a, b in SIDE_BY_SIDE:
+                if (_within(module, a) and _within(target, b)) or \
+                        (_within(module, b) and _within(target, a)):
+                    found.append(f"{module} -> {target}")
     return found
 
 
@@ -219,6 +233,20 @@ def test_no_import_cycles():
 
 def test_the_checks_see_what_they_look_for():
     planted = {"iscsifs.cli.main": {"iscsifs.cli.nodes"}, "iscsifs.cli.nodes": {"iscsifs.cli.main"},
-               "iscsifs.device": {"iscsifs.initiator"}, "iscsifs.initiator": set()}
+               "iscsifs.device": {"iscsifs.initiator"}, "iscsifs.initiator": set(),
+               "iscsifs.mount.config": {"iscsifs.cli.discover"}, "iscsifs.cli.discover": set()}
     assert import_cycles(planted) == [["iscsifs.cli.main", "iscsifs.cli.nodes"]]
-    assert upward_imports(planted) == ["iscsifs.device -> iscsifs.initiator"]
+    assert upward_imports(planted) == ["iscsifs.device -> iscsifs.initiator",
+                                       "iscsifs.mount.config -> iscsifs.cli.discover"]
+
+
+def test_cli_and_mount_import_neither_each_other():
+    """The two entry points stand side by side (s3ql's commands do): what both need is in
+    iscsifs.logs, iscsifs.exits and iscsifs.mounttable, below them."""
+    graph = internal_graph()
+    crossing = sorted(f"{m} -> {i}" for m, imported in graph.items() for i in imported
+                      if (_within(m, "iscsifs.cli") and _within(i, "iscsifs.mount"))
+                      or (_within(m, "iscsifs.mount") and _within(i, "iscsifs.cli")))
+    assert not crossing
+    assert any(_within(m, "iscsifs.cli") for m in graph)
+    assert any(_within(m, "iscsifs.mount") for m in graph)

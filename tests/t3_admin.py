@@ -19,16 +19,16 @@ import trio
 
 from helpers import run_iscsifs
 
-from iscsifs.cli import common
 from iscsifs.cli import session as session_cli
-from iscsifs.cli.common import MountLogHandler, iscsifs_mounts, setup_logging
 from iscsifs.config import locations
 from iscsifs.core.names import Portal
-from iscsifs.errors import ConnectionLost
+from iscsifs.errors import ConnectionLost, QuietError
 from iscsifs.fs import render
+from iscsifs.logs import MountLogHandler, setup_logging
 from iscsifs.mount import main as mount_main
 from iscsifs.mount.options import parse_args
 from iscsifs.mount.sids import SidCounter
+from iscsifs.mounttable import iscsifs_mounts
 
 from fs_fake import DISK1, FakeInitiator, make_session_info, standard_targets
 from t3_fs_ops import PORTAL, list_luns, make_ops, walk
@@ -158,7 +158,7 @@ def test_mount_log_file_is_resolved_before_the_daemon_starts(tmp_path, monkeypat
     # a given file that can't be made: exit 7
     opts = parse_args(["127.0.0.1", str(tmp_path / "mnt"), "-o",
                        f"logfile={tmp_path}/blocker/x.log"])
-    with pytest.raises(common.QuietError) as info:
+    with pytest.raises(QuietError) as info:
         mount_main.resolve_logfile(opts)
     assert info.value.exit_code == 7 and "cannot open log file" in str(info.value)
 
@@ -167,7 +167,7 @@ def test_login_option():
     assert parse_args(["h", "/m"]).login == "automatic"
     for mode in ("automatic", "all", "lazy"):
         assert parse_args(["h", "/m", "-o", f"login={mode}"]).login == mode
-    with pytest.raises(common.QuietError) as info:
+    with pytest.raises(QuietError) as info:
         parse_args(["h", "/m", "-o", "login=boot"])
     assert info.value.exit_code == 7
     assert str(info.value) == "bad value for login: 'boot' (expected automatic, all, lazy)"

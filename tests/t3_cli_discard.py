@@ -8,9 +8,9 @@ import errno
 import pytest
 
 from helpers import run_iscsifs
-from iscsifs.cli.common import file_error
 from iscsifs.cli.discard import MEANING, parse_size
 from iscsifs.errors import QuietError
+from iscsifs.exits import file_error
 
 
 @pytest.mark.parametrize("text, value", [

@@ -237,7 +237,7 @@ def test_one_line_names_the_login_once():
     """cli.common composes the line from the error's fields: the words of the error and the
     name of the login, each once (it read "authentication failed for X at P: authentication
     failed for X at P: login to X failed: ...")."""
-    from iscsifs.cli.common import quiet_error
+    from iscsifs.exits import quiet_error
     from iscsifs.errors import AuthenticationError, LoginError, RemoteProtocolError
     who = f"{T1} at 127.0.0.1:3260"
     words = "authentication failure (status 0x0201); check the CHAP username and password"

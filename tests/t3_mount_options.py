@@ -16,10 +16,11 @@ import pytest
 
 from iscsifs.config import locations
 from iscsifs.core.names import Portal
+from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_TRANSPORT_FAILURE, ConfigError, QuietError
+from iscsifs.exits import exit_code
 from iscsifs.mount.config import load_config, resolve_initiator_name
 from iscsifs.mount.lifetime import fuse_options
 from iscsifs.mount.options import MountOptions, parse_args
-from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_TRANSPORT_FAILURE, QuietError
 
 HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 
@@ -133,9 +134,10 @@ def test_sloppy_only_warns(tmp_path):
 def test_initiator_name_sources(tmp_path):
     opts = parse("127.0.0.1", str(tmp_path), "-o", "initiator_name=iqn.2016-04.org.x:y")
     assert resolve_initiator_name(opts) == "iqn.2016-04.org.x:y"
-    with pytest.raises(QuietError, match="bad initiator_name"):
+    with pytest.raises(ConfigError, match="bad initiator_name") as bad:
         resolve_initiator_name(parse("127.0.0.1", str(tmp_path),
                                            "-o", "initiator_name=not-an-iqn"))
+    assert exit_code(bad.value) == EXIT_INVALID_ARGUMENT
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "initiatorname.iscsi").write_text("# comment\nInitiatorName=iqn.2016-04.org.x:z\n")
@@ -254,7 +256,7 @@ def test_default_config_dir_is_ours(monkeypatch, tmp_path):
 def test_an_iscsifs_error_is_never_an_internal_error_with_a_class_name():
     """What escapes the mount as one of our errors is its own line and exit code, not
     "internal error: RemoteProtocolError: ..." with exit 1."""
-    from iscsifs.cli.common import quiet_error
+    from iscsifs.exits import quiet_error
     from iscsifs.errors import RemoteProtocolError, SessionFailed
     from iscsifs.mount.main import _failure
     err = _failure(ExceptionGroup("nursery", [RemoteProtocolError("text item without '='")]))

@@ -12,17 +12,18 @@ from typing import Any
 
 import trio
 
-from iscsifs.cli.common import initiator_name, portal_arg, quiet_error
+from iscsifs.config.initiatorname import choose_initiator_name
 from iscsifs.config.initiatorname import DEFAULT_INAME_PREFIX, iname
 from iscsifs.config.nodedb import NodeDB
 from iscsifs.errors import EXIT_NO_OBJECTS, IscsiError, QuietError
+from iscsifs.exits import portal_arg, quiet_error
 from iscsifs.net.discovery import discover as sendtargets
 from iscsifs.net.session import Timeouts
 
 
 async def discover(args: Any) -> int:
     portal = portal_arg(args.portal)
-    name, _note = initiator_name(args.initiator_name, args.config_dir)
+    name, _note = choose_initiator_name(args.initiator_name, args.config_dir)
     chap = None
     db = None
     if not args.no_record:

@@ -1,7 +1,7 @@
 """``iscsifs``: the iscsiadm-style operations that don't need a mount.
 
 Owns: the parser (each command family adds its subcommands), running the chosen command, and
-printing what went wrong as one line with iscsiadm's exit code (``cli.common``).
+printing what went wrong as one line with iscsiadm's exit code (``iscsifs.exits``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import trio
 
 from iscsifs import __version__
 from iscsifs.cli import discard, discover, nodes, session
-from iscsifs.cli.common import config_dir, quiet_error, setup_logging
+from iscsifs.config.locations import default_config_dir
 from iscsifs.errors import IscsiError
+from iscsifs.exits import quiet_error
+from iscsifs.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.config_dir = config_dir(args.config_dir)
+    args.config_dir = args.config_dir or default_config_dir()
     setup_logging(debug=args.debug, verbose=args.verbose)
     try:
         return run(args)

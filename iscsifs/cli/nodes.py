@@ -24,14 +24,15 @@ from typing import Any
 
 import trio
 
-from iscsifs.cli.common import initiator_name, portal_arg, quiet_error
 from iscsifs.cli.discover import discover
 from iscsifs.config.conffile import render_record
+from iscsifs.config.initiatorname import choose_initiator_name
 from iscsifs.config.keys import is_secret_key, validate_host, validate_iscsi_name, validate_key
 from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
 from iscsifs.config.settings import NodeSettings, with_effective_authmethod
 from iscsifs.core.names import Portal, host_port
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, ConfigError, IscsiError, QuietError
+from iscsifs.exits import portal_arg, quiet_error
 from iscsifs.net.session import Session
 from iscsifs.net.util import unwrap_group
 from iscsifs.nodeopts import login_params_from_settings, node_options_from_settings
@@ -317,7 +318,7 @@ async def _login(args: Any) -> int:
         records = [r for r in records if r.settings.startup == args.startup]
         if not records:
             raise QuietError("no records found", EXIT_NO_OBJECTS)
-    name, _note = initiator_name(args.initiator_name, args.config_dir)
+    name, _note = choose_initiator_name(args.initiator_name, args.config_dir)
     first_error: QuietError | None = None
     for record in records:
         print(f"Logging in to {_who(record)}", flush=True)

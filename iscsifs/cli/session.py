@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from iscsifs.cli.common import iscsifs_mounts
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, QuietError
 from iscsifs.fs.render import DEVICE_TYPES
+from iscsifs.mounttable import iscsifs_mounts
 from iscsifs.scsi.parse import device_type_name
 
 DEFAULT_TIMEOUT = 5.0

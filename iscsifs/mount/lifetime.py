@@ -27,9 +27,9 @@ import pyfuse3
 import trio
 
 from iscsifs import __version__
-from iscsifs.cli.common import quiet_error
 from iscsifs.core.names import Portal
 from iscsifs.errors import EXIT_GENERIC, EXIT_TRANSPORT_FAILURE, QuietError, os_reason
+from iscsifs.exits import quiet_error
 from iscsifs.fs.namespace import Namespace
 from iscsifs.fs.ops import Operations
 from iscsifs.fs.records import NodeRecords

@@ -22,11 +22,11 @@ import sys
 
 import trio
 
-from iscsifs.cli.common import (SYSLOG, open_log_file, quiet_error, quiet_error_in,
-                                setup_logging)
 from iscsifs.config.locations import default_log_file
 from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, IscsiError, QuietError,
                             single_exception)
+from iscsifs.exits import quiet_error, quiet_error_in
+from iscsifs.logs import SYSLOG, open_log_file, setup_logging
 from iscsifs.mount.lifetime import run_mount
 from iscsifs.mount.options import PROG, MountOptions, check_mountpoint, parse_args
 

@@ -16,11 +16,13 @@ import stat
 from dataclasses import dataclass, field
 
 from iscsifs import __version__
-from iscsifs.cli.common import SYSLOG, iscsifs_mounts, portal_arg
 from iscsifs.config.locations import default_config_dir
 from iscsifs.core.names import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.exits import portal_arg
 from iscsifs.fs.ops import CACHE_MODES
+from iscsifs.logs import SYSLOG
+from iscsifs.mounttable import iscsifs_mounts
 from iscsifs.multipath import POLICIES as MULTIPATH_POLICIES
 
 PROG = "mount.iscsifs"
