@@ -459,7 +459,7 @@ class SlowFake(FakeInitiator):
 
 @pytest.mark.parametrize("mode, tried", [("automatic", 2), ("all", 3), ("lazy", 0)])
 async def test_login_at_mount(mode, tried, tmp_path, autojump_clock, expect_log):
-    from iscsifs.config.nodedb import NodeDB, PortalKey
+    from iscsifs.config.nodedb import NodeDB
     from iscsifs.fs.namespace import Namespace
     from iscsifs.fs.records import NodeRecords
     from iscsifs.fs.tree import Tree
@@ -468,10 +468,10 @@ async def test_login_at_mount(mode, tried, tmp_path, autojump_clock, expect_log)
     targets = {**standard_targets(), slow: [], broken: []}
     db = NodeDB(str(tmp_path))
     for target in targets:
-        db.add(target, PortalKey.of(PORTAL))
+        db.add(target, PORTAL)
     for target in (DISK1, slow):
-        db.update(target, PortalKey.of(PORTAL), "node.startup", "automatic")
-    db.add("iqn.2026-11.org.example:gone", PortalKey.of(Portal("127.0.0.2", 3260)))
+        db.update(target, PORTAL, "node.startup", "automatic")
+    db.add("iqn.2026-11.org.example:gone", Portal("127.0.0.2", 3260))
     fake = SlowFake(targets)
     namespace = Namespace(fake, Tree([PORTAL]), records=NodeRecords(db))
     if mode != "lazy":

@@ -1,9 +1,11 @@
-"""Names and addresses, one vocabulary for every layer: ``Portal`` (host, port, portal group
-tag), how a portal is parsed (``parse_portal``: ``host``, ``host:port``, ``[v6]:port``,
-``,tpgt``) and written (``host_port``: ``10.0.0.5:3260``, ``[fe80::1]:3260``), the one rule
-for iSCSI names (``iscsi_name_problem`` / ``valid_iscsi_name``: RFC 7143 §4.2.7, RFC 3722),
-which every name from a target, a user or a file passes, and ``printable`` for showing an
-untrusted string in one log or error line.
+"""Names and addresses, one vocabulary for every layer.
+
+Owns: ``Portal`` (host, port, portal group tag) and the one rule for a host (``check_host``),
+how a portal is parsed (``parse_portal``: ``host``, ``host:port``, ``[v6]:port``, ``,tpgt``)
+and written (``host_port``: ``10.0.0.5:3260``, ``[fe80::1]:3260``), the one rule for iSCSI
+names (``iscsi_name_problem`` / ``valid_iscsi_name``: RFC 7143 §4.2.7, RFC 3722), which every
+name from a target, a user or a file passes, and ``printable`` for showing an untrusted string
+in one log or error line.
 
 Pure: no I/O, no sessions. Names and addresses from a target are untrusted (they end up as file
 names and node-record paths): they pass these checks before they are used.
@@ -21,7 +23,10 @@ DEFAULT_TPGT = 1
 MAX_NAME_LENGTH = 223        # RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes
 MAX_ADDRESS_LENGTH = 255     # RFC 7143 §6.1: text values are at most 255 bytes
 
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})\Z")
+MAX_HOST_NAME_LENGTH = 253  # RFC 1035 §2.3.4 (a name's text without its trailing dot)
+# one label of a host name: letters, digits, '-', '_' (names such as my_host resolve on most
+# networks, and open-iscsi takes them), never starting with '-', 1-63 characters
+_LABEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,62}\Z")
 _NUMBER_RE = re.compile(r"[0-9]{1,5}\Z")
 # RFC 7143 §4.2.7.2 (iqn.yyyy-mm.reversed-domain[:identifier]); eui.: 16 hex digits;
 # naa.: 16 or 32 hex digits (RFC 3980).
@@ -39,7 +44,8 @@ class Portal:
     tpgt: int = DEFAULT_TPGT
 
     def __post_init__(self) -> None:
-        _check_host(self.host)
+        # the one host rule; an address is kept as ipaddress writes it (fe80::1, no brackets)
+        object.__setattr__(self, "host", check_host(self.host))
         if isinstance(self.port, bool) or not isinstance(self.port, int) \
                 or not 1 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port!r} (1-65535)")
@@ -74,17 +80,41 @@ def printable(value: object, limit: int = 80) -> str:
     return ascii(value)
 
 
-def _check_host(host: str) -> None:
+def check_host(host: object) -> str:
+    """The one rule for a portal's host, wherever it comes from (a user, a file, a target):
+    an IPv4 address, an IPv6 address (brackets allowed and dropped; a ``%zone`` too), or a
+    host name of dot-separated labels of letters, digits, ``-`` and ``_`` (none starting with
+    ``-``, 63 characters at most, 253 in all; a trailing dot is allowed). Returns the host as
+    it is stored and shown: addresses as ``ipaddress`` writes them (``fe80::1``), names as
+    given. ValueError saying what is wrong otherwise."""
     if not isinstance(host, str) or not host:
         raise ValueError("empty host in portal")
+    if host.startswith("[") and host.endswith("]") and ":" in host:
+        host = host[1:-1]
     if ":" in host:
         try:
-            ipaddress.IPv6Address(host)
+            return str(ipaddress.IPv6Address(host))
         except ValueError:
             raise ValueError(f"invalid IPv6 address {host[:60]!r}") from None
-        return
-    if not _HOSTNAME_RE.match(host) or ".." in host:
+    labels = host.removesuffix(".").split(".")
+    if all(label.isdigit() for label in labels if label):
+        try:            # all digits: an IPv4 address, never a name a resolver reads as one
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ValueError(f"invalid IPv4 address {host[:60]!r}") from None
+    if len(host.removesuffix(".")) > MAX_HOST_NAME_LENGTH \
+            or not all(_LABEL_RE.match(label) for label in labels):
         raise ValueError(f"invalid host name {host[:60]!r}")
+    return host
+
+
+def host_problem(host: object) -> str | None:
+    """Why ``host`` breaks ``check_host``'s rule, or None."""
+    try:
+        check_host(host)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def parse_portal(text: str, *, default_port: int = DEFAULT_PORT,
