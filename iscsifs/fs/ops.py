@@ -128,9 +128,8 @@ class Operations(pyfuse3.Operations):
             assert pnode.portal is not None
             for target in self.initiator.logged_in_targets(pnode.portal):
                 info = self.initiator.session_info(target, pnode.portal)
-                sid = getattr(info, "sid", None)
-                if sid is not None:
-                    found.append((int(sid), pnode.portal, target))
+                if info is not None:
+                    found.append((info.sid, pnode.portal, target))
         return found
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
