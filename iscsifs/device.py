@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
+from .core.connection import TaskComplete
 from .errors import NoSpace, NotSupported, RemoteProtocolError, leaf_exceptions
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
@@ -40,6 +42,23 @@ ZERO_CHUNK = 1024 * 1024
 
 DISCARD_UNMAP = "unmap"
 DISCARD_WRITE_SAME_16 = "write_same_16"
+
+
+class DeviceSession(Protocol):
+    """What a ``Lun`` needs of its session: ``net.session.Session`` (one session to the
+    target) and ``multipath.PathGroup`` (the paths of one logical unit) both are one, and
+    mypy checks that they are (``tests/t2_device_contract.py``)."""
+
+    @property
+    def logged_in(self) -> bool:
+        """Commands can go out now (a path group: on at least one path)."""
+
+    async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0,
+                      read_buffer: bytearray | memoryview | None = None,
+                      write_data: bytes | bytearray | memoryview | None = None
+                      ) -> TaskComplete:
+        """Run one SCSI command: its result on GOOD status, ``ScsiError`` otherwise;
+        ``SessionFailed`` / ``CommandTimeout`` (and the like) when it could not run."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +147,8 @@ class _RangeLock:
 class Lun:
     """A block device behind a session; create with :meth:`open`."""
 
-    def __init__(self, session, lun: int, max_command_bytes: int = DEFAULT_MAX_COMMAND):
+    def __init__(self, session: DeviceSession, lun: int,
+                 max_command_bytes: int = DEFAULT_MAX_COMMAND):
         self.session = session
         self.lun = lun
         self.block_size = 512
@@ -149,7 +169,7 @@ class Lun:
         self.luns_changed = False       # 3F/0E seen: the target's LUN list changed
 
     @classmethod
-    async def open(cls, session, lun: int, inquiry=None,
+    async def open(cls, session: DeviceSession, lun: int, inquiry=None,
                    max_command_bytes: int = DEFAULT_MAX_COMMAND) -> Lun:
         device = cls(session, lun, max_command_bytes)
         await device.probe(inquiry)
@@ -321,7 +341,8 @@ class Lun:
             await self._write_locked(offset, data)
             return length
         except Exception as exc:
-            if any(is_data_protect(e) for e in leaf_exceptions(exc)):
+            if any(isinstance(e, ScsiError) and is_data_protect(e)
+                   for e in leaf_exceptions(exc)):
                 # the LUN was made read-only (tgt: readonly=1): re-read the WP bit so that
                 # the raw file's mode and the info file say so (sd re-reads it the same way)
                 try:
@@ -447,7 +468,8 @@ class Lun:
                 start += n
 
 
-async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=None, **kw):
+async def execute_retrying(session: DeviceSession, lun: int, cdb: bytes, *,
+                           on_unit_attention=None, **kw) -> TaskComplete:
     """``session.execute`` retried after UNIT ATTENTION, which reports one condition and does
     not run the command (capacity changed, LUNs changed, power on / reset, ...)."""
     for attempt in range(UA_RETRIES + 1):
@@ -466,7 +488,7 @@ async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=N
     raise AssertionError("unreachable")
 
 
-async def read_data(session, lun: int, cdb: bytes, alloc: int, *,
+async def read_data(session: DeviceSession, lun: int, cdb: bytes, alloc: int, *,
                     on_unit_attention=None) -> bytes:
     """Run a data-in command with an ``alloc``-byte buffer; return the bytes that arrived."""
     buf = bytearray(alloc)

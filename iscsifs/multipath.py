@@ -101,7 +101,8 @@ class PathState:
 
 class PathGroup:
     """The paths of one logical unit and the choice among them; the ``session`` of a
-    ``MultipathDevice`` (``execute`` is all a ``Lun`` asks of its session)."""
+    ``MultipathDevice`` (a ``device.DeviceSession``: ``execute`` and ``logged_in``, all a
+    ``Lun`` asks of its session)."""
 
     def __init__(self, name: str, *, policy: str = "failover", no_path_retry: float = 120):
         if policy not in POLICIES:
@@ -215,6 +216,11 @@ class PathGroup:
             self._wake()
 
     # -- choosing a path --------------------------------------------------------------------
+    @property
+    def logged_in(self) -> bool:
+        """Some path can take commands now (``device.DeviceSession``)."""
+        return any(p.healthy for p in self.paths)
+
     def active_path(self) -> Path | None:
         """The path the next command goes to with ``failover`` (with ``round-robin``, the
         first of the healthy ones)."""
