@@ -1,5 +1,5 @@
 """``iscsifs discard`` without a mount: sizes, refusals before anything is sent, and the map
-from the mount's errno to one line and iscsiadm's exit code (the real discard: t5_discard.py)."""
+from the mount's errno to one line and iscsiadm's exit code (the real discard: t5_identity.py)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_iscsifs
+
 from iscsifs.config import locations
 from iscsifs.core.names import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_TRANSPORT_FAILURE, ConfigError, QuietError
@@ -191,9 +193,10 @@ def test_helper_fails_cleanly(case, tmp_path):
                            EXIT_INVALID_ARGUMENT, "unknown option 'bogus'"),
         "bad-portal": (["127.0.0.1:99999", str(mp)], EXIT_INVALID_ARGUMENT, "bad portal"),
         "refused": ([f"127.0.0.1:{port}", str(mp), "-o", "_netdev,nofail,login_timeout=5"],
-                    EXIT_TRANSPORT_FAILURE, f"cannot connect to portal 127.0.0.1:{port}"),
+                    EXIT_TRANSPORT_FAILURE,
+                    f"cannot connect to 127.0.0.1:{port}: Connection refused"),
         "refused-ipv6": ([f"[::1]:{port}", str(mp)], EXIT_TRANSPORT_FAILURE,
-                         f"cannot connect to portal [::1]:{port}"),
+                         f"cannot connect to [::1]:{port}: Connection refused"),
         "refused-foreground": ([f"127.0.0.1:{port}", str(mp), "-f", "-o",
                                 "initiator_name=iqn.2016-04.org.x:y"],
                                EXIT_TRANSPORT_FAILURE, "cannot connect"),
@@ -212,6 +215,29 @@ def test_helper_fails_cleanly(case, tmp_path):
     assert lines[0].startswith("mount.iscsifs: ") and fragment in lines[0], lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+    assert not _mounted(mp)
+
+
+UNRESOLVABLE = "nosuchhost.invalid"       # RFC 2606: never resolves
+
+
+def test_a_name_that_does_not_resolve_reads_the_same_for_mount_and_discover(tmp_path):
+    """One message for one failure: mount.iscsifs's portal check said "Unknown error -2"
+    where iscsifs discover said "cannot resolve ..."; both now connect the same way and say
+    iscsiadm's "cannot resolve host name", exit 4."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    mounted = run_helper(UNRESOLVABLE, str(mp), "-o", f"config_dir={tmp_path}")
+    discovered = run_iscsifs(tmp_path, "discover", UNRESOLVABLE, "--no-record")
+    why = f"cannot connect to {UNRESOLVABLE}:3260: cannot resolve host name {UNRESOLVABLE} ("
+    assert mounted.returncode == discovered.returncode == EXIT_TRANSPORT_FAILURE
+    [mount_line] = mounted.stderr.splitlines()
+    [discover_line] = discovered.stderr.splitlines()
+    assert mount_line.startswith(f"mount.iscsifs: {why}"), mount_line
+    assert discover_line.startswith(
+        f"iscsifs: discovery on portal {UNRESOLVABLE}:3260 failed: {why}"), discover_line
+    assert mount_line.split(": ", 1)[1] == discover_line.split(" failed: ", 1)[1]
+    assert "Unknown error" not in mount_line + discover_line
     assert not _mounted(mp)
 
 

@@ -34,6 +34,7 @@ import trio
 
 from iscsifs.core.names import Portal, parse_portal, printable, valid_iscsi_name
 from iscsifs.fs.backend import Backend, LunListing
+from iscsifs.fs.errno_map import fail as _fail
 from iscsifs.fs.records import NodeRecords
 from iscsifs.fs.render import by_id_name, by_path_name
 from iscsifs.fs.tree import Kind, Node, Tree
@@ -44,10 +45,6 @@ NAME_MAX = 255
 # by-path/ names: ip-<addr:port>-iscsi-<iqn>-lun-<n>
 BY_PATH_RE = re.compile(r"^ip-(?P<portal>\[[0-9a-fA-F:.]+\]:\d+|[^\[\]/:]+:\d+)-iscsi-"
                         r"(?P<target>.+)-lun-(?P<lun>\d+)$")
-
-
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
 
 
 class Namespace:

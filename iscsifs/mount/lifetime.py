@@ -28,7 +28,7 @@ import trio
 
 from iscsifs import __version__
 from iscsifs.core.names import Portal
-from iscsifs.errors import EXIT_GENERIC, EXIT_TRANSPORT_FAILURE, QuietError, os_reason
+from iscsifs.errors import EXIT_GENERIC, EXIT_TRANSPORT_FAILURE, ConnectionLost, QuietError
 from iscsifs.exits import quiet_error
 from iscsifs.fs.namespace import Namespace
 from iscsifs.fs.ops import Operations
@@ -38,6 +38,7 @@ from iscsifs.initiator import Initiator
 from iscsifs.mount.config import MountConfig, load_config, resolve_initiator_name
 from iscsifs.mount.options import MountOptions
 from iscsifs.mount.sids import SidCounter
+from iscsifs.net.transport import open_tcp
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,17 @@ def fuse_options(opts: MountOptions) -> set[str]:
 
 
 async def check_portal_tcp(portal: Portal, timeout: float) -> None:
-    """The portal answers a TCP connect within timeout, or QuietError."""
+    """The portal answers a TCP connect within timeout, or QuietError (exit 4) in the words
+    every command uses for it (``net.transport.open_tcp``'s)."""
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(portal.host, portal.port)
+            sock = await open_tcp(portal)
     except trio.TooSlowError:
-        raise QuietError(f"cannot connect to portal {portal.address}: no answer in "
-                         f"{timeout:g} s", EXIT_TRANSPORT_FAILURE) from None
-    except OSError as exc:
-        raise QuietError(f"cannot connect to portal {portal.address}: {os_reason(exc)}",
+        raise QuietError(f"cannot connect to {portal.address}: no answer in {timeout:g} s",
                          EXIT_TRANSPORT_FAILURE) from None
-    await stream.aclose()
+    except ConnectionLost as exc:
+        raise QuietError(str(exc), EXIT_TRANSPORT_FAILURE) from None
+    sock.close()
 
 
 async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,

@@ -42,11 +42,9 @@ async def open_tcp(portal: Portal) -> socket.socket:
     try:
         stream = await trio.open_tcp_stream(portal.host, portal.port)
     except OSError as exc:
-        reason = os_reason(exc)
-        if isinstance(exc, socket.gaierror):
-            reason = f"cannot resolve {portal.host}"
-        raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}",
-                             errno=os_errno(exc)) from None
+        # the words every command uses for a portal it cannot reach (mount.iscsifs's check too)
+        raise ConnectionLost(f"cannot connect to {portal.address}: "
+                             f"{os_reason(exc, portal.host)}", errno=os_errno(exc)) from None
     trio_sock = stream.socket
     sock = socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto,
                          fileno=trio_sock.detach())
