@@ -9,6 +9,7 @@ Owns: ``setup_logging`` (the one place that installs handlers), ``MountLogHandle
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -52,11 +53,17 @@ class MountLogHandler(logging.handlers.WatchedFileHandler):
         super().emit(record)
 
 
-def open_log_file(path: str) -> None:
-    """Create ``path`` (mode 0600) and its directory if needed (0700 in a user's state dir,
-    0755 for /var/log/iscsifs): OSError if that is not possible."""
+def open_log_file(path: str, *, make_dir: bool = True) -> None:
+    """Create ``path`` (mode 0600), and with ``make_dir`` its directory if needed (0700 in a
+    user's state dir, 0755 for /var/log/iscsifs): OSError if that is not possible. Without
+    ``make_dir`` (a file the user named) a missing directory is FileNotFoundError naming it
+    (NotADirectoryError when it is a file), and nothing is created."""
     directory = os.path.dirname(path)
     if directory and not os.path.isdir(directory):
+        if not make_dir:
+            if os.path.exists(directory):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory)
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), directory)
         os.makedirs(directory, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
 

@@ -87,7 +87,8 @@ class FakeTarget:
 
     ``on_tmf(conn, req) -> list of PDUs``: answers to task management requests (none by
     default: a target that ignores them). ``hang_login_after=N``: connections after the N-th
-    get no login answer at all. ``window``: the command window of new connections.
+    get no login answer at all. ``answer_nops=False``: pings get no answer. ``window``: the
+    command window of new connections.
     ``received`` records every PDU as (connection number, PDU); ``live`` the open connections.
     """
 
@@ -99,6 +100,7 @@ class FakeTarget:
     digests: bool = False           # accept CRC32C digests when offered
     login_hook: Callable | None = None   # (conn, req, pairs) -> list of answer pairs or None
     hang_login_after: int | None = None
+    answer_nops: bool = True        # False: NOP-Outs (pings) get no NOP-In
     window: int = 32
     connections: int = 0
     port: int = 0
@@ -179,7 +181,7 @@ class FakeTarget:
             if answer:
                 await conn.send(*answer)
         elif isinstance(pdu, NopOut):
-            if pdu.itt != 0xFFFFFFFF:
+            if pdu.itt != 0xFFFFFFFF and self.answer_nops:
                 await conn.send(NopIn(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, data=pdu.data,
                                       **conn.sns()))
         elif isinstance(pdu, LogoutRequest):

@@ -333,3 +333,50 @@ async def test_fail_fast_command_is_answered_at_once_and_never_sent_again(
     assert bytes(buf) == PAYLOAD
     await session.close()
     assert states[-1] == "FREE"
+
+
+def pings(target: FakeTarget) -> list[NopOut]:
+    return [p for _, p in target.received if isinstance(p, NopOut) and p.itt != 0xFFFFFFFF]
+
+
+@CONN_FAILED
+async def test_an_unanswered_ping_fails_the_connection_after_interval_plus_timeout(
+        nursery, autojump_clock):
+    target = FakeTarget(answer_nops=False, on_command=lambda conn, cmd: good_read(
+        conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery, noop_out_interval=5, noop_out_timeout=2)
+    start = trio.current_time()
+    failed = trio.Event()
+    at = {}
+
+    def changed(s):
+        if s.session_state != "LOGGED_IN" and "t" not in at:
+            at["t"] = trio.current_time()
+            failed.set()
+    session.listeners.append(changed)
+    with trio.fail_after(60):
+        await failed.wait()
+    assert 7 - EPS <= at["t"] - start <= 7 + EPS      # 5 s of silence, then 2 s unanswered
+    assert len(pings(target)) == 1
+    await session.close()
+
+
+async def test_noop_out_timeout_0_never_fails_the_connection(nursery, autojump_clock):
+    """noop_out_timeout=0 (docs/mount-options.md): a ping still goes out after
+    noop_out_interval of silence, but one that gets no answer is waited for without limit,
+    so pings never fail the connection (noop_out_interval=0 sends none at all)."""
+    target = FakeTarget(answer_nops=False, on_command=lambda conn, cmd: good_read(
+        conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery, noop_out_interval=5, noop_out_timeout=0)
+    states = []
+    session.listeners.append(lambda s: states.append(s.session_state))
+    await trio.sleep(3600)
+    assert session.session_state == "LOGGED_IN" and states == []
+    assert len(pings(target)) == 1 and target.connections == 1
+    assert await read(session) == PAYLOAD
+    await session.close()
+    quiet = FakeTarget(answer_nops=False)
+    session = await open_session(quiet, nursery, noop_out_interval=0, noop_out_timeout=5)
+    await trio.sleep(3600)
+    assert session.session_state == "LOGGED_IN" and pings(quiet) == []
+    await session.close()

@@ -7,6 +7,7 @@ before anything is mounted (they need neither tgtd nor /dev/fuse).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -153,6 +154,27 @@ def test_initiator_name_sources(tmp_path):
     assert name.startswith("iqn.2016-04.com.open-iscsi:") and opts.warnings
 
 
+def test_help_names_every_option_the_parser_accepts_as_the_man_page_does():
+    """--help lacked loud and silent, which the man page lists; now both list every option
+    that is accepted and ignored or passed to the kernel, and what 0 means for the NOP
+    timers."""
+    from iscsifs.mount.options import FUSE_DROPPED, FUSE_PASSTHROUGH, IGNORED_OPTIONS, OPTION_HELP
+    man = (Path(__file__).resolve().parent.parent / "man" / "mount.iscsifs.8").read_text()
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "mount-options.md").read_text()
+    words = set(OPTION_HELP.split())
+
+    def named(option: str, text: str) -> bool:
+        return re.search(rf"(?<![\w=-]){re.escape(option)}(?![\w=-])", text) is not None
+
+    for option in sorted(IGNORED_OPTIONS | FUSE_PASSTHROUGH | FUSE_DROPPED):
+        assert option in words, option
+        assert named(option, man) and named(option, docs), option
+    for option in ("x-*", "comment=*"):
+        assert option in words
+    assert "noop_out_timeout waits for" in OPTION_HELP
+    assert "0: a NOP-Out is waited for" in docs and "0: a NOP-Out is waited for" in man
+
+
 def test_help_and_version():
     with pytest.raises(QuietError) as info:
         parse_args(["--help"])
@@ -216,6 +238,46 @@ def test_helper_fails_cleanly(case, tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not _mounted(mp)
+
+
+def test_a_log_file_in_a_directory_that_does_not_exist_is_refused_and_nothing_made(tmp_path):
+    """logfile=/nonexistent/dir/x.log used to create /nonexistent/dir (as root) and mount: a
+    file the user names must be where they say (exit 7, nothing created). The default
+    directory (LOG_DIR) is still made when missing."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    port = _closed_port()
+    for where, why in ((tmp_path / "nodir" / "deeper", "does not exist"),
+                       (tmp_path / "afile", "is not a directory")):
+        log = where / "x.log"
+        (tmp_path / "afile").write_text("")
+        result = run_helper(f"127.0.0.1:{port}", str(mp), "-o", f"logfile={log}")
+        assert result.returncode == EXIT_INVALID_ARGUMENT, result.stderr
+        assert result.stderr == f"mount.iscsifs: cannot open log file {log}: {where} {why}\n"
+        assert not (tmp_path / "nodir").exists()
+        assert (tmp_path / "afile").is_file() and not _mounted(mp)
+
+
+@pytest.mark.parametrize("flags", [[], ["-f"], ["-f", "-o", "logfile={log}"]])
+def test_sloppy_warns_on_the_terminal_once(tmp_path, flags):
+    """-s: an unknown option is a warning, and the user sees it (a daemon's warning went to
+    its log file only); once, whether the log is stderr (foreground) or a file."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    port = _closed_port()
+    flags = [f.format(log=tmp_path / "x.log") for f in flags]
+    result = run_helper(f"127.0.0.1:{port}", str(mp), "-s", "-o",
+                        "bogus=1,initiator_name=iqn.2016-04.org.x:y", *flags)
+    assert result.returncode == EXIT_TRANSPORT_FAILURE, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if "ignoring unknown option 'bogus'" in line] == \
+        [lines[0]], lines
+    if "-f" not in flags or "-o" in flags:
+        assert lines[0] == "mount.iscsifs: warning: ignoring unknown option 'bogus'"
+        assert lines[1:] == [f"mount.iscsifs: cannot connect to 127.0.0.1:{port}: "
+                             "Connection refused"]
+    if "-o" in flags:
+        assert "ignoring unknown option 'bogus'" in (tmp_path / "x.log").read_text()
 
 
 UNRESOLVABLE = "nosuchhost.invalid"       # RFC 2606: never resolves

@@ -202,6 +202,10 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
         else:
             initiator = backend(opts, initiator_name, nursery)
         stack.push_async_callback(logout_all, initiator)
+        tree = Tree(opts.portals)
+        ops = Operations(initiator, tree, initiator_name=initiator_name,
+                         read_only=opts.read_only, cache=opts.cache,
+                         records=config.records, kernel_notify=True)
         for portal in opts.portals if not opts.nodiscovery else ():
             try:
                 with trio.fail_after(login_timeout + 5):
@@ -219,10 +223,9 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
                 log.warning("%s", message)
                 if warn is not None:
                     warn(message)
-        tree = Tree(opts.portals)
-        ops = Operations(initiator, tree, initiator_name=initiator_name,
-                         read_only=opts.read_only, cache=opts.cache,
-                         records=config.records, kernel_notify=True)
+                # said: the listings that follow (login= below, the first ls) fall back the
+                # same way and must not say it again, once per listing
+                ops.namespace.discovery_failed(portal, exc)
         # login + LUN scan of one target, each bounded by login_timeout
         await login_at_mount(ops.namespace, config.records, opts.login, opts.portals,
                              2 * login_timeout, warn)

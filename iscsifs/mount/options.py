@@ -88,12 +88,18 @@ options (-o, comma separated; later ones win):
                            to nothing; the rest logs in on first use
   login_timeout=S logout_timeout=S noop_out_interval=S noop_out_timeout=S
   replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
+                           0: noop_out_interval sends no NOP-Out, noop_out_timeout waits for
+                           its answer without limit (no ping ever fails a connection),
+                           command_timeout has no limit; replacement_timeout<0: for ever
   abort_timeout=S lu_reset_timeout=S tgt_reset_timeout=S   error recovery steps (seconds)
   header_digest=V data_digest=V                V: none | crc32c | crc32c+none | none+crc32c
   max_sectors_kb=N         split larger reads and writes into concurrent commands of N KiB
                            at most (4..1024, default 512; the LUN's own limit also applies)
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
-  _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
+  _netdev noauto auto nofail user users nouser owner group defaults loud silent x-*
+  comment=*                fstab bookkeeping: ignored
+  relatime norelatime strictatime nostrictatime lazytime nolazytime diratime nodiratime
+  iversion noiversion mand nomand      ignored (libfuse refuses them; relatime is the default)
 flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
 In the foreground the log goes to stderr unless logfile= is given. See mount.iscsifs(8).
 """
