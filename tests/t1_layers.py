@@ -147,12 +147,11 @@ LAYERS = [
     ("initiator", ("iscsifs.initiator", "iscsifs.nodeopts")),   # the facade
     ("fs", ("iscsifs.fs",)),                      # pyfuse3 (sees the facade as fs/backend.py)
     ("shared", ("iscsifs.logs", "iscsifs.exits", "iscsifs.mounttable")),  # what both commands use
-    ("cli", ("iscsifs.cli",)),                    # iscsifs
-    ("mount", ("iscsifs.mount",)),                # mount.iscsifs
+    ("entry points", ("iscsifs.cli", "iscsifs.mount")),   # iscsifs, mount.iscsifs: side by side
 ]
 # Imports the layers would allow but the design does not (importer, imported): the two entry
-# points stand side by side, neither importing the other; and the iscsifs command reads a
-# mount's files (session.json through iscsifs.sessionfile), never the filesystem's code.
+# points (one layer) stand side by side, neither importing the other; and the iscsifs command
+# reads a mount's files (session.json through iscsifs.sessionfile), never the filesystem's code.
 NEVER = [("iscsifs.cli", "iscsifs.mount"), ("iscsifs.mount", "iscsifs.cli"),
          ("iscsifs.cli", "iscsifs.fs")]
 
@@ -254,3 +253,20 @@ def test_cli_and_mount_import_neither_each_other():
     assert ("iscsifs.cli", "iscsifs.mount") in NEVER and ("iscsifs.mount", "iscsifs.cli") in NEVER
     assert any(_within(m, "iscsifs.cli") for m in graph)
     assert any(_within(m, "iscsifs.mount") for m in graph)
+
+
+def test_the_layer_table_of_docs_design_md_is_the_code_s():
+    """docs/design.md draws the layers top to bottom: every module or package it names exists,
+    they come in the order of LAYERS (never a lower layer above a higher one), and every layer
+    is in the picture."""
+    import re
+    design = PACKAGE_DIR.parent / "docs" / "design.md"
+    table = design.read_text().split("## Layers", 1)[1].split("```")[1]
+    named = re.findall(r"iscsifs/([\w/]*\w)(\.py|/)", table)
+    modules = [("iscsifs/" + path).replace("/", ".") for path, _ in named]
+    graph = product_graph()
+    assert modules and all(m in graph for m in modules), modules
+    ranks = [layer_of(m) for m in modules]
+    assert None not in ranks
+    assert ranks == sorted(ranks, reverse=True), list(zip(modules, ranks))
+    assert set(ranks) == set(range(len(LAYERS)))
