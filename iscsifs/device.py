@@ -4,15 +4,17 @@ Owns: the translation of byte ranges into whole blocks (READ/WRITE(10/16) split 
 transfer the target accepts), read-modify-write of partial edge blocks (serialised against
 every overlapping write by a block range lock), discard (UNMAP or WRITE SAME(16) with UNMAP
 for whole granules, zeros written over the rest), retries on UNIT ATTENTION, and the LUN's
-identity (INQUIRY, VPD pages, capacity, logical block provisioning, write protection). Knows
-nothing of FUSE or errno.
+identity (INQUIRY, VPD pages, capacity, logical block provisioning, write protection), the
+ALUA state of the target port it is reached through (REPORT TARGET PORT GROUPS), and persistent
+reservations (PERSISTENT RESERVE IN/OUT; ``register_key`` for the mount's reservation_key).
+Knows nothing of FUSE or errno.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -20,6 +22,7 @@ from .core.connection import TaskComplete
 from .errors import NoSpace, NotSupported, RemoteProtocolError, leaf_exceptions
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
+from .scsi.cdb import PrInAction, PrOutAction
 from .scsi.sense import (ScsiError, SenseKey, is_capacity_changed, is_data_protect,
                          is_luns_changed, is_unit_attention)
 
@@ -42,6 +45,38 @@ ZERO_CHUNK = 1024 * 1024
 
 DISCARD_UNMAP = "unmap"
 DISCARD_WRITE_SAME_16 = "write_same_16"
+# PERSISTENT RESERVE IN allocation length (sg_persist's default: 8 KiB, some 1000 keys)
+PR_IN_ALLOC = 8192
+# REPORT TARGET PORT GROUPS allocation length (Linux scsi_dh_alua starts with 128 bytes and
+# grows; 1 KiB holds some 100 groups of one port each)
+RTPG_ALLOC = 1024
+
+
+@dataclass(frozen=True)
+class PrOut:
+    """One PERSISTENT RESERVE OUT request (SPC-4 §6.14): what ``sg_persist --out`` sends.
+    Keys never appear in ``repr`` or in a message above DEBUG."""
+
+    action: PrOutAction
+    key: int = 0            # RESERVATION KEY (--param-rk)
+    sa_key: int = 0         # SERVICE ACTION RESERVATION KEY (--param-sark)
+    type: int = 0           # --prout-type
+    aptpl: bool = False
+    all_tg_pt: bool = False
+
+    def __repr__(self) -> str:
+        return f"PrOut({self.action.name}, type={self.type})"
+
+
+def _not_supported(exc: ScsiError, what: str) -> NotSupported | None:
+    """ILLEGAL REQUEST 20/00 (invalid command operation code), 24/00 (invalid field in CDB) or
+    26/xx (invalid field in the parameter list): what sg_persist reports as "command not
+    supported" / "bad field in cdb or parameter list (perhaps unsupported service action)"."""
+    sense = exc.sense
+    if sense is None or sense.key != SenseKey.ILLEGAL_REQUEST or sense.asc not in (0x20, 0x24,
+                                                                                  0x26):
+        return None
+    return NotSupported(f"{what}: not supported by the LUN ({exc})")
 
 
 class DeviceSession(Protocol):
@@ -167,6 +202,11 @@ class Lun:
         self._locks = _RangeLock()
         self.capacity_changed = False
         self.luns_changed = False       # 3F/0E seen: the target's LUN list changed
+        # ALUA (SPC-4 §5.16): the port this LUN is reached through (VPD 83h designators) and
+        # its group as REPORT TARGET PORT GROUPS last described it (None: no ALUA, or unread)
+        self.target_port_group: int | None = None
+        self.relative_target_port: int | None = None
+        self.alua: scsi_parse.TargetPortGroup | None = None
 
     @classmethod
     async def open(cls, session: DeviceSession, lun: int, inquiry=None,
@@ -218,6 +258,8 @@ class Lun:
             ids = scsi_parse.parse_vpd_device_id(
                 await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0x83, alloc=1024), 1024))
             self.wwn = scsi_parse.pick_wwn(ids)
+            self.target_port_group = scsi_parse.target_port_group(ids)
+            self.relative_target_port = scsi_parse.relative_target_port(ids)
         if 0xB0 in pages:
             self.block_limits = scsi_parse.parse_vpd_block_limits(
                 await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0xB0, alloc=64), 64))
@@ -229,6 +271,62 @@ class Lun:
                 log.debug("LUN %d: VPD page B2h unusable: %s", self.lun, exc)
         await self.read_capacity()
         await self.read_write_protect()
+        if self.tpgs:
+            try:
+                await self.read_alua()
+            except (ScsiError, RemoteProtocolError) as exc:
+                log.debug("LUN %d: REPORT TARGET PORT GROUPS failed: %s", self.lun, exc)
+
+    @property
+    def tpgs(self) -> int:
+        """INQUIRY TPGS: 0 no ALUA, 1 implicit, 2 explicit, 3 both (SPC-4 §6.6.2)."""
+        return int(getattr(self.inquiry, "tpgs", 0) or 0)
+
+    async def read_alua(self, **kw: Any) -> scsi_parse.TargetPortGroup | None:
+        """REPORT TARGET PORT GROUPS: the group of this LUN's target port (by the Target Port
+        Group designator of VPD 83h, else by the relative port identifier), kept as
+        ``alua`` and returned (None: the answer does not name our port). ``kw`` goes to
+        ``session.execute`` (``fail_fast`` for the multipath layer)."""
+        data = await read_data(self.session, self.lun,
+                               scsi_cdb.report_target_port_groups(RTPG_ALLOC), RTPG_ALLOC,
+                               on_unit_attention=self._unit_attention, **kw)
+        groups = scsi_parse.parse_report_target_port_groups(data)
+        mine = None
+        for group in groups:
+            if self.target_port_group is not None:
+                if group.group == self.target_port_group:
+                    mine = group
+                    break
+            elif self.relative_target_port in group.ports:
+                mine = group
+                break
+        if mine is None and len(groups) == 1 and self.target_port_group is None \
+                and self.relative_target_port is None:
+            mine = groups[0]            # one group, and no designator to tell: it is ours
+        self.alua = mine
+        return mine
+
+    # ------------------------------------------------------------------ reservations
+    async def persistent_reserve_in(self, action: PrInAction) -> Any:
+        """PERSISTENT RESERVE IN: ``PrKeys``, ``PrReservation``, ``PrCapabilities`` or
+        ``PrFullStatus`` (scsi.parse). ``NotSupported`` when the LUN refuses the service
+        action (tgt has no READ FULL STATUS)."""
+        action = PrInAction(action)
+        try:
+            data = await self._read_bytes(scsi_cdb.persistent_reserve_in(action, PR_IN_ALLOC),
+                                          PR_IN_ALLOC)
+        except ScsiError as exc:
+            raise _not_supported(exc, f"PERSISTENT RESERVE IN ({action.name})") or exc
+        parse = {PrInAction.READ_KEYS: scsi_parse.parse_pr_read_keys,
+                 PrInAction.READ_RESERVATION: scsi_parse.parse_pr_read_reservation,
+                 PrInAction.REPORT_CAPABILITIES: scsi_parse.parse_pr_report_capabilities,
+                 PrInAction.READ_FULL_STATUS: scsi_parse.parse_pr_read_full_status}[action]
+        return parse(data)
+
+    async def persistent_reserve_out(self, request: PrOut) -> None:
+        """PERSISTENT RESERVE OUT through this LUN's I_T nexus. RESERVATION CONFLICT is a
+        ``ScsiError``; ``NotSupported`` when the LUN refuses the service action or type."""
+        await pr_out(self.session, self.lun, request, on_unit_attention=self._unit_attention)
 
     async def read_write_protect(self) -> None:
         """MODE SENSE(6): the WP bit of the device-specific parameter (SBC-3 §6.5.1), as sd
@@ -489,9 +587,31 @@ async def execute_retrying(session: DeviceSession, lun: int, cdb: bytes, *,
 
 
 async def read_data(session: DeviceSession, lun: int, cdb: bytes, alloc: int, *,
-                    on_unit_attention=None) -> bytes:
-    """Run a data-in command with an ``alloc``-byte buffer; return the bytes that arrived."""
+                    on_unit_attention=None, **kw: Any) -> bytes:
+    """Run a data-in command with an ``alloc``-byte buffer; return the bytes that arrived.
+    ``kw`` goes to ``session.execute`` (``fail_fast``, ``setup``)."""
     buf = bytearray(alloc)
     result = await execute_retrying(session, lun, cdb, read_length=alloc, read_buffer=buf,
-                                    on_unit_attention=on_unit_attention)
+                                    on_unit_attention=on_unit_attention, **kw)
     return bytes(buf[:alloc - result.residual_count]) if result.underflow else bytes(buf)
+
+
+async def pr_out(session, lun: int, request: PrOut, **kw: Any) -> None:
+    """Send one PERSISTENT RESERVE OUT (retried after UNIT ATTENTION, which does not run it).
+    ``kw`` goes to ``session.execute`` (``setup``, ``fail_fast``)."""
+    params = scsi_cdb.pr_out_parameter_list(request.key, request.sa_key, aptpl=request.aptpl,
+                                            all_tg_pt=request.all_tg_pt)
+    cdb = scsi_cdb.persistent_reserve_out(request.action, request.type,
+                                          parameter_list_length=len(params))
+    try:
+        await execute_retrying(session, lun, cdb, write_data=params, **kw)
+    except ScsiError as exc:
+        raise _not_supported(exc, f"PERSISTENT RESERVE OUT ({request.action.name})") or exc
+
+
+async def register_key(session, lun: int, key: int, *, aptpl: bool = False,
+                       **kw: Any) -> None:
+    """Register ``key`` for this I_T nexus with REGISTER AND IGNORE EXISTING KEY (what
+    multipathd does for multipath.conf's reservation_key on every path)."""
+    await pr_out(session, lun, PrOut(PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY,
+                                     sa_key=key, aptpl=aptpl), **kw)

@@ -22,9 +22,9 @@ from .core.chap import ChapCredentials
 from .core.discovery import DiscoveredTarget
 from .core.names import Portal
 from .core.keys import LoginParams, NegotiatedParams
-from .device import DEFAULT_MAX_COMMAND, Lun, read_data
+from .device import DEFAULT_MAX_COMMAND, Lun, read_data, register_key
 from .errors import IscsiError
-from .multipath import POLICIES, MultipathDevice, Path
+from .multipath import ALUA_TRANSITION_TIMEOUT, POLICIES, MultipathDevice, Path
 from .net.discovery import discover
 from .net.session import Session, Timeouts
 from .scsi import cdb as scsi_cdb
@@ -103,7 +103,9 @@ class Initiator:
                  discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
                  on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None,
                  multipath_policy: str = "failover",
-                 sid_source: Callable[[], int] | None = None):
+                 sid_source: Callable[[], int] | None = None,
+                 reservation_key: int | None = None, reservation_aptpl: bool = False,
+                 alua_transition_timeout: float = ALUA_TRANSITION_TIMEOUT):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -127,6 +129,11 @@ class Initiator:
         if multipath_policy not in POLICIES:
             raise ValueError(f"multipath policy must be one of {', '.join(POLICIES)}")
         self.multipath_policy = multipath_policy
+        self.alua_transition_timeout = alua_transition_timeout
+        # multipath.conf's reservation_key: registered on every disk LUN of every session
+        # (every path, every I_T nexus) before I/O goes down it; never logged above DEBUG
+        self.reservation_key = reservation_key
+        self.reservation_aptpl = reservation_aptpl
         self._multipath: dict[str, MultipathDevice] = {}     # identity -> device
         self._closed = False
 
@@ -180,8 +187,38 @@ class Initiator:
                     queue_depth=opts.queue_depth or self.queue_depth,
                     cmds_max=opts.cmds_max or 128,
                     initiator_alias=self.initiator_alias,
-                    sid=self.sid_source() if self.sid_source is not None else None)
+                    sid=self.sid_source() if self.sid_source is not None else None,
+                    login_hooks=self._login_hooks(entry))
             return entry.session
+
+    def _login_hooks(self, entry: _Entry) -> list:
+        """What every login of ``entry``'s session runs before it takes I/O."""
+        hooks = []
+        if self.reservation_key is not None:
+            async def register_keys(session: Session) -> None:
+                # a relogin is a new I_T nexus: the LUNs known so far get the key again
+                # (the first login knows none yet: _scan registers each LUN it finds)
+                for e in entry.luns or ():
+                    if e.device is not None:
+                        await self._register_key(session, e.lun, setup=True)
+            hooks.append(register_keys)
+        return hooks
+
+    async def _register_key(self, session: Session, lun: int, **kw) -> None:
+        """REGISTER AND IGNORE EXISTING KEY of the mount's reservation_key on ``lun``. A
+        target that refuses it is a warning (the LUN stays usable, unregistered); a broken
+        connection fails the login it runs in."""
+        assert self.reservation_key is not None
+        try:
+            await register_key(session, lun, self.reservation_key,
+                               aptpl=self.reservation_aptpl, **kw)
+        except ScsiError as exc:
+            log.warning("LUN %d of %s: registering the reservation key failed: %s", lun,
+                        session.target_name, exc)
+            return
+        log.info("LUN %d of %s: reservation key registered", lun, session.target_name)
+        log.debug("LUN %d of %s: reservation key 0x%x", lun, session.target_name,
+                  self.reservation_key)
 
     async def luns(self, target: str, portal: Portal) -> list[LunEntry]:
         """The LUNs of a target (REPORT LUNS + INQUIRY each), logging in lazily."""
@@ -232,6 +269,8 @@ class Initiator:
                     device = await Lun.open(session, n, inquiry, self.max_command_bytes)
                 except ScsiError as exc:
                     log.warning("LUN %d of %s: %s", n, session.target_name, exc)
+                if device is not None and self.reservation_key is not None:
+                    await self._register_key(session, n)    # before any I/O of its own
             result.append(LunEntry(n, inquiry.device_type, inquiry.device_type_name, device))
         return result
 
@@ -302,7 +341,8 @@ class Initiator:
         mdev = self._multipath.get(identity)
         if mdev is None:
             mdev = MultipathDevice(device, policy=self.multipath_policy,
-                                   no_path_retry=device.session.timeouts.replacement_timeout)
+                                   no_path_retry=device.session.timeouts.replacement_timeout,
+                                   alua_transition_timeout=self.alua_transition_timeout)
             self._multipath[identity] = mdev
         elif (why := mdev.same_unit(device)) is not None:
             log.warning("multipath: LUN %d of %s at %s reports the identity %s but %s; not "

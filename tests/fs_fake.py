@@ -35,8 +35,11 @@ HOSTILE_NAMES = [
 
 
 def ScsiError(key: int, asc: int, ascq: int, status: int = 2):
-    """A real ``scsi.sense.ScsiError`` with fixed-format sense, as a target would produce."""
+    """A real ``scsi.sense.ScsiError`` with fixed-format sense, as a target would produce
+    (status 0x18 RESERVATION CONFLICT: no sense)."""
     from iscsifs.scsi.sense import ScsiError as _ScsiError, Sense, SenseKey
+    if status != 2:
+        return _ScsiError(status)
     return _ScsiError(status, Sense(0x70, SenseKey(key), asc, ascq))
 
 
@@ -65,6 +68,11 @@ class FakeLun:
         lbpme=True, lbprz=True, provisioning_type=2, method=DISCARD_UNMAP,
         max_blocks=0x7FFFFF))
     discards: list = field(default_factory=list)     # (offset, length) of each discard
+    # persistent reservations of this LUN's one I_T nexus (tgt-like: no READ FULL STATUS)
+    pr_key: int = 0                 # 0: not registered
+    pr_generation: int = 0
+    pr_reservation: tuple | None = None     # (key, type)
+    pr_requests: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.medium_protected is None:
@@ -115,6 +123,48 @@ class FakeLun:
         await trio.sleep(0)
         self.write_protected = bool(self.medium_protected)
 
+    async def persistent_reserve_in(self, action: Any) -> Any:
+        from iscsifs.scsi.parse import PrCapabilities, PrKeys, PrReservation
+        await trio.sleep(0)
+        name = getattr(action, "name", str(action))
+        if name == "READ_KEYS":
+            return PrKeys(self.pr_generation, (self.pr_key,) if self.pr_key else ())
+        if name == "READ_RESERVATION":
+            if self.pr_reservation is None:
+                return PrReservation(self.pr_generation)
+            return PrReservation(self.pr_generation, self.pr_reservation[0], 0,
+                                 self.pr_reservation[1])
+        if name == "REPORT_CAPABILITIES":
+            return PrCapabilities(False, False, False, False, True, True, 0, False,
+                                  frozenset({1, 3, 5, 6, 7, 8}))
+        raise NotSupported("PERSISTENT RESERVE IN (READ_FULL_STATUS): not supported by the LUN")
+
+    async def persistent_reserve_out(self, request: Any) -> None:
+        """The one nexus's registration and reservation, as SPC-4 §5.13 has them; a wrong
+        key is RESERVATION CONFLICT."""
+        await trio.sleep(0)
+        self.pr_requests.append(request)
+        action = request.action.name
+        if action == "REGISTER_AND_IGNORE_EXISTING_KEY" or (
+                action == "REGISTER" and request.key == self.pr_key):
+            self.pr_key = request.sa_key
+            if not self.pr_key:
+                self.pr_reservation = None
+            self.pr_generation += 1
+            return
+        if action in ("REGISTER", "RESERVE", "RELEASE", "CLEAR", "PREEMPT", "PREEMPT_AND_ABORT"
+                      ) and (not self.pr_key or request.key != self.pr_key):
+            raise ScsiError(0, 0, 0, status=0x18)
+        if action == "RESERVE":
+            self.pr_reservation = (self.pr_key, request.type)
+        elif action == "RELEASE":
+            self.pr_reservation = None
+        elif action == "CLEAR":
+            self.pr_key, self.pr_reservation = 0, None
+            self.pr_generation += 1
+        else:
+            self.pr_reservation = (self.pr_key, request.type)
+
     async def discard(self, offset: int, length: int) -> tuple[int, int]:
         """Zeros over the range; the split into unmapped and zeroed bytes is the real one."""
         if offset < 0 or length < 0:
@@ -151,6 +201,9 @@ class FakePathState:
     errors: int
     failures: int
     device: Any
+    alua_state: str | None = None
+    target_port_group: int | None = None
+    preferred: bool = False
 
 
 class FakeMultipath:
@@ -203,13 +256,20 @@ class FakeMultipath:
     async def discard(self, offset: int, length: int) -> tuple[int, int]:
         return await self.lun.discard(offset, length)
 
+    async def persistent_reserve_in(self, action: Any) -> Any:
+        return await self.lun.persistent_reserve_in(action)
+
+    async def persistent_reserve_out(self, request: Any) -> None:
+        await self.lun.persistent_reserve_out(request)
+
     def path_states(self) -> list[FakePathState]:
         active = self.active_path()
         out = []
         for i, key in enumerate(self.paths):
             up = key not in self.down
             out.append(FakePathState(
-                portal=key[1], target=key[0], lun=key[2], priority=len(self.paths) - i,
+                portal=key[1], target=key[0], lun=key[2],
+                priority=len(self.paths) - i if self.policy == "failover" else 1,
                 group_active=active is not None and (active.target, active.portal,
                                                      active.lun) == key,
                 dm_state="active" if up else "failed", checker_state="ready" if up else "faulty",

@@ -234,7 +234,7 @@ def test_bad_portal_is_said_once(tmp_path, text, problem):
 
 
 def test_one_line_names_the_login_once():
-    """cli.common composes the line from the error's fields: the words of the error and the
+    """exits.quiet_error composes the line from the error's fields: the words of the error and the
     name of the login, each once (it read "authentication failed for X at P: authentication
     failed for X at P: login to X failed: ...")."""
     from iscsifs.exits import quiet_error

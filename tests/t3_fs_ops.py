@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -419,7 +420,14 @@ async def test_by_id_lists_each_identity_once_over_all_portals():
     ro = await ops.lookup(by_id.st_ino, b"wwn-0x60000000000000000e00000000010003")
     assert stat.S_IMODE(ro.st_mode) == 0o400
     status_dir = await ops.lookup(by_id.st_ino, b".multipath")
-    assert await listing(ops, status_dir) == names[1:]
+    assert await listing(ops, status_dir) == [n + ext for n in names[1:]
+                                              for ext in ("", ".json")]
+    fh = (await ops.open((await ops.lookup(status_dir.st_ino, f"{NAME1}.json".encode())).st_ino,
+                         os.O_RDONLY, None)).fh
+    facts = json.loads(await ops.read(fh, 0, 1 << 16))
+    assert facts["schema"] == "iscsifs.multipath/1" and facts["name"] == NAME1
+    assert [p["portal"]["address"] for p in facts["paths"]] == [PORTAL.address,
+                                                                  PORTAL2.address]
     await expect_errno(errno.ENOENT, ops.lookup(by_id.st_ino, b"wwn-0x1234"))
 
 

@@ -16,7 +16,7 @@ from typing import NoReturn
 import trio
 
 from iscsifs import __version__
-from iscsifs.cli import discard, discover, nodes, session
+from iscsifs.cli import discard, discover, nodes, pr, session
 from iscsifs.config.locations import default_config_dir
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, IscsiError, QuietError
 from iscsifs.exits import quiet_error
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_commands(sub)
     nodes.add_commands(sub)
     discard.add_commands(sub)
+    pr.add_commands(sub)
     session.add_commands(sub)
     return parser
 

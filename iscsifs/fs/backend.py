@@ -12,9 +12,11 @@ as an ``AttributeError`` in a FUSE handler.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from iscsifs.core.names import Portal
+from iscsifs.device import PrOut
+from iscsifs.scsi.cdb import PrInAction
 
 
 class Inquiry(Protocol):
@@ -102,6 +104,14 @@ class BlockDevice(Protocol):
     async def read_write_protect(self) -> None:
         """Read ``write_protected`` again (MODE SENSE). ``write`` does it itself when the
         target answers DATA PROTECT."""
+    async def persistent_reserve_in(self, action: PrInAction) -> Any:
+        """PERSISTENT RESERVE IN: ``scsi.parse.PrKeys``, ``PrReservation``,
+        ``PrCapabilities`` or ``PrFullStatus``; ``errors.NotSupported`` when the LUN refuses
+        the service action."""
+    async def persistent_reserve_out(self, request: PrOut) -> None:
+        """PERSISTENT RESERVE OUT (a multipath device: REGISTER and RELEASE on every path);
+        RESERVATION CONFLICT is a ``ScsiError``, a refused service action
+        ``errors.NotSupported``."""
 
 
 class PathState(Protocol):
@@ -137,6 +147,15 @@ class PathState(Protocol):
     @property
     def device(self) -> BlockDevice:
         """The path's own device (the per-portal ``raw``)."""
+    @property
+    def alua_state(self) -> str | None:
+        """``active/optimized``, ``active/non-optimized``, ``standby``, ``unavailable``,
+        ``transitioning``, ...; None when the LUN has no ALUA."""
+    @property
+    def target_port_group(self) -> int | None: ...
+    @property
+    def preferred(self) -> bool:
+        """The target port group's PREF bit."""
 
 
 class MultipathBlockDevice(BlockDevice, Protocol):

@@ -36,11 +36,12 @@ _NETWORK_ERRNOS = frozenset({
 
 def _scsi_errno(exc: ScsiError) -> tuple[int, int]:
     """(errno, log level) for a ScsiError, by sense key and ASC/ASCQ."""
+    if exc.status == ScsiStatus.RESERVATION_CONFLICT:
+        # Linux's sd reports a reservation conflict as EBADE (BLK_STS_RESV_CONFLICT); another
+        # initiator holds the LUN, which is how fencing works: not a warning
+        return errno.EBADE, logging.INFO
     sense = exc.sense
     if sense is None:
-        if exc.status == ScsiStatus.RESERVATION_CONFLICT:
-            # Linux's sd reports a reservation conflict as EBADE (BLK_STS_RESV_CONFLICT)
-            return errno.EBADE, logging.WARNING
         return errno.EIO, logging.WARNING
     if sense.key == SenseKey.DATA_PROTECT:
         return errno.EROFS, logging.INFO

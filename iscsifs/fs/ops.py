@@ -113,6 +113,9 @@ class Operations(pyfuse3.Operations):
         elif node.kind is Kind.MPATH_STATUS:
             assert node.mpath is not None
             text = render.render_multipath(node.mpath, node.name)
+        elif node.kind is Kind.MPATH_JSON:
+            assert node.mpath is not None
+            text = render.render_multipath_json(node.mpath, node.name.removesuffix(".json"))
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
@@ -305,7 +308,13 @@ class Operations(pyfuse3.Operations):
             # e.g. security.capability, which the kernel asks before every buffered write
             # (cache=page): answer at once, without building the LUN's facts
             raise _fail(pyfuse3.ENOATTR)
-        value = self._xattrs(self._node(inode)).get(name)
+        node = self._node(inode)
+        action = xattrs.PR_IN.get(name)
+        if action is not None and node.kind.is_device and node.device is not None:
+            # PERSISTENT RESERVE IN through this file's own session(s): asked afresh each time
+            result = await node.device.persistent_reserve_in(action)
+            return render.render_pr_json(action.name.lower(), result).encode("ascii")
+        value = self._xattrs(node).get(name)
         if value is None:
             raise _fail(pyfuse3.ENOATTR)
         return value
@@ -319,6 +328,9 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if name == xattrs.DISCARD and node.kind.is_device and node.device is not None:
             await self._discard(node, value)
+            return
+        if name == xattrs.PR_OUT and node.kind.is_device and node.device is not None:
+            await self._pr_out(node, value)
             return
         if name in xattrs.IDENTITY_NAMES and self._xattrs(node):
             raise _fail(errno.EPERM)          # the LUN's identity: read-only
@@ -348,6 +360,19 @@ class Operations(pyfuse3.Operations):
         self.namespace.notify_data(node)
         log.info("%s: discarded %d bytes at offset %d (%d unmapped, %d written as zeros)",
                  path, length, offset, unmapped, zeroed)
+
+    async def _pr_out(self, node: Node, value: bytes) -> None:
+        """``iscsifs pr --out``: one PERSISTENT RESERVE OUT through this file's session(s).
+        The value holds keys: it is never logged."""
+        path = "/".join(node.path)
+        try:
+            request = xattrs.parse_pr_out(value)
+        except ValueError as exc:
+            log.info("%s: %s", path, exc)
+            raise _fail(errno.EINVAL) from None
+        assert node.device is not None
+        await node.device.persistent_reserve_out(request)
+        log.info("%s: PERSISTENT RESERVE OUT %s done", path, request.action.name)
 
     # -- directories ------------------------------------------------------------------------
     @fuse_errors

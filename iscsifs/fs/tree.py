@@ -65,6 +65,7 @@ class Kind(enum.Enum):
     MPATH = "mpath"                     # a LUN through all of its paths (node.mpath)
     MPATH_DIR = "mpath_dir"             # by-id/.multipath/
     MPATH_STATUS = "mpath_status"       # text: multipath -ll layout
+    MPATH_JSON = "mpath_json"           # text: the same snapshot as JSON
 
     @property
     def is_dir(self) -> bool:
@@ -73,7 +74,7 @@ class Kind(enum.Enum):
     @property
     def is_text(self) -> bool:
         return self in (Kind.INITIATOR_NAME, Kind.SESSIONS, Kind.SESSION, Kind.SESSION_JSON,
-                        Kind.INFO, Kind.INFO_JSON, Kind.MPATH_STATUS)
+                        Kind.INFO, Kind.INFO_JSON, Kind.MPATH_STATUS, Kind.MPATH_JSON)
 
     @property
     def is_device(self) -> bool:
@@ -282,6 +283,7 @@ class Tree:
         for name, device in devices:
             self._add(directory, name, Kind.MPATH, mpath=device)
             self._add(status_dir, name, Kind.MPATH_STATUS, mpath=device)
+            self._add(status_dir, name + ".json", Kind.MPATH_JSON, mpath=device)
         if set(old) != set(directory.children):
             directory.mtime_ns = directory.ctime_ns = time.time_ns()
         if set(old_status) != set(status_dir.children):

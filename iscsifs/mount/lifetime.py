@@ -141,7 +141,10 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
                      discovery_chap_for=config.discovery_chap_for,
                      on_discovered=config.records.record_discovery,
                      multipath_policy=opts.multipath,
-                     sid_source=SidCounter().next)
+                     sid_source=SidCounter().next,
+                     reservation_key=opts.reservation_key,
+                     reservation_aptpl=opts.reservation_aptpl,
+                     alua_transition_timeout=opts.alua_transition_timeout)
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None],
