@@ -49,7 +49,7 @@ import trio
 
 from .core.names import Portal
 from .device import UA_RETRIES, Lun, PrOut, pr_out
-from .errors import CommandTimeout, ConnectionLost, IscsiError, SessionFailed
+from .errors import CommandTimeout, ConnectionLost, IscsiError, NoSuchDevice, SessionFailed
 from .scsi.cdb import PrOutAction
 from .scsi.parse import AluaState
 from .scsi.sense import ScsiError, alua_not_ready, is_alua_state_changed
@@ -114,7 +114,7 @@ class Path:
 
     @property
     def healthy(self) -> bool:
-        return bool(self.session.logged_in)
+        return bool(self.session.logged_in) and not self.device.is_gone
 
     @property
     def alua_state(self) -> int | None:
@@ -272,7 +272,10 @@ class PathGroup:
 
     def update(self) -> None:
         """Note path state changes (one INFO line each) and the active path; wake commands
-        waiting for a path. Synchronous: runs inside the session's state change."""
+        waiting for a path. Synchronous: runs inside the session's state change. Nothing
+        once closed (unmount, or the logical unit is gone)."""
+        if self._closed:
+            return
         changed = False
         for path in self.paths:
             healthy = path.healthy
@@ -432,10 +435,12 @@ class PathGroup:
             attempts += 1
             generation = self._alua_generation
             try:
-                result = await path.session.execute(path.lun, cdb, read_length=read_length,
-                                                    read_buffer=read_buffer,
-                                                    write_data=write_data, fail_fast=True)
-            except PATH_ERRORS as exc:
+                # through the path's Lun: refused once its logical unit is gone (the LUN
+                # number names another one now), even if it waited for a slot meanwhile
+                result = await path.device.execute(path.lun, cdb, read_length=read_length,
+                                                   read_buffer=read_buffer,
+                                                   write_data=write_data, fail_fast=True)
+            except (*PATH_ERRORS, NoSuchDevice) as exc:
                 path.errors += 1
                 failed[path] = path.session.reconnects
                 last = exc
@@ -548,7 +553,8 @@ class PathGroup:
             await self._wait_for_path(None)
             paths = [p for p in self.paths if p.healthy]
         for path in sorted(paths, key=self._preference):
-            await pr_out(path.session, path.lun, request, fail_fast=True)
+            # through the path's Lun: never to another LU behind its number
+            await pr_out(path.device, path.lun, request, fail_fast=True)
 
 
 class MultipathDevice(Lun):
@@ -566,18 +572,24 @@ class MultipathDevice(Lun):
         self.inquiry = template.inquiry
         self.serial = template.serial
         self.wwn = template.wwn
+        self.designators = template.designators
         self.block_limits = template.block_limits
+        self._locks = template._locks       # the unit's range lock: its raw files use it too
         self.copy_geometry(template)
 
     def copy_geometry(self, source: Lun) -> None:
         """Take the block size, block count, transfer limits and write protection of a
         path's Lun (after a rescan re-read them)."""
-        self.write_protected = source.write_protected
-        self.lbp, self.lbpme, self.lbprz = source.lbp, source.lbpme, source.lbprz
-        self.block_size = source.block_size
-        self.num_blocks = source.num_blocks
-        self.max_transfer_bytes = source.max_transfer_bytes
-        self._chunk = source._chunk
+        _copy_geometry(self, source)
+
+    async def read_capacity(self) -> None:
+        """READ CAPACITY through a path, and the new geometry for every path's own Lun too:
+        they are the same logical unit (their ``raw`` files show the new size, and the
+        identity check of the next listing sees the same capacity)."""
+        await super().read_capacity()
+        for path in self.group.paths:
+            _copy_geometry(path.device, self)
+            path.device.capacity_changed = False
 
     @property
     def policy(self) -> str:
@@ -623,6 +635,15 @@ class MultipathDevice(Lun):
         if other.num_blocks != self.num_blocks:
             return f"{other.num_blocks} blocks instead of {self.num_blocks}"
         return None
+
+
+def _copy_geometry(device: Lun, source: Lun) -> None:
+    device.write_protected = source.write_protected
+    device.lbp, device.lbpme, device.lbprz = source.lbp, source.lbpme, source.lbprz
+    device.block_size = source.block_size
+    device.num_blocks = source.num_blocks
+    device.max_transfer_bytes = source.max_transfer_bytes
+    device._chunk = source._chunk
 
 
 def _seconds(limit: float) -> str:

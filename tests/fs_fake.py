@@ -23,7 +23,7 @@ import trio
 
 from iscsifs.core.names import Portal
 from iscsifs.device import DISCARD_UNMAP, Provisioning, granule_range
-from iscsifs.errors import NoSpace, NotSupported
+from iscsifs.errors import NoSpace, NoSuchDevice, NotSupported
 
 HOSTILE_NAMES = [
     "iqn.2026-11.org.example:../../etc",
@@ -73,6 +73,18 @@ class FakeLun:
     pr_generation: int = 0
     pr_reservation: tuple | None = None     # (key, type)
     pr_requests: list = field(default_factory=list)
+    why_gone: str | None = None     # set by gone(): every operation fails (NoSuchDevice)
+
+    @property
+    def is_gone(self) -> bool:
+        return self.why_gone is not None
+
+    def gone(self, why: str) -> None:
+        self.why_gone = why
+
+    def _check(self) -> None:
+        if self.why_gone is not None:
+            raise NoSuchDevice(f"the LUN is gone: {self.why_gone}")
 
     def __post_init__(self) -> None:
         if self.medium_protected is None:
@@ -94,11 +106,13 @@ class FakeLun:
             self.in_flight -= 1
 
     async def read(self, offset: int, length: int) -> bytes:
+        self._check()
         self.reads += 1
         await self._io()
         return bytes(self.data[offset:offset + length])
 
     async def write(self, offset: int, data: Any) -> int:
+        self._check()
         self.writes += 1
         if self.medium_protected:
             await self.read_write_protect()          # as device.Lun does on DATA PROTECT
@@ -110,6 +124,7 @@ class FakeLun:
         return len(data)
 
     async def flush(self) -> None:
+        self._check()
         self.flushes += 1
         await self._io()
         if self.flush_error is not None:
@@ -229,6 +244,7 @@ class FakeMultipath:
     wwn = property(lambda self: self.lun.wwn)
     capacity_changed = property(lambda self: self.lun.capacity_changed)
     provisioning = property(lambda self: self.lun.provisioning)
+    is_gone = property(lambda self: self.lun.is_gone)
 
     @property
     def luns_changed(self) -> bool:
@@ -311,6 +327,22 @@ class FakeInitiator:
         self.discover_error: BaseException | None = None
         self.multipath_devices: dict[str, FakeMultipath] = {}
         self.multipath_calls: list[list[tuple[str, Any]]] = []
+        self.luns_listeners: list[Any] = []
+
+    def watch_luns(self, callback: Any) -> None:
+        self.luns_listeners.append(callback)
+
+    def change_luns(self, target: str, portal: Any, entries: list[FakeLunEntry]) -> None:
+        """The target's LUNs changed and the backend noticed by itself (as the Initiator
+        does on UNIT ATTENTION 3F/0E or a new LU after a relogin): LUNs whose entry goes
+        away are gone, and the listeners hear of the new list."""
+        kept = {id(e.device) for e in entries if e.device is not None}
+        for e in self.targets.get(target, []):
+            if e.device is not None and id(e.device) not in kept:
+                e.device.gone("replaced or removed at the target")
+        self.targets[target] = list(entries)
+        for callback in list(self.luns_listeners):
+            callback(target, portal, list(entries))
 
     async def discover(self, portal: Any, *, refresh: bool = False) -> list[FakeTarget]:
         self.discover_calls += 1
@@ -323,13 +355,18 @@ class FakeInitiator:
         pass                                         # nothing is cached
 
     async def rescan(self, target: str, portal: Any) -> list[FakeLunEntry]:
-        return await self.luns(target, portal)
+        entries = await self.luns(target, portal)
+        for callback in list(self.luns_listeners):
+            callback(target, portal, entries)
+        return entries
 
     def logged_in_targets(self, portal: Any) -> list[str]:
         return [t for t, p in self.logged_in if p == portal]
 
     async def logout(self, target: str, portal: Any) -> None:
         self.logged_in.discard((target, portal))
+        for dev in self.multipath_devices.values():     # as the Initiator: its paths go
+            dev.paths = [p for p in dev.paths if (p[0], p[1]) != (target, portal)]
 
     async def luns(self, target: str, portal: Any) -> list[FakeLunEntry]:
         await trio.sleep(0)

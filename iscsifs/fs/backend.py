@@ -11,7 +11,7 @@ as an ``AttributeError`` in a FUSE handler.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from iscsifs.core.names import Portal
@@ -85,6 +85,11 @@ class BlockDevice(Protocol):
     luns_changed: bool
     """A command saw UNIT ATTENTION 3F/0E: the target's LUN list changed (the filesystem
     rescans and clears it)."""
+
+    @property
+    def is_gone(self) -> bool:
+        """Its logical unit is not at its LUN number any more (removed, or another one is
+        there now): every operation fails with ``errors.NoSuchDevice``."""
 
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         """``length`` bytes at ``offset``; short (or empty) at the end. Any contiguous buffer
@@ -303,5 +308,10 @@ class Backend(Protocol):
                         ) -> Sequence[MultipathBlockDevice]:
         """The disk LUNs of these targets grouped by identity, one device each; logs in
         where needed."""
+    def watch_luns(self, callback: Callable[[str, Portal, Sequence[LunListing]], None]
+                   ) -> None:
+        """Have ``callback(target, portal, luns)`` called with every new LUN list of a
+        target: after a listing or a rescan, and after a LUN change the backend saw by itself
+        (UNIT ATTENTION 3F/0E, an async event, another logical unit found after a relogin)."""
     async def aclose(self) -> None:
         """Log every session out."""

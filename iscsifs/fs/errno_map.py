@@ -21,8 +21,8 @@ import pyfuse3
 import trio
 
 from iscsifs.errors import (AuthenticationError, CommandTimeout, ConfigError, ConnectionLost,
-                            LoginError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
-                            SessionFailed, causes, leaf_exceptions)
+                            LoggedOut, LoginError, NoSpace, NoSuchDevice, NotSupported,
+                            RemoteProtocolError, SessionFailed, causes, leaf_exceptions)
 from iscsifs.scsi.sense import ScsiError, ScsiStatus, SenseKey
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,14 @@ def classify(exc: BaseException) -> tuple[int, int]:
     if isinstance(exc, NotSupported):
         return errno.EOPNOTSUPP, logging.INFO
     if isinstance(exc, NoSuchDevice):
-        return errno.ENXIO, logging.WARNING
+        # the change was logged once, as a WARNING, when it was found
+        return errno.ENXIO, logging.INFO
     if isinstance(exc, LoginError):          # includes AuthenticationError
         return _login_errno(exc), logging.WARNING
     if isinstance(exc, (CommandTimeout, trio.TooSlowError)):
         return errno.ETIMEDOUT, logging.WARNING
+    if isinstance(exc, LoggedOut):           # a listing that raced rmdir or unmount
+        return errno.ENOENT, logging.INFO
     if isinstance(exc, ConnectionLost) and exc.errno in _NETWORK_ERRNOS:
         return exc.errno, logging.WARNING     # could not connect: refused, unreachable, ...
     if isinstance(exc, (ConnectionLost, SessionFailed, RemoteProtocolError)):

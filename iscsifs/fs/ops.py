@@ -406,9 +406,18 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     def _open_under(self, node: Node) -> bool:
+        """Whether removing ``node`` (a target or portal directory) would take an open file's
+        LUN away: a ``raw`` file below it, or a ``by-id`` file all of whose paths go through
+        it."""
         prefix = node.path
-        return any(h.node.kind is Kind.RAW and h.node.path[:len(prefix)] == prefix
-                   for h in self._handles.values())
+        for h in self._handles.values():
+            if h.node.kind is Kind.RAW and h.node.path[:len(prefix)] == prefix:
+                return True
+            if h.node.kind is Kind.MPATH and h.node.mpath is not None:
+                paths = h.node.mpath.path_states()
+                if paths and all(_behind(node, p.target, p.portal) for p in paths):
+                    return True
+        return False
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
@@ -470,6 +479,8 @@ class Operations(pyfuse3.Operations):
             self._handles[fh] = _Handle(node, writable=wants_write)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if not node.kind.is_device or node.device is None:
+            raise _fail(errno.ENXIO)
+        if node.device.is_gone:     # an old inode of a LUN that names another LU now
             raise _fail(errno.ENXIO)
         if wants_write and self._lun_read_only(node):
             raise _fail(errno.EROFS)
@@ -547,3 +558,12 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
+
+
+def _behind(node: Node, target: str, portal: Any) -> bool:
+    """Whether a path to ``target`` at ``portal`` goes through ``node`` (a target or portal
+    directory)."""
+    assert node.portal is not None
+    if (portal.host, portal.port) != (node.portal.host, node.portal.port):
+        return False
+    return node.kind is Kind.PORTAL or target == node.target
