@@ -310,3 +310,28 @@ class AluaUnit:
         target = FakeTarget(target_name=iqn, on_command=on_command)
         self.ports[name] = (group, target)
         return target
+class _BreakOnCommand(socket.socket):
+    """A socket whose first send of a SCSI Command PDU fails with EPIPE (as a send does right
+    after the target closed the connection): the break happens exactly there, whatever order
+    trio runs the tasks in."""
+
+    def sendmsg(self, buffers, *args):
+        buffers = list(buffers)
+        if buffers and len(buffers[0]) and bytes(buffers[0][:1])[0] & 0x3F == 0x01:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().sendmsg(buffers, *args)
+
+
+def breaking_connector(target: FakeTarget, nursery: trio.Nursery, broken: set):
+    """``target.socketpair_connector`` whose connections numbered in ``broken`` (1, 2, ...)
+    fail when the initiator sends its first SCSI command on them (after a good login)."""
+    base = target.socketpair_connector(nursery)
+    made = [0]
+
+    async def connect(portal):
+        made[0] += 1
+        sock = await base(portal)
+        if made[0] in broken:
+            return _BreakOnCommand(fileno=sock.detach())
+        return sock
+    return connect

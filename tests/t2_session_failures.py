@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from fake_target import FakeTarget, good_read, tmf_answer
+from fake_target import FakeTarget, breaking_connector, good_read, tmf_answer
 from helpers import (ABORT_REFUSED, CONN_FAILED, ENDED_BY_LU_RESET, NO_CMDSN, READ_TIMED_OUT,
                      RECOVERY_FAILED, REPLACEMENT_EXPIRED, TMF_UNANSWERED)
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
@@ -333,3 +333,31 @@ async def test_fail_fast_command_is_answered_at_once_and_never_sent_again(
     assert bytes(buf) == PAYLOAD
     await session.close()
     assert states[-1] == "FREE"
+
+
+@CONN_FAILED
+async def test_a_send_failing_right_after_a_relogin_starts_another_recovery(
+        nursery, autojump_clock):
+    # connection 1 never answers the read and is dropped; connection 2 logs in and breaks
+    # when the waiting read is re-issued on it; connection 3 answers it
+    target = FakeTarget(on_command=lambda conn, cmd: [] if conn.number == 1
+                        else good_read(conn, cmd, PAYLOAD))
+    with trio.fail_after(5):
+        session = await Session.connect(
+            Portal("127.0.0.1", 3260), target.target_name, initiator_name=INITIATOR,
+            nursery=nursery, timeouts=Timeouts(noop_out_interval=0, command=0),
+            connector=breaking_connector(target, nursery, {2}))
+    got = {}
+
+    async def reader():
+        got["data"] = await read(session)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await target.live[1].close()
+    assert got["data"] == PAYLOAD
+    assert target.connections == 3 and session.logged_in
+    assert session.counters()["reconnects"] == 2
+    await session.close()

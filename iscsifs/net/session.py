@@ -211,7 +211,7 @@ class Session:
         self._admission = trio.Semaphore(cmds_max)
         self._slot_waiters: set[_SlotWaiter] = set()    # callers waiting for a slot
         self._state_changed = trio.Event()
-        self._recovering = False
+        self._recovering: object | None = None   # the running recovery's token
         self._given_up = False          # replacement timeout expired: fail I/O at once
         self._closed = False
         self._counters_base: dict[str, int] = {}
@@ -813,9 +813,9 @@ class Session:
         self._notify()
         if not self.recover:
             self._fail_waiting(SessionFailed(f"connection to {self._who()} lost: {exc}"))
-        elif not self._recovering:
-            self._recovering = True
-            self._nursery.start_soon(self._recover)
+        elif self._recovering is None:
+            self._recovering = token = object()
+            self._nursery.start_soon(self._recover, token)
 
     def _give_up(self) -> None:
         self._given_up = True
@@ -826,7 +826,7 @@ class Session:
             f"{self.timeouts.replacement_timeout:g} s"))
         self._notify()
 
-    async def _recover(self) -> None:
+    async def _recover(self, token: object) -> None:
         """Relogin with the same ISID until it works. ``replacement_timeout`` after the
         failure, waiting commands fail (an attempt running then is cancelled) and new ones
         fail at once; the attempts go on, and the first that works ends that."""
@@ -883,6 +883,8 @@ class Session:
                     return
                 self.reconnects += 1
                 self._count("reconnects")
+                # recovered: a failure from here on (even while re-issuing below) is a new one
+                self._recovering = None
                 self._open()
                 log.info("relogged in to %s (sid %d, tsih %d) %.1f s after the connection "
                          "failed", self._who(), self.sid, self.tsih,
@@ -894,7 +896,8 @@ class Session:
                             break
                 return
         finally:
-            self._recovering = False
+            if self._recovering is token:
+                self._recovering = None
 
     # ------------------------------------------------------------------ text
     async def text(self, pairs) -> list[tuple[str, str]]:
