@@ -17,6 +17,7 @@ from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
 from iscsifs.core.discovery import Portal
 from iscsifs.core.pdu import AsyncMessage, NopIn, NopOut, TaskManagementRequest
+from iscsifs.core.state import SessionState
 from iscsifs.errors import CommandTimeout, LocalProtocolError, PathFailed, SessionFailed
 from iscsifs.net.session import ASYNC_EVENTS_KEPT, Session, Timeouts
 
@@ -314,14 +315,14 @@ async def test_fail_fast_command_is_answered_at_once_and_never_sent_again(
             # the fail-fast command was answered at once; the ordinary one waits for a relogin
             assert outcome["fast"][0] == dropped and "ordinary" not in outcome
             assert "failed" in str(outcome["fast"][1])
-            assert states == ["FAILED"]
+            assert states == [SessionState.RECOVERING]
             with pytest.raises(PathFailed):          # a new one while down: at once too
                 await session.execute(1, read10(16), read_length=512,
                                       read_buffer=bytearray(512), fail_fast=True)
             assert trio.current_time() == dropped
             target.hang_login_after = None           # relogins work again
     assert outcome["ordinary"] == PAYLOAD
-    assert states[-1] == "LOGGED_IN"
+    assert states[-1] is SessionState.LOGGED_IN
     # only the ordinary command went again on the new connection
     assert [n for n, p in target.commands_seen() if p.cdb[:10] == read10(0)] == [1]
     assert [n for n, p in target.commands_seen() if p.cdb[:10] == read10(8)] == [1, 3]
@@ -332,7 +333,7 @@ async def test_fail_fast_command_is_answered_at_once_and_never_sent_again(
     await session.execute(1, read10(24), read_length=len(buf), read_buffer=buf, fail_fast=True)
     assert bytes(buf) == PAYLOAD
     await session.close()
-    assert states[-1] == "FREE"
+    assert states[-1] is SessionState.CLOSED
 
 
 @CONN_FAILED

@@ -12,6 +12,7 @@ import trio
 
 from iscsifs.core.discovery import Portal
 from iscsifs.core.keys import NegotiatedParams
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.fs import errno_map, render
 from iscsifs.core.discovery import valid_iscsi_name
 from iscsifs.fs.tree import Kind, Tree
@@ -26,7 +27,8 @@ PORTAL = Portal("127.0.0.1", 3260, 1)
 def session_info(**changes) -> SessionInfo:
     values = dict(
         target=IQN, portal=PORTAL, sid=7, initiator_name="iqn.2016-04.com.open-iscsi:abcdef",
-        local_address="127.0.0.1", connection_state="LOGGED IN", session_state="LOGGED_IN",
+        local_address="127.0.0.1", connection_state=ConnectionState.LOGGED_IN,
+        session_state=SessionState.LOGGED_IN,
         timeouts=Timeouts(replacement_timeout=60),
         chap_username="alice", chap_username_in="target-bob",
         params=NegotiatedParams(header_digest=True, data_digest=False,
@@ -107,10 +109,21 @@ def test_session_attached_luns_and_stats():
 
 
 def test_session_failed_state_shows_devices_offline():
-    text = render.render_session(session_info(session_state="FAILED",
-                                              connection_state="TRANSPORT WAIT"), IQN, PORTAL)
+    text = render.render_session(session_info(session_state=SessionState.FAILED,
+                                              connection_state=ConnectionState.TRANSPORT_WAIT),
+                                 IQN, PORTAL)
     assert "\t\tiSCSI Connection State: TRANSPORT WAIT\n" in text
-    assert "State: transport-offline" in text
+    assert "\t\tiSCSI Session State: FAILED\n" in text
+    assert "State: transport-offline" in text        # the replacement timeout expired
+    assert "Host Number: 7\tState: running" in text
+    # while a relogin may still bring it back, iscsiadm's words are the same but the disks
+    # are blocked, not offline
+    text = render.render_session(session_info(session_state=SessionState.RECOVERING,
+                                              connection_state=ConnectionState.IN_LOGIN),
+                                 IQN, PORTAL)
+    assert "\t\tiSCSI Connection State: IN LOGIN\n" in text
+    assert "\t\tiSCSI Session State: FAILED\n" in text
+    assert "State: blocked" in text and "transport-offline" not in text
 
 
 def test_session_not_logged_in():
