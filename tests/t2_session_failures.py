@@ -362,3 +362,64 @@ async def test_a_send_failing_right_after_a_relogin_starts_another_recovery(
     assert target.connections == 3 and session.logged_in
     assert session.counters()["reconnects"] == 2
     await session.close()
+
+
+async def test_a_caller_waiting_for_a_cmds_max_slot_hears_of_close(nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: [])          # never answers
+    session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                    initiator_name=INITIATOR, nursery=nursery,
+                                    timeouts=Timeouts(noop_out_interval=0, command=0),
+                                    connector=target.socketpair_connector(nursery),
+                                    cmds_max=1)
+    outcome = {}
+
+    async def reader(name, lba):
+        try:
+            await read(session, lba)
+        except SessionFailed as exc:
+            outcome[name] = (trio.current_time(), exc)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(reader, "first", 0)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(reader, "second", 8)           # waits for the one slot
+            await trio.testing.wait_all_tasks_blocked()
+            closed_at = trio.current_time()
+            await session.close()
+    assert outcome["first"][0] == outcome["second"][0] == closed_at
+    assert len(target.commands_seen()) == 1             # the second one never went out
+
+
+@CONN_FAILED
+@REPLACEMENT_EXPIRED
+async def test_a_caller_waiting_for_a_cmds_max_slot_hears_of_the_replacement_timeout(
+        nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: [], hang_login_after=1)
+    session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                    initiator_name=INITIATOR, nursery=nursery,
+                                    timeouts=Timeouts(noop_out_interval=0, command=0,
+                                                      replacement_timeout=4, login=15),
+                                    connector=target.socketpair_connector(nursery),
+                                    cmds_max=1)
+    outcome = {}
+
+    async def reader(name, lba):
+        try:
+            await read(session, lba)
+        except SessionFailed:
+            outcome[name] = trio.current_time()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            n.start_soon(reader, "first", 0)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(reader, "second", 8)
+            await trio.testing.wait_all_tasks_blocked()
+            dropped_at = trio.current_time()
+            await target.live[1].close()
+    # both fail at the deadline, not before and not after
+    assert outcome["first"] - dropped_at == pytest.approx(4, abs=EPS)
+    assert outcome["second"] - dropped_at == pytest.approx(4, abs=EPS)
+    assert len(target.commands_seen()) == 1
+    await session.close()

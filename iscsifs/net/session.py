@@ -575,6 +575,11 @@ class Session:
                 self._admission.acquire_nowait()
             except trio.WouldBlock:
                 await self._wait_for_slot(lun)
+                # the session may have closed or given up while we waited for the slot
+                refusal = self._refusal(setup, fail_fast)
+                if refusal is not None:
+                    self._admission.release()
+                    raise refusal
         cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast, setup)
         self._unfinished[cmd] = None
         try:
