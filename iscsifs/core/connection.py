@@ -327,6 +327,16 @@ class Connection:
         return len(self._waiting)
 
     @property
+    def itts_in_use(self) -> int:
+        """Initiator Task Tags held: live exchanges plus tombstones of abandoned ones."""
+        return len(self._itts)
+
+    @property
+    def tombstones(self) -> int:
+        """ITTs of abandoned exchanges still reserved (their late PDUs are dropped)."""
+        return sum(1 for item in self._itts.values() if item is _ABANDONED)
+
+    @property
     def window_open(self) -> bool:
         """True when the next non-immediate command's CmdSN is inside [ExpCmdSN, MaxCmdSN]."""
         return sn_le(self.cmd_sn, self.max_cmd_sn)
