@@ -808,6 +808,24 @@ def test_abandon_sent_and_queued_commands():
         conn.abandon(0x4242)
 
 
+def test_abort_of_a_sent_command_asks_the_target_to_end_it():
+    conn, tgt = make(cmd_sn=10, max_cmd_sn=10)
+    a = conn.start_command(3, WRITE10, write_data=payload(100000))
+    b = conn.start_command(4, READ10, read_length=10)
+    tgt.sent()
+    assert conn.abort(b) is None               # never sent: withdrawn, nothing to abort
+    tmf = conn.abort(a)
+    (req,) = tgt.sent()
+    assert isinstance(req, TaskManagementRequest) and req.itt == tmf
+    assert (req.function, req.referenced_task_tag, req.ref_cmd_sn, req.lun) == \
+        (1, a, 10, encode_lun(3))
+    # its R2T, still on the way, gets no Data-Out; the answer to the abort frees its ITT
+    assert tgt.r2t(a, 8192, 8192, r2t_sn=0) == [] and tgt.sent() == []
+    assert conn.tombstones == 1
+    tgt.feed(TaskManagementResponse(itt=tmf, response=0, stat_sn=tgt._status(), **tgt._sn()))
+    assert (conn.itts_in_use, conn.tombstones, conn.outstanding) == (0, 0, 0)
+
+
 def test_unexpected_pdu_type_breaks_connection():
     conn, tgt = make()
     with pytest.raises(RemoteProtocolError):

@@ -16,9 +16,10 @@ from helpers import (ABORT_REFUSED, CONN_FAILED, ENDED_BY_LU_RESET, NO_CMDSN, RE
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
 from iscsifs.core.discovery import Portal
-from iscsifs.core.pdu import AsyncMessage, NopIn, NopOut, TaskManagementRequest
+from iscsifs.core.pdu import AsyncMessage, NopIn, NopOut, ScsiResponse, TaskManagementRequest
 from iscsifs.core.state import SessionState
-from iscsifs.errors import CommandTimeout, LocalProtocolError, PathFailed, SessionFailed
+from iscsifs.errors import (CommandTimeout, LocalProtocolError, PathFailed, SessionFailed,
+                            leaf_exceptions)
 from iscsifs.net.session import ASYNC_EVENTS_KEPT, Session, Timeouts
 
 INITIATOR = "iqn.2026-11.org.iscsifs.test:initiator"
@@ -422,4 +423,71 @@ async def test_a_caller_waiting_for_a_cmds_max_slot_hears_of_the_replacement_tim
     assert outcome["first"] - dropped_at == pytest.approx(4, abs=EPS)
     assert outcome["second"] - dropped_at == pytest.approx(4, abs=EPS)
     assert len(target.commands_seen()) == 1
+    await session.close()
+
+
+def write_held(held: list):
+    """A script: WRITEs are held (their ScsiCommand kept in ``held``, no answer), anything
+    else is read data."""
+    def on_command(conn, cmd):
+        if cmd.cdb[0] == 0x2A:
+            held.append(cmd)
+            return []
+        return good_read(conn, cmd, PAYLOAD)
+    return on_command
+
+
+async def test_a_cancelled_callers_command_is_aborted_at_the_target(nursery, autojump_clock):
+    held: list = []
+    target = FakeTarget(on_command=write_held(held), on_tmf=tmf_answer)
+    session = await open_session(target, nursery, command=0)
+    start = trio.current_time()
+    with trio.move_on_after(1):
+        await session.execute(1, write10(7), write_data=bytes(512))
+    await trio.testing.wait_all_tasks_blocked()
+    (cmd,) = held
+    aborts = [p for _, p in target.received if isinstance(p, TaskManagementRequest)]
+    # ABORT TASK for it, naming its ITT and CmdSN, sent the moment the caller left
+    assert [(p.function, p.referenced_task_tag, p.ref_cmd_sn) for p in aborts] == \
+        [(TMF_ABORT_TASK, cmd.itt, cmd.cmd_sn)]
+    assert trio.current_time() - start == pytest.approx(1, abs=EPS)
+    # the target said it is gone: nothing of it is kept
+    conn = session._link.conn
+    assert conn.itts_in_use == 0 and conn.tombstones == 0
+    assert await read(session) == PAYLOAD          # and the connection goes on
+    assert target.connections == 1
+    await session.close()
+
+
+async def test_a_failed_chunk_aborts_its_siblings_at_the_target(nursery, autojump_clock):
+    # Lun._transfer cancels the other chunks of a write when one fails: the caller has its
+    # error, and the sibling still live at the target must not wait there for Data-Out
+    from iscsifs.device import Lun
+    from iscsifs.scsi.sense import ScsiError
+    held: list = []
+
+    def on_command(conn, cmd):
+        lba = int.from_bytes(cmd.cdb[2:6], "big")
+        if cmd.cdb[0] == 0x2A and lba == 0:         # MEDIUM ERROR for the first chunk
+            sense = bytes([0x70, 0, 0x03, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x0C, 0x00, 0, 0, 0, 0])
+            return [ScsiResponse(itt=cmd.itt, response=0, status=2, exp_data_sn=0,
+                                 bidi_read_residual_count=0, residual_count=0, overflow=False,
+                                 underflow=False, bidi_overflow=False, bidi_underflow=False,
+                                 data=len(sense).to_bytes(2, "big") + sense, **conn.sns())]
+        held.append(cmd)
+        return []
+
+    target = FakeTarget(on_command=on_command, on_tmf=tmf_answer)
+    session = await open_session(target, nursery, command=0)
+    lun = Lun(session, 1, max_command_bytes=64 * 1024)
+    lun.block_size, lun.num_blocks = 512, 4096
+    with trio.fail_after(10), pytest.raises(Exception) as info:
+        await lun.write(0, bytes(128 * 1024))
+    assert [type(e) for e in leaf_exceptions(info.value)] == [ScsiError]
+    await trio.testing.wait_all_tasks_blocked()
+    (sibling,) = held
+    aborts = [p for _, p in target.received if isinstance(p, TaskManagementRequest)]
+    assert [(p.function, p.referenced_task_tag) for p in aborts] == \
+        [(TMF_ABORT_TASK, sibling.itt)]
+    assert session._link.conn.itts_in_use == 0
     await session.close()

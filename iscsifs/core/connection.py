@@ -487,6 +487,18 @@ class Connection:
         if self._broken is None:
             self._pump()
 
+    def abort(self, itt: int) -> int | None:
+        """The caller gave up on SCSI command ``itt``. One never sent is withdrawn; one sent is
+        abandoned and an ABORT TASK for it is queued (RFC 7143 §11.5.1), so that the target
+        ends it rather than wait for data nobody will send; its tombstone goes when the
+        TMF's answer says the task is gone. Returns the TMF's ITT (None: none was needed)."""
+        item = self._itts.get(itt)
+        tmf = None
+        if type(item) is _Task and item.sent and not item.done and self._broken is None:
+            tmf = self.task_management(TMF_ABORT_TASK, item.lun, itt)
+        self.abandon(itt)
+        return tmf
+
     @property
     def has_output(self) -> bool:
         """Whether data_to_send() would return anything (cheap: no encoding)."""
@@ -873,6 +885,9 @@ class Connection:
         del self._itts[pdu.itt]
         if op is None:
             return []
+        if op.function == TMF_ABORT_TASK and pdu.response in _TMF_DONE \
+                and self._itts.get(op.referenced_itt) is _ABANDONED:
+            del self._itts[op.referenced_itt]     # ended at the target: nothing more comes
         events: list[Event] = [TaskManagementComplete(pdu.itt, pdu.response)]
         if pdu.response in _TMF_DONE:
             events.extend(self._tasks_ended_by(op))

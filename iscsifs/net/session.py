@@ -679,7 +679,7 @@ class Session:
         if link is not None and link.commands.get(cmd.itt) is cmd:
             del link.commands[cmd.itt]
             if not link.failed:
-                link.conn.abandon(cmd.itt)
+                link.conn.abort(cmd.itt)    # ABORT TASK: the target must not keep it
                 try:
                     link.push()
                 except ConnectionLost as exc:
