@@ -764,10 +764,12 @@ def test_abort_task():
     assert events[0] == TaskManagementComplete(tmf, 0)
     assert [type(e) for e in events[1:]] == [TaskFailed] and events[1].itt == itt
     assert conn.outstanding == 1
-    # a stray Data-In for the aborted task is dropped, the other task is unaffected
-    assert tgt.data_in(itt, 0, bytes(10), data_sn=0) == []
+    # the aborted task's ITT is free again: the target sends nothing for it after the TMF's
+    # answer (what it sent before, the connection delivered first); the other task goes on
+    assert conn.itts_in_use == 1 and conn.tombstones == 0
     assert tgt.data_in(other, 0, bytes(4096), data_sn=0, status=0)[0].itt == other
     assert conn.counters["tmfcmd_pdus"] == 1 and conn.counters["tmfrsp_pdus"] == 1
+    assert conn.itts_in_use == 0
 
 
 def test_lun_reset_fails_tasks_on_that_lun_only():
@@ -785,6 +787,7 @@ def test_lun_reset_fails_tasks_on_that_lun_only():
     assert events[1].aborted
     assert conn.was_sent(b) and conn.was_sent(c) and not conn.was_sent(a)
     assert conn.outstanding == 2
+    assert (conn.itts_in_use, conn.tombstones) == (2, 0)    # the reset's victim left nothing
 
 
 def test_abandon_sent_and_queued_commands():

@@ -148,6 +148,8 @@ async def test_timed_out_command_escalates_from_abort_task_to_lu_reset(nursery, 
     assert results["bystander"] == PAYLOAD
     assert seen == {read10(0).ljust(16, b"\0"): 1, read10(8).ljust(16, b"\0"): 2}
     assert target.connections == 1
+    # the tasks the reset ended hold no ITT any more, however long the session lives
+    assert session._link.conn.itts_in_use == 0
     await session.close()
 
 

@@ -908,7 +908,8 @@ class Connection:
         events: list[Event] = []
         for task in victims:
             if type(task) is _Task and task.sent and not task.done and task.seq < op.seq:
-                self._itts[task.itt] = _ABANDONED   # stray Data-In may still be in flight
+                # the target sends nothing for it after this answer: its ITT is free
+                del self._itts[task.itt]
                 task.done = True
                 self._in_flight -= 1
                 events.append(TaskFailed(task.itt, f"aborted by task management function {f}",
