@@ -65,10 +65,13 @@ def tmf_answer(conn: TargetConn, req: TaskManagementRequest, response: int = 0):
 
 
 def good_read(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
-    """A well-formed answer to a read: one Data-In with status."""
+    """A well-formed answer to a read: one Data-In with status (and, for a payload shorter
+    than the command asked for, the underflow and its residual, RFC 7143 §11.4.5)."""
+    payload = payload[:cmd.expected_data_transfer_length]
+    short = cmd.expected_data_transfer_length - len(payload)
     return [DataIn(itt=cmd.itt, ttt=0xFFFFFFFF, lun=0, data_sn=0, buffer_offset=0,
-                   residual_count=0, final=True, acknowledge=False, overflow=False,
-                   underflow=False, status_present=True, status=0, data=payload,
+                   residual_count=short, final=True, acknowledge=False, overflow=False,
+                   underflow=short > 0, status_present=True, status=0, data=payload,
                    **conn.sns())]
 
 

@@ -188,6 +188,20 @@ def test_read_status_in_last_data_in_with_underflow():
     assert buf[:2000] == b"a" * 1000 + b"b" * 1000
 
 
+@pytest.mark.parametrize("residual, underflow", [(0, False), (1000, True)])
+def test_good_status_after_fewer_bytes_than_promised_is_a_protocol_error(residual, underflow):
+    # 8192 asked, 2000 sent, and the status says GOOD with no underflow (or one that accounts
+    # for only 1000 of the 6192 missing bytes): the rest of the buffer was never written
+    conn, tgt = make()
+    buf = bytearray(b"x" * 8192)
+    itt = conn.start_command(0, READ10, read_length=8192, read_buffer=buf)
+    tgt.sent()
+    tgt.data_in(itt, 0, b"a" * 2000, data_sn=0)
+    with pytest.raises(RemoteProtocolError, match="2000 of the"):
+        tgt.response(itt, residual=residual, underflow=underflow)
+    assert conn.broken
+
+
 def test_residual_overflow_in_scsi_response():
     conn, tgt = make()
     itt = conn.start_command(0, READ10, read_length=512)

@@ -768,6 +768,14 @@ class Connection:
         if underflow and overflow:
             raise RemoteProtocolError(
                 f"status for ITT {task.itt:#x} has both the overflow and underflow bits")
+        if status == 0 and task.read_view is not None:
+            # GOOD: every byte asked for arrived, but for an underflow's residual (§11.4.5);
+            # a hole would be read as data that nobody wrote
+            promised = task.read_length - (residual if underflow else 0)
+            if task.received < promised:
+                raise RemoteProtocolError(
+                    f"status GOOD for ITT {task.itt:#x} after {task.received} of the "
+                    f"{promised} bytes it promises")
         self._finish_task(task)
         return TaskComplete(
             itt=task.itt, status=status, sense=sense,
