@@ -91,7 +91,8 @@ class FakeTarget:
     ``on_tmf(conn, req) -> list of PDUs``: answers to task management requests (none by
     default: a target that ignores them). ``hang_login_after=N``: connections after the N-th
     get no login answer at all. ``window``: the command window of new connections.
-    ``received`` records every PDU as (connection number, PDU); ``live`` the open connections.
+    ``received`` records every PDU as (connection number, PDU), ``command_times`` when each
+    SCSI command arrived; ``live`` the open connections.
     """
 
     target_name: str = "iqn.2026-11.org.iscsifs.test:fake"
@@ -106,6 +107,7 @@ class FakeTarget:
     connections: int = 0
     port: int = 0
     received: list = field(default_factory=list)
+    command_times: list = field(default_factory=list)     # trio time of each SCSI command
     live: dict = field(default_factory=dict)
 
     def socketpair_connector(self, nursery: trio.Nursery):
@@ -160,6 +162,7 @@ class FakeTarget:
 
             return await self._login(conn, pdu, decoder)
         if isinstance(pdu, ScsiCommand):
+            self.command_times.append(trio.current_time())
             if not pdu.immediate:
                 conn.exp_cmd_sn = pdu.cmd_sn + 1
             answer = self.on_command(conn, pdu) if self.on_command else []

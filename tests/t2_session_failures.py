@@ -25,6 +25,7 @@ from iscsifs.net.session import ASYNC_EVENTS_KEPT, Session, Timeouts
 INITIATOR = "iqn.2026-11.org.iscsifs.test:initiator"
 PAYLOAD = bytes(range(256)) * 16          # 4 KiB
 EPS = 1e-6
+BUSY_DELAY, BUSY_DELAY_MAX = 0.01, 1.0     # docs/failure.md: BUSY retried after 10 ms, doubling
 
 
 def read10(lba: int) -> bytes:
@@ -493,3 +494,89 @@ async def test_a_failed_chunk_aborts_its_siblings_at_the_target(nursery, autojum
         [(TMF_ABORT_TASK, sibling.itt)]
     assert session._link.conn.itts_in_use == 0
     await session.close()
+
+
+def status_only(conn, cmd, status: int):
+    return [ScsiResponse(itt=cmd.itt, response=0, status=status, exp_data_sn=0,
+                         bidi_read_residual_count=0, residual_count=0, overflow=False,
+                         underflow=False, bidi_overflow=False, bidi_underflow=False,
+                         **conn.sns())]
+
+
+async def test_busy_is_retried_with_backoff(nursery, autojump_clock):
+    answers = iter([0x08, 0x08, 0x08])              # BUSY three times, then the data
+
+    def on_command(conn, cmd):
+        status = next(answers, None)
+        return good_read(conn, cmd, PAYLOAD) if status is None else status_only(conn, cmd,
+                                                                                 status)
+
+    target = FakeTarget(on_command=on_command)
+    session = await open_session(target, nursery, command=30)
+    start = trio.current_time()
+    with trio.fail_after(30):
+        assert await read(session) == PAYLOAD
+    sent = [t - start for t in target_times(target)]
+    # as Linux's SCSI layer does: again after a pause that doubles, each a new command
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert gaps == pytest.approx([BUSY_DELAY, 2 * BUSY_DELAY, 4 * BUSY_DELAY], abs=EPS)
+    assert session.counters()["busy_retries"] == 3
+    await session.close()
+
+
+async def test_busy_for_ever_fails_at_the_command_timeout(nursery, autojump_clock):
+    from iscsifs.scsi.sense import ScsiError, ScsiStatus
+    target = FakeTarget(on_command=lambda conn, cmd: status_only(conn, cmd, 0x08))
+    session = await open_session(target, nursery, command=5)
+    start = trio.current_time()
+    with trio.fail_after(30), pytest.raises(ScsiError) as info:
+        await read(session)
+    took = trio.current_time() - start
+    assert info.value.status == ScsiStatus.BUSY
+    # retried up to the command timeout: the last try was less than one pause before it
+    assert 5 - BUSY_DELAY_MAX - EPS <= took <= 5 + EPS
+    assert len(target.commands_seen()) > 5
+    await session.close()
+
+
+async def test_task_set_full_is_retried_and_shrinks_the_queue_depth(nursery, autojump_clock):
+    held: list = []
+    seen = {"max": 0, "full": 0}
+
+    def on_command(conn, cmd):
+        if len(held) < 2 and not seen.get("released"):
+            held.append((conn, cmd))                    # two the target sits on
+            seen["max"] = max(seen["max"], len(held))
+            return []
+        if len(held) >= 2:
+            seen["full"] += 1
+            return status_only(conn, cmd, 0x28)         # TASK SET FULL
+        return good_read(conn, cmd, PAYLOAD)
+
+    target = FakeTarget(on_command=on_command)
+    session = await open_session(target, nursery, command=30)
+    results = []
+
+    async def reader(lba):
+        results.append(await read(session, lba))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            for i in range(8):
+                n.start_soon(reader, 8 * i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen["full"] == 6
+            assert session._link.conn.queue_depth == 2     # what the target holds
+            await trio.sleep(1)                            # the retries wait for a slot
+            assert seen["full"] == 6
+            seen["released"] = True
+            for conn, cmd in held:
+                await conn.send(*good_read(conn, cmd, PAYLOAD))
+            held.clear()
+    assert results == [PAYLOAD] * 8
+    assert session.counters()["queue_full"] == 6
+    await session.close()
+
+
+def target_times(target):
+    return target.command_times

@@ -62,7 +62,7 @@ from ..core.pdu import AsyncMessage, LoginResponse
 from ..core.state import ConnectionState, SessionEvent, SessionState, SessionStateMachine
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
                       LoginError, PathFailed, RemoteProtocolError, SessionFailed)
-from ..scsi.sense import check_status
+from ..scsi.sense import ScsiStatus, check_status
 from .error_handler import ErrorHandler
 from .transport import Connector, Transport, open_tcp
 
@@ -78,6 +78,12 @@ RETRY_CAP = 5.0
 MAX_REISSUE = 5
 # Login redirections followed before a login gives up (a target that redirects in a loop).
 MAX_REDIRECTS = 4
+# BUSY and TASK SET FULL: sent again after this pause, doubling up to the cap (seconds), within
+# command_timeout (SAM-5 §5.3: the device server did not run the command).
+BUSY_DELAY = 0.01
+BUSY_DELAY_MAX = 1.0
+_TASK_SET_FULL = ScsiStatus.TASK_SET_FULL
+_RETRIED_STATUS = (ScsiStatus.BUSY, ScsiStatus.TASK_SET_FULL)
 # Asynchronous events kept for the session file (the newest).
 ASYNC_EVENTS_KEPT = 32
 
@@ -459,6 +465,8 @@ class Session:
                 while (pdu := decoder.next_pdu()) is not None:
                     for event in conn.receive_pdu(pdu):
                         if type(event) is TaskComplete:
+                            if event.status == _TASK_SET_FULL:
+                                self._queue_full(link)
                             cmd = commands.pop(event.itt, None)
                             if cmd is not None:
                                 complete(cmd, event, None)
@@ -468,6 +476,18 @@ class Session:
         except IscsiError as exc:
             # at once, so that no command is given to this connection any more
             self._link_failed(link, exc)
+
+    def _queue_full(self, link: _Link) -> None:
+        """TASK SET FULL: the connection's queue depth drops to the commands the target still
+        holds (Linux's scsi_track_queue_full does the same, by steps); a new connection
+        starts at the configured depth again."""
+        self._count("queue_full")
+        conn = link.conn
+        depth = max(1, conn.outstanding)
+        if depth < conn.queue_depth:
+            log.info("%s: TASK SET FULL with %d commands at the target; queue depth %d -> %d",
+                     self._who(), conn.outstanding, conn.queue_depth, depth)
+            conn.queue_depth = depth
 
     def _dispatch(self, link: _Link, event) -> None:
         if isinstance(event, TaskFailed):
@@ -562,9 +582,35 @@ class Session:
         ``fail_fast``, PathFailed when the connection is down or fails before the answer. In
         every case where this raises, the command will not be sent again.
 
+        BUSY and TASK SET FULL are sent again (a new command each time) after a pause of
+        ``BUSY_DELAY`` doubling up to ``BUSY_DELAY_MAX``, while the next try starts within
+        ``command_timeout`` of the first, as Linux's SCSI layer requeues them; TASK SET FULL
+        also lowers the connection's queue depth to what the target holds.
+
         ``setup`` is for login hooks (``LoginHook``): the command goes out on the connection
         being set up, before the session takes other I/O, and fails fast like ``fail_fast``.
         """
+        timeout = self.timeouts.command
+        deadline = trio.current_time() + timeout if timeout > 0 else math.inf
+        delay = BUSY_DELAY
+        while True:
+            result = await self._execute_once(lun, cdb, read_length, read_buffer, write_data,
+                                              fail_fast, setup)
+            status = result.status
+            if status in _RETRIED_STATUS and trio.current_time() + delay <= deadline:
+                self._count("busy_retries")
+                log.debug("%s: command 0x%s answered status 0x%02x; again in %g s",
+                          self._who(), cdb[:1].hex(), status, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, BUSY_DELAY_MAX)
+                continue
+            if status:
+                check_status(status, result.sense)
+            return result
+
+    async def _execute_once(self, lun: int, cdb: bytes, read_length: int, read_buffer,
+                            write_data, fail_fast: bool, setup: bool) -> ScsiResult:
+        """One command, whatever its status (``execute`` without the BUSY retries)."""
         refusal = self._refusal(setup, fail_fast)
         if refusal is not None:
             raise refusal
@@ -599,10 +645,7 @@ class Session:
                 self._forget(cmd)       # the caller is leaving unanswered: never send it again
         if cmd.error is not None:
             raise cmd.error
-        result = cmd.result
-        if result.status:
-            check_status(result.status, result.sense)
-        return result
+        return cmd.result
 
     def _refusal(self, setup: bool, fail_fast: bool) -> IscsiError | None:
         """Why the session takes no such command now (None: it does, or it waits)."""
