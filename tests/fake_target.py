@@ -18,7 +18,7 @@ from typing import Callable
 import trio
 
 from iscsifs.core.keys import decode_text, encode_text
-from iscsifs.core.pdu import (DataIn, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
+from iscsifs.core.pdu import (DataIn, DataOut, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
                               NopIn, NopOut, PduDecoder, ScsiCommand, ScsiResponse,
                               TaskManagementRequest, TaskManagementResponse, TextRequest,
                               TextResponse, encode)
@@ -89,7 +89,8 @@ class FakeTarget:
     (``sendtargets_raw``: the answer's bytes as they are, for malformed ones).
 
     ``on_tmf(conn, req) -> list of PDUs``: answers to task management requests (none by
-    default: a target that ignores them). ``hang_login_after=N``: connections after the N-th
+    default: a target that ignores them). ``on_data_out(conn, pdu) -> list of PDUs``: answers
+    to Data-Out PDUs (none by default). ``hang_login_after=N``: connections after the N-th
     get no login answer at all. ``window``: the command window of new connections.
     ``received`` records every PDU as (connection number, PDU), ``command_times`` when each
     SCSI command arrived; ``live`` the open connections.
@@ -98,6 +99,7 @@ class FakeTarget:
     target_name: str = "iqn.2026-11.org.iscsifs.test:fake"
     on_command: Callable | None = None
     on_tmf: Callable | None = None
+    on_data_out: Callable | None = None     # (conn, DataOut) -> list of PDUs
     sendtargets: list = field(default_factory=list)
     sendtargets_raw: bytes | None = None    # the Text Response's data as is (malformed ones)
     digests: bool = False           # accept CRC32C digests when offered
@@ -180,6 +182,10 @@ class FakeTarget:
                 data = encode_text(self.sendtargets)
             await conn.send(TextResponse(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, final=True,
                                          cont=False, data=data, **conn.sns()))
+        elif isinstance(pdu, DataOut):
+            answer = self.on_data_out(conn, pdu) if self.on_data_out else []
+            if answer:
+                await conn.send(*answer)
         elif isinstance(pdu, TaskManagementRequest):
             answer = self.on_tmf(conn, pdu) if self.on_tmf else []
             if answer:

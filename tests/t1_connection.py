@@ -729,6 +729,26 @@ def test_reject_of_scsi_command_fails_the_task():
 
 
 @pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
+def test_reject_of_a_data_out_leaves_the_task_to_its_response():
+    # RFC 7143 §7.2: a Reject does not end a task that is under way; the target ends it
+    # with a SCSI Response (§7.6: CHECK CONDITION after a data digest error)
+    conn, tgt = make(immediate_data=False, max_xmit_data_segment_length=1024)
+    itt = conn.start_command(0, WRITE10, write_data=payload(2048))
+    tgt.sent()
+    tgt.r2t(itt, 0, 2048, r2t_sn=0)
+    first, second = tgt.sent()
+    bhs = bytes(encode(second, header_digest=False, data_digest=False)[0])[:48]
+    events = tgt.feed(Reject(reason=0x02, stat_sn=tgt._status(), **tgt._sn(), data_sn=0,
+                             data=bhs))
+    assert events == [RejectReceived(0x02, itt)]
+    assert conn.outstanding == 1 and conn.was_sent(itt)
+    sense = bytes([0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0])
+    (ev,) = tgt.response(itt, status=2, sense=sense)
+    assert isinstance(ev, TaskComplete) and ev.status == 2 and ev.itt == itt
+    assert conn.outstanding == 0 and conn.itts_in_use == 0 and not conn.broken
+
+
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
 def test_reject_of_ping_and_short_reject():
     conn, tgt = make()
     itt = conn.send_nop()

@@ -16,7 +16,8 @@ from helpers import (ABORT_REFUSED, CONN_FAILED, ENDED_BY_LU_RESET, NO_CMDSN, RE
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
 from iscsifs.core.discovery import Portal
-from iscsifs.core.pdu import AsyncMessage, NopIn, NopOut, ScsiResponse, TaskManagementRequest
+from iscsifs.core.pdu import (R2T, AsyncMessage, NopIn, NopOut, Reject, ScsiResponse,
+                              TaskManagementRequest, encode)
 from iscsifs.core.state import SessionState
 from iscsifs.errors import (CommandTimeout, LocalProtocolError, PathFailed, SessionFailed,
                             leaf_exceptions)
@@ -580,3 +581,39 @@ async def test_task_set_full_is_retried_and_shrinks_the_queue_depth(nursery, aut
 
 def target_times(target):
     return target.command_times
+
+
+
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
+@pytest.mark.expect_log('rejected a PDU \\(reason 0x02\\)', logger='iscsifs.net.session')
+async def test_a_rejected_data_out_waits_for_the_tasks_response(nursery, autojump_clock):
+    # DataDigest: one Data-Out arrives damaged; the target rejects it and ends the task with
+    # CHECK CONDITION (RFC 7143 §7.6). The write fails; the connection does not.
+    from iscsifs.scsi.sense import ScsiError, SenseKey
+    sense = bytes([0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0])
+
+    def on_command(conn, cmd):
+        if cmd.cdb[0] == 0x2A:
+            return [R2T(itt=cmd.itt, ttt=0x10, lun=0, r2t_sn=0, buffer_offset=len(cmd.data),
+                        desired_data_transfer_length=cmd.expected_data_transfer_length
+                        - len(cmd.data), **conn.sns(False))]
+        return good_read(conn, cmd, PAYLOAD)
+
+    def on_data_out(conn, pdu):
+        if not pdu.final:
+            return []
+        bhs = bytes(encode(pdu)[0])[:48]
+        return [Reject(reason=0x02, data_sn=0, data=bhs, **conn.sns()),
+                ScsiResponse(itt=pdu.itt, response=0, status=2, exp_data_sn=0,
+                             bidi_read_residual_count=0, residual_count=0, overflow=False,
+                             underflow=False, bidi_overflow=False, bidi_underflow=False,
+                             data=len(sense).to_bytes(2, "big") + sense, **conn.sns())]
+
+    target = FakeTarget(on_command=on_command, on_data_out=on_data_out)
+    session = await open_session(target, nursery, command=30)
+    with trio.fail_after(10), pytest.raises(ScsiError) as info:
+        await session.execute(1, write10(0), write_data=bytes(16384))
+    assert info.value.sense.key == SenseKey.ABORTED_COMMAND
+    assert await read(session) == PAYLOAD
+    assert target.connections == 1                 # the connection was never dropped
+    await session.close()

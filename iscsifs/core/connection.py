@@ -957,6 +957,10 @@ class Connection:
         item = self._itts.get(itt)
         if item is None:
             return events
+        if opcode == Opcode.DATA_OUT:
+            # §7.2: a Reject never ends a task under way; the target ends it with a SCSI
+            # Response (after a data digest error, CHECK CONDITION, §7.6): wait for that
+            return events
         if item is _ABANDONED:
             del self._itts[itt]
         elif type(item) is _Task:
