@@ -715,17 +715,34 @@ def test_text_response_with_f_and_c():
 
 
 @pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
-def test_reject_of_scsi_command_fails_the_task():
+@pytest.mark.parametrize("reason, resend", [(0x09, False), (0x05, False), (0x02, True)])
+def test_reject_of_scsi_command_fills_its_cmdsn_and_fails_the_task(reason, resend):
+    # RFC 7143 §4.2.2.1 / §11.5.1: the target discarded the command, so it still waits for its
+    # CmdSN and holds every later command; an ABORT TASK naming that CmdSN (RefCmdSN) makes
+    # the target count it as received. A reason after which the PDU may be sent again (a
+    # data digest error) ends the task as "aborted": the session issues it once more.
     conn, tgt = make()
-    itt = conn.start_command(0, bytes(6))
+    itt = conn.start_command(2, bytes(6))
     bhs = bytes(encode(ScsiCommand(itt=itt, lun=0, cdb=bytes(6), expected_data_transfer_length=0,
                                    cmd_sn=10, exp_stat_sn=100, read=False, write=False))[0])
     tgt.sent()
-    events = tgt.feed(Reject(reason=0x09, stat_sn=tgt._status(), **tgt._sn(), data_sn=0,
+    events = tgt.feed(Reject(reason=reason, stat_sn=tgt._status(), **tgt._sn(), data_sn=0,
                              data=bhs))
-    assert events == [RejectReceived(0x09, itt), TaskFailed(itt, events[1].reason)]
-    assert "invalid PDU field" in events[1].reason
+    assert events == [RejectReceived(reason, itt), TaskFailed(itt, events[1].reason, resend)]
+    assert "rejected" in events[1].reason
     assert conn.outstanding == 0 and conn.exp_stat_sn == 101
+    later = conn.start_command(2, bytes(6))
+    abort, cmd = tgt.sent()
+    assert isinstance(abort, TaskManagementRequest)
+    assert (abort.function, abort.referenced_task_tag, abort.ref_cmd_sn, abort.lun) == \
+        (1, itt, 10, encode_lun(2))
+    assert abort.immediate and abort.cmd_sn == 11       # RefCmdSN below it: inside the window
+    assert isinstance(cmd, ScsiCommand) and (cmd.itt, cmd.cmd_sn) == (later, 11)
+    assert itt != later                                 # its ITT is kept until the answer
+    tgt.exp_cmd_sn = 11
+    tgt.feed(TaskManagementResponse(itt=abort.itt, response=1, stat_sn=tgt._status(),
+                                    **tgt._sn()))
+    assert conn.itts_in_use == 1                        # only the later command is left
 
 
 @pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')

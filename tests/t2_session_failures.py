@@ -19,8 +19,8 @@ from iscsifs.core.discovery import Portal
 from iscsifs.core.pdu import (R2T, AsyncMessage, NopIn, NopOut, Reject, ScsiResponse,
                               TaskManagementRequest, encode)
 from iscsifs.core.state import SessionState
-from iscsifs.errors import (CommandTimeout, LocalProtocolError, PathFailed, SessionFailed,
-                            leaf_exceptions)
+from iscsifs.errors import (CommandTimeout, LocalProtocolError, PathFailed,
+                            RemoteProtocolError, SessionFailed, leaf_exceptions)
 from iscsifs.net.session import ASYNC_EVENTS_KEPT, Session, Timeouts
 
 INITIATOR = "iqn.2026-11.org.iscsifs.test:initiator"
@@ -616,4 +616,79 @@ async def test_a_rejected_data_out_waits_for_the_tasks_response(nursery, autojum
     assert info.value.sense.key == SenseKey.ABORTED_COMMAND
     assert await read(session) == PAYLOAD
     assert target.connections == 1                 # the connection was never dropped
+    await session.close()
+
+
+
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
+@pytest.mark.expect_log('rejected a PDU \\(reason 0x09\\)', logger='iscsifs.net.session')
+async def test_a_rejected_command_does_not_stall_the_commands_after_it(nursery, autojump_clock):
+    # a target that, as RFC 7143 §4.2.2.1 says, runs commands in CmdSN order only: after it
+    # rejected one (discarding it), it holds every later command until that CmdSN is filled
+    held: list = []
+    expected = {}                                       # the CmdSN the target runs next
+
+    def on_command(conn, cmd):
+        expected.setdefault("sn", cmd.cmd_sn)
+        if cmd.cdb[2:6] == bytes(4):                    # LBA 0: rejected, CmdSN not counted
+            bhs = bytes(encode(cmd)[0])[:48]
+            return [Reject(reason=0x09, data_sn=0, data=bhs, **conn.sns())]
+        if cmd.cmd_sn != expected["sn"]:                # a gap before it: held
+            held.append(cmd)
+            return []
+        expected["sn"] += 1
+        return good_read(conn, cmd, PAYLOAD)
+
+    def on_tmf(conn, req):
+        answer = tmf_answer(conn, req, 1)               # task does not exist
+        if req.function == TMF_ABORT_TASK and req.ref_cmd_sn == expected["sn"]:
+            expected["sn"] += 1                          # §11.5.1: counted as received
+            while held and held[0].cmd_sn == expected["sn"]:
+                cmd = held.pop(0)
+                expected["sn"] += 1
+                answer += good_read(conn, cmd, PAYLOAD)
+        return answer
+
+    target = FakeTarget(on_command=on_command, on_tmf=on_tmf)
+    session = await open_session(target, nursery, command=0)
+    outcome = {}
+
+    async def rejected():
+        with pytest.raises(RemoteProtocolError, match="rejected"):
+            await read(session, 0)
+        outcome["rejected"] = True
+
+    async def later():
+        outcome["later"] = await read(session, 8)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(rejected)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(later)
+    assert outcome == {"rejected": True, "later": PAYLOAD}
+    assert target.connections == 1 and held == []
+    await session.close()
+
+
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
+@pytest.mark.expect_log('rejected a PDU \\(reason 0x02\\)', logger='iscsifs.net.session')
+async def test_a_command_rejected_for_a_digest_error_is_sent_again(nursery, autojump_clock):
+    rejected = []
+
+    def on_command(conn, cmd):
+        if not rejected:                               # its immediate data arrived damaged
+            rejected.append(cmd)
+            return [Reject(reason=0x02, data_sn=0, data=bytes(encode(cmd)[0])[:48],
+                           **conn.sns())]
+        return good_read(conn, cmd, PAYLOAD)
+
+    target = FakeTarget(on_command=on_command, on_tmf=lambda conn, req: tmf_answer(conn, req, 1))
+    session = await open_session(target, nursery, command=0)
+    with trio.fail_after(10):
+        assert await read(session) == PAYLOAD
+    (first, again) = [p for _, p in target.commands_seen()]
+    assert first.cdb == again.cdb and again.cmd_sn == first.cmd_sn + 1
+    assert [(p.referenced_task_tag, p.ref_cmd_sn) for _, p in target.received
+            if isinstance(p, TaskManagementRequest)] == [(first.itt, first.cmd_sn)]
     await session.close()

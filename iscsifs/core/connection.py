@@ -81,6 +81,9 @@ TMF_TASK_REASSIGN = 8
 # TMF response codes that mean "the referenced task(s) no longer exist at the target"
 _TMF_DONE = (0, 1)   # Function complete, Task does not exist
 
+# Reject reasons after which the rejected PDU may be sent again (§11.17.1)
+_RESENDABLE = frozenset({0x02, 0x0A})
+
 REJECT_REASONS = {
     0x02: "data digest error",
     0x03: "SNACK reject",
@@ -302,6 +305,7 @@ class Connection:
         self._seq = 0
         self._broken: str | None = None
         self._logged_out = False               # a Logout Request has been queued
+        self._plugs: dict[int, int] = {}       # ABORT TASK itt -> the rejected command's itt
         self._handlers = {
             DataIn: self._on_data_in,
             ScsiResponse: self._on_scsi_response,
@@ -889,6 +893,9 @@ class Connection:
     def _on_tmf_response(self, pdu: TaskManagementResponse) -> list[Event]:
         self.counters["tmfrsp_pdus"] += 1
         self._status_seen(pdu.stat_sn)
+        plugged = self._plugs.pop(pdu.itt, None)
+        if plugged is not None and self._itts.get(plugged) is _ABANDONED:
+            del self._itts[plugged]     # a rejected command's CmdSN is filled: ITT free
         op = self._take_op(pdu.itt, "tmf", "Task Management Response")
         del self._itts[pdu.itt]
         if op is None:
@@ -923,6 +930,21 @@ class Connection:
                 events.append(TaskFailed(task.itt, f"aborted by task management function {f}",
                                           aborted=True))
         return events
+
+    def _command_rejected(self, task: _Task, reason: int, why: str) -> TaskFailed:
+        """The target discarded a SCSI Command PDU (§11.17.1, §7.2): its CmdSN never arrived,
+        and the target holds every later command until it does (§4.2.2.1). An ABORT TASK
+        naming that CmdSN (RefCmdSN) fills the gap: the target counts a RefCmdSN inside its
+        window as received (§11.5.1). The ITT stays reserved until the abort is answered.
+        After a reason that allows sending the PDU again (a data digest error, a long
+        operation reject) the task ends as ``aborted``: it never ran, so the session may
+        issue it once more; after any other it fails."""
+        tmf = self.task_management(TMF_ABORT_TASK, task.lun, task.itt)
+        self._finish_task(task)
+        self._itts[task.itt] = _ABANDONED
+        self._plugs[tmf] = task.itt
+        return TaskFailed(task.itt, f"rejected by the target: {why}",
+                          aborted=reason in _RESENDABLE)
 
     # -- Logout Response (§11.15)
     def _on_logout_response(self, pdu: LogoutResponse) -> list[Event]:
@@ -965,8 +987,7 @@ class Connection:
             del self._itts[itt]
         elif type(item) is _Task:
             if opcode in (Opcode.SCSI_COMMAND, Opcode.DATA_OUT) and item.sent:
-                self._finish_task(item)
-                events.append(TaskFailed(itt, f"rejected by the target: {why}"))
+                events.append(self._command_rejected(item, pdu.reason, why))
         elif opcode in (Opcode.NOP_OUT, Opcode.TEXT_REQUEST, Opcode.TASK_MGMT_REQUEST,
                         Opcode.LOGOUT_REQUEST):
             del self._itts[itt]   # that exchange is over; RejectReceived tells the caller
