@@ -111,6 +111,16 @@ class FakeTarget:
     received: list = field(default_factory=list)
     command_times: list = field(default_factory=list)     # trio time of each SCSI command
     live: dict = field(default_factory=dict)
+    _reading: dict = field(default_factory=dict)    # connection number -> Event while paused
+
+    def pause_reading(self, number: int) -> None:
+        """Stop reading connection ``number`` (its sender fills the socket, then waits)."""
+        self._reading.setdefault(number, trio.Event())
+
+    def resume_reading(self, number: int) -> None:
+        event = self._reading.pop(number, None)
+        if event is not None:
+            event.set()
 
     def socketpair_connector(self, nursery: trio.Nursery):
         """A ``Session`` connector that serves each connection from this target over a
@@ -143,6 +153,9 @@ class FakeTarget:
         decoder = PduDecoder(initiator_side=False, max_data_segment_length=1 << 20)
         try:
             while True:
+                paused = self._reading.get(conn.number)
+                if paused is not None:
+                    await paused.wait()
                 data = await stream.receive_some(65536)
                 if not data:
                     return

@@ -692,3 +692,41 @@ async def test_a_command_rejected_for_a_digest_error_is_sent_again(nursery, auto
     assert [(p.referenced_task_tag, p.ref_cmd_sn) for _, p in target.received
             if isinstance(p, TaskManagementRequest)] == [(first.itt, first.cmd_sn)]
     await session.close()
+
+
+
+async def test_a_nop_flood_cannot_grow_the_send_backlog_without_bound(nursery, autojump_clock,
+                                                                      monkeypatch):
+    # the target pings (NOP-In that wants an answer) and never reads: the answers must not
+    # pile up without limit; the session stops reading until the socket drains
+    import socket as socketmod
+    from iscsifs.net import session as session_module
+    monkeypatch.setattr(session_module, "MAX_BACKLOG_BUFFERS", 64, raising=False)
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery)
+    transport = session._link.transport
+    transport.sock.setsockopt(socketmod.SOL_SOCKET, socketmod.SO_SNDBUF, 4096)
+    conn = target.live[1]
+    await trio.testing.wait_all_tasks_blocked()
+    target.pause_reading(1)
+    peak = 0
+
+    async def flood():
+        for i in range(300):
+            await conn.send(*[NopIn(itt=0xFFFFFFFF, ttt=10 * i + j, lun=0, **conn.sns(False))
+                              for j in range(10)])
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            n.start_soon(flood)
+            for _ in range(50):
+                await trio.testing.wait_all_tasks_blocked()
+                peak = max(peak, transport.backlog)
+                await trio.sleep(0.1)
+            assert peak <= 64 + 10                   # the limit, plus one receive's answers
+            target.resume_reading(1)                 # it reads again: every ping answered
+    await trio.testing.wait_all_tasks_blocked()
+    answered = {p.ttt for _, p in target.received if isinstance(p, NopOut)}
+    assert answered >= set(range(3000))
+    assert await read(session) == PAYLOAD
+    await session.close()

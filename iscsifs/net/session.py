@@ -87,6 +87,11 @@ _RETRIED_STATUS = (ScsiStatus.BUSY, ScsiStatus.TASK_SET_FULL)
 # Asynchronous events kept for the session file (the newest).
 ASYNC_EVENTS_KEPT = 32
 
+# The reader stops reading while more buffers than this wait for the socket (what the target
+# makes us send, NOP-Out answers to a ping flood, Data-Out for its R2Ts, cannot pile up), and
+# goes on once half of them went out.
+MAX_BACKLOG_BUFFERS = 16384
+
 S, C, E = SessionState, ConnectionState, SessionEvent
 
 ScsiResult = TaskComplete      # what execute() returns: status GOOD, residuals, data length
@@ -473,6 +478,8 @@ class Session:
                         else:
                             self._dispatch(link, event)
                 link.push()     # R2T answers, NOP replies, commands the window let through
+                if transport.backlog > MAX_BACKLOG_BUFFERS:
+                    await transport.wait_backlog(MAX_BACKLOG_BUFFERS // 2)
         except IscsiError as exc:
             # at once, so that no command is given to this connection any more
             self._link_failed(link, exc)
