@@ -36,6 +36,7 @@ class TargetConn:
     data_digest: bool = False
     logged_in: bool = False
     window: int = 32                # MaxCmdSN - ExpCmdSN + 1; 0 keeps the window shut
+    send_lock: trio.Lock = field(default_factory=trio.Lock)   # the target's and the test's
 
     async def close(self) -> None:
         """Drop the connection (as ``tgtadm --op delete --mode conn`` does)."""
@@ -56,7 +57,8 @@ class TargetConn:
                               data_digest=self.data_digest if self.logged_in else False):
                 out += buf
         out += raw
-        await self.stream.send_all(bytes(out))
+        async with self.send_lock:
+            await self.stream.send_all(bytes(out))
 
 
 def tmf_answer(conn: TargetConn, req: TaskManagementRequest, response: int = 0):
