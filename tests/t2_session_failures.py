@@ -16,8 +16,8 @@ from helpers import (ABORT_REFUSED, CONN_FAILED, ENDED_BY_LU_RESET, NO_CMDSN, RE
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
 from iscsifs.core.discovery import Portal
-from iscsifs.core.pdu import (AsyncMessage, NopIn, NopOut, Reject, ScsiResponse,
-                              TaskManagementRequest, encode)
+from iscsifs.core.pdu import (AsyncMessage, LogoutRequest, NopIn, NopOut, Reject,
+                              ScsiResponse, TaskManagementRequest, encode)
 from iscsifs.core.state import SessionState
 from iscsifs.errors import (CommandTimeout, LocalProtocolError, PathFailed,
                             RemoteProtocolError, SessionFailed, leaf_exceptions)
@@ -731,5 +731,24 @@ async def test_a_nop_flood_cannot_grow_the_send_backlog_without_bound(nursery, a
     await trio.testing.wait_all_tasks_blocked()
     answered = {p.ttt for _, p in target.received if isinstance(p, NopOut)}
     assert answered >= set(range(3000))
+    assert await read(session) == PAYLOAD
+    await session.close()
+
+
+@CONN_FAILED
+async def test_many_logout_requests_from_the_target_make_one_logout(nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery)
+    conn = target.live[1]
+    await trio.testing.wait_all_tasks_blocked()
+    await conn.send(*[AsyncMessage(lun=0, async_event=1, async_vcode=0, parameter1=0,
+                                   parameter2=0, parameter3=10, data=b"", **conn.sns())
+                      for _ in range(50)])
+    with trio.fail_after(30):
+        while not session.logged_in or target.connections < 2:
+            await trio.sleep(0.1)
+    assert [(n, p.reason) for n, p in target.received if isinstance(p, LogoutRequest)] == \
+        [(1, 2)]                                    # "remove the connection for recovery"
+    assert session.counters()["logout_pdus"] == 1  # and no other one was sent
     assert await read(session) == PAYLOAD
     await session.close()

@@ -558,7 +558,11 @@ class Session:
         if code == 0:
             log.info("%s: asynchronous SCSI event", self._who())
         elif code == 1:
+            if link is not self._link or self._sm.connection is not C.LOGGED_IN:
+                log.debug("%s asks again to log out; one logout is under way", self._who())
+                return
             log.info("%s asks us to log out within %d s; reconnecting", self._who(), pdu.parameter3)
+            self._fire(E.LOGOUT_STARTED)
             self._nursery.start_soon(self._logout_and_reconnect, link)
         elif code in (2, 3):
             log.info("%s will drop the connection; relogin after %d s", self._who(), pdu.parameter2)
@@ -568,9 +572,8 @@ class Session:
             log.info("%s: async event %d", self._who(), code)
 
     async def _logout_and_reconnect(self, link: _Link) -> None:
-        if link.failed or self._sm.session is not S.LOGGED_IN:
+        if link.failed:
             return
-        self._fire(E.LOGOUT_STARTED)
         with trio.move_on_after(self.timeouts.logout):
             try:
                 await self._request(link, link.conn.logout(2))   # reason 2: remove for recovery
