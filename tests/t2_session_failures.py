@@ -17,7 +17,7 @@ from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
 from iscsifs.core.discovery import Portal
 from iscsifs.core.pdu import (AsyncMessage, LogoutRequest, NopIn, NopOut, Reject,
-                              ScsiResponse, TaskManagementRequest, encode)
+                              ScsiResponse, TaskManagementRequest, TextRequest, encode)
 from iscsifs.core.state import SessionState
 from iscsifs.errors import (CommandTimeout, LocalProtocolError, PathFailed,
                             RemoteProtocolError, SessionFailed, leaf_exceptions)
@@ -750,5 +750,46 @@ async def test_many_logout_requests_from_the_target_make_one_logout(nursery, aut
     assert [(n, p.reason) for n, p in target.received if isinstance(p, LogoutRequest)] == \
         [(1, 2)]                                    # "remove the connection for recovery"
     assert session.counters()["logout_pdus"] == 1  # and no other one was sent
+    assert await read(session) == PAYLOAD
+    await session.close()
+
+
+async def renegotiation_asked(target: FakeTarget, times: int = 1) -> None:
+    conn = target.live[1]
+    await trio.testing.wait_all_tasks_blocked()
+    await conn.send(*[AsyncMessage(lun=0, async_event=4, async_vcode=0, parameter1=0,
+                                   parameter2=0, parameter3=0, data=b"", **conn.sns())
+                      for _ in range(times)])
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_renegotiation_request_is_answered_with_a_text_request(nursery, autojump_clock):
+    # RFC 7143 §11.9.1, AsyncEvent 4: the initiator MUST send a Text Request (it may be empty)
+    # on the same connection as early as possible, or log out
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery)
+    asked = trio.current_time()
+    await renegotiation_asked(target, times=3)
+    texts = [(n, p) for n, p in target.received if isinstance(p, TextRequest)]
+    assert [(n, p.data, p.final) for n, p in texts] == [(1, b"", True)]   # one at a time
+    assert trio.current_time() == asked                                  # at once
+    # the target wanted nothing changed: the connection goes on
+    assert await read(session) == PAYLOAD
+    assert target.connections == 1 and session.logged_in
+    await session.close()
+
+
+@CONN_FAILED
+async def test_a_renegotiation_that_changes_keys_logs_out_and_in_again(nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery)
+    target.sendtargets = [("MaxBurstLength", "65536")]    # the Text Response proposes keys
+    await renegotiation_asked(target)
+    with trio.fail_after(30):
+        while not session.logged_in or target.connections < 2:
+            await trio.sleep(0.1)
+    # it logged out (reason 2: for recovery) and a new login negotiated everything again
+    assert [(n, p.reason) for n, p in target.received if isinstance(p, LogoutRequest)] == \
+        [(1, 2)]
     assert await read(session) == PAYLOAD
     await session.close()

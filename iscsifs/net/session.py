@@ -180,6 +180,7 @@ class _Link:
         self.error: BaseException | None = None     # why it failed (the first reason)
         self.timed_out: deque[_Command] = deque()   # waiting for error recovery
         self.recovery_wanted = trio.Event()
+        self.renegotiating = False      # answering the target's AsyncEvent 4
 
     def push(self) -> None:
         """Send whatever the state machine has queued (synchronous; ordered)."""
@@ -567,7 +568,7 @@ class Session:
         elif code in (2, 3):
             log.info("%s will drop the connection; relogin after %d s", self._who(), pdu.parameter2)
         elif code == 4:
-            log.info("%s asks to renegotiate parameters (ignored)", self._who())
+            self._nursery.start_soon(self._renegotiate, link)
         else:
             log.info("%s: async event %d", self._who(), code)
 
@@ -580,6 +581,33 @@ class Session:
             except IscsiError as exc:
                 log.debug("logout for recovery from %s: %s", self._who(), exc)
         self._link_failed(link, ConnectionLost("target requested logout"))
+
+    async def _renegotiate(self, link: _Link) -> None:
+        """AsyncEvent 4 (RFC 7143 §11.9.1): the target asks to renegotiate. Answered at once
+        with a Text Request without keys on the same connection (one at a time). If the
+        target's answer proposes keys to change, or none comes within ``login_timeout``,
+        the connection is logged out for recovery and the relogin negotiates every key anew
+        (the section's other answer), instead of changing limits under commands in flight."""
+        if link.failed or link.renegotiating or self._sm.connection is not C.LOGGED_IN:
+            return
+        log.info("%s asks to renegotiate parameters; sending a Text Request", self._who())
+        link.renegotiating = True
+        try:
+            result = None
+            with trio.move_on_after(self.timeouts.login):
+                result = await self._request(link, link.conn.send_text([]))
+            if link.failed or self._sm.connection is not C.LOGGED_IN:
+                return
+            if isinstance(result, TextComplete) and not result.pairs:
+                return                              # nothing to change
+            keys = ", ".join(k for k, _ in result.pairs) if isinstance(result, TextComplete) \
+                else None
+            log.info("%s: renegotiation %s; logging out to log in again", self._who(),
+                     f"proposes {keys}" if keys else "got no answer")
+            self._fire(E.LOGOUT_STARTED)
+            await self._logout_and_reconnect(link)
+        finally:
+            link.renegotiating = False
 
     # ------------------------------------------------------------------ commands
     async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0, read_buffer=None,
