@@ -496,6 +496,13 @@ class Lun:
         except ScsiError:
             cap = scsi_parse.parse_read_capacity10(
                 await self._read_bytes(scsi_cdb.read_capacity10(), 8))
+            if cap.needs_16:
+                # SBC-3 §5.15.2: FFFFFFFFh means the capacity does not fit in (10); only (16)
+                # can say it, so ask it again (its error is the answer: never a guessed size)
+                log.info("LUN %d: READ CAPACITY(10) says more than 2**32 blocks; asking "
+                         "READ CAPACITY(16) again", self.lun)
+                cap = scsi_parse.parse_read_capacity16(
+                    await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
         self.lbpme, self.lbprz = cap.lbpme, cap.lbprz
         self.block_size = cap.block_size
         self.num_blocks = cap.num_blocks

@@ -383,3 +383,46 @@ async def test_a_short_read_without_underflow_is_never_written_back(nursery, aut
     assert target.commands_seen(0x2A) == []            # nothing was written back
     assert bytes(disk.data) == before
     await lun.session.close()
+
+
+# -- capacity ----------------------------------------------------------------------------------
+def capacity_target(rc16_failures: int | None):
+    """READ CAPACITY(16) fails with ILLEGAL REQUEST the first ``rc16_failures`` times (None:
+    always), then says 2**33 blocks of 512 bytes; READ CAPACITY(10) says FFFFFFFFh: "the
+    capacity does not fit, use READ CAPACITY(16)" (SBC-3 §5.15.2)."""
+    calls = {"rc16": 0}
+
+    def on_command(conn, cmd):
+        if cmd.cdb[0] == 0x9E and cmd.cdb[1] & 0x1F == 0x10:
+            calls["rc16"] += 1
+            if rc16_failures is None or calls["rc16"] <= rc16_failures:
+                sense = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0])
+                return [response(conn, cmd, 2, len(sense).to_bytes(2, "big") + sense)]
+            data = (2 ** 33 - 1).to_bytes(8, "big") + (512).to_bytes(4, "big") + bytes(20)
+            return good_read(conn, cmd, data)
+        if cmd.cdb[0] == 0x25:
+            return good_read(conn, cmd, bytes([0xFF] * 4) + (512).to_bytes(4, "big"))
+        return []
+    return on_command, calls
+
+
+async def test_read_capacity_10_saying_ffffffff_asks_read_capacity_16_again(nursery,
+                                                                            autojump_clock):
+    on_command, calls = capacity_target(rc16_failures=1)
+    lun = await lun_over_fake(FakeTarget(on_command=on_command), nursery)
+    with trio.fail_after(10):
+        await lun.read_capacity()
+    assert (lun.num_blocks, lun.block_size) == (2 ** 33, 512)
+    assert calls["rc16"] == 2
+    await lun.session.close()
+
+
+async def test_a_capacity_that_only_read_capacity_16_can_say_is_never_guessed(nursery,
+                                                                              autojump_clock):
+    on_command, calls = capacity_target(rc16_failures=None)
+    lun = await lun_over_fake(FakeTarget(on_command=on_command), nursery)
+    lun.num_blocks = 0
+    with trio.fail_after(10), pytest.raises(ScsiError):
+        await lun.read_capacity()
+    assert lun.num_blocks != 2 ** 32           # not sized at "exactly 2**32 blocks"
+    await lun.session.close()
