@@ -6,6 +6,8 @@ so a 30-second timeout takes no real time and the timing asserted is exact.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import trio
 import trio.testing
@@ -66,15 +68,19 @@ def answer_from_second_sight(seen: dict):
 
 
 @NO_CMDSN
+@pytest.mark.expect_log("CommandTimeout: .* -> EIO", logger="iscsifs.fs.errno_map")
 async def test_command_the_window_never_admits_fails_at_command_timeout_without_abort(
         nursery, autojump_clock):
+    from iscsifs.fs.errno_map import errno_for
     target = FakeTarget(window=0, on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
     session = await open_session(target, nursery, command=10)
     start = trio.current_time()
     with trio.fail_after(30):
-        with pytest.raises(CommandTimeout):
+        with pytest.raises(CommandTimeout) as info:
             await read(session)
     assert trio.current_time() - start <= 10 + EPS
+    # what the reader of the file gets: EIO, as docs/failure.md says (not ETIMEDOUT)
+    assert errno_for(info.value, "read") == errno.EIO
     assert target.commands_seen() == []          # it never had a CmdSN, so never went out
     assert tmfs(target) == []                    # and nothing was aborted
     assert target.connections == 1              # no protocol error, no relogin loop

@@ -449,7 +449,8 @@ def test_other_errors_map():
     assert errno_map.errno_for(errors.LoginError("target error", 3, 1), "l") == errno.EIO
     assert errno_map.errno_for(errors.ConnectionLost("gone"), "r") == errno.EIO
     assert errno_map.errno_for(errors.SessionFailed("gone"), "r") == errno.EIO
-    assert errno_map.errno_for(errors.CommandTimeout("slow"), "r") == errno.ETIMEDOUT
+    # a timed-out command is an I/O error, as Linux's SCSI layer reports one
+    assert errno_map.errno_for(errors.CommandTimeout("slow"), "r") == errno.EIO
     assert errno_map.errno_for(errors.RemoteProtocolError("bad"), "r") == errno.EIO
     assert errno_map.errno_for(errors.ConfigError("bad"), "r") == errno.EINVAL
     assert errno_map.errno_for(ConnectionRefusedError(errno.ECONNREFUSED, "refused"), "d") \
@@ -458,7 +459,7 @@ def test_other_errors_map():
     login.__cause__ = OSError(errno.EHOSTUNREACH, "no route")
     assert errno_map.errno_for(login, "l") == errno.EHOSTUNREACH
     group = ExceptionGroup("x", [errors.CommandTimeout("slow")])
-    assert errno_map.errno_for(group, "r") == errno.ETIMEDOUT
+    assert errno_map.errno_for(group, "r") == errno.EIO
     # a portal that cannot be reached: the socket's errno (ls said EIO for a refused mkdir'd
     # portal); a connection lost later, with no such errno, stays EIO
     for code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT):
