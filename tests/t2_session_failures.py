@@ -187,12 +187,26 @@ async def test_error_recovery_ends_by_dropping_the_connection_and_never_resends(
 
 
 @CONN_FAILED
-async def test_command_whose_start_failed_is_not_sent_after_a_relogin(nursery, autojump_clock):
+async def test_command_whose_start_failed_is_not_sent_after_a_relogin(nursery, autojump_clock,
+                                                                      monkeypatch):
+    # the start fails once only (on connection 1): had the session kept the command, the
+    # relogin would send it, and the target would see it
+    from iscsifs.core.connection import Connection
+    real_start = Connection.start_command
+    failed = []
+
+    def start_command(self, lun, cdb, **kw):
+        if cdb[0] == 0x2A and not failed:
+            failed.append(cdb)
+            raise LocalProtocolError("refused before it is sent")
+        return real_start(self, lun, cdb, **kw)
+
+    monkeypatch.setattr(Connection, "start_command", start_command)
     target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
     session = await open_session(target, nursery)
-    with pytest.raises(LocalProtocolError):      # bidirectional: refused before it is sent
-        await session.execute(1, write10(7), read_length=512, read_buffer=bytearray(512),
-                              write_data=b"w" * 512)
+    with pytest.raises(LocalProtocolError):
+        await session.execute(1, write10(7), write_data=b"w" * 512)
+    assert failed
     await target.live[1].close()
     with trio.fail_after(30):
         while not session.logged_in or target.connections < 2:
