@@ -111,6 +111,8 @@ class FakeTarget:
     connections: int = 0
     port: int = 0
     received: list = field(default_factory=list)
+    received_at: list = field(default_factory=list)       # trio time of each of ``received``
+    answer_nops: bool = True        # False: a target that stopped answering pings
     command_times: list = field(default_factory=list)     # trio time of each SCSI command
     live: dict = field(default_factory=dict)
     _reading: dict = field(default_factory=dict)    # connection number -> Event while paused
@@ -173,6 +175,7 @@ class FakeTarget:
 
     async def _dispatch(self, conn: TargetConn, pdu, decoder: PduDecoder):
         self.received.append((conn.number, pdu))
+        self.received_at.append(trio.current_time())
         if isinstance(pdu, LoginRequest):
             if self.hang_login_after is not None and conn.number > self.hang_login_after:
                 return True         # connected, but no login answer ever
@@ -206,7 +209,7 @@ class FakeTarget:
             if answer:
                 await conn.send(*answer)
         elif isinstance(pdu, NopOut):
-            if pdu.itt != 0xFFFFFFFF:
+            if pdu.itt != 0xFFFFFFFF and self.answer_nops:
                 await conn.send(NopIn(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, data=pdu.data,
                                       **conn.sns()))
         elif isinstance(pdu, LogoutRequest):

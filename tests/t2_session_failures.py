@@ -78,7 +78,8 @@ async def test_command_the_window_never_admits_fails_at_command_timeout_without_
     with trio.fail_after(30):
         with pytest.raises(CommandTimeout) as info:
             await read(session)
-    assert trio.current_time() - start <= 10 + EPS
+    # withdrawn at the command timeout: not before it, not after
+    assert trio.current_time() - start == pytest.approx(10, abs=EPS)
     # what the reader of the file gets: EIO, as docs/failure.md says (not ETIMEDOUT)
     assert errno_for(info.value, "read") == errno.EIO
     assert target.commands_seen() == []          # it never had a CmdSN, so never went out
@@ -111,7 +112,8 @@ async def test_replacement_timeout_cancels_a_hanging_relogin_at_the_deadline(
         assert len(target.commands_seen()) == 1
         dropped_at = trio.current_time()
         await target.live[1].close()
-    assert outcome["failed_at"] - dropped_at <= 4 + EPS      # not after login_timeout (15 s)
+    # at the replacement timeout: not before it, and not after login_timeout (15 s)
+    assert outcome["failed_at"] - dropped_at == pytest.approx(4, abs=EPS)
     assert target.connections >= 2                          # a relogin was being attempted
     with pytest.raises(SessionFailed):                      # new I/O fails at once meanwhile
         await read(session)
@@ -145,11 +147,16 @@ async def test_timed_out_command_escalates_from_abort_task_to_lu_reset(nursery, 
         except CommandTimeout as exc:
             results[name] = exc
 
+    start = trio.current_time()
     with trio.fail_after(30):
         async with trio.open_nursery() as n:
             n.start_soon(run, "timed out", 0, 0)
             n.start_soon(run, "bystander", 8, 1)
     assert tmfs(target) == [TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET]
+    # ABORT TASK at the command timeout (not before), the reset as soon as it was refused
+    sent = [t - start for (_, p), t in zip(target.received, target.received_at)
+            if isinstance(p, TaskManagementRequest)]
+    assert sent == pytest.approx([5, 5], abs=EPS)
     assert isinstance(results["timed out"], CommandTimeout)
     # the reset also ended the other command on that LUN: its caller still waited, so it
     # went again and completed
@@ -174,9 +181,13 @@ async def test_error_recovery_ends_by_dropping_the_connection_and_never_resends(
     with trio.fail_after(30):
         with pytest.raises(CommandTimeout):
             await read(session)
-    # 5 s command timeout, then 1 s for each of the three TMFs, then the connection goes
-    assert trio.current_time() - start <= 5 + 3 + EPS
+    # 5 s command timeout, then 1 s for each of the three TMFs, then the connection goes:
+    # each step waits its whole timeout, no less
+    assert trio.current_time() - start == pytest.approx(5 + 3, abs=EPS)
     assert tmfs(target) == [TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGET_WARM_RESET]
+    sent = [t - start for (_, p), t in zip(target.received, target.received_at)
+            if isinstance(p, TaskManagementRequest)]
+    assert sent == pytest.approx([5, 6, 7], abs=EPS)
     with trio.fail_after(30):
         while not session.logged_in or target.connections < 2:
             await trio.sleep(0.5)
@@ -812,4 +823,55 @@ async def test_a_renegotiation_that_changes_keys_logs_out_and_in_again(nursery, 
     assert [(n, p.reason) for n, p in target.received if isinstance(p, LogoutRequest)] == \
         [(1, 2)]
     assert await read(session) == PAYLOAD
+    await session.close()
+
+
+
+@CONN_FAILED
+async def test_an_unanswered_ping_fails_the_connection_at_interval_plus_timeout(
+        nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD),
+                        answer_nops=False)
+    session = await open_session(target, nursery, noop_out_interval=5, noop_out_timeout=3)
+    states = []
+    session.listeners.append(lambda s: states.append((trio.current_time(), s.session_state)))
+    assert await read(session) == PAYLOAD
+    quiet_from = trio.current_time()                 # the last PDU from the target
+    with trio.fail_after(60):
+        while not states:
+            await trio.sleep(0.1)
+    pings = [t - quiet_from for (_, p), t in zip(target.received, target.received_at)
+             if isinstance(p, NopOut)]
+    # a ping after noop_out_interval of silence, the failure noop_out_timeout after it
+    assert pings[:1] == pytest.approx([5], abs=EPS)
+    assert states[0][0] - quiet_from == pytest.approx(5 + 3, abs=EPS)
+    assert states[0][1] is SessionState.RECOVERING
+    await session.close()
+
+
+@CONN_FAILED
+async def test_relogin_attempts_back_off_from_half_a_second_to_five(nursery, autojump_clock):
+    target = FakeTarget(on_command=lambda conn, cmd: good_read(conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery)
+    refusing = {"on": True}
+
+    def refuse(conn, req, pairs):          # "target error: service unavailable" (0x0301)
+        if not refusing["on"]:
+            return None
+        return [], (3, 1), req.nsg, False
+
+    target.login_hook = refuse
+    dropped = trio.current_time()
+    await target.live[1].close()
+    with trio.fail_after(60):
+        while target.connections < 8:
+            await trio.sleep(0.1)
+    refusing["on"] = False
+    with trio.fail_after(60):
+        while not session.logged_in:
+            await trio.sleep(0.1)
+    starts = [t - dropped for (_, p), t in zip(target.received, target.received_at)
+              if type(p).__name__ == "LoginRequest" and p.csg == 0][1:]
+    # at once, then after 0.5, 1, 2, 4 s and then every 5 s (RETRY_CAP)
+    assert starts[:8] == pytest.approx([0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5, 22.5], abs=EPS)
     await session.close()
