@@ -31,6 +31,7 @@ from .core.chap import ChapCredentials
 from .core.discovery import DiscoveredTarget, Portal
 from .core.keys import LoginParams, NegotiatedParams
 from .core.pdu import AsyncMessage, decode_lun
+from .core.state import ConnectionState, SessionState
 from .device import DEFAULT_MAX_COMMAND, Identity, Lun, read_data, read_identity
 from .errors import IscsiError, LoggedOut, RemoteProtocolError
 from .multipath import POLICIES, MultipathDevice, Path
@@ -71,8 +72,8 @@ class SessionInfo:
     sid: int
     initiator_name: str
     local_address: str
-    connection_state: str
-    session_state: str
+    connection_state: ConnectionState
+    session_state: SessionState
     timeouts: Timeouts
     chap_username: str | None
     chap_username_in: str | None

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.device import DISCARD_UNMAP, Provisioning, granule_range
 from iscsifs.errors import NoSpace, NoSuchDevice, NotSupported
 
@@ -414,8 +415,8 @@ def make_session_info(target: str, portal: Any, luns: tuple = ()) -> Any:
                 "scsirsp_pdus": 9, "datain_pdus": 4, "login_pdus": 2}
     return SimpleNamespace(target=target, portal=portal, sid=3,
                            initiator_name="iqn.2016-04.com.open-iscsi:0123456789ab",
-                           local_address="127.0.0.1", connection_state="LOGGED IN",
-                           session_state="LOGGED_IN", timeouts=timeouts,
+                           local_address="127.0.0.1", connection_state=ConnectionState.LOGGED_IN,
+                           session_state=SessionState.LOGGED_IN, timeouts=timeouts,
                            chap_username="alice", chap_username_in=None, params=params,
                            luns=luns, counters=counters, isid=0x23D000000001, tsih=1)
 

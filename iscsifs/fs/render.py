@@ -28,6 +28,7 @@ from iscsifs import __version__
 from iscsifs.config.keys import EMPTY, HIDDEN
 from iscsifs.core.connection import COUNTER_NAMES   # iscsiadm -m session -s order
 from iscsifs.core.discovery import Portal, format_host
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.fs.backend import BlockDevice, LunListing, MultipathBlockDevice
 
 
@@ -347,8 +348,8 @@ def session_facts(info: Any, target: str, portal: Portal) -> dict[str, Any]:
     params = _get(info, "params")
     user = _get(info, "chap_username")
     user_in = _get(info, "chap_username_in")
-    state = str(_get(info, "session_state", "") or "FREE")
-    device_state = _device_state(state)
+    state: SessionState = _get(info, "session_state", SessionState.FREE)
+    connection: ConnectionState = _get(info, "connection_state", ConnectionState.FREE)
     counters = dict(_get(info, "counters", {}) or {})
     stats = {name: int(counters.pop(name, 0)) for name in COUNTER_NAMES}
     luns = sorted(_get(info, "luns", ()) or (), key=lambda e: int(e.lun))
@@ -361,8 +362,8 @@ def session_facts(info: Any, target: str, portal: Portal) -> dict[str, Any]:
             "ip_address": clean(_get(info, "local_address", "")) or None,
         },
         "sid": _int_or_none(_get(info, "sid", 0)),
-        "connection_state": clean(_get(info, "connection_state", "FREE")),
-        "session_state": clean(state),
+        "connection_state": connection.iscsiadm,
+        "session_state": state.iscsiadm,
         "timeouts": {
             "recovery_timeout": _number(_get(timeouts, "replacement_timeout")),
             "target_reset_timeout": _number(_get(timeouts, "tgt_reset")),
@@ -395,7 +396,7 @@ def session_facts(info: Any, target: str, portal: Portal) -> dict[str, Any]:
             "device_type": int(entry.device_type),
             "type": clean(_type_name(entry)),
             "raw": f"luns/{int(entry.lun)}/raw" if _get(entry, "device") is not None else None,
-            "state": device_state,
+            "state": state.device_state,
         } for entry in luns],
         "stats": stats,
         "extended_stats": {clean(name): _number(counters[name]) for name in sorted(counters)},
@@ -491,8 +492,9 @@ def render_session_text(facts: dict[str, Any]) -> str:
         f"{t2}MaxOutstandingR2T: {_text_value(params['max_outstanding_r2t'])}",
     ]
     lines += [f"{t2}{'*' * 24}", f"{t2}Attached SCSI devices:", f"{t2}{'*' * 24}"]
-    state = _device_state(facts["session_state"])
-    lines.append(f"{t2}Host Number: {sid}\tState: {state}")
+    # the SCSI host of an iscsi_tcp session stays "running" through a session's recovery;
+    # its disks show the session's state (SessionState.device_state)
+    lines.append(f"{t2}Host Number: {sid}\tState: running")
     for lun in facts["luns"]:
         lines.append(f"{t2}scsi{sid} Channel 00 Id 0 Lun: {lun['lun']}")
         if lun["raw"] is not None:
@@ -518,15 +520,6 @@ def render_session_text(facts: dict[str, Any]) -> str:
 def _json(facts: dict[str, Any]) -> str:
     # ASCII only (anything else \u-escaped); keys in the documented order
     return json.dumps(facts, indent=2, ensure_ascii=True) + "\n"
-
-
-def _device_state(session_state: str) -> str:
-    state = str(session_state or "").upper()
-    if state == "LOGGED_IN":
-        return "running"
-    if state == "FAILED":
-        return "transport-offline"
-    return "blocked"
 
 
 def _type_name(entry: LunListing) -> str:
