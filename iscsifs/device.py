@@ -520,6 +520,13 @@ class Lun:
         except ScsiError:
             cap = scsi_parse.parse_read_capacity10(
                 await self._read_bytes(scsi_cdb.read_capacity10(), 8))
+            if cap.needs_16:
+                # SBC-3 §5.15.2: FFFFFFFFh means the capacity does not fit in (10); only (16)
+                # can say it, so ask it again (its error is the answer: never a guessed size)
+                log.info("LUN %d: READ CAPACITY(10) says more than 2**32 blocks; asking "
+                         "READ CAPACITY(16) again", self.lun)
+                cap = scsi_parse.parse_read_capacity16(
+                    await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
         self.lbpme, self.lbprz = cap.lbpme, cap.lbprz
         self.block_size = cap.block_size
         self.num_blocks = cap.num_blocks
@@ -536,22 +543,40 @@ class Lun:
 
     # ------------------------------------------------------------------ data path
     async def _rw(self, lba: int, view, write: bool) -> None:
-        """One READ or WRITE of the whole blocks in ``view``, retried after UNIT ATTENTION."""
-        blocks = len(view) // self.block_size
-        if write:
-            cdb = scsi_cdb.write(lba, blocks)
-            kw = {"write_data": view}
-        else:
-            cdb = scsi_cdb.read(lba, blocks)
-            kw = {"read_length": len(view), "read_buffer": view}
-        try:
-            await self.execute(self.lun, cdb, **kw)
-        except ScsiError as exc:
-            if not is_unit_attention(exc):
-                self._not_supported(exc)
-                raise
-            self._unit_attention(exc)
-            await self.command(cdb, **kw)
+        """One READ or WRITE of the whole blocks in ``view``, retried after UNIT ATTENTION.
+        An underflow (GOOD, but fewer bytes moved) is retried for the remaining blocks while
+        each answer moves at least one; one that moves none fails: a block that was not
+        read is never taken as data, and one that was not written is never taken as done."""
+        bs = self.block_size
+        while True:
+            blocks = len(view) // bs
+            if write:
+                cdb = scsi_cdb.write(lba, blocks)
+                kw = {"write_data": view}
+            else:
+                cdb = scsi_cdb.read(lba, blocks)
+                kw = {"read_length": len(view), "read_buffer": view}
+            try:
+                result = await self.execute(self.lun, cdb, **kw)
+            except ScsiError as exc:
+                if not is_unit_attention(exc):
+                    self._not_supported(exc)
+                    raise
+                self._unit_attention(exc)
+                result = await self.command(cdb, **kw)
+            short = result.residual_count if result.underflow else 0
+            if short <= 0:
+                return
+            done = (len(view) - short) // bs
+            what = "WRITE" if write else "READ"
+            if done <= 0:
+                raise RemoteProtocolError(
+                    f"LUN {self.lun}: {what} of {blocks} blocks at LBA {lba} moved "
+                    f"{len(view) - short} bytes (underflow); not retrying for ever")
+            log.info("LUN %d: %s of %d blocks at LBA %d moved %d of them; sending the rest "
+                     "again", self.lun, what, blocks, lba, done)
+            lba += done
+            view = view[done * bs:]
 
     async def _transfer(self, lba: int, view: memoryview, write: bool) -> None:
         """READ into / WRITE from ``view`` (whole blocks at ``lba``), in commands of at most

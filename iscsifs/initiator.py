@@ -32,6 +32,7 @@ from .core.discovery import DiscoveredTarget
 from .core.names import Portal
 from .core.keys import LoginParams, NegotiatedParams
 from .core.pdu import AsyncMessage, decode_lun
+from .core.state import ConnectionState, SessionState
 from .device import DEFAULT_MAX_COMMAND, Identity, Lun, read_data, read_identity
 from .errors import IscsiError, LoggedOut, RemoteProtocolError
 from .multipath import POLICIES, MultipathDevice, Path
@@ -72,8 +73,8 @@ class SessionInfo:
     sid: int
     initiator_name: str
     local_address: str
-    connection_state: str
-    session_state: str
+    connection_state: ConnectionState
+    session_state: SessionState
     timeouts: Timeouts
     chap_username: str | None
     chap_username_in: str | None

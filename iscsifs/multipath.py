@@ -155,7 +155,7 @@ class PathState:
     group_active: bool      # the path group I/O goes to
     dm_state: str           # active | failed
     checker_state: str      # ready | faulty
-    device_state: str       # running | blocked | offline
+    device_state: str       # SessionState.device_state: running | blocked | ...
     ios: int
     errors: int
     failures: int
@@ -503,13 +503,7 @@ class PathGroup:
         out = []
         for i, path in enumerate(paths):
             healthy = path.healthy
-            session = path.session
-            if healthy:
-                device_state = "running"
-            elif session.session_state == "FREE":
-                device_state = "offline"
-            else:
-                device_state = "blocked"
+            device_state = path.session.session_state.device_state
             group = path.device.alua if path.device.tpgs else None
             state = path.alua_state
             if not healthy or state in (AluaState.UNAVAILABLE, AluaState.OFFLINE):

@@ -60,17 +60,6 @@ class SessionText:
         return out + ["", *self.stats]
 
 
-def device_state(session_state: object) -> str:
-    """The SCSI device state Linux shows for a session state: running, transport-offline,
-    blocked."""
-    state = str(session_state or "").upper()
-    if state == "LOGGED_IN":
-        return "running"
-    if state == "FAILED":
-        return "transport-offline"
-    return "blocked"
-
-
 def portal_text(portal: Mapping[str, Any]) -> str:
     """A snapshot's portal as iscsiadm writes it: ``10.0.0.5:3260,1``."""
     return f"{portal['address']},{portal['tpgt']}"
@@ -97,7 +86,9 @@ def session_text(facts: Mapping[str, Any], *,
                                      facts["negotiated"])
     sid = facts["sid"] if facts["sid"] is not None else 0
     current = facts["current_portal"]
-    attached = [f"{_T2}Host Number: {sid}\tState: {device_state(facts['session_state'])}"]
+    # the SCSI host of an iscsi_tcp session stays "running" through a session's recovery; its
+    # disks show the session's state (each LUN's "state", core.state.SessionState.device_state)
+    attached = [f"{_T2}Host Number: {sid}\tState: running"]
     for lun in facts["luns"]:
         attached.append(f"{_T2}scsi{sid} Channel 00 Id 0 Lun: {lun['lun']}")
         if lun["raw"] is not None:

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from iscsifs.core.names import Portal
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.device import DISCARD_UNMAP, Provisioning, granule_range
 from iscsifs.errors import NoSpace, NoSuchDevice, NotSupported
 
@@ -437,8 +438,8 @@ class FakeSessionInfo:
     sid: int = 3
     initiator_name: str = "iqn.2016-04.com.open-iscsi:0123456789ab"
     local_address: str = "127.0.0.1"
-    connection_state: str = "LOGGED IN"
-    session_state: str = "LOGGED_IN"
+    connection_state: ConnectionState = ConnectionState.LOGGED_IN
+    session_state: SessionState = SessionState.LOGGED_IN
     timeouts: FakeTimeouts = field(default_factory=FakeTimeouts)
     chap_username: str | None = "alice"
     chap_username_in: str | None = None

@@ -280,7 +280,7 @@ async def test_stalled_target_detected_by_nop_and_recovered(fresh_target, nurser
     tgtd.stall()
     try:
         with trio.fail_after(15):
-            while session.session_state == "LOGGED_IN":
+            while session.logged_in:
                 await trio.sleep(0.05)
     finally:
         tgtd.resume()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from iscsifs.core.names import Portal
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.device import PrOut
 from iscsifs.scsi.cdb import PrInAction
 
@@ -262,10 +263,11 @@ class SessionSnapshot(Protocol):
     @property
     def local_address(self) -> str: ...
     @property
-    def connection_state(self) -> str: ...
+    def connection_state(self) -> ConnectionState:
+        """``.iscsiadm``: the words iscsiadm shows (LOGGED IN, TRANSPORT WAIT, ...)."""
     @property
-    def session_state(self) -> str:
-        """LOGGED_IN | FAILED | FREE (iscsiadm's names)."""
+    def session_state(self) -> SessionState:
+        """``.iscsiadm`` (LOGGED_IN, FAILED, FREE), ``.device_state`` (running, blocked, ...)."""
     @property
     def timeouts(self) -> SessionTimeouts: ...
     @property

@@ -109,7 +109,12 @@ def classify(exc: BaseException) -> tuple[int, int]:
         return errno.ENXIO, logging.INFO
     if isinstance(exc, LoginError):          # includes AuthenticationError
         return _login_errno(exc), logging.WARNING
-    if isinstance(exc, (CommandTimeout, trio.TooSlowError)):
+    if isinstance(exc, CommandTimeout):
+        # a command that timed out (aborted, reset, or withdrawn from a window that never
+        # opened) is an I/O error to the reader or writer, as Linux's SCSI layer fails it
+        # (DID_TIME_OUT -> BLK_STS_IOERR); ETIMEDOUT is not an errno read(2) or write(2) has
+        return errno.EIO, logging.WARNING
+    if isinstance(exc, trio.TooSlowError):
         return errno.ETIMEDOUT, logging.WARNING
     if isinstance(exc, LoggedOut):           # a listing that raced rmdir or unmount
         return errno.ENOENT, logging.INFO

@@ -32,8 +32,7 @@ from iscsifs.core.names import Portal
 from iscsifs.fs.backend import (BlockDevice, LunListing, MultipathBlockDevice, PathState,
                                 SessionSnapshot)
 from iscsifs.scsi.parse import device_type_name
-from iscsifs.sessionfile import (SESSION_SCHEMA, device_state, portal_text,
-                                 render_session_text)
+from iscsifs.sessionfile import SESSION_SCHEMA, portal_text, render_session_text
 
 
 def clean(value: object) -> str:
@@ -324,8 +323,7 @@ def session_facts(info: SessionSnapshot | None, target: str, portal: Portal) -> 
     if info is None:
         return facts
     timeouts, params = info.timeouts, info.params
-    state = str(info.session_state or "FREE")
-    lun_state = device_state(state)
+    state, connection = info.session_state, info.connection_state
     counters = dict(info.counters)
     stats = {name: int(counters.pop(name, 0)) for name in COUNTER_NAMES}
     facts.update({
@@ -337,8 +335,8 @@ def session_facts(info: SessionSnapshot | None, target: str, portal: Portal) -> 
             "ip_address": clean(info.local_address) or None,
         },
         "sid": _int_or_none(info.sid),
-        "connection_state": clean(info.connection_state or "FREE"),
-        "session_state": clean(state),
+        "connection_state": connection.iscsiadm,
+        "session_state": state.iscsiadm,
         "timeouts": {
             "recovery_timeout": _number(timeouts.replacement_timeout),
             "target_reset_timeout": _number(timeouts.tgt_reset),
@@ -370,7 +368,7 @@ def session_facts(info: SessionSnapshot | None, target: str, portal: Portal) -> 
             "device_type": int(entry.device_type),
             "type": clean(_type_name(entry)),
             "raw": f"luns/{int(entry.lun)}/raw" if entry.device is not None else None,
-            "state": lun_state,
+            "state": state.device_state,
         } for entry in sorted(info.luns, key=lambda e: int(e.lun))],
         "stats": stats,
         "extended_stats": {clean(name): _number(counters[name]) for name in sorted(counters)},

@@ -68,6 +68,7 @@ class Transport:
         self.rx_bytes = 0
         self._backlog: deque[memoryview] = deque()   # bytes the socket did not take yet
         self._backlog_changed = trio.Event()
+        self._backlog_sent = trio.Event()           # set (and replaced) as drain() sends
         self._error: ConnectionLost | None = None
         self._closed = False
         try:
@@ -178,6 +179,13 @@ class Transport:
             await self._writable()
             while self._backlog and self._push_backlog():
                 pass
+            self._backlog_sent.set()
+            self._backlog_sent = trio.Event()
+
+    async def wait_backlog(self, buffers: int) -> None:
+        """Wait until at most ``buffers`` buffers wait for the socket (``drain`` must run)."""
+        while len(self._backlog) > buffers:
+            await self._backlog_sent.wait()
 
     async def flush(self) -> None:
         """Wait until everything sent so far is in the socket (the login phase, before any
@@ -238,6 +246,7 @@ class Transport:
         self._closed = True
         self._backlog.clear()
         self._backlog_changed.set()
+        self._backlog_sent.set()
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
         await trio.lowlevel.checkpoint()
