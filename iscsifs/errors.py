@@ -104,6 +104,13 @@ class ConnectionLost(IscsiError):
         self.errno = errno
 
 
+class SourceAddressError(ConnectionLost):
+    """A connection could not be bound to the configured source address (``source_address=``,
+    ``iface.ipaddress``): not an address of this host (EADDRNOTAVAIL), or of another family
+    than the portal's. A configuration error for the command line (exit 7, as iscsiadm), but
+    a failed connection like any other for a session that logs in again."""
+
+
 class PathFailed(ConnectionLost):
     """A fail-fast command's connection failed before it was answered (dm-multipath's
     REQ_FAILFAST_TRANSPORT): the session answers it at once instead of holding it for a

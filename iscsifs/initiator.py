@@ -26,6 +26,7 @@ from .errors import IscsiError
 from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
 from .net.session import Session, Timeouts
+from .net.transport import tcp_connector
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.sense import ScsiError
@@ -79,6 +80,7 @@ class NodeOptions:
     timeouts: Timeouts | None = None
     queue_depth: int | None = None
     cmds_max: int | None = None
+    source_address: str | None = None     # iface.ipaddress: bind every connection to it
 
 
 def _key(target: str, portal: Portal) -> tuple[str, str, int]:
@@ -102,7 +104,8 @@ class Initiator:
                  discovery_chap_for: Callable[[Portal], ChapCredentials | None] | None = None,
                  on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None,
                  multipath_policy: str = "failover",
-                 sid_source: Callable[[], int] | None = None):
+                 sid_source: Callable[[], int] | None = None,
+                 source_address: str | None = None):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -119,6 +122,9 @@ class Initiator:
         self.on_discovered = on_discovered
         # session IDs for new sessions (the mount's are unique machine-wide); None: per process
         self.sid_source = sid_source
+        # local address every connection is bound to (source_address=, iface.ipaddress);
+        # a node record's iface.ipaddress wins for that node's sessions
+        self.source_address = source_address
         self._nursery = nursery
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
@@ -142,7 +148,8 @@ class Initiator:
                     else self.discovery_chap)
             targets = await discover(portal, initiator_name=self.initiator_name,
                                      chap=chap, timeouts=self.timeouts,
-                                     initiator_alias=self.initiator_alias)
+                                     initiator_alias=self.initiator_alias,
+                                     connector=tcp_connector(self.source_address))
             self._discovered[key] = (trio.current_time(), targets)
             if self.on_discovered is not None:
                 try:
@@ -179,7 +186,8 @@ class Initiator:
                     queue_depth=opts.queue_depth or self.queue_depth,
                     cmds_max=opts.cmds_max or 128,
                     initiator_alias=self.initiator_alias,
-                    sid=self.sid_source() if self.sid_source is not None else None)
+                    sid=self.sid_source() if self.sid_source is not None else None,
+                    connector=tcp_connector(opts.source_address or self.source_address))
             return entry.session
 
     async def luns(self, target: str, portal: Portal) -> list[LunEntry]:

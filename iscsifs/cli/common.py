@@ -7,7 +7,8 @@ keep working:
     0   ok
     1   anything else (ISCSI_ERR)
     4   cannot connect: refused, unreachable, timed out, connection lost (ISCSI_ERR_TRANS)
-    7   invalid argument, option, value or record (ISCSI_ERR_INVAL)
+    7   invalid argument, option, value or record; a source address that is not this
+        host's (EADDRNOTAVAIL) (ISCSI_ERR_INVAL)
     13  permission denied: a read-only LUN or mount (ISCSI_ERR_ACCESS)
     19  the target refused the login, or broke the protocol (ISCSI_ERR_FATAL_LOGIN)
     21  no records found (ISCSI_ERR_NO_OBJS_FOUND)
@@ -34,7 +35,8 @@ from iscsifs.core.discovery import Portal, iscsi_name_problem, parse_portal, pri
 from iscsifs.errors import (EXIT_ACCESS, EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED,
                             EXIT_NOT_SUPPORTED, EXIT_TRANSPORT_FAILURE, AuthenticationError,
                             ConfigError, ConnectionLost, IscsiError, LoginError, QuietError,
-                            RemoteProtocolError, leaf_exceptions, os_reason)
+                            RemoteProtocolError, SourceAddressError, leaf_exceptions,
+                            os_reason)
 
 __all__ = ["config_dir", "exit_code", "file_error", "initiator_name", "iscsifs_mounts",
            "open_log_file", "portal_arg", "quiet_error", "quiet_error_in", "setup_logging"]
@@ -228,7 +230,7 @@ def exit_code(exc: BaseException) -> int:
         return exc.exit_code
     if isinstance(exc, RemoteProtocolError):
         return EXIT_LOGIN_FAILED
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, (ConfigError, SourceAddressError)):
         return EXIT_INVALID_ARGUMENT
     if isinstance(exc, OSError) and exc.filename is not None:
         return EXIT_GENERIC                      # a local file, not the network

@@ -8,6 +8,8 @@ login timeout.
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 from typing import Any
 
 import trio
@@ -18,6 +20,7 @@ from iscsifs.config.nodedb import NodeDB
 from iscsifs.errors import EXIT_NO_OBJECTS, IscsiError, QuietError
 from iscsifs.net.discovery import discover as sendtargets
 from iscsifs.net.session import Timeouts
+from iscsifs.net.transport import tcp_connector
 
 
 async def discover(args: Any) -> int:
@@ -32,7 +35,8 @@ async def discover(args: Any) -> int:
     try:
         with trio.fail_after(args.timeout * 2 + 1):
             targets = await sendtargets(portal, initiator_name=name, chap=chap,
-                                        timeouts=timeouts)
+                                        timeouts=timeouts,
+                                        connector=tcp_connector(args.source_address))
     except (IscsiError, OSError, trio.TooSlowError) as exc:
         raise quiet_error(exc, doing=f"discovery on portal {portal.address}") from None
     if db is not None:
@@ -50,6 +54,19 @@ def print_iname(args: Any) -> int:
     return 0
 
 
+def source_address(text: str) -> str:
+    """``--source-address``: an IP address (argparse type; exit 2 with a message if not)."""
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def add_source_address(p: Any) -> None:
+    p.add_argument("--source-address", metavar="ADDR", type=source_address, default=None,
+                   help="bind the connection to this local IP address (iface.ipaddress)")
+
+
 def add_commands(subparsers: Any) -> None:
     """Add ``discover`` and ``iname`` to the ``iscsifs`` command line."""
     p = subparsers.add_parser("discover",
@@ -58,6 +75,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--initiator-name", help="initiator IQN (default: from initiatorname.iscsi)")
     p.add_argument("--timeout", type=float, default=15, help="login timeout in seconds")
     p.add_argument("--no-record", action="store_true", help="don't save node records")
+    add_source_address(p)
     p.set_defaults(run=discover, is_async=True)
 
     p = subparsers.add_parser("iname", help="print a new initiator name (iscsi-iname)")

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from iscsifs.cli.common import initiator_name, portal_arg, quiet_error
-from iscsifs.cli.discover import discover
+from iscsifs.cli.discover import add_source_address, discover
 from iscsifs.config.conffile import render_record
 from iscsifs.config.keys import is_secret_key, validate_host, validate_iscsi_name, validate_key
 from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
@@ -33,6 +33,7 @@ from iscsifs.config.settings import NodeSettings, with_effective_authmethod
 from iscsifs.core.discovery import Portal, host_port
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, ConfigError, IscsiError, QuietError
 from iscsifs.net.session import Session
+from iscsifs.net.transport import tcp_connector
 from iscsifs.net.util import unwrap_group
 from iscsifs.nodeopts import login_params_from_settings, node_options_from_settings
 
@@ -304,7 +305,8 @@ async def _login_one(record: NodeRecord, options: Any, name: str) -> None:
                 session = await Session.connect(
                     portal, record.target, initiator_name=name, nursery=nursery,
                     params=options.login_params, chap=options.chap, timeouts=timeouts,
-                    queue_depth=options.queue_depth, recover=False)
+                    queue_depth=options.queue_depth, recover=False,
+                    connector=tcp_connector(options.source_address))
                 await session.close()
                 nursery.cancel_scope.cancel()
 
@@ -399,6 +401,7 @@ def add_commands(subparsers: Any) -> None:
                    help="run discovery now (needs -p)")
     p.add_argument("--initiator-name", help="initiator IQN (default: initiatorname.iscsi)")
     p.add_argument("--timeout", type=float, default=15, help="login timeout in seconds")
+    add_source_address(p)
     p.set_defaults(run=_discovery, is_async=False, target=None)
 
     p = subparsers.add_parser("login", help="test login to node records "

@@ -247,7 +247,7 @@ class NodeDB:
 
     def _node_keys(self, target: str, portal: PortalKey, settings: NodeSettings | None,
                    discovered_from: tuple[str, int] | None) -> dict[str, str]:
-        keys = {k: v for k, v in self.defaults.items() if k.startswith("node.")}
+        keys = {k: v for k, v in self.defaults.items() if k.startswith(("node.", "iface."))}
         if settings is not None:
             keys.update(settings.to_keys())
         keys.update({"node.name": target, "node.tpgt": str(portal.tpgt),
@@ -437,7 +437,8 @@ def _checked_update(key: str, value: str, kind: str, identity_keys, path) -> str
     value is never shown)."""
     if key in identity_keys:
         raise ConfigError(f"{key} cannot be changed (it names the record)", str(path))
-    if not key.startswith(kind + ".") or key not in KNOWN_KEYS:
+    prefixes = (kind + ".", "iface.") if kind == "node" else (kind + ".",)
+    if not key.startswith(prefixes) or key not in KNOWN_KEYS:
         raise ConfigError(f"unknown {kind} key {printable(key)}", str(path))
     try:
         return validate_key(key, value)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,8 @@ import trio
 from iscsifs import __version__
 from iscsifs.cli.common import quiet_error
 from iscsifs.core.discovery import Portal
-from iscsifs.errors import EXIT_GENERIC, EXIT_TRANSPORT_FAILURE, QuietError, os_reason
+from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_TRANSPORT_FAILURE,
+                            ConnectionLost, QuietError, SourceAddressError)
 from iscsifs.fs.namespace import Namespace
 from iscsifs.fs.ops import Operations
 from iscsifs.fs.records import NodeRecords
@@ -38,6 +40,7 @@ from iscsifs.initiator import Initiator
 from iscsifs.mount.config import MountConfig, load_config, resolve_initiator_name
 from iscsifs.mount.options import MountOptions
 from iscsifs.mount.sids import SidCounter
+from iscsifs.net.transport import tcp_connector
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +57,24 @@ def fuse_options(opts: MountOptions) -> set[str]:
     return options
 
 
-async def check_portal_tcp(portal: Portal, timeout: float) -> None:
-    """The portal answers a TCP connect within timeout, or QuietError."""
+async def check_portal_tcp(portal: Portal, timeout: float,
+                           source_address: str | None = None) -> None:
+    """The portal answers a TCP connect (from ``source_address`` when given) within
+    timeout, or QuietError (exit 7 when the source address cannot be used here)."""
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(portal.host, portal.port)
+            sock = await tcp_connector(source_address)(portal)
     except trio.TooSlowError:
         raise QuietError(f"cannot connect to portal {portal.address}: no answer in "
                          f"{timeout:g} s", EXIT_TRANSPORT_FAILURE) from None
-    except OSError as exc:
-        raise QuietError(f"cannot connect to portal {portal.address}: {os_reason(exc)}",
+    except SourceAddressError as exc:
+        raise QuietError(f"portal {portal.address}: {exc}", EXIT_INVALID_ARGUMENT) from None
+    except ConnectionLost as exc:
+        reason = (os.strerror(exc.errno) if exc.errno else
+                  str(exc).removeprefix(f"cannot connect to {portal.host}:{portal.port}: "))
+        raise QuietError(f"cannot connect to portal {portal.address}: {reason}",
                          EXIT_TRANSPORT_FAILURE) from None
-    await stream.aclose()
+    sock.close()
 
 
 async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
@@ -140,7 +149,8 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
                      discovery_chap_for=config.discovery_chap_for,
                      on_discovered=config.records.record_discovery,
                      multipath_policy=opts.multipath,
-                     sid_source=SidCounter().next)
+                     sid_source=SidCounter().next,
+                     source_address=defaults.source_address)
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None],
@@ -157,7 +167,7 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
     login_timeout = float(config.default_options.timeouts.login) or 15.0
     logout_timeout = float(config.default_options.timeouts.logout) or 15.0
     for portal in opts.portals:
-        await check_portal_tcp(portal, login_timeout)
+        await check_portal_tcp(portal, login_timeout, config.default_options.source_address)
 
     fuse_mounted = False
     terminated = False

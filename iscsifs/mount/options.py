@@ -11,6 +11,7 @@ Owns: ``MountOptions`` (everything one mount was asked for), ``parse_args`` / ``
 from __future__ import annotations
 
 import getopt
+import ipaddress
 import os
 import stat
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ options (-o, comma separated; later ones win):
   replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
   abort_timeout=S lu_reset_timeout=S tgt_reset_timeout=S   error recovery steps (seconds)
   header_digest=V data_digest=V                V: none | crc32c | crc32c+none | none+crc32c
+  source_address=ADDR      bind every connection (discovery, login, relogin) to this
+                           local IP address (open-iscsi's iface.ipaddress)
   max_sectors_kb=N         split larger reads and writes into concurrent commands of N KiB
                            at most (4..1024, default 512; the LUN's own limit also applies)
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
@@ -121,6 +124,7 @@ class MountOptions:
     max_sectors_kb: int = 512                                       # requests split above
     header_digest: str | None = None
     data_digest: str | None = None
+    source_address: str | None = None                               # local IP to bind to
     fuse_options: list[str] = field(default_factory=list)           # passed through to libfuse
     ignored: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -205,6 +209,12 @@ def apply_option(opts: MountOptions, item: str) -> None:
         if not 4 <= kib <= 1024:
             raise _usage_error(f"bad value for max_sectors_kb: {value!r} (4 to 1024)")
         opts.max_sectors_kb = kib
+    elif key == "source_address":
+        try:
+            opts.source_address = str(ipaddress.ip_address(value.strip("[]")))
+        except ValueError:
+            raise _usage_error(f"bad value for source_address: {value!r} (expected an IP "
+                               f"address of this host)") from None
     elif key in ("header_digest", "data_digest"):
         digest = DIGESTS.get(value.lower())
         if digest is None:
