@@ -25,6 +25,7 @@ from .device import DEFAULT_MAX_COMMAND, Lun, read_data
 from .errors import IscsiError
 from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
+from .net.isns import isns_discover
 from .net.session import Session, Timeouts
 from .net.transport import tcp_connector
 from .scsi import cdb as scsi_cdb
@@ -105,7 +106,9 @@ class Initiator:
                  on_discovered: Callable[[Portal, list[DiscoveredTarget]], None] | None = None,
                  multipath_policy: str = "failover",
                  sid_source: Callable[[], int] | None = None,
-                 source_address: str | None = None):
+                 source_address: str | None = None,
+                 isns_server: Portal | None = None,
+                 isns_answer: list[DiscoveredTarget] | None = None):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -125,6 +128,14 @@ class Initiator:
         # local address every connection is bound to (source_address=, iface.ipaddress);
         # a node record's iface.ipaddress wins for that node's sessions
         self.source_address = source_address
+        # iSNS: the portals it reported list the targets it reports there (no SendTargets);
+        # its answer is cached like a SendTargets answer (isns_answer: one already had)
+        self.isns_server = isns_server
+        self._isns: tuple[float, list[DiscoveredTarget]] | None = None
+        self._isns_addresses: set[tuple[str, int]] = set()
+        self._isns_lock = trio.Lock()
+        if isns_answer is not None:
+            self._set_isns(isns_answer)
         self._nursery = nursery
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
@@ -136,9 +147,39 @@ class Initiator:
         self._closed = False
 
     # ------------------------------------------------------------------ discovery
+    def _set_isns(self, targets: list[DiscoveredTarget]) -> None:
+        self._isns = (trio.current_time(), targets)
+        self._isns_addresses.update((p.host, p.port) for t in targets for p in t.portals)
+
+    async def isns_targets(self, *, refresh: bool = False) -> list[DiscoveredTarget]:
+        """What the iSNS server reports (every target and its portals); cached for
+        DISCOVERY_TTL seconds unless ``refresh``."""
+        assert self.isns_server is not None
+        async with self._isns_lock:
+            cached = self._isns
+            if cached and not refresh and trio.current_time() - cached[0] < DISCOVERY_TTL:
+                return cached[1]
+            targets = await isns_discover(self.isns_server, initiator_name=self.initiator_name,
+                                          timeout=self.timeouts.login,
+                                          connector=tcp_connector(self.source_address))
+            self._set_isns(targets)
+            return targets
+
+    def is_isns_portal(self, portal: Portal) -> bool:
+        """Did the iSNS server report this portal (its listing comes from iSNS)?"""
+        return (portal.host, portal.port) in self._isns_addresses
+
     async def discover(self, portal: Portal, *, refresh: bool = False) -> list[DiscoveredTarget]:
-        """SendTargets at ``portal``; cached for DISCOVERY_TTL seconds unless ``refresh``."""
+        """The targets at ``portal``: what the iSNS server reports there for a portal it
+        reported, else SendTargets; cached for DISCOVERY_TTL seconds unless ``refresh``."""
         key = (portal.host, portal.port)
+        if self.isns_server is not None and key in self._isns_addresses:
+            found = []
+            for target in await self.isns_targets(refresh=refresh):
+                here = tuple(p for p in target.portals if (p.host, p.port) == key)
+                if here:
+                    found.append(DiscoveredTarget(target.name, here))
+            return found
         lock = self._discovery_locks.setdefault(key, trio.Lock())
         async with lock:
             cached = self._discovered.get(key)

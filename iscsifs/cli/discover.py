@@ -18,7 +18,9 @@ from iscsifs.cli.common import initiator_name, portal_arg, quiet_error
 from iscsifs.config.initiatorname import DEFAULT_INAME_PREFIX, iname
 from iscsifs.config.nodedb import NodeDB
 from iscsifs.errors import EXIT_NO_OBJECTS, IscsiError, QuietError
+from iscsifs.core.isns import ISNS_PORT
 from iscsifs.net.discovery import discover as sendtargets
+from iscsifs.net.isns import isns_discover
 from iscsifs.net.session import Timeouts
 from iscsifs.net.transport import tcp_connector
 
@@ -43,6 +45,28 @@ async def discover(args: Any) -> int:
         db.record_discovery(portal, [(t.name, list(t.portals)) for t in targets])
     if not targets:
         raise QuietError(f"no targets found at {portal.address}", EXIT_NO_OBJECTS)
+    for target in targets:
+        for p in target.portals:
+            print(f"{p} {target.name}")
+    return 0
+
+
+async def discover_isns(args: Any) -> int:
+    """``iscsifs discovery -t isns -p SERVER``: the targets and portals an iSNS server knows,
+    printed and recorded as node records (``node.discovery_type = isns``) like iscsiadm."""
+    server = portal_arg(args.portal, default_port=ISNS_PORT)
+    name, _note = initiator_name(args.initiator_name, args.config_dir)
+    try:
+        with trio.fail_after(args.timeout * 4 + 1):
+            targets = await isns_discover(server, initiator_name=name, timeout=args.timeout,
+                                          connector=tcp_connector(args.source_address))
+    except (IscsiError, OSError, trio.TooSlowError) as exc:
+        raise quiet_error(exc, doing=f"iSNS discovery at {server.address}") from None
+    if not getattr(args, "no_record", False):
+        NodeDB(args.config_dir).record_isns(server, [(t.name, list(t.portals))
+                                                     for t in targets])
+    if not targets:
+        raise QuietError(f"no targets found at iSNS server {server.address}", EXIT_NO_OBJECTS)
     for target in targets:
         for p in target.portals:
             print(f"{p} {target.name}")

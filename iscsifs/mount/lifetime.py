@@ -29,9 +29,10 @@ import trio
 
 from iscsifs import __version__
 from iscsifs.cli.common import quiet_error
-from iscsifs.core.discovery import Portal
-from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_TRANSPORT_FAILURE,
-                            ConnectionLost, QuietError, SourceAddressError)
+from iscsifs.core.discovery import DiscoveredTarget, Portal
+from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS,
+                            EXIT_TRANSPORT_FAILURE, ConnectionLost, IscsiError, QuietError,
+                            SourceAddressError)
 from iscsifs.fs.namespace import Namespace
 from iscsifs.fs.ops import Operations
 from iscsifs.fs.records import NodeRecords
@@ -40,6 +41,7 @@ from iscsifs.initiator import Initiator
 from iscsifs.mount.config import MountConfig, load_config, resolve_initiator_name
 from iscsifs.mount.options import MountOptions
 from iscsifs.mount.sids import SidCounter
+from iscsifs.net.isns import isns_discover
 from iscsifs.net.transport import tcp_connector
 
 log = logging.getLogger(__name__)
@@ -137,8 +139,42 @@ async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
         log.info("login=%s: %d of %d target(s) logged in", mode, len(done), len(chosen))
 
 
+async def isns_portals(opts: MountOptions, initiator_name: str, config: MountConfig,
+                       timeout: float) -> list[DiscoveredTarget]:
+    """``isns=``: ask the iSNS server for the targets; the portals it reports become the
+    mount's (before those given on the command line), and its answer is recorded as node
+    records (``node.discovery_type = isns``). QuietError if it fails or reports nothing."""
+    assert opts.isns is not None
+    server = opts.isns
+    try:
+        with trio.fail_after(timeout * 4 + 5):
+            targets = await isns_discover(
+                server, initiator_name=initiator_name, timeout=timeout,
+                connector=tcp_connector(config.default_options.source_address))
+    except (IscsiError, OSError, trio.TooSlowError) as exc:
+        raise quiet_error(exc, doing=f"iSNS discovery at {server.address}") from None
+    if not targets:
+        raise QuietError(f"no targets found at iSNS server {server.address}", EXIT_NO_OBJECTS)
+    found: list[Portal] = []
+    for target in targets:
+        for portal in target.portals:
+            plain = Portal(portal.host, portal.port)
+            if all(p.address != plain.address for p in found):
+                found.append(plain)
+    opts.portals = found + [p for p in opts.portals
+                            if all(p.address != q.address for q in found)]
+    try:
+        config.records.db.record_isns(server, [(t.name, list(t.portals)) for t in targets])
+    except (IscsiError, OSError) as exc:
+        log.warning("recording the iSNS answer from %s failed: %s", server.address, exc)
+    log.info("iSNS server %s reports %d target(s) at %d portal(s)", server.address,
+             len(targets), len(found))
+    return targets
+
+
 def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nursery,
-                   config: MountConfig) -> Initiator:
+                   config: MountConfig,
+                   isns_answer: list[DiscoveredTarget] | None = None) -> Initiator:
     defaults = config.default_options
     return Initiator(initiator_name=initiator_name, portals=list(opts.portals),
                      nursery=nursery, timeouts=defaults.timeouts,
@@ -150,7 +186,8 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
                      on_discovered=config.records.record_discovery,
                      multipath_policy=opts.multipath,
                      sid_source=SidCounter().next,
-                     source_address=defaults.source_address)
+                     source_address=defaults.source_address,
+                     isns_server=opts.isns, isns_answer=isns_answer)
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None],
@@ -166,6 +203,9 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
     config = load_config(opts)
     login_timeout = float(config.default_options.timeouts.login) or 15.0
     logout_timeout = float(config.default_options.timeouts.logout) or 15.0
+    isns_answer = None
+    if opts.isns is not None:
+        isns_answer = await isns_portals(opts, initiator_name, config, login_timeout)
     for portal in opts.portals:
         await check_portal_tcp(portal, login_timeout, config.default_options.source_address)
 
@@ -207,7 +247,7 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
         stack.callback(close_fuse)                       # runs after logout_all
         await nursery.start(watch_signals, nursery)
         if backend is None:
-            initiator = make_initiator(opts, initiator_name, nursery, config)
+            initiator = make_initiator(opts, initiator_name, nursery, config, isns_answer)
         else:
             initiator = backend(opts, initiator_name, nursery)
         stack.push_async_callback(logout_all, initiator)
