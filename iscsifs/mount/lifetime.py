@@ -206,8 +206,23 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
     isns_answer = None
     if opts.isns is not None:
         isns_answer = await isns_portals(opts, initiator_name, config, login_timeout)
+    reported = {(p.host, p.port) for t in isns_answer or () for p in t.portals}
+    unreachable: list[QuietError] = []
     for portal in opts.portals:
-        await check_portal_tcp(portal, login_timeout, config.default_options.source_address)
+        try:
+            await check_portal_tcp(portal, login_timeout,
+                                   config.default_options.source_address)
+        except QuietError as exc:
+            if (portal.host, portal.port) not in reported:
+                raise
+            unreachable.append(exc)      # iSNS may list portals that are gone: a warning
+    if unreachable and len(unreachable) == len(opts.portals):
+        raise unreachable[0]
+    for exc in unreachable:
+        message = f"{exc}; its directory lists what iSNS reports, and logins are tried on use"
+        log.warning("%s", message)
+        if warn is not None:
+            warn(message)
 
     fuse_mounted = False
     terminated = False
