@@ -112,6 +112,7 @@ class PathGroup:
         self.no_path_retry = no_path_retry
         self.paths: list[Path] = []
         self.switches = 0           # times the active path changed
+        self.last: Path | None = None   # the path that answered the last command
         self._active: Path | None = None
         self._turn = 0
         self._no_path_since: float | None = None
@@ -147,6 +148,8 @@ class PathGroup:
         for path in [p for p in self.paths if match(p)]:
             self._unwatch(path)
             self.paths.remove(path)
+            if self.last is path:
+                self.last = None
             log.info("%s: path %s removed", self.name, path)
         self.update()
 
@@ -283,6 +286,7 @@ class PathGroup:
                           self.name, cdb[:1].hex(), path, exc)
                 continue
             path.ios += 1
+            self.last = path
             return result
 
     # -- status -----------------------------------------------------------------------------
@@ -356,6 +360,17 @@ class MultipathDevice(Lun):
         """The path I/O goes to now (with ``round-robin``, the first healthy one), or None."""
         for state in self.group.states():
             if state.dm_state == "active":
+                return state
+        return None
+
+    def last_path(self) -> PathState | None:
+        """The path that answered the last command (None before the first one, or once
+        that path is gone)."""
+        last = self.group.last
+        if last is None:
+            return None
+        for path, state in zip(self.group.paths, self.group.states()):
+            if path is last:
                 return state
         return None
 
