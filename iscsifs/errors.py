@@ -139,6 +139,11 @@ class SessionFailed(IscsiError):
     """The session could not be re-established within the replacement timeout."""
 
 
+class LoggedOut(SessionFailed):
+    """The target was logged out (rmdir of its directory, unmount) while this waited for its
+    session or its LUN list: what was asked for is not there any more."""
+
+
 class NoSpace(IscsiError):
     """A write starts at or beyond the end of the LUN (or a discard runs past it)."""
 

@@ -234,3 +234,79 @@ class FakeTarget:
             status_class=status[0], status_detail=status[1], csg=csg, nsg=nsg if transit else 0,
             transit=transit, cont=False, version_max=0, version_active=0,
             data=encode_text(answer), **conn.sns()))
+
+
+def check_condition(conn: TargetConn, cmd: ScsiCommand, key: int, asc: int, ascq: int):
+    """CHECK CONDITION with fixed-format sense data KEY/ASC/ASCQ."""
+    sense = bytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
+    return [ScsiResponse(itt=cmd.itt, response=0, status=2, exp_data_sn=0,
+                         bidi_read_residual_count=0, residual_count=0, overflow=False,
+                         underflow=False, bidi_overflow=False, bidi_underflow=False,
+                         data=len(sense).to_bytes(2, "big") + sense, **conn.sns())]
+
+
+# ALUA states (SPC-4 §6.35 table 292)
+AO, ANO, STANDBY, UNAVAILABLE, TRANSITIONING = 0x0, 0x1, 0x2, 0x3, 0xF
+_NOT_READY = {STANDBY: 0x0B, UNAVAILABLE: 0x0C, TRANSITIONING: 0x0A}
+
+
+class AluaUnit:
+    """One logical unit with asymmetric access (SPC-4 §5.16) behind several targets: each
+    target is one target port, in a target port group (``groups``: group -> state). READ(10)
+    and WRITE(10) are served from ``data`` when the port's group is active (optimized,
+    non-optimized), answered NOT READY 04/0B, 04/0C or 04/0A in standby, unavailable or
+    transition; REPORT TARGET PORT GROUPS reports every group. ``set_state`` changes a group's
+    state and makes the next command of every connection get UNIT ATTENTION 2A/06, as an
+    implicit ALUA transition does."""
+
+    BS = 512
+
+    def __init__(self, blocks: int = 256, groups: dict[int, int] | None = None):
+        import os
+        self.data = bytearray(os.urandom(self.BS * blocks))
+        self.groups = dict(groups or {1: AO, 2: ANO})
+        self.preferred: set[int] = set()
+        self.ua: set[tuple[str, int]] = set()       # (port name, conn number) owed a 2A/06
+        self.served: dict[str, int] = {}            # port name -> READ/WRITE done
+        self.rtpg: dict[str, int] = {}              # port name -> RTPGs answered
+        self.ports: dict[str, tuple[int, FakeTarget]] = {}
+
+    def set_state(self, group: int, state: int) -> None:
+        self.groups[group] = state
+        for name, (_, target) in self.ports.items():
+            self.ua.update((name, n) for n in target.live)
+
+    def rtpg_data(self) -> bytes:
+        body = b""
+        for group, state in sorted(self.groups.items()):
+            pref = 0x80 if group in self.preferred else 0
+            body += bytes([pref | state, 0x8F]) + group.to_bytes(2, "big") + bytes([0, 0, 0, 1])
+            body += (0).to_bytes(2, "big") + group.to_bytes(2, "big")   # relative port = group
+        return len(body).to_bytes(4, "big") + body
+
+    def target(self, name: str, group: int, iqn: str = "iqn.2026-11.org.iscsifs.test:alua"
+               ) -> FakeTarget:
+        """The target port ``name`` in ``group``."""
+        def on_command(conn, cmd):
+            op = cmd.cdb[0]
+            if op == 0xA3 and cmd.cdb[1] & 0x1F == 0x0A:
+                self.rtpg[name] = self.rtpg.get(name, 0) + 1
+                return good_read(conn, cmd, self.rtpg_data()[:cmd.expected_data_transfer_length])
+            if (name, conn.number) in self.ua:
+                self.ua.discard((name, conn.number))
+                return check_condition(conn, cmd, 0x6, 0x2A, 0x06)
+            state = self.groups[group]
+            if state in _NOT_READY:
+                return check_condition(conn, cmd, 0x2, 0x04, _NOT_READY[state])
+            lba = int.from_bytes(cmd.cdb[2:6], "big")
+            count = int.from_bytes(cmd.cdb[7:9], "big")
+            self.served[name] = self.served.get(name, 0) + 1
+            if op == 0x28:
+                return good_read(conn, cmd,
+                                 bytes(self.data[lba * self.BS:(lba + count) * self.BS]))
+            if op == 0x2A:
+                self.data[lba * self.BS:lba * self.BS + len(cmd.data)] = bytes(cmd.data)
+            return good_status(conn, cmd)
+        target = FakeTarget(target_name=iqn, on_command=on_command)
+        self.ports[name] = (group, target)
+        return target

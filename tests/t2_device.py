@@ -9,7 +9,7 @@ from fake_target import FakeTarget, good_read
 from iscsifs.core.discovery import Portal
 from iscsifs.core.pdu import DataIn, ScsiResponse
 from iscsifs.device import DEFAULT_MAX_COMMAND, Lun, choose_provisioning, granule_range
-from iscsifs.errors import NoSpace, NotSupported
+from iscsifs.errors import NoSpace, NotSupported, SessionFailed
 from iscsifs.net.session import Session, Timeouts
 from iscsifs.scsi.parse import BlockLimits, LogicalBlockProvisioning
 from iscsifs.scsi.sense import ScsiError, SenseKey
@@ -295,3 +295,14 @@ def test_provisioning_choice_follows_linux_sd():
     assert choose_provisioning(True, True, small, thin).max_blocks == 2048
     none = choose_provisioning(False, False, None, None)
     assert (none.method, none.max_blocks, none.provisioning_type) == (None, 0, None)
+
+
+async def test_a_write_that_fails_below_scsi_raises_that_error(nursery, autojump_clock):
+    # the DATA PROTECT check looked for sense in every error and broke on the others
+    target = FakeTarget(on_command=serve_reads)
+    lun = await lun_over_fake(target, nursery)
+    await lun.session.close()
+    with pytest.raises(SessionFailed):
+        await lun.write(0, b"a" * 512)
+    with pytest.raises(SessionFailed):
+        await lun.write(100, b"a" * 10)       # read-modify-write: fails on the read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from types import SimpleNamespace
@@ -17,7 +18,8 @@ from iscsifs.errors import ConnectionLost
 from iscsifs.fs.ops import Operations
 from iscsifs.fs.tree import ROOT_INODE, Tree
 
-from fs_fake import DISK1, HOSTILE_NAMES, FakeInitiator, ScsiError, standard_targets
+from fs_fake import (DISK1, HOSTILE_NAMES, FakeInitiator, FakeLun, FakeLunEntry, ScsiError,
+                     standard_targets)
 
 PORTAL = Portal("127.0.0.1", 3260)
 
@@ -418,7 +420,14 @@ async def test_by_id_lists_each_identity_once_over_all_portals():
     ro = await ops.lookup(by_id.st_ino, b"wwn-0x60000000000000000e00000000010003")
     assert stat.S_IMODE(ro.st_mode) == 0o400
     status_dir = await ops.lookup(by_id.st_ino, b".multipath")
-    assert await listing(ops, status_dir) == names[1:]
+    assert await listing(ops, status_dir) == [n + ext for n in names[1:]
+                                              for ext in ("", ".json")]
+    fh = (await ops.open((await ops.lookup(status_dir.st_ino, f"{NAME1}.json".encode())).st_ino,
+                         os.O_RDONLY, None)).fh
+    facts = json.loads(await ops.read(fh, 0, 1 << 16))
+    assert facts["schema"] == "iscsifs.multipath/1" and facts["name"] == NAME1
+    assert [p["portal"]["address"] for p in facts["paths"]] == [PORTAL.address,
+                                                                  PORTAL2.address]
     await expect_errno(errno.ENOENT, ops.lookup(by_id.st_ino, b"wwn-0x1234"))
 
 
@@ -498,3 +507,94 @@ async def test_by_id_xattrs_count_paths_and_name_the_portal_that_answered_last()
     # a raw file has no path count
     raw_names = await ops.listxattr((await raw(ops, 1)).st_ino, None)
     assert b"user.iscsi.paths" not in raw_names
+
+
+# -- a LUN is bound to its logical unit -------------------------------------------------------
+async def test_a_lun_that_names_another_lu_gets_new_inodes_and_old_handles_fail_enxio():
+    ops, fake = make_two_portal_ops()
+    await list_luns(ops)
+    old_raw = await raw(ops, 1)
+    old_dev = fake.targets[DISK1][1].device
+    by_id = await walk(ops, "by-id")
+    assert NAME1 in await listing(ops, by_id)
+    fh = (await ops.open(old_raw.st_ino, os.O_RDWR, None)).fh
+    mfh = (await ops.open((await ops.lookup(by_id.st_ino, NAME1.encode())).st_ino,
+                          os.O_RDWR, None)).fh
+    assert await ops.write(fh, 0, b"old") == 3
+    new_dev = FakeLun(1 << 20, serial="sn-new", wwn="naa.6001405aa00000000000000000000b0b")
+    entries = [e if e.lun != 1 else FakeLunEntry(1, 0, "disk", new_dev)
+               for e in fake.targets[DISK1]]
+    fake.change_luns(DISK1, PORTAL, entries)          # the backend found another LU at 1
+    # open files stay bound to the old LU: every operation fails with ENXIO
+    for call in (ops.write(fh, 0, b"x"), ops.read(fh, 0, 10), ops.fsync(fh, False),
+                 ops.write(mfh, 0, b"x")):
+        await expect_errno(errno.ENXIO, call)
+    assert bytes(new_dev.data[:3]) != b"old" and new_dev.writes == 0
+    # the inode the kernel may still hold opens no more
+    await expect_errno(errno.ENXIO, ops.open(old_raw.st_ino, os.O_RDONLY, None))
+    assert (await ops.getattr(old_raw.st_ino)).st_size == old_dev.size
+    # the name leads to new inodes, bound to the new LU
+    new_raw = await raw(ops, 1)
+    assert new_raw.st_ino != old_raw.st_ino
+    fh2 = (await ops.open(new_raw.st_ino, os.O_RDWR, None)).fh
+    assert await ops.write(fh2, 0, b"new") == 3 and new_dev.data[:3] == b"new"
+    info = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "luns", "1", "info")
+    ifh = (await ops.open(info.st_ino, os.O_RDONLY, None)).fh
+    assert "sn-new" in (await ops.read(ifh, 0, 1 << 16)).decode()
+    names = await listing(ops, by_id)
+    assert NAME1 not in names and "wwn-0x6001405aa00000000000000000000b0b" in names
+    for h in (fh, mfh, fh2, ifh):
+        await ops.release(h)
+
+
+async def test_a_removed_lun_leaves_luns_by_path_and_by_id_without_a_rescan():
+    ops, fake = make_ops()
+    await list_luns(ops)
+    by_path = await walk(ops, "by-path")
+    link2 = f"ip-127.0.0.1:3260-iscsi-{DISK1}-lun-2"
+    assert link2 in await listing(ops, by_path)
+    by_id = await walk(ops, "by-id")
+    name2 = "wwn-0x60000000000000000e00000000010002"
+    assert name2 in await listing(ops, by_id)
+    raw2 = await raw(ops, 2)
+    fh = (await ops.open(raw2.st_ino, os.O_RDONLY, None)).fh
+    fake.change_luns(DISK1, PORTAL, [e for e in fake.targets[DISK1] if e.lun != 2])
+    await expect_errno(errno.ENXIO, ops.read(fh, 0, 10))
+    luns = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "luns")
+    assert await listing(ops, luns) == ["0", "1", "3"]
+    await expect_errno(errno.ENOENT, ops.lookup(luns.st_ino, b"2"))
+    assert link2 not in await listing(ops, by_path)
+    await expect_errno(errno.ENOENT, ops.lookup(by_path.st_ino, link2.encode()))
+    assert name2 not in await listing(ops, by_id)
+    # and a new one appears the same way, found by name without listing first
+    fake.change_luns(DISK1, PORTAL, fake.targets[DISK1] + [
+        FakeLunEntry(4, 0, "disk", FakeLun(64 << 10, wwn="naa.60000000000000000e00000000010004"))])
+    four = await ops.lookup(luns.st_ino, b"4")
+    assert stat.S_ISDIR(four.st_mode)
+    link4 = await ops.lookup(by_path.st_ino, f"ip-127.0.0.1:3260-iscsi-{DISK1}-lun-4".encode())
+    assert stat.S_ISLNK(link4.st_mode)
+    await ops.release(fh)
+
+
+async def test_rmdir_of_the_only_target_behind_an_open_by_id_file_is_ebusy(tmp_path):
+    from iscsifs.config.nodedb import NodeDB
+    from iscsifs.fs.records import NodeRecords
+    fake = FakeInitiator(standard_targets(), extra_names=HOSTILE_NAMES)
+    ops = Operations(fake, Tree([PORTAL, PORTAL2]), initiator_name="iqn.2016-04.com.open-iscsi:ab",
+                     records=NodeRecords(NodeDB(str(tmp_path))))
+    by_id = await walk(ops, "by-id")
+    await listing(ops, by_id)                               # both portals' targets listed
+    node = await ops.lookup(by_id.st_ino, NAME1.encode())
+    fh = (await ops.open(node.st_ino, os.O_RDWR, None)).fh
+    targets1 = await walk(ops, "portals", "127.0.0.1:3260", "targets")
+    targets2 = await walk(ops, "portals", "127.0.0.2:3260", "targets")
+    portals = await walk(ops, "portals")
+    # two paths: removing the target at one portal leaves the other one
+    await ops.rmdir(targets1.st_ino, DISK1.encode(), None)
+    assert await ops.write(fh, 0, b"still") == 5
+    # now it is the only target behind the open by-id file: busy, as for an open raw
+    await expect_errno(errno.EBUSY, ops.rmdir(targets2.st_ino, DISK1.encode(), None))
+    await expect_errno(errno.EBUSY, ops.rmdir(portals.st_ino, b"127.0.0.2:3260", None))
+    assert await ops.read(fh, 0, 5) == b"still"
+    await ops.release(fh)
+    await ops.rmdir(targets2.st_ino, DISK1.encode(), None)

@@ -559,7 +559,7 @@ def test_multipath_status_round_robin_is_one_group():
     dev.lun.write_protected = True
     lines = render.render_multipath(dev, "x").splitlines()
     assert lines[1] == "size=64M features='0' hwhandler='0' wp=ro"
-    assert lines[2] == "`-+- policy='round-robin' prio=2 status=active"
+    assert lines[2] == "`-+- policy='round-robin' prio=1 status=active"
     assert lines[3].startswith("  |- 127.0.0.1:3260 ") and lines[4].startswith("  `- 127.0.0.2")
     assert lines[-1] == "no path: fail at once (replacement_timeout)"
 

@@ -12,7 +12,7 @@ import sys
 import trio
 
 from iscsifs import __version__
-from iscsifs.cli import discard, discover, nodes, session
+from iscsifs.cli import discard, discover, nodes, pr, session
 from iscsifs.cli.common import config_dir, quiet_error, setup_logging
 from iscsifs.errors import IscsiError
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_commands(sub)
     nodes.add_commands(sub)
     discard.add_commands(sub)
+    pr.add_commands(sub)
     session.add_commands(sub)
     return parser
 

@@ -10,10 +10,12 @@ as an ``AttributeError`` in a FUSE handler.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from iscsifs.core.discovery import Portal
+from iscsifs.device import PrOut
+from iscsifs.scsi.cdb import PrInAction
 
 
 class Inquiry(Protocol):
@@ -83,6 +85,11 @@ class BlockDevice(Protocol):
     """A command saw UNIT ATTENTION 3F/0E: the target's LUN list changed (the filesystem
     rescans and clears it)."""
 
+    @property
+    def is_gone(self) -> bool:
+        """Its logical unit is not at its LUN number any more (removed, or another one is
+        there now): every operation fails with ``errors.NoSuchDevice``."""
+
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         """``length`` bytes at ``offset``; short (or empty) at the end. Any contiguous buffer
         will do: pyfuse3 replies from it without a copy."""
@@ -101,6 +108,14 @@ class BlockDevice(Protocol):
     async def read_write_protect(self) -> None:
         """Read ``write_protected`` again (MODE SENSE). ``write`` does it itself when the
         target answers DATA PROTECT."""
+    async def persistent_reserve_in(self, action: PrInAction) -> Any:
+        """PERSISTENT RESERVE IN: ``scsi.parse.PrKeys``, ``PrReservation``,
+        ``PrCapabilities`` or ``PrFullStatus``; ``errors.NotSupported`` when the LUN refuses
+        the service action."""
+    async def persistent_reserve_out(self, request: PrOut) -> None:
+        """PERSISTENT RESERVE OUT (a multipath device: REGISTER and RELEASE on every path);
+        RESERVATION CONFLICT is a ``ScsiError``, a refused service action
+        ``errors.NotSupported``."""
 
 
 class PathState(Protocol):
@@ -136,6 +151,15 @@ class PathState(Protocol):
     @property
     def device(self) -> BlockDevice:
         """The path's own device (the per-portal ``raw``)."""
+    @property
+    def alua_state(self) -> str | None:
+        """``active/optimized``, ``active/non-optimized``, ``standby``, ``unavailable``,
+        ``transitioning``, ...; None when the LUN has no ALUA."""
+    @property
+    def target_port_group(self) -> int | None: ...
+    @property
+    def preferred(self) -> bool:
+        """The target port group's PREF bit."""
 
 
 class MultipathBlockDevice(BlockDevice, Protocol):
@@ -203,5 +227,10 @@ class Backend(Protocol):
                         ) -> Sequence[MultipathBlockDevice]:
         """The disk LUNs of these targets grouped by identity, one device each; logs in
         where needed."""
+    def watch_luns(self, callback: Callable[[str, Portal, Sequence[LunListing]], None]
+                   ) -> None:
+        """Have ``callback(target, portal, luns)`` called with every new LUN list of a
+        target: after a listing or a rescan, and after a LUN change the backend saw by itself
+        (UNIT ATTENTION 3F/0E, an async event, another logical unit found after a relogin)."""
     async def aclose(self) -> None:
         """Log every session out."""

@@ -21,8 +21,8 @@ import pyfuse3
 import trio
 
 from iscsifs.errors import (AuthenticationError, CommandTimeout, ConfigError, ConnectionLost,
-                            LoginError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
-                            SessionFailed, leaf_exceptions)
+                            LoggedOut, LoginError, NoSpace, NoSuchDevice, NotSupported,
+                            RemoteProtocolError, SessionFailed, leaf_exceptions)
 from iscsifs.scsi.sense import ScsiError, ScsiStatus, SenseKey
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,12 @@ _NETWORK_ERRNOS = frozenset({
 
 def _scsi_errno(exc: ScsiError) -> tuple[int, int]:
     """(errno, log level) for a ScsiError, by sense key and ASC/ASCQ."""
+    if exc.status == ScsiStatus.RESERVATION_CONFLICT:
+        # Linux's sd reports a reservation conflict as EBADE (BLK_STS_RESV_CONFLICT); another
+        # initiator holds the LUN, which is how fencing works: not a warning
+        return errno.EBADE, logging.INFO
     sense = exc.sense
     if sense is None:
-        if exc.status == ScsiStatus.RESERVATION_CONFLICT:
-            # Linux's sd reports a reservation conflict as EBADE (BLK_STS_RESV_CONFLICT)
-            return errno.EBADE, logging.WARNING
         return errno.EIO, logging.WARNING
     if sense.key == SenseKey.DATA_PROTECT:
         return errno.EROFS, logging.INFO
@@ -107,11 +108,14 @@ def classify(exc: BaseException) -> tuple[int, int]:
     if isinstance(exc, NotSupported):
         return errno.EOPNOTSUPP, logging.INFO
     if isinstance(exc, NoSuchDevice):
-        return errno.ENXIO, logging.WARNING
+        # the change was logged once, as a WARNING, when it was found
+        return errno.ENXIO, logging.INFO
     if isinstance(exc, LoginError):          # includes AuthenticationError
         return _login_errno(exc), logging.WARNING
     if isinstance(exc, (CommandTimeout, trio.TooSlowError)):
         return errno.ETIMEDOUT, logging.WARNING
+    if isinstance(exc, LoggedOut):           # a listing that raced rmdir or unmount
+        return errno.ENOENT, logging.INFO
     if isinstance(exc, ConnectionLost) and exc.errno in _NETWORK_ERRNOS:
         return exc.errno, logging.WARNING     # could not connect: refused, unreachable, ...
     if isinstance(exc, (ConnectionLost, SessionFailed, RemoteProtocolError)):

@@ -5,7 +5,10 @@ Owns:
 - ``targets/`` listings: the SendTargets answer (minus targets removed with rmdir) plus the
   hand-added node records of the portal; only the records with ``nodiscovery``, and the
   records (with a warning) when discovery fails;
-- ``luns/`` listings, rescanned when a command saw UNIT ATTENTION 3F/0E (LUNs changed);
+- ``luns/`` listings, and the tree following every new LUN list the backend has (it rescans
+  by itself when the target says its LUNs changed, or a LUN number names another logical unit
+  after a relogin): new LUNs appear, removed ones leave ``luns/``, ``by-path/`` and ``by-id/``,
+  a replaced one gets new inodes, and the kernel forgets the names that changed;
 - ``by-path/``: links for the LUNs already listed, and a name not seen yet resolved by listing
   that target (which logs in);
 - ``by-id/``: one multipath device per LUN identity over every target of every portal of the
@@ -63,6 +66,7 @@ class Namespace:
         self.kernel_notify = kernel_notify
         # the portals given on the command line: their directories can't go away
         self.mount_portals = [n.portal for n in tree.portal_nodes()]
+        backend.watch_luns(self.luns_updated)
 
     # -- listings ---------------------------------------------------------------------------
     async def populate(self, node: Node) -> None:
@@ -73,13 +77,6 @@ class Namespace:
         elif node.kind is Kind.LUNS:
             assert node.target is not None and node.portal is not None
             entries: Sequence[LunListing] = await self.backend.luns(node.target, node.portal)
-            if any(e.device is not None and e.device.luns_changed for e in entries):
-                # a command saw UNIT ATTENTION 3F/0E (REPORTED LUNS DATA HAS CHANGED)
-                log.info("%s: the target reports changed LUNs; rescanning", node.target)
-                entries = await self.backend.rescan(node.target, node.portal)
-                for e in entries:
-                    if e.device is not None:
-                        e.device.luns_changed = False
             self.tree.set_luns(node, entries)
         elif node.kind is Kind.BY_PATH:
             self.build_by_path(node)
@@ -188,6 +185,55 @@ class Namespace:
             names.add(name)
             entries.append((name, device))
         self.tree.set_by_id(node, entries)
+
+    # -- LUN changes -------------------------------------------------------------------------
+    def luns_updated(self, target: str, portal: Portal, entries: Sequence[LunListing]) -> None:
+        """The backend has a new LUN list for ``target`` at ``portal``: its ``luns/`` follows
+        (if it was listed), ``by-path/`` too, ``by-id/`` loses the devices that are gone, and
+        the kernel forgets every name whose inode changed or went away."""
+        luns = self.tree.by_path("portals", portal.address, "targets", target, "luns")
+        if luns is None or luns.kind is not Kind.LUNS or luns.children is None:
+            return
+        before = dict(luns.children)
+        self.tree.set_luns(luns, entries)
+        after = luns.children or {}
+        stale = [name for name, inode in before.items() if after.get(name) != inode]
+        added = [name for name in after if name not in before]
+        if not stale and not added:
+            self.notify_attrs([n for n in self.tree.subtree(luns) if n.kind is Kind.RAW])
+            return
+        log.debug("%s at %s: LUNs now %s", target, portal.address,
+                 ", ".join(after) or "none")
+        self.forget_names(luns, stale)
+        by_path = self.tree.by_path_dir
+        if by_path.children is not None:
+            links = dict(by_path.children)
+            self.build_by_path(by_path)
+            self.forget_names(by_path, [n for n in links if n not in (by_path.children or {})])
+        by_id = self.tree.by_id_dir
+        dead = [n for n in self.tree.children(by_id)
+                if n.kind is Kind.MPATH and n.mpath is not None and n.mpath.is_gone]
+        for node in dead:
+            status = self.tree.by_path(*by_id.path, ".multipath", node.name)
+            self.tree.forget(node)
+            if status is not None:
+                self.tree.forget(status)
+                self.forget_names(self.tree.node(status.parent), [node.name])
+        self.forget_names(by_id, [n.name for n in dead])
+        self.notify_attrs([luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW])
+
+    def forget_names(self, directory: Node, names: Sequence[str]) -> None:
+        """Make the kernel drop its cached entries ``names`` of ``directory`` (their inodes
+        changed or went away). Asynchronous: safe inside a request handler."""
+        if not self.kernel_notify:
+            return
+        for name in names:
+            try:
+                pyfuse3.invalidate_entry_async(directory.inode, name.encode("utf-8"),
+                                               ignore_enoent=True)
+            except Exception:
+                log.debug("invalidate_entry(%d, %r) failed", directory.inode, name,
+                          exc_info=True)
 
     # -- rescans and capacity ---------------------------------------------------------------
     def notify_attrs(self, nodes: list[Node]) -> None:

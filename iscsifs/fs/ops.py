@@ -116,6 +116,9 @@ class Operations(pyfuse3.Operations):
         elif node.kind is Kind.MPATH_STATUS:
             assert node.mpath is not None
             text = render.render_multipath(node.mpath, node.name)
+        elif node.kind is Kind.MPATH_JSON:
+            assert node.mpath is not None
+            text = render.render_multipath_json(node.mpath, node.name.removesuffix(".json"))
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
@@ -307,7 +310,13 @@ class Operations(pyfuse3.Operations):
             # e.g. security.capability, which the kernel asks before every buffered write
             # (cache=page): answer at once, without building the LUN's facts
             raise _fail(pyfuse3.ENOATTR)
-        value = self._xattrs(self._node(inode)).get(name)
+        node = self._node(inode)
+        action = xattrs.PR_IN.get(name)
+        if action is not None and node.kind.is_device and node.device is not None:
+            # PERSISTENT RESERVE IN through this file's own session(s): asked afresh each time
+            result = await node.device.persistent_reserve_in(action)
+            return render.render_pr_json(action.name.lower(), result).encode("ascii")
+        value = self._xattrs(node).get(name)
         if value is None:
             raise _fail(pyfuse3.ENOATTR)
         return value
@@ -321,6 +330,9 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if name == xattrs.DISCARD and node.kind.is_device and node.device is not None:
             await self._discard(node, value)
+            return
+        if name == xattrs.PR_OUT and node.kind.is_device and node.device is not None:
+            await self._pr_out(node, value)
             return
         if name in xattrs.IDENTITY_NAMES and self._xattrs(node):
             raise _fail(errno.EPERM)          # the LUN's identity: read-only
@@ -350,6 +362,19 @@ class Operations(pyfuse3.Operations):
         self.namespace.notify_data(node)
         log.info("%s: discarded %d bytes at offset %d (%d unmapped, %d written as zeros)",
                  path, length, offset, unmapped, zeroed)
+
+    async def _pr_out(self, node: Node, value: bytes) -> None:
+        """``iscsifs pr --out``: one PERSISTENT RESERVE OUT through this file's session(s).
+        The value holds keys: it is never logged."""
+        path = "/".join(node.path)
+        try:
+            request = xattrs.parse_pr_out(value)
+        except ValueError as exc:
+            log.info("%s: %s", path, exc)
+            raise _fail(errno.EINVAL) from None
+        assert node.device is not None
+        await node.device.persistent_reserve_out(request)
+        log.info("%s: PERSISTENT RESERVE OUT %s done", path, request.action.name)
 
     # -- directories ------------------------------------------------------------------------
     @fuse_errors
@@ -383,9 +408,18 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     def _open_under(self, node: Node) -> bool:
+        """Whether removing ``node`` (a target or portal directory) would take an open file's
+        LUN away: a ``raw`` file below it, or a ``by-id`` file all of whose paths go through
+        it."""
         prefix = node.path
-        return any(h.node.kind is Kind.RAW and h.node.path[:len(prefix)] == prefix
-                   for h in self._handles.values())
+        for h in self._handles.values():
+            if h.node.kind is Kind.RAW and h.node.path[:len(prefix)] == prefix:
+                return True
+            if h.node.kind is Kind.MPATH and h.node.mpath is not None:
+                paths = h.node.mpath.path_states()
+                if paths and all(_behind(node, p.target, p.portal) for p in paths):
+                    return True
+        return False
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
@@ -447,6 +481,8 @@ class Operations(pyfuse3.Operations):
             self._handles[fh] = _Handle(node, writable=wants_write)
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if not node.kind.is_device or node.device is None:
+            raise _fail(errno.ENXIO)
+        if node.device.is_gone:     # an old inode of a LUN that names another LU now
             raise _fail(errno.ENXIO)
         if wants_write and self._lun_read_only(node):
             raise _fail(errno.EROFS)
@@ -524,3 +560,12 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
+
+
+def _behind(node: Node, target: str, portal: Any) -> bool:
+    """Whether a path to ``target`` at ``portal`` goes through ``node`` (a target or portal
+    directory)."""
+    assert node.portal is not None
+    if (portal.host, portal.port) != (node.portal.host, node.portal.port):
+        return False
+    return node.kind is Kind.PORTAL or target == node.target

@@ -122,23 +122,22 @@ def _multipath_size(n: int) -> str:
 def render_multipath(dev: MultipathBlockDevice, name: str) -> str:
     """``by-id/.multipath/<name>``: the device in ``multipath -ll``'s layout, then each path's
     counters. With ``failover`` every path is its own path group, in priority order; with
-    ``round-robin`` all paths are one group."""
-    inq = dev.inquiry
-    vendor = clean(str(inq.vendor or "").strip()) if inq is not None else ""
-    product = clean(str(inq.product or "").strip()) if inq is not None else ""
-    serial = udev_serial(dev.identity) or clean(dev.identity)
-    retry = dev.no_path_retry
-    features = "'1 queue_if_no_path'" if retry != 0 else "'0'"
+    ``round-robin`` the paths of equal priority are one group (all of them without ALUA,
+    ``group_by_prio`` with it). With ALUA the hardware handler is ``1 alua``, the priorities
+    are multipath's ``prio alua`` and the table shows each path's port group and state."""
+    facts = multipath_facts(dev, name)
     lines = [
-        f"{clean(name)} ({serial}) {vendor},{product}",
-        f"size={_multipath_size(dev.size)} features={features} hwhandler='0' "
-        f"wp={'ro' if dev.write_protected else 'rw'}",
+        f"{facts['name']} ({facts['wwid']}) {facts['vendor'] or ''},{facts['product'] or ''}",
+        f"size={_multipath_size(facts['size_bytes'])} features={facts['features']} "
+        f"hwhandler={facts['hwhandler']} wp={'ro' if facts['write_protected'] else 'rw'}",
     ]
     states = list(dev.path_states())
-    if dev.policy == "failover":
-        groups = [[s] for s in states]
-    else:
-        groups = [states] if states else []
+    groups: list[list[Any]] = []
+    for st in states:
+        if dev.policy != "failover" and groups and groups[-1][0].priority == st.priority:
+            groups[-1].append(st)
+        else:
+            groups.append([st])
     for gi, group in enumerate(groups):
         last_group = gi == len(groups) - 1
         status = "active" if group[0].group_active else "enabled"
@@ -152,9 +151,15 @@ def render_multipath(dev: MultipathBlockDevice, name: str) -> str:
                          f"{st.checker_state} {st.device_state}")
     names = [_path_name(st) for st in states]
     width = max([len("path")] + [len(n) for n in names])
-    lines += ["", f"{'path':<{width}}  {'ios':>10}  {'errors':>6}  {'failures':>8}"]
-    for n, st in zip(names, states):
-        lines.append(f"{n:<{width}}  {st.ios:>10}  {st.errors:>6}  {st.failures:>8}")
+    alua = facts["hwhandler"] != "'0'"
+    head = f"{'path':<{width}}  {'ios':>10}  {'errors':>6}  {'failures':>8}"
+    lines += ["", head + ("  alua" if alua else "")]
+    for n, st, path in zip(names, states, facts["paths"]):
+        row = f"{n:<{width}}  {st.ios:>10}  {st.errors:>6}  {st.failures:>8}"
+        if alua:
+            row += "  " + _alua_text(path)
+        lines.append(row)
+    retry = facts["no_path_retry"]
     lines += [
         "",
         f"active path switches: {dev.switches}",
@@ -162,6 +167,99 @@ def render_multipath(dev: MultipathBlockDevice, name: str) -> str:
                        else f"queue for at most {_number(retry)} s") + " (replacement_timeout)",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _alua_text(path: dict[str, Any]) -> str:
+    if path["alua_state"] is None:
+        return "-"
+    tpg = path["target_port_group"]
+    text = (f"tpg {tpg} " if tpg is not None else "") + path["alua_state"]
+    return text + (" (preferred)" if path["preferred"] else "")
+
+
+MULTIPATH_SCHEMA = "iscsifs.multipath/1"
+PR_SCHEMA = "iscsifs.pr/1"
+
+
+def _hex_key(key: int) -> str:
+    return f"0x{int(key):x}"        # as sg_persist prints keys
+
+
+def pr_facts(action: str, result: Any) -> dict[str, Any]:
+    """A PERSISTENT RESERVE IN answer (``scsi.parse.PrKeys``, ``PrReservation``,
+    ``PrCapabilities`` or ``PrFullStatus``) for ``user.iscsi.pr.<action>`` (schema
+    ``iscsifs.pr/1``, docs/json.md). Keys are hex strings: 64 bits do not fit a JSON number
+    every reader keeps exact."""
+    facts: dict[str, Any] = {"schema": PR_SCHEMA, "service_action": action,
+                             "generation": _int_or_none(getattr(result, "generation", None))}
+    if action == "read_keys":
+        facts["keys"] = [_hex_key(k) for k in result.keys]
+    elif action == "read_reservation":
+        facts["reservation"] = None if result.key is None else {
+            "key": _hex_key(result.key), "scope": int(result.scope), "type": int(result.type)}
+    elif action == "report_capabilities":
+        facts["capabilities"] = {
+            name: bool(getattr(result, name))
+            for name in ("rlr_c", "crh", "sip_c", "atp_c", "ptpl_c", "tmv", "ptpl_a")}
+        facts["capabilities"]["allow_commands"] = int(result.allow_commands)
+        facts["capabilities"]["types"] = sorted(int(t) for t in result.types)
+    elif action == "read_full_status":
+        facts["registrations"] = [{
+            "key": _hex_key(d.key), "all_tg_pt": bool(d.all_tg_pt),
+            "holder": bool(d.holder), "scope": int(d.scope), "type": int(d.type),
+            "relative_target_port": int(d.relative_target_port),
+            "transport_id": d.transport_id.hex(),
+        } for d in result.descriptors]
+    return facts
+
+
+def render_pr_json(action: str, result: Any) -> str:
+    return _json(pr_facts(action, result))
+
+
+def multipath_facts(dev: MultipathBlockDevice, name: str) -> dict[str, Any]:
+    """The snapshot behind ``by-id/.multipath/<name>`` and ``<name>.json`` (schema
+    ``iscsifs.multipath/1``, docs/json.md)."""
+    inq = dev.inquiry
+    states = list(dev.path_states())
+    alua = any(getattr(st, "alua_state", None) is not None for st in states)
+    retry = dev.no_path_retry
+    return {
+        "schema": MULTIPATH_SCHEMA,
+        "name": clean(name),
+        "identity": clean(dev.identity),
+        "wwid": udev_serial(dev.identity) or clean(dev.identity),
+        "vendor": clean(str(inq.vendor or "").strip()) or None if inq is not None else None,
+        "product": clean(str(inq.product or "").strip()) or None if inq is not None else None,
+        "size_bytes": int(dev.size),
+        "write_protected": bool(dev.write_protected),
+        "policy": dev.policy,
+        "features": "'1 queue_if_no_path'" if retry != 0 else "'0'",
+        "hwhandler": "'1 alua'" if alua else "'0'",
+        "no_path_retry": _number(retry),
+        "active_path_switches": int(dev.switches),
+        "paths": [{
+            "portal": portal_facts(st.portal),
+            "target": clean(st.target),
+            "lun": int(st.lun),
+            "priority": int(st.priority),
+            "group_active": bool(st.group_active),
+            "dm_state": st.dm_state,
+            "checker_state": st.checker_state,
+            "device_state": st.device_state,
+            "alua_state": getattr(st, "alua_state", None),
+            "target_port_group": getattr(st, "target_port_group", None),
+            "preferred": bool(getattr(st, "preferred", False)),
+            "ios": int(st.ios),
+            "errors": int(st.errors),
+            "failures": int(st.failures),
+        } for st in states],
+    }
+
+
+def render_multipath_json(dev: MultipathBlockDevice, name: str) -> str:
+    """``by-id/.multipath/<name>.json``: the same snapshot as the status file, as JSON."""
+    return _json(multipath_facts(dev, name))
 
 
 def _path_name(st: Any) -> str:

@@ -15,6 +15,11 @@ The handlers in ``fs/ops.py`` only look the answer up here.
     user.iscsi.portal       10.0.0.5:3260 ([v6addr]:port for IPv6)
     user.iscsi.lun          1
     user.iscsi.discard      write-only: "OFFSET LENGTH" (decimal bytes) discards that range
+    user.iscsi.pr.read_keys, .read_reservation, .report_capabilities, .read_full_status
+                            get-only, not listed: PERSISTENT RESERVE IN through the mount's own
+                            session, answered as JSON (schema iscsifs.pr/1, docs/json.md)
+    user.iscsi.pr           write-only: PERSISTENT RESERVE OUT, "ACTION [key=HEX] [sa_key=HEX]
+                            [type=N] [aptpl] [all_tg_pt]" (``iscsifs pr --out``)
 
 A ``by-id`` file (a LUN over all its paths) has the same attributes, where target, portal and
 LUN are those of the path that answered the last command (before the first one, the path the
@@ -37,8 +42,10 @@ from __future__ import annotations
 import re
 
 from iscsifs.core.discovery import Portal
+from iscsifs.device import PrOut
 from iscsifs.fs.backend import BlockDevice, MultipathBlockDevice
 from iscsifs.fs.render import lun_facts
+from iscsifs.scsi.cdb import MAX_KEY, PrInAction, PrOutAction
 
 PREFIX = "user.iscsi."
 PREFIX_BYTES = PREFIX.encode()
@@ -53,6 +60,15 @@ PATHS_ACTIVE = (PREFIX + "paths_active").encode()
 IDENTITY_NAMES = frozenset((PREFIX + name).encode() for name, _ in IDENTITY) \
     | {PATHS, PATHS_ACTIVE}
 DISCARD = (PREFIX + "discard").encode()
+# persistent reservations: a get per PERSISTENT RESERVE IN service action, a set for OUT
+PR_IN = {(PREFIX + "pr." + action.name.lower()).encode(): action for action in PrInAction}
+PR_OUT = (PREFIX + "pr").encode()
+PR_OUT_ACTIONS = {
+    "register": PrOutAction.REGISTER, "reserve": PrOutAction.RESERVE,
+    "release": PrOutAction.RELEASE, "clear": PrOutAction.CLEAR,
+    "preempt": PrOutAction.PREEMPT, "preempt_abort": PrOutAction.PREEMPT_AND_ABORT,
+    "register_ignore": PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY,
+}
 
 _DISCARD_RE = re.compile(rb"\s*(\d{1,20})\s+(\d{1,20})\s*")
 
@@ -97,3 +113,37 @@ def parse_discard(value: bytes) -> tuple[int, int]:
         raise ValueError(f"{PREFIX}discard wants 'OFFSET LENGTH' in decimal bytes, "
                          f"not {value[:60]!r}")
     return int(match[1]), int(match[2])
+
+
+def _key(text: str) -> int:
+    value = int(text.removeprefix("0x").removeprefix("0X"), 16)
+    if not 0 <= value <= MAX_KEY:
+        raise ValueError("a reservation key has at most 8 bytes")
+    return value
+
+
+def parse_pr_out(value: bytes) -> PrOut:
+    """``b"reserve key=0x123abc type=1"`` -> ``PrOut``; ValueError (without the value, which
+    holds keys) otherwise. Keys are hex (``0x`` optional), the type decimal 0-15."""
+    try:
+        words = value.decode("ascii").split()
+    except UnicodeDecodeError:
+        raise ValueError(f"{PREFIX}pr wants ASCII text") from None
+    if not words or words[0] not in PR_OUT_ACTIONS:
+        raise ValueError(f"{PREFIX}pr wants one of {', '.join(PR_OUT_ACTIONS)} first")
+    fields: dict = {"action": PR_OUT_ACTIONS[words[0]]}
+    for word in words[1:]:
+        name, has_value, text = word.partition("=")
+        try:
+            if name in ("key", "sa_key") and has_value:
+                fields[name] = _key(text)
+            elif name == "type" and has_value and text.isdigit() and int(text) <= 15:
+                fields["type"] = int(text)
+            elif name in ("aptpl", "all_tg_pt") and not has_value:
+                fields[name] = True
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{PREFIX}pr: bad field {name!r} (key=HEX sa_key=HEX type=0-15 "
+                             f"aptpl all_tg_pt)") from None
+    return PrOut(**fields)

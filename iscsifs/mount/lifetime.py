@@ -186,6 +186,9 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
                      on_discovered=config.records.record_discovery,
                      multipath_policy=opts.multipath,
                      sid_source=SidCounter().next,
+                     reservation_key=opts.reservation_key,
+                     reservation_aptpl=opts.reservation_aptpl,
+                     alua_transition_timeout=opts.alua_transition_timeout,
                      source_address=defaults.source_address,
                      isns_server=opts.isns, isns_answer=isns_answer)
 

@@ -99,6 +99,10 @@ options (-o, comma separated; later ones win):
                            local IP address (open-iscsi's iface.ipaddress)
   max_sectors_kb=N         split larger reads and writes into concurrent commands of N KiB
                            at most (4..1024, default 512; the LUN's own limit also applies)
+  reservation_key=0xKEY[:aptpl]   register this persistent reservation key (up to 8 bytes,
+                           hex) on every LUN at every login, before any I/O (multipath.conf)
+  alua_transition_timeout=S   by-id files: how long commands wait for a path in an ALUA
+                           transition (default 60)
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
   _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
 flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
@@ -128,6 +132,9 @@ class MountOptions:
     login: str = "automatic"                                        # one of LOGIN_MODES
     timeouts: dict[str, int] = field(default_factory=dict)          # Timeouts field -> value
     max_sectors_kb: int = 512                                       # requests split above
+    reservation_key: int | None = field(default=None, repr=False)   # registered everywhere
+    reservation_aptpl: bool = False
+    alua_transition_timeout: int = 60
     header_digest: str | None = None
     data_digest: str | None = None
     source_address: str | None = None                               # local IP to bind to
@@ -226,6 +233,10 @@ def apply_option(opts: MountOptions, item: str) -> None:
         except ValueError:
             raise _usage_error(f"bad value for source_address: {value!r} (expected an IP "
                                f"address of this host)") from None
+    elif key == "reservation_key":
+        opts.reservation_key, opts.reservation_aptpl = parse_reservation_key(value)
+    elif key == "alua_transition_timeout":
+        opts.alua_transition_timeout = _int_value(key, value)
     elif key in ("header_digest", "data_digest"):
         digest = DIGESTS.get(value.lower())
         if digest is None:
@@ -234,6 +245,21 @@ def apply_option(opts: MountOptions, item: str) -> None:
         setattr(opts, key, digest)
     else:
         _unknown(opts, item)
+
+
+def parse_reservation_key(value: str) -> tuple[int, bool]:
+    """multipath.conf's reservation_key: ``0x`` and up to 16 hex digits (8 bytes), optionally
+    ``:aptpl`` (register with APTPL). The key itself never appears in the error."""
+    text, _, suffix = value.partition(":")
+    digits = text[2:] if text[:2].lower() == "0x" else text
+    if suffix not in ("", "aptpl") or not 1 <= len(digits) <= 16 or \
+            any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise _usage_error("bad value for reservation_key (expected 0x and at most 16 hex "
+                           "digits, optionally :aptpl)")
+    key = int(digits, 16)
+    if key == 0:
+        raise _usage_error("bad value for reservation_key: 0 is no key (it unregisters)")
+    return key, suffix == "aptpl"
 
 
 def _unknown(opts: MountOptions, item: str) -> None:

@@ -53,7 +53,7 @@ from ..core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGE
 from ..core.discovery import Portal, parse_portal, printable
 from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
-from ..core.pdu import LoginResponse
+from ..core.pdu import AsyncMessage, LoginResponse
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
                       LoginError, PathFailed, RemoteProtocolError, SessionFailed)
 from ..scsi.sense import check_status
@@ -128,6 +128,17 @@ class _Command:
         self.timed_out = False      # the watchdog handed it to error recovery
 
 
+class _SlotWaiter:
+    """A caller waiting for a ``cmds_max`` slot (its command does not exist yet)."""
+
+    __slots__ = ("lun", "scope", "error")
+
+    def __init__(self, lun: int):
+        self.lun = lun
+        self.scope = trio.CancelScope()
+        self.error: BaseException | None = None   # set by fail_waiting: answer this
+
+
 class _Request:
     """A non-SCSI exchange (NOP, text, TMF, logout) waiting for its answer."""
 
@@ -198,6 +209,7 @@ class Session:
         # every command whose caller still waits, in arrival order (bounded by cmds_max)
         self._unfinished: dict[_Command, None] = {}
         self._admission = trio.Semaphore(cmds_max)
+        self._slot_waiters: set[_SlotWaiter] = set()    # callers waiting for a slot
         self._state_changed = trio.Event()
         self._recovering = False
         self._given_up = False          # replacement timeout expired: fail I/O at once
@@ -205,6 +217,10 @@ class Session:
         self._counters_base: dict[str, int] = {}
         # called (synchronously, with the session) after every change of session_state
         self.listeners: list[Callable[[Session], None]] = []
+        # called (synchronously, with the session and the AsyncMessage) for every
+        # asynchronous message, before the session acts on it (e.g. a SCSI async event
+        # saying the target's LUNs changed)
+        self.async_listeners: list[Callable[[Session, AsyncMessage], None]] = []
         # awaited, in order, after every login before the session takes I/O (LoginHook)
         self.login_hooks: list[LoginHook] = list(login_hooks)
         self._setting_up = False        # login hooks are running: only setup commands go out
@@ -498,6 +514,8 @@ class Session:
         code = pdu.async_event
         self.async_events.append(f"event {code} (parameters {pdu.parameter1}, {pdu.parameter2}, "
                                  f"{pdu.parameter3})")
+        for listener in list(self.async_listeners):
+            listener(self, pdu)
         if code == 0:
             log.info("%s: asynchronous SCSI event", self._who())
         elif code == 1:
@@ -544,10 +562,13 @@ class Session:
                 raise PathFailed(f"session to {self._who()} is not logged in")
             if self._given_up or not self.recover:
                 raise SessionFailed(f"session to {self._who()} is not logged in")
-        try:
-            self._admission.acquire_nowait()
-        except trio.WouldBlock:
-            await self._admission.acquire()
+        # a login hook's commands take no cmds_max slot: the slots may all be held by
+        # commands waiting for this very login to finish
+        if not setup:
+            try:
+                self._admission.acquire_nowait()
+            except trio.WouldBlock:
+                await self._wait_for_slot(lun)
         cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast, setup)
         self._unfinished[cmd] = None
         try:
@@ -561,7 +582,8 @@ class Session:
                 cmd.task = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(_abort_wait(cmd))
         finally:
-            self._admission.release()
+            if not setup:
+                self._admission.release()
             if not cmd.done:
                 self._forget(cmd)       # the caller is leaving unanswered: never send it again
         if cmd.error is not None:
@@ -635,14 +657,34 @@ class Session:
                 except ConnectionLost as exc:
                     self._link_failed(link, exc)
 
+    async def _wait_for_slot(self, lun: int) -> None:
+        """Wait for a ``cmds_max`` slot; ``fail_waiting(lun, error)`` ends the wait with
+        ``error`` (and the slot, if it came meanwhile, goes back)."""
+        waiter = _SlotWaiter(lun)
+        self._slot_waiters.add(waiter)
+        try:
+            with waiter.scope:
+                await self._admission.acquire()
+        finally:
+            self._slot_waiters.discard(waiter)
+        if waiter.error is not None:
+            if not waiter.scope.cancelled_caught:
+                self._admission.release()
+            raise waiter.error
+
     def fail_waiting(self, lun: int, error: BaseException) -> int:
         """Answer ``error`` to every caller whose command for ``lun`` waits for the session
-        to take I/O again (a login hook's way of keeping them off a logical unit that is no
-        longer the one they were meant for). Returns how many there were."""
+        to take I/O again, or for a ``cmds_max`` slot (a login hook's way of keeping them off
+        a logical unit that is no longer the one they were meant for): none of those commands
+        is ever sent. Returns how many callers there were."""
         waiting = [cmd for cmd in self._unfinished if cmd.lun == lun and cmd.link is None]
         for cmd in waiting:
             self._complete(cmd, None, error)
-        return len(waiting)
+        admitting = [w for w in self._slot_waiters if w.lun == lun and w.error is None]
+        for waiter in admitting:
+            waiter.error = error
+            waiter.scope.cancel()
+        return len(waiting) + len(admitting)
 
     def _fail_waiting(self, error: BaseException) -> None:
         for cmd in list(self._unfinished):

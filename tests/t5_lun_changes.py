@@ -1,0 +1,166 @@
+"""LUN changes on real mounts against tgtd: a target restarted with another logical unit behind
+LUN 1 (other ``scsi_sn`` / ``scsi_id``) while a writer holds ``raw`` open, and LUNs added and
+deleted with tgtadm while mounted, which appear in and leave ``luns/``, ``by-path/`` and
+``by-id/`` with no write to ``rescan``. The MockClock side of the same rules:
+t2_identity.py."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from helpers import wait_for
+
+from iscsifs_testbed.tgtd import MiB, Tgtd, missing_requirements
+
+HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
+IQN = "iqn.2026-11.org.iscsifs.test:lun-changes"
+pytestmark = pytest.mark.integration
+
+
+def mount(tmp_path: Path, portal: str, *options: str) -> tuple[Path, Path]:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    log = tmp_path / "mount.log"
+    opts = ",".join((f"config_dir={conf}", f"logfile={log}") + options)
+    result = subprocess.run([sys.executable, str(HELPER), portal, str(mp), "-o", opts],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert os.path.ismount(mp)
+    return mp, log
+
+
+def unmount(mp: Path) -> None:
+    if os.path.ismount(mp):
+        subprocess.run(["fusermount3", "-u", str(mp)], check=False, capture_output=True,
+                       timeout=30)
+    assert wait_for(lambda: not os.path.ismount(mp)), "still mounted"
+
+
+@pytest.fixture
+def own_tgtd(tmp_path):
+    """A private tgtd this test may kill and restart."""
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    tgtd = Tgtd(workdir=tmp_path / "tgtd")
+    tgtd.start()
+    try:
+        yield tgtd
+    finally:
+        tgtd.stop()
+
+
+def configure(tgtd: Tgtd, backing: Path, params: str | None = None) -> None:
+    """Target, LUN 1 with its parameters, then bind: no login sees it half configured."""
+    tgtd.add_target(1, IQN)
+    tgtd.add_lun(1, 1, backing, params=params)
+    tgtd.bind(1)
+
+
+def test_a_target_restarted_with_another_lu_fails_the_writer_with_enxio(
+        own_tgtd, fuse_available, tmp_path):
+    old_file = own_tgtd.make_backing_file("old.img", 8 * MiB)
+    new_file = own_tgtd.make_backing_file("new.img", 8 * MiB)
+    configure(own_tgtd, old_file)
+    mp, log = mount(tmp_path, own_tgtd.portal)
+    try:
+        lun1 = mp / "portals" / own_tgtd.portal / "targets" / IQN / "luns" / "1"
+        old_info = json.loads((lun1 / "info.json").read_text())
+        pattern = b"written through the old fd " * 151 + b"!" * 19      # 4096 bytes
+        written: list[int] = []
+        errors: list[int] = []
+
+        def writer() -> None:
+            fd = os.open(lun1 / "raw", os.O_WRONLY)
+            try:
+                for i in range(1 << 20):
+                    os.pwrite(fd, pattern, (i % 2048) * 4096)
+                    written.append(i)
+            except OSError as exc:
+                errors.append(exc.errno)
+            finally:
+                os.close(fd)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        assert wait_for(lambda: len(written) > 20)
+        own_tgtd.kill_and_restart()
+        old_after_kill = old_file.read_bytes()      # tgtd is gone: nothing changes it now
+        new_before = new_file.read_bytes()
+        assert pattern not in new_before
+        configure(own_tgtd, new_file, params="scsi_sn=NEWSN42,scsi_id=NEWID42")
+        thread.join(timeout=90)
+        assert not thread.is_alive(), "the writer is still blocked"
+        assert errors == [errno.ENXIO]
+        assert old_file.read_bytes() == old_after_kill
+        assert new_file.read_bytes() == new_before          # none of the writer's data
+        # the tree shows the new LU under LUN 1
+        assert wait_for(lambda: json.loads((lun1 / "info.json").read_text())["serial"]
+                        == "NEWSN42", timeout=30)
+        with open(lun1 / "raw", "rb") as f:
+            assert f.read(MiB) == new_before[:MiB]
+        text = log.read_text()
+        assert (f"After a relogin, LUN 1 of {IQN} at {own_tgtd.portal} is another logical "
+                f"unit (serial 'NEWSN42', ") in text
+        assert f"it was serial {old_info['serial']!r}" in text
+        assert "NEWID42" in text
+    finally:
+        unmount(mp)
+
+
+def test_tgtadm_lun_add_and_delete_show_without_a_rescan(fresh_target, fuse_available,
+                                                         tmp_path):
+    t = fresh_target(luns=[(8 * MiB, 512)])
+    tgtd = fresh_target.tgtd
+    extra = tgtd.make_backing_file(f"lun-changes-t{t.tid}-lun2.img", 4 * MiB)
+    mp, log = mount(tmp_path, t.portal)
+    try:
+        tdir = mp / "portals" / t.portal / "targets" / t.iqn
+        luns = tdir / "luns"
+        assert sorted(os.listdir(luns), key=int) == ["0", "1"]
+        with open(luns / "1" / "raw", "rb", buffering=0) as f:
+            f.read(4096)
+            tgtd.add_lun(t.tid, 2, extra)
+            # tgt reports the change (UNIT ATTENTION 3F/0E) to the next command of the
+            # session; the mount rescans by itself
+            f.seek(0)
+            f.read(4096)
+        assert wait_for(lambda: "2" in os.listdir(luns), timeout=30)
+        link = f"ip-{t.portal}-iscsi-{t.iqn}-lun-2"
+        assert link in os.listdir(mp / "by-path")
+        wwn = json.loads((luns / "2" / "info.json").read_text())["wwn"]
+        by_id = f"wwn-0x{wwn.removeprefix('naa.')}"
+        assert by_id in os.listdir(mp / "by-id")
+        fd = os.open(luns / "2" / "raw", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4096, 0) == extra.read_bytes()[:4096]
+            tgtd.delete_lun(t.tid, 2)
+            with pytest.raises(OSError) as info:         # at once: no relogin, no wait
+                os.pread(fd, 4096, 0)
+            assert info.value.errno == errno.ENXIO
+            assert wait_for(lambda: "2" not in os.listdir(luns), timeout=30)
+            assert link not in os.listdir(mp / "by-path")
+            assert by_id not in os.listdir(mp / "by-id")
+            with pytest.raises(OSError) as info:
+                os.pread(fd, 4096, 0)
+            assert info.value.errno == errno.ENXIO
+        finally:
+            os.close(fd)
+        session = json.loads((tdir / "session.json").read_text())
+        assert "reconnects" not in session["extended_stats"]       # no relogin at all
+        text = log.read_text()
+        assert f"On a rescan, LUN 2 of {t.iqn} at {t.portal} is not reported by the " \
+               f"target any more" in text
+    finally:
+        unmount(mp)
+        extra.unlink()
