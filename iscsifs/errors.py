@@ -21,6 +21,8 @@ EXIT_ACCESS = 13             # ISCSI_ERR_ACCESS: permission denied (read-only LU
 EXIT_LOGIN_FAILED = 19       # ISCSI_ERR_FATAL_LOGIN
 EXIT_NO_OBJECTS = 21         # ISCSI_ERR_NO_OBJS_FOUND
 EXIT_AUTH_FAILED = 24        # ISCSI_ERR_LOGIN_AUTH_FAILED
+EXIT_ISNS_QUERY = 25         # ISCSI_ERR_ISNS_QUERY: the iSNS server refused the query
+EXIT_ISNS_REG_FAILED = 26    # ISCSI_ERR_ISNS_REG_FAILED: ... or the registration for it
 EXIT_NOT_SUPPORTED = 27      # ISCSI_ERR_OP_NOT_SUPP: operation not supported
 
 
@@ -105,11 +107,29 @@ class ConnectionLost(IscsiError):
         self.errno = errno
 
 
+class SourceAddressError(ConnectionLost):
+    """A connection could not be bound to the configured source address (``source_address=``,
+    ``iface.ipaddress``): not an address of this host (EADDRNOTAVAIL), or of another family
+    than the portal's. A configuration error for the command line (exit 7, as iscsiadm), but
+    a failed connection like any other for a session that logs in again."""
+
+
 class PathFailed(ConnectionLost):
     """A fail-fast command's connection failed before it was answered (dm-multipath's
     REQ_FAILFAST_TRANSPORT): the session answers it at once instead of holding it for a
     relogin, and never sends it again. The multipath layer issues a new command on another
     path."""
+
+
+class IsnsError(IscsiError):
+    """An iSNS server refused a query or a registration (``status``: its RFC 4171 status
+    code, None when it broke the protocol). Exit 25, or 26 for a registration."""
+
+    def __init__(self, message: str, status: int | None = None, *,
+                 registration: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.exit_code = EXIT_ISNS_REG_FAILED if registration else EXIT_ISNS_QUERY
 
 
 class CommandTimeout(IscsiError):

@@ -7,11 +7,14 @@ keep working:
     0   ok
     1   anything else (ISCSI_ERR)
     4   cannot connect: refused, unreachable, timed out, connection lost (ISCSI_ERR_TRANS)
-    7   invalid argument, option, value or record (ISCSI_ERR_INVAL)
+    7   invalid argument, option, value or record; a source address that is not this
+        host's (EADDRNOTAVAIL) (ISCSI_ERR_INVAL)
     13  permission denied: a read-only LUN or mount (ISCSI_ERR_ACCESS)
     19  the target refused the login, or broke the protocol (ISCSI_ERR_FATAL_LOGIN)
     21  no records found (ISCSI_ERR_NO_OBJS_FOUND)
     24  authentication failed (ISCSI_ERR_LOGIN_AUTH_FAILED)
+    25  the iSNS server refused the query or broke the protocol (ISCSI_ERR_ISNS_QUERY)
+    26  the iSNS server refused to register the initiator (ISCSI_ERR_ISNS_REG_FAILED)
     27  the LUN does not support the operation, e.g. discard (ISCSI_ERR_OP_NOT_SUPP)
 
 Owns: ``quiet_error`` / ``exit_code`` (an error -> its line and code), ``file_error`` (an errno
@@ -29,15 +32,19 @@ import trio
 from iscsifs.core.names import Portal, parse_portal, printable
 from iscsifs.errors import (EXIT_ACCESS, EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_LOGIN_FAILED,
                             EXIT_NOT_SUPPORTED, EXIT_TRANSPORT_FAILURE, AuthenticationError,
-                            ConfigError, ConnectionLost, IscsiError, LoginError, QuietError,
-                            RemoteProtocolError, leaf_exceptions, os_reason)
+                            ConfigError, ConnectionLost, IscsiError, IsnsError, LoginError,
+                            QuietError, RemoteProtocolError, SourceAddressError,
+                            leaf_exceptions, os_reason)
 
 __all__ = ["exit_code", "file_error", "portal_arg", "quiet_error", "quiet_error_in", "reason"]
 
 
-def portal_arg(text: str) -> Portal:
-    """A portal typed by the user (``host``, ``host:port``, ``[v6]:port``); exit 7 if bad."""
+def portal_arg(text: str, *, default_port: int | None = None) -> Portal:
+    """A portal typed by the user (``host``, ``host:port``, ``[v6]:port``); exit 7 if bad.
+    ``default_port``: when none is given (3260 unless said, 3205 for an iSNS server)."""
     try:
+        if default_port is not None:
+            return parse_portal(text, default_port=default_port)
         return parse_portal(text)
     except ValueError as exc:
         raise QuietError(f"bad portal {printable(text)}: {exc}", EXIT_INVALID_ARGUMENT) from None
@@ -47,11 +54,11 @@ def exit_code(exc: BaseException) -> int:
     """iscsiadm's exit code for an error (the table in the module docstring)."""
     if isinstance(exc, QuietError):
         return exc.exit_code
-    if isinstance(exc, LoginError):              # AuthenticationError: 24, else 19
+    if isinstance(exc, (LoginError, IsnsError)):  # AuthenticationError: 24, else 19; 25/26
         return exc.exit_code
     if isinstance(exc, RemoteProtocolError):
         return EXIT_LOGIN_FAILED
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, (ConfigError, SourceAddressError)):
         return EXIT_INVALID_ARGUMENT
     if isinstance(exc, OSError) and exc.filename is not None:
         return EXIT_GENERIC                      # a local file, not the network

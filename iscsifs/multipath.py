@@ -181,6 +181,7 @@ class PathGroup:
         self.alua_transition_timeout = alua_transition_timeout
         self.paths: list[Path] = []
         self.switches = 0           # times the active path changed
+        self.last: Path | None = None   # the path that answered the last command
         self._active: Path | None = None
         self._turn = 0
         self._no_path_since: float | None = None
@@ -220,6 +221,8 @@ class PathGroup:
         for path in [p for p in self.paths if match(p)]:
             self._unwatch(path)
             self.paths.remove(path)
+            if self.last is path:
+                self.last = None
             log.info("%s: path %s removed", self.name, path)
         self.update()
 
@@ -469,6 +472,7 @@ class PathGroup:
                     continue
                 raise
             path.ios += 1
+            self.last = path
             if path.transition_since is not None and not path.transitioning:
                 path.transition_since = None
             return result
@@ -616,6 +620,17 @@ class MultipathDevice(Lun):
         """The path I/O goes to now (with ``round-robin``, the first healthy one), or None."""
         for state in self.group.states():
             if state.dm_state == "active":
+                return state
+        return None
+
+    def last_path(self) -> PathState | None:
+        """The path that answered the last command (None before the first one, or once
+        that path is gone)."""
+        last = self.group.last
+        if last is None:
+            return None
+        for state in self.group.states():
+            if (state.target, state.portal, state.lun) == (last.target, last.portal, last.lun):
                 return state
         return None
 

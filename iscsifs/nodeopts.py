@@ -72,7 +72,8 @@ def node_options_from_settings(settings: NodeSettings, where: str | None = None)
         raise ConfigError(str(exc), where) from None
     return NodeOptions(chap=settings.auth, login_params=params,
                        timeouts=timeouts_from_settings(settings),
-                       queue_depth=settings.queue_depth, cmds_max=settings.cmds_max)
+                       queue_depth=settings.queue_depth, cmds_max=settings.cmds_max,
+                       source_address=settings.source_address or None)
 
 
 def find_record(db: NodeDB, target: str, portal: Any) -> NodeRecord | None:

@@ -231,6 +231,7 @@ class FakeMultipath:
         self.policy = policy
         self.paths: list[tuple[str, Any, int]] = []
         self.down: set[tuple[str, Any, int]] = set()
+        self.last: tuple[str, Any, int] | None = None
         self.switches = 0
         self.no_path_retry = 120.0
 
@@ -293,6 +294,13 @@ class FakeMultipath:
                 device_state="running" if up else "blocked", ios=0, errors=0,
                 failures=0 if up else 1, device=self.lun))
         return out
+
+    def last_path(self) -> FakePathState | None:
+        """The path the test says answered last (``last``), if it is still a path."""
+        for state in self.path_states():
+            if (state.target, state.portal, state.lun) == self.last:
+                return state
+        return None
 
     def active_path(self) -> FakePathState | None:
         for i, key in enumerate(self.paths):

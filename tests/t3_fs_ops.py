@@ -484,6 +484,32 @@ async def test_by_id_leaves_out_a_portal_that_cannot_be_listed():
     assert fake.multipath_calls == [[(DISK1, PORTAL)]]
 
 
+async def test_by_id_xattrs_count_paths_and_name_the_portal_that_answered_last():
+    ops, fake = make_two_portal_ops()
+    by_id = await walk(ops, "by-id")
+    a = await ops.lookup(by_id.st_ino, NAME1.encode())
+    mdev = fake.multipath_devices[fake.targets[DISK1][1].device.wwn]
+    names = await ops.listxattr(a.st_ino, None)
+    assert names[-2:] == [b"user.iscsi.paths", b"user.iscsi.paths_active"]
+
+    async def xattr(name: str) -> bytes:
+        return await ops.getxattr(a.st_ino, f"user.iscsi.{name}".encode(), None)
+
+    assert (await xattr("paths"), await xattr("paths_active")) == (b"2", b"2")
+    # before any I/O: the path the next command goes to (failover: the first)
+    assert await xattr("portal") == b"127.0.0.1:3260"
+    mdev.last = (DISK1, PORTAL2, 1)                 # 127.0.0.2 answered the last command
+    assert await xattr("portal") == b"127.0.0.2:3260"
+    assert await xattr("target") == DISK1.encode() and await xattr("lun") == b"1"
+    mdev.down.add((DISK1, PORTAL, 1))
+    assert (await xattr("paths"), await xattr("paths_active")) == (b"2", b"1")
+    await expect_errno(errno.EPERM, ops.setxattr(a.st_ino, b"user.iscsi.paths", b"3", None))
+    await expect_errno(errno.EPERM, ops.removexattr(a.st_ino, b"user.iscsi.paths", None))
+    # a raw file has no path count
+    raw_names = await ops.listxattr((await raw(ops, 1)).st_ino, None)
+    assert b"user.iscsi.paths" not in raw_names
+
+
 # -- a LUN is bound to its logical unit -------------------------------------------------------
 async def test_a_lun_that_names_another_lu_gets_new_inodes_and_old_handles_fail_enxio():
     ops, fake = make_two_portal_ops()

@@ -350,3 +350,43 @@ def test_an_iscsifs_error_is_never_an_internal_error_with_a_class_name():
     err = _failure(ExceptionGroup("nursery", [RemoteProtocolError("text item without '='")]))
     assert (str(err), err.exit_code) == ("text item without '='", 19)
     assert "Error" not in str(quiet_error(SessionFailed("session to X was logged out")))
+
+
+def test_isns_and_source_address_options(tmp_path):
+    mp = str(tmp_path)
+    o = parse_args(["isns", mp, "-o", "isns=10.0.0.1,source_address=10.0.0.20"])
+    assert o.portals == [] and o.isns == Portal("10.0.0.1", 3205)
+    assert o.source_address == "10.0.0.20"
+    o = parse_args(["10.0.0.5", mp, "-o", "isns=[fe80::1]:3206,source_address=[fe80::2]"])
+    assert o.portals == [Portal("10.0.0.5")] and o.isns == Portal("fe80::1", 3206)
+    assert o.source_address == "fe80::2"
+    for argv, fragment in (
+            (["isns", mp], "PORTAL 'isns' needs -o isns=HOST[:PORT]"),
+            (["isns", mp, "-o", "isns="], "isns= needs the iSNS server"),
+            (["isns", mp, "-o", "isns=a:b"], "bad portal"),
+            (["10.0.0.5", mp, "-o", "source_address=eth0"],
+             "bad value for source_address: 'eth0'")):
+        with pytest.raises(QuietError) as info:
+            parse_args(argv)
+        assert info.value.exit_code == EXIT_INVALID_ARGUMENT
+        assert fragment in str(info.value)
+
+
+def test_source_address_precedence(tmp_path):
+    """mount option > node record > iscsid.conf, as for every other setting."""
+    from iscsifs.config.nodedb import NodeDB
+    (tmp_path / "iscsid.conf").write_text("iface.ipaddress = 127.0.0.3\n")
+    db = NodeDB(tmp_path)
+    db.add("iqn.2026-11.org.example:a", ("10.0.0.5", 3260, 1))
+    db.update("iqn.2026-11.org.example:a", ("10.0.0.5", 3260, 1), "iface.ipaddress",
+              "127.0.0.4")
+    mp = str(tmp_path / "mnt")
+    base = f"config_dir={tmp_path},initiator_name=iqn.2026-11.org.example:i"
+    config = load_config(parse_args(["10.0.0.5", mp, "-o", base]))
+    assert config.default_options.source_address == "127.0.0.3"
+    assert config.node_options("iqn.2026-11.org.example:a", Portal("10.0.0.5")) \
+        .source_address == "127.0.0.4"
+    config = load_config(parse_args(["10.0.0.5", mp, "-o", base + ",source_address=127.0.0.2"]))
+    assert config.default_options.source_address == "127.0.0.2"
+    assert config.node_options("iqn.2026-11.org.example:a", Portal("10.0.0.5")) \
+        .source_address == "127.0.0.2"

@@ -162,8 +162,11 @@ def test_by_id_files_carry_the_identity_and_discard(thin):
     wwn = json.loads((tdir / "luns" / "1" / "info.json").read_text())["wwn"]
     by_id = mp / "by-id" / f"wwn-0x{wwn.removeprefix('naa.')}"
     assert wait_for(by_id.exists, timeout=30)
-    # one path: the by-id file names the same target, portal and LUN as the raw file
-    assert getfattr(by_id) == getfattr(raw)
+    # one path: the by-id file names the same target, portal and LUN as the raw file, and
+    # says it has that one path
+    attrs = getfattr(by_id)
+    assert (attrs.pop("user.iscsi.paths"), attrs.pop("user.iscsi.paths_active")) == ("1", "1")
+    assert attrs == getfattr(raw)
     pattern = os.urandom(MiB)
     with open(by_id, "r+b", buffering=0) as f:
         f.seek(4 * MiB)

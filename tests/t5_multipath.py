@@ -69,6 +69,10 @@ def cutter(two_portals):
         c.close()
 
 
+def xattr(path: Path, name: str) -> str:
+    return os.getxattr(path, f"user.iscsi.{name}").decode()
+
+
 def paths(status: Path) -> dict[str, tuple[str, str, str]]:
     """portal -> (dm state, checker state, device state), from the status file."""
     return {m[1]: (m[4], m[5], m[6]) for m in PATH_LINE.finditer(status.read_text())}
@@ -135,6 +139,9 @@ def test_fio_verify_survives_losing_each_path_in_turn(two_portals, cutter, fuse_
         assert wait_for(lambda: paths(status)[first][0] == "failed", timeout=15)
         assert fio.poll() is None, "fio ended before the active path was cut: pace it slower"
         assert wait_for(lambda: counters(status)[second][0] > ios_before + 20, timeout=15)
+        # the by-id file's xattrs: two paths, one healthy, which answered last
+        assert (xattr(dev, "paths"), xattr(dev, "paths_active")) == ("2", "1")
+        assert xattr(dev, "portal") == second
         cutter.restore()
         assert wait_for(lambda: paths(status) == both_up, timeout=20)   # failback
 
@@ -158,6 +165,9 @@ def test_fio_verify_survives_losing_each_path_in_turn(two_portals, cutter, fuse_
             assert line in daemon, daemon[-3000:]
         # what the mount shows is what the target stores
         subprocess.run(["cmp", str(dev), str(backing)], check=True, timeout=60)
+        assert xattr(dev, "paths_active") == "2"
+        if policy == "failover":
+            assert xattr(dev, "portal") == first     # failed back: cmp read through it
     finally:
         if fio is not None and fio.poll() is None:
             fio.kill()

@@ -9,6 +9,7 @@ secret keys (``is_secret_key``, shown as ``HIDDEN``), ``validate_iscsi_name`` an
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 
@@ -109,6 +110,19 @@ def _host_check(value: str) -> str:
         raise ValueError("not an IP address or host name") from None
 
 
+def _ip_check(value: str) -> str:
+    """An IP address (a source address to bind to: no host names), or empty for none."""
+    text = value.strip()
+    if text in ("", "default"):
+        return ""
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError("not an IP address") from None
+
+
 _ANY = _string_check
 _YESNO = _choice_check("Yes", "No")
 _STARTUP = _choice_check("manual", "automatic", "onboot")
@@ -125,6 +139,7 @@ KNOWN_KEYS: dict[str, Callable[[str], str]] = {
     "node.tpgt": _int_check(0, 65535),
     "node.startup": _STARTUP,
     "node.leading_login": _YESNO,
+    "iface.ipaddress": _ip_check,
     "node.discovery_address": _host_check,
     "node.discovery_port": _int_check(0, 65535),
     "node.discovery_type": _choice_check("send_targets", "static", "isns", "fw", "slp"),
@@ -208,7 +223,7 @@ def validate_key(key: str, value: str) -> str:
     check = KNOWN_KEYS.get(key)
     if check is None:
         return _string_check(value)
-    if value == "" and check not in (_ANY, _host_check):
+    if value == "" and check not in (_ANY, _host_check, _ip_check):
         raise ValueError("a value is required")
     return check(value)
 

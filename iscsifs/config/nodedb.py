@@ -244,8 +244,9 @@ class NodeDB:
         atomic_write(path, render_record(keys, hide_secrets=False), 0o600)
 
     def _node_keys(self, target: str, portal: Portal, settings: NodeSettings | None,
-                   discovered_from: tuple[str, int] | None) -> dict[str, str]:
-        keys = {k: v for k, v in self.defaults.items() if k.startswith("node.")}
+                   discovered_from: tuple[str, int] | None,
+                   discovery_type: str = "send_targets") -> dict[str, str]:
+        keys = {k: v for k, v in self.defaults.items() if k.startswith(("node.", "iface."))}
         if settings is not None:
             keys.update(settings.to_keys())
         keys.update({"node.name": target, "node.tpgt": str(portal.tpgt),
@@ -257,20 +258,22 @@ class NodeDB:
         else:
             keys.update({"node.discovery_address": discovered_from[0],
                          "node.discovery_port": str(discovered_from[1]),
-                         "node.discovery_type": "send_targets"})
+                         "node.discovery_type": discovery_type})
         return keys
 
     def add(self, target: str, portal: Any, settings: NodeSettings | None = None,
-            discovered_from: Any = None, *, overwrite: bool = False) -> NodeRecord:
+            discovered_from: Any = None, *, overwrite: bool = False,
+            discovery_type: str = "send_targets") -> NodeRecord:
         """Create a record (``iscsiadm -m node -o new``). An existing record is returned
-        unchanged unless ``overwrite``."""
+        unchanged unless ``overwrite``. ``discovered_from`` is the SendTargets portal (or
+        the iSNS server, with ``discovery_type="isns"``) that reported it."""
         validate_iscsi_name(target)
         key = record_portal(portal)
         path = self.record_path(target, key)
         if path.is_file() and not overwrite:
             return self._load(target, key)
         source = None if discovered_from is None else _discovery_portal(discovered_from)
-        keys = self._node_keys(target, key, settings, source)
+        keys = self._node_keys(target, key, settings, source, discovery_type)
         try:
             NodeSettings.from_keys(keys)
         except ConfigError as exc:
@@ -379,6 +382,17 @@ class NodeDB:
         st = self._st_path(host, port)
         if not st.is_file():
             self._write(st, self.discovery_keys(host, port))
+        return self._record_targets((host, port), targets, "send_targets")
+
+    def record_isns(self, server: Any, targets: Iterable[Any]) -> DiscoveryUpdate:
+        """Store an iSNS answer from ``server`` (``iscsiadm -m discovery -t isns``): a record
+        (``node.discovery_type = isns``) for every (target, portal) not yet known, as
+        ``record_discovery`` does; no discovery record is kept for the server."""
+        return self._record_targets(_discovery_portal(server), targets, "isns")
+
+    def _record_targets(self, source: tuple[str, int], targets: Iterable[Any],
+                        discovery_type: str) -> DiscoveryUpdate:
+        host, port = source
         result = DiscoveryUpdate()
         for name, portals in _targets_of(targets):
             if not valid_iscsi_name(name):
@@ -395,7 +409,8 @@ class NodeDB:
                     continue
                 existed = self.record_path(name, key).is_file()
                 try:
-                    record = self.add(name, key, discovered_from=(host, port))
+                    record = self.add(name, key, discovered_from=(host, port),
+                                      discovery_type=discovery_type)
                 except ConfigError as exc:
                     result.rejected.append(f"record for {name} at {key} unusable: {exc}")
                     continue
@@ -435,7 +450,8 @@ def _checked_update(key: str, value: str, kind: str, identity_keys, path) -> str
     value is never shown)."""
     if key in identity_keys:
         raise ConfigError(f"{key} cannot be changed (it names the record)", str(path))
-    if not key.startswith(kind + ".") or key not in KNOWN_KEYS:
+    prefixes = (kind + ".", "iface.") if kind == "node" else (kind + ".",)
+    if not key.startswith(prefixes) or key not in KNOWN_KEYS:
         raise ConfigError(f"unknown {kind} key {printable(key)}", str(path))
     try:
         return validate_key(key, value)

@@ -184,6 +184,8 @@ class MultipathBlockDevice(BlockDevice, Protocol):
         """Every path, in priority order."""
     def active_path(self) -> PathState | None:
         """The path the next command goes to (None: no path is healthy)."""
+    def last_path(self) -> PathState | None:
+        """The path that answered the last command (None before the first)."""
 
 
 class LunListing(Protocol):

@@ -291,15 +291,13 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes ----------------------------------------------------------------
     def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         """The identity attributes of a LUN's file (``raw``, or ``by-id``: its target, portal
-        and LUN are those of the path I/O goes to now); nothing elsewhere."""
+        and LUN are those of the path that answered last, and it has a path count); nothing
+        elsewhere."""
         dev = node.device
         if node.kind is Kind.RAW and dev is not None and node.lun is not None:
             return xattrs.lun_xattrs(dev, node.target, node.portal, node.lun)
         if node.kind is Kind.MPATH and node.mpath is not None:
-            states = node.mpath.path_states()
-            path = node.mpath.active_path() or (states[0] if states else None)
-            if path is not None:
-                return xattrs.lun_xattrs(node.mpath, path.target, path.portal, path.lun)
+            return xattrs.multipath_xattrs(node.mpath)
         return {}
 
     @fuse_errors

@@ -67,7 +67,9 @@ def _override(options: NodeOptions, opts: MountOptions) -> NodeOptions:
                                  ("data_digest", opts.data_digest)) if v is not None}
     if digests and params is not None:
         params = dataclasses.replace(params, **digests)
-    return dataclasses.replace(options, timeouts=timeouts, login_params=params)
+    source = opts.source_address or options.source_address
+    return dataclasses.replace(options, timeouts=timeouts, login_params=params,
+                               source_address=source)
 
 
 def load_config(opts: MountOptions) -> MountConfig:
