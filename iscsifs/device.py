@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import trio
 
+from .core.connection import TaskComplete
 from .errors import (IscsiError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
                      leaf_exceptions)
 from .scsi import cdb as scsi_cdb
@@ -87,6 +88,23 @@ def _not_supported(exc: ScsiError, what: str) -> NotSupported | None:
                                                                                   0x26):
         return None
     return NotSupported(f"{what}: not supported by the LUN ({exc})")
+
+
+class DeviceSession(Protocol):
+    """What a ``Lun`` needs of its session: ``net.session.Session`` (one session to the
+    target) and ``multipath.PathGroup`` (the paths of one logical unit) both are one, and
+    mypy checks that they are (``tests/t2_device_contract.py``)."""
+
+    @property
+    def logged_in(self) -> bool:
+        """Commands can go out now (a path group: on at least one path)."""
+
+    async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0,
+                      read_buffer: bytearray | memoryview | None = None,
+                      write_data: bytes | bytearray | memoryview | None = None
+                      ) -> TaskComplete:
+        """Run one SCSI command: its result on GOOD status, ``ScsiError`` otherwise;
+        ``SessionFailed`` / ``CommandTimeout`` (and the like) when it could not run."""
 
 
 @dataclass(frozen=True)
@@ -221,12 +239,17 @@ async def read_identity(session, lun: int, **kw) -> tuple[scsi_parse.Inquiry, li
 
 class _Guarded:
     """What ``execute_retrying`` and ``read_data`` see as the session of a ``Lun``: its
-    guarded ``execute``."""
+    guarded ``execute`` (a ``DeviceSession`` too)."""
 
-    __slots__ = ("execute",)
+    __slots__ = ("execute", "_device")
 
     def __init__(self, device: "Lun"):
         self.execute = device.execute
+        self._device = device
+
+    @property
+    def logged_in(self) -> bool:
+        return self._device.session.logged_in
 
 
 class _RangeLock:
@@ -254,7 +277,8 @@ class _RangeLock:
 class Lun:
     """A block device behind a session; create with :meth:`open`."""
 
-    def __init__(self, session, lun: int, max_command_bytes: int = DEFAULT_MAX_COMMAND):
+    def __init__(self, session: DeviceSession, lun: int,
+                 max_command_bytes: int = DEFAULT_MAX_COMMAND):
         self.session = session
         self.lun = lun
         self.block_size = 512
@@ -286,7 +310,7 @@ class Lun:
         self._via = _Guarded(self)
 
     @classmethod
-    async def open(cls, session, lun: int, found=None,
+    async def open(cls, session: DeviceSession, lun: int, found=None,
                    max_command_bytes: int = DEFAULT_MAX_COMMAND) -> Lun:
         """Probe LUN ``lun`` of ``session``; ``found`` is what ``read_identity`` read of it
         already (None: read it)."""
@@ -738,7 +762,8 @@ class Lun:
                 start += n
 
 
-async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=None, **kw):
+async def execute_retrying(session: DeviceSession, lun: int, cdb: bytes, *,
+                           on_unit_attention=None, **kw) -> TaskComplete:
     """``session.execute`` retried after UNIT ATTENTION, which reports one condition and does
     not run the command (capacity changed, LUNs changed, power on / reset, ...)."""
     for attempt in range(UA_RETRIES + 1):
@@ -757,7 +782,7 @@ async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=N
     raise AssertionError("unreachable")
 
 
-async def read_data(session, lun: int, cdb: bytes, alloc: int, *,
+async def read_data(session: DeviceSession, lun: int, cdb: bytes, alloc: int, *,
                     on_unit_attention=None, **kw: Any) -> bytes:
     """Run a data-in command with an ``alloc``-byte buffer; return the bytes that arrived.
     ``kw`` goes to ``session.execute`` (``fail_fast``, ``setup``)."""

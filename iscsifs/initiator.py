@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 import trio
 
 from .core.chap import ChapCredentials
-from .core.discovery import DiscoveredTarget, Portal
+from .core.discovery import DiscoveredTarget
+from .core.names import Portal
 from .core.keys import LoginParams, NegotiatedParams
 from .core.pdu import AsyncMessage, decode_lun
 from .core.state import ConnectionState, SessionState

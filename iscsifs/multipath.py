@@ -47,7 +47,7 @@ from typing import Any
 
 import trio
 
-from .core.discovery import Portal
+from .core.names import Portal
 from .device import UA_RETRIES, Lun, PrOut, pr_out
 from .errors import CommandTimeout, ConnectionLost, IscsiError, NoSuchDevice, SessionFailed
 from .scsi.cdb import PrOutAction
@@ -167,7 +167,8 @@ class PathState:
 
 class PathGroup:
     """The paths of one logical unit and the choice among them; the ``session`` of a
-    ``MultipathDevice`` (``execute`` is all a ``Lun`` asks of its session)."""
+    ``MultipathDevice`` (a ``device.DeviceSession``: ``execute`` and ``logged_in``, all a
+    ``Lun`` asks of its session)."""
 
     def __init__(self, name: str, *, policy: str = "failover", no_path_retry: float = 120,
                  alua_transition_timeout: float = ALUA_TRANSITION_TIMEOUT):
@@ -294,9 +295,10 @@ class PathGroup:
             state = path.alua_state
             if state != path.alua_seen:
                 changed = True
-                if state is not None:
+                group = path.device.alua
+                if state is not None and group is not None:
                     log.info("%s: path %s is %s (target port group %d)", self.name, path,
-                             path.device.alua.state_label, path.device.alua.group)
+                             group.state_label, group.group)
                 path.alua_seen = state
         ordered = self._ordered()
         active = ordered[0] if ordered else None
@@ -368,6 +370,11 @@ class PathGroup:
         return path.transition_since
 
     # -- choosing a path --------------------------------------------------------------------
+    @property
+    def logged_in(self) -> bool:
+        """Some path can take commands now (``device.DeviceSession``)."""
+        return any(p.healthy for p in self.paths)
+
     def active_path(self) -> Path | None:
         """The path the next command goes to with ``failover`` (with ``round-robin``, the
         first of the best usable ones)."""
@@ -586,8 +593,8 @@ class MultipathDevice(Lun):
     def policy(self) -> str:
         return self.group.policy
 
-    @property
-    def alua(self) -> bool:     # type: ignore[override]
+    @property  # type: ignore[override]
+    def alua(self) -> bool:
         """Path priorities come from ALUA (the status file's hwhandler '1 alua')."""
         return self.group.alua
 

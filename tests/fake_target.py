@@ -93,7 +93,8 @@ class FakeTarget:
     ``on_tmf(conn, req) -> list of PDUs``: answers to task management requests (none by
     default: a target that ignores them). ``on_data_out(conn, pdu) -> list of PDUs``: answers
     to Data-Out PDUs (none by default). ``hang_login_after=N``: connections after the N-th
-    get no login answer at all. ``window``: the command window of new connections.
+    get no login answer at all. ``answer_nops=False``: pings get no answer. ``window``: the
+    command window of new connections.
     ``received`` records every PDU as (connection number, PDU), ``command_times`` when each
     SCSI command arrived; ``live`` the open connections.
     """

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iscsifs.core import isns as I
-from iscsifs.core.discovery import DiscoveredTarget, Portal
+from iscsifs.core.discovery import DiscoveredTarget
+from iscsifs.core.names import Portal
 from iscsifs.errors import LocalProtocolError, RemoteProtocolError
 
 INI = "iqn.2026-11.org.iscsifs.test:initiator"

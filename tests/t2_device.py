@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from fake_target import FakeTarget, good_read
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import DataIn, ScsiResponse
 from iscsifs.device import DEFAULT_MAX_COMMAND, Lun, choose_provisioning, granule_range
 from iscsifs.errors import NoSpace, NotSupported, SessionFailed

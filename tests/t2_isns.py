@@ -11,10 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from iscsifs.cli.common import exit_code
 from iscsifs.core import isns as I
-from iscsifs.core.discovery import DiscoveredTarget, Portal
+from iscsifs.core.discovery import DiscoveredTarget
+from iscsifs.core.names import Portal
 from iscsifs.errors import ConnectionLost, IsnsError
+from iscsifs.exits import exit_code
 from iscsifs.net.isns import isns_discover
 from iscsifs.net.util import unwrap_group
 

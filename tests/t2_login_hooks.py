@@ -15,7 +15,7 @@ import trio.testing
 
 from fake_target import FakeTarget, good_read
 from helpers import CONN_FAILED, _session_log
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import ConnectionLost, NoSuchDevice, PathFailed
 from iscsifs.net.session import Session, Timeouts
 

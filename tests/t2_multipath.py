@@ -17,7 +17,7 @@ import trio.testing
 
 from fake_target import FakeTarget, good_read, good_status
 from helpers import CONN_FAILED
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import ScsiResponse
 from iscsifs.device import Lun
 from iscsifs.errors import SessionFailed
@@ -209,12 +209,14 @@ async def test_no_path_waits_at_most_no_path_retry_then_fails(nursery, autojump_
         await tb.live[1].close()
     assert 10 - 1e-6 <= failed["at"] - start <= 10 + 1e-6
     assert "no path is available (none for 10 s)" in str(failed["error"])
+    assert not mdev.session.logged_in and not sa.logged_in     # DeviceSession's state
     with pytest.raises(SessionFailed):          # past the limit: fail at once
         await mdev.read(0, 512)
     assert trio.current_time() == failed["at"]
     held["b"] = False
     tb.hang_login_after = None
     await wait_logged_in(sb)
+    assert mdev.session.logged_in                       # one path is enough
     assert await mdev.read(0, 512) == disk.data[:512]
     await close(mdev, sa, sb)
 

@@ -17,7 +17,7 @@ from helpers import (ABORT_REFUSED, CONN_FAILED, ENDED_BY_LU_RESET, NO_CMDSN, RE
                      RECOVERY_FAILED, REPLACEMENT_EXPIRED, TMF_UNANSWERED)
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
                                      TMF_TARGET_WARM_RESET)
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import (AsyncMessage, LogoutRequest, NopIn, NopOut, Reject,
                               ScsiResponse, TaskManagementRequest, TextRequest, encode)
 from iscsifs.core.state import SessionState
@@ -874,4 +874,28 @@ async def test_relogin_attempts_back_off_from_half_a_second_to_five(nursery, aut
               if type(p).__name__ == "LoginRequest" and p.csg == 0][1:]
     # at once, then after 0.5, 1, 2, 4 s and then every 5 s (RETRY_CAP)
     assert starts[:8] == pytest.approx([0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5, 22.5], abs=EPS)
+    await session.close()
+
+
+async def test_noop_out_timeout_0_never_fails_the_connection(nursery, autojump_clock):
+    """noop_out_timeout=0 (docs/mount-options.md): a ping still goes out after
+    noop_out_interval of silence, but one that gets no answer is waited for without limit,
+    so pings never fail the connection (noop_out_interval=0 sends none at all)."""
+    def pings(target: FakeTarget) -> list[NopOut]:
+        return [p for _, p in target.received if isinstance(p, NopOut) and p.itt != 0xFFFFFFFF]
+
+    target = FakeTarget(answer_nops=False, on_command=lambda conn, cmd: good_read(
+        conn, cmd, PAYLOAD))
+    session = await open_session(target, nursery, noop_out_interval=5, noop_out_timeout=0)
+    states = []
+    session.listeners.append(lambda s: states.append(s.session_state))
+    await trio.sleep(3600)
+    assert session.session_state is SessionState.LOGGED_IN and states == []
+    assert len(pings(target)) == 1 and target.connections == 1
+    assert await read(session) == PAYLOAD
+    await session.close()
+    quiet = FakeTarget(answer_nops=False)
+    session = await open_session(quiet, nursery, noop_out_interval=0, noop_out_timeout=5)
+    await trio.sleep(3600)
+    assert session.session_state is SessionState.LOGGED_IN and pings(quiet) == []
     await session.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ import pyfuse3
 import pytest
 import trio
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.device import Provisioning
 from iscsifs.errors import ConnectionLost
 from iscsifs.fs.ops import Operations
@@ -333,7 +334,7 @@ async def test_statfs():
 
 # -- by-path names and capacity changes ---------------------------------------------------
 def test_by_path_names_ipv6_and_parse():
-    from iscsifs.core.discovery import Portal
+    from iscsifs.core.names import Portal
     from iscsifs.fs.namespace import BY_PATH_RE
     from iscsifs.fs.render import by_path_name
     name = by_path_name("iqn.2026-11.org.example:disk-lun-1", Portal("::1", 3260), 3)
@@ -352,7 +353,7 @@ def test_unit_attention_capacity_change_rereads_size():
     from fs_fake import DISK1, FakeInitiator, standard_targets
     from iscsifs.fs.ops import Operations
     from iscsifs.fs.tree import Tree
-    from iscsifs.core.discovery import Portal
+    from iscsifs.core.names import Portal
 
     async def main():
         targets = standard_targets()
@@ -598,3 +599,43 @@ async def test_rmdir_of_the_only_target_behind_an_open_by_id_file_is_ebusy(tmp_p
     assert await ops.read(fh, 0, 5) == b"still"
     await ops.release(fh)
     await ops.rmdir(targets2.st_ino, DISK1.encode(), None)
+
+
+@pytest.mark.expect_log("discovery at 127.0.0.1:3260 failed", logger="iscsifs.fs.namespace")
+async def test_a_discovery_failure_is_one_warning_per_portal_not_one_per_listing(tmp_path,
+                                                                                 caplog):
+    """A portal whose discovery fails (a wrong discovery secret, say) lists its node records;
+    the failure was a WARNING at every listing, and twice at mount time (the mount's own
+    discovery said it, then login=automatic's listing again). Now: once per failure, DEBUG
+    when the same failure repeats or the mount already said it; news again after a success."""
+    from iscsifs.config.nodedb import NodeDB
+    from iscsifs.errors import AuthenticationError
+    from iscsifs.fs.records import NodeRecords
+    db = NodeDB(str(tmp_path))
+    db.add(DISK1, PORTAL)
+    fake = FakeInitiator(standard_targets())
+    ops = Operations(fake, Tree([PORTAL]), initiator_name="iqn.2016-04.com.open-iscsi:ab",
+                     records=NodeRecords(db))
+    tdir = ops.tree.targets_dir(PORTAL)
+    refused = AuthenticationError("authentication failure (status 0x0201)").located(
+        "discovery at 127.0.0.1:3260")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "iscsifs.fs.namespace"
+                and r.levelname == "WARNING"]
+
+    caplog.set_level(logging.DEBUG, logger="iscsifs.fs.namespace")
+    fake.discover_error = refused
+    assert ops.namespace.discovery_failed(PORTAL, refused)      # the mount said it: news
+    for _ in range(3):
+        await ops.namespace.populate(tdir)
+        assert [n.target for n in ops.tree.children(tdir)] == [DISK1]
+    assert warnings() == []
+    fake.discover_error = None
+    await ops.namespace.populate(tdir)                   # discovery works again
+    fake.discover_error = refused
+    await ops.namespace.populate(tdir)
+    await ops.namespace.populate(tdir)
+    assert warnings() == ["discovery at 127.0.0.1:3260 failed (authentication failed for "
+                          "discovery at 127.0.0.1:3260: authentication failure (status "
+                          "0x0201)); listing its 1 node record(s)"]

@@ -10,11 +10,11 @@ import pyfuse3
 import pytest
 import trio
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.keys import NegotiatedParams
 from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.fs import errno_map, render
-from iscsifs.core.discovery import valid_iscsi_name
+from iscsifs.core.names import valid_iscsi_name
 from iscsifs.fs.tree import Kind, Tree
 from iscsifs.initiator import LunEntry, SessionInfo, Timeouts
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from helpers import CONN_FAILED, REPLACEMENT_EXPIRED
-from iscsifs.core.discovery import parse_portal
+from iscsifs.core.names import parse_portal
 from iscsifs.core.keys import LoginParams
 from iscsifs.device import Lun, NoSpace
 from iscsifs.errors import LoginError, SessionFailed

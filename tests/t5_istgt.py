@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import ok, one_error_line, run_iscsifs, wait_for
-from t5_mount import HELPER
+from helpers import ok, one_error_line, run_iscsifs
+from mounting import mount as mount_helper
+from mounting import unmount
 
 from iscsifs_testbed.istgt import Istgt, missing_requirements
 from iscsifs_testbed.tgtd import MiB
@@ -56,19 +56,9 @@ def backing(istgt: Istgt, name: str, lun: int) -> Path:
 
 
 def mount(istgt: Istgt, tmp_path: Path, *options: str) -> Path:
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    opts = ",".join((f"initiator_name={INI}", f"config_dir={tmp_path / 'cfg'}",
-                     f"logfile={tmp_path / 'mount.log'}") + options)
-    r = subprocess.run([sys.executable, str(HELPER), istgt.portal, str(mp), "-o", opts],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return mp
-
-
-def unmount(mp: Path) -> None:
-    subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, timeout=30)
-    assert wait_for(lambda: not os.path.ismount(mp), 20)
+    return mount_helper(tmp_path / "mnt", istgt.portal, f"initiator_name={INI}",
+                        f"config_dir={tmp_path / 'cfg'}", f"logfile={tmp_path / 'mount.log'}",
+                        *options, timeout=60).path
 
 
 def test_discovery(istgt, tmp_path):

@@ -15,14 +15,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from helpers import wait_for
-from t5_mount import HELPER
+from mounting import run_helper, unmount
 from iscsifs_testbed.tgtd import MiB
 
 pytestmark = pytest.mark.integration
@@ -101,8 +99,7 @@ def test_fio_verify_survives_losing_each_path_in_turn(two_portals, cutter, fuse_
     log = tmp_path / "daemon.log"
     opts = (f"initiator_name={INITIATOR},logfile={log},noop_out_interval=1,"
             f"noop_out_timeout=1,login_timeout=3,replacement_timeout=30,multipath={policy}")
-    r = subprocess.run([sys.executable, str(HELPER), f"{first},{second}", str(mp), "-v",
-                        "-o", opts], capture_output=True, text=True, timeout=60)
+    r = run_helper(f"{first},{second}", mp, "-v", "-o", opts)
     assert r.returncode == 0, r.stderr
     fio = None
     try:
@@ -176,6 +173,4 @@ def test_fio_verify_survives_losing_each_path_in_turn(two_portals, cutter, fuse_
             fio.kill()
             fio.wait(30)
         cutter.restore()
-        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, timeout=30)
-        assert wait_for(lambda: not os.path.ismount(mp), timeout=30)
-        assert wait_for(lambda: not tgtd.show_connections(1), timeout=20)
+        unmount(mp, tgtd, [1], timeout=30)

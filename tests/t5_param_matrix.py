@@ -18,15 +18,12 @@ axes, instead of the 32 of the full product. With 512-byte data segments and 4 K
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from helpers import wait_for
-from t5_mount import HELPER
+from mounting import run_helper, unmount
 
 from iscsifs_testbed.tgtd import MiB
 
@@ -80,8 +77,7 @@ def test_fio_verify_with_negotiated_parameters(row, fresh_target, fuse_available
     options = [f"initiator_name={INI}", f"config_dir={cfg}", f"logfile={tmp_path / 'log'}"]
     if digests:
         options += ["header_digest=crc32c", "data_digest=crc32c"]
-    r = subprocess.run([sys.executable, str(HELPER), info.portal, str(mp), "-o",
-                        ",".join(options)], capture_output=True, text=True, timeout=60)
+    r = run_helper(info.portal, mp, "-o", ",".join(options))
     assert r.returncode == 0, r.stderr
     try:
         tdir = mp / "portals" / info.portal / "targets" / info.iqn
@@ -118,5 +114,4 @@ def test_fio_verify_with_negotiated_parameters(row, fresh_target, fuse_available
             assert int(counters["dataout_pdus"]) > 0  # not all of it immediate data
         subprocess.run(["cmp", str(raw), str(info.luns[1].path)], check=True, timeout=60)
     finally:
-        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, timeout=30)
-        assert wait_for(lambda: not os.path.ismount(mp), 20)
+        unmount(mp)

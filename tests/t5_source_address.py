@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import ok, one_error_line, run_iscsifs, wait_for
-from t5_mount import HELPER
+from helpers import ok, one_error_line, run_iscsifs
+from mounting import run_helper
+from mounting import unmount as unmount_mp
 
 from iscsifs_testbed.tgtd import MiB
 
@@ -36,14 +36,11 @@ def mount(tmp_path: Path, portal: str, name: str, *options: str) -> subprocess.C
     mp.mkdir()
     opts = ",".join((f"initiator_name={INITIATOR}", f"config_dir={tmp_path / 'cfg'}",
                      f"logfile={tmp_path / (name + '.log')}") + options)
-    return subprocess.run([sys.executable, str(HELPER), portal, str(mp), "-o", opts],
-                          capture_output=True, text=True, timeout=60)
+    return run_helper(portal, mp, "-o", opts)
 
 
 def unmount(mp: Path) -> None:
-    if os.path.ismount(mp):
-        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, timeout=30)
-    assert wait_for(lambda: not os.path.ismount(mp), 20)
+    unmount_mp(mp)
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from typing import Any
 
 import trio
 
-from iscsifs.cli.common import initiator_name, portal_arg, quiet_error
-from iscsifs.config.initiatorname import DEFAULT_INAME_PREFIX, iname
+from iscsifs.config.initiatorname import DEFAULT_INAME_PREFIX, choose_initiator_name, iname
 from iscsifs.config.nodedb import NodeDB
-from iscsifs.errors import EXIT_NO_OBJECTS, IscsiError, QuietError
 from iscsifs.core.isns import ISNS_PORT
+from iscsifs.errors import EXIT_NO_OBJECTS, IscsiError, QuietError
+from iscsifs.exits import portal_arg, quiet_error
 from iscsifs.net.discovery import discover as sendtargets
 from iscsifs.net.isns import isns_discover
 from iscsifs.net.session import Timeouts
@@ -27,7 +27,7 @@ from iscsifs.net.transport import tcp_connector
 
 async def discover(args: Any) -> int:
     portal = portal_arg(args.portal)
-    name, _note = initiator_name(args.initiator_name, args.config_dir)
+    name, _note = choose_initiator_name(args.initiator_name, args.config_dir)
     chap = None
     db = None
     if not args.no_record:
@@ -55,7 +55,7 @@ async def discover_isns(args: Any) -> int:
     """``iscsifs discovery -t isns -p SERVER``: the targets and portals an iSNS server knows,
     printed and recorded as node records (``node.discovery_type = isns``) like iscsiadm."""
     server = portal_arg(args.portal, default_port=ISNS_PORT)
-    name, _note = initiator_name(args.initiator_name, args.config_dir)
+    name, _note = choose_initiator_name(args.initiator_name, args.config_dir)
     try:
         with trio.fail_after(args.timeout * 4 + 1):
             targets = await isns_discover(server, initiator_name=name, timeout=args.timeout,

@@ -24,7 +24,8 @@ import logging
 import struct
 from dataclasses import dataclass
 
-from iscsifs.core.discovery import DiscoveredTarget, Portal, printable, valid_iscsi_name
+from iscsifs.core.discovery import DiscoveredTarget
+from iscsifs.core.names import Portal, printable, valid_iscsi_name
 from iscsifs.errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ import pyfuse3
 
 from iscsifs.fs import render, xattrs
 from iscsifs.fs.backend import Backend
+from iscsifs.fs.errno_map import fail as _fail
 from iscsifs.fs.errno_map import fuse_errors
 from iscsifs.fs.namespace import NAME_MAX, Namespace
 from iscsifs.fs.records import NodeRecords
@@ -37,10 +38,6 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("direct", "page")     # mount option cache=: see docs/mount-options.md
 STATFS_BLOCK_SIZE = 4096
 RAW_BLKSIZE = 1 << 20        # st_blksize of raw: the largest request the kernel sends (1 MiB)
-
-
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
 
 
 @dataclass(eq=False)
@@ -131,9 +128,8 @@ class Operations(pyfuse3.Operations):
             assert pnode.portal is not None
             for target in self.initiator.logged_in_targets(pnode.portal):
                 info = self.initiator.session_info(target, pnode.portal)
-                sid = getattr(info, "sid", None)
-                if sid is not None:
-                    found.append((int(sid), pnode.portal, target))
+                if info is not None:
+                    found.append((info.sid, pnode.portal, target))
         return found
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.device import PrOut
 from iscsifs.fs.backend import BlockDevice, MultipathBlockDevice
 from iscsifs.fs.render import lun_facts

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -28,11 +27,12 @@ import pyfuse3
 import trio
 
 from iscsifs import __version__
-from iscsifs.cli.common import quiet_error
-from iscsifs.core.discovery import DiscoveredTarget, Portal
+from iscsifs.core.discovery import DiscoveredTarget
+from iscsifs.core.names import Portal
 from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS,
                             EXIT_TRANSPORT_FAILURE, ConnectionLost, IscsiError, QuietError,
                             SourceAddressError)
+from iscsifs.exits import quiet_error
 from iscsifs.fs.namespace import Namespace
 from iscsifs.fs.ops import Operations
 from iscsifs.fs.records import NodeRecords
@@ -62,20 +62,18 @@ def fuse_options(opts: MountOptions) -> set[str]:
 async def check_portal_tcp(portal: Portal, timeout: float,
                            source_address: str | None = None) -> None:
     """The portal answers a TCP connect (from ``source_address`` when given) within
-    timeout, or QuietError (exit 7 when the source address cannot be used here)."""
+    timeout, or QuietError: exit 7 when the source address cannot be used here, else exit 4
+    in the words every command uses for it (``net.transport``'s connectors)."""
     try:
         with trio.fail_after(timeout):
             sock = await tcp_connector(source_address)(portal)
     except trio.TooSlowError:
-        raise QuietError(f"cannot connect to portal {portal.address}: no answer in "
-                         f"{timeout:g} s", EXIT_TRANSPORT_FAILURE) from None
+        raise QuietError(f"cannot connect to {portal.address}: no answer in {timeout:g} s",
+                         EXIT_TRANSPORT_FAILURE) from None
     except SourceAddressError as exc:
         raise QuietError(f"portal {portal.address}: {exc}", EXIT_INVALID_ARGUMENT) from None
     except ConnectionLost as exc:
-        reason = (os.strerror(exc.errno) if exc.errno else
-                  str(exc).removeprefix(f"cannot connect to {portal.host}:{portal.port}: "))
-        raise QuietError(f"cannot connect to portal {portal.address}: {reason}",
-                         EXIT_TRANSPORT_FAILURE) from None
+        raise QuietError(str(exc), EXIT_TRANSPORT_FAILURE) from None
     sock.close()
 
 
@@ -269,6 +267,10 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
         else:
             initiator = backend(opts, initiator_name, nursery)
         stack.push_async_callback(logout_all, initiator)
+        tree = Tree(opts.portals)
+        ops = Operations(initiator, tree, initiator_name=initiator_name,
+                         read_only=opts.read_only, cache=opts.cache,
+                         records=config.records, kernel_notify=True)
         for portal in opts.portals if not opts.nodiscovery else ():
             try:
                 with trio.fail_after(login_timeout + 5):
@@ -286,10 +288,9 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
                 log.warning("%s", message)
                 if warn is not None:
                     warn(message)
-        tree = Tree(opts.portals)
-        ops = Operations(initiator, tree, initiator_name=initiator_name,
-                         read_only=opts.read_only, cache=opts.cache,
-                         records=config.records, kernel_notify=True)
+                # said: the listings that follow (login= below, the first ls) fall back the
+                # same way and must not say it again, once per listing
+                ops.namespace.discovery_failed(portal, exc)
         # login + LUN scan of one target, each bounded by login_timeout
         await login_at_mount(ops.namespace, config.records, opts.login, opts.portals,
                              2 * login_timeout, warn)

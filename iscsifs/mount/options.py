@@ -18,12 +18,14 @@ import stat
 from dataclasses import dataclass, field
 
 from iscsifs import __version__
-from iscsifs.cli.common import SYSLOG, iscsifs_mounts, portal_arg
 from iscsifs.config.locations import default_config_dir
-from iscsifs.core.discovery import Portal
 from iscsifs.core.isns import ISNS_PORT
+from iscsifs.core.names import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.exits import portal_arg
 from iscsifs.fs.ops import CACHE_MODES
+from iscsifs.logs import SYSLOG
+from iscsifs.mounttable import iscsifs_mounts
 from iscsifs.multipath import POLICIES as MULTIPATH_POLICIES
 
 PROG = "mount.iscsifs"
@@ -91,6 +93,9 @@ options (-o, comma separated; later ones win):
                            to nothing; the rest logs in on first use
   login_timeout=S logout_timeout=S noop_out_interval=S noop_out_timeout=S
   replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
+                           0: noop_out_interval sends no NOP-Out, noop_out_timeout waits for
+                           its answer without limit (no ping ever fails a connection),
+                           command_timeout has no limit; replacement_timeout<0: for ever
   abort_timeout=S lu_reset_timeout=S tgt_reset_timeout=S   error recovery steps (seconds)
   header_digest=V data_digest=V                V: none | crc32c | crc32c+none | none+crc32c
   isns=HOST[:PORT]         find targets and portals through this iSNS server (port 3205
@@ -104,7 +109,10 @@ options (-o, comma separated; later ones win):
   alua_transition_timeout=S   by-id files: how long commands wait for a path in an ALUA
                            transition (default 60)
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
-  _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
+  _netdev noauto auto nofail user users nouser owner group defaults loud silent x-*
+  comment=*                fstab bookkeeping: ignored
+  relatime norelatime strictatime nostrictatime lazytime nolazytime diratime nodiratime
+  iversion noiversion mand nomand      ignored (libfuse refuses them; relatime is the default)
 flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
 In the foreground the log goes to stderr unless logfile= is given. See mount.iscsifs(8).
 """

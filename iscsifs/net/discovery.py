@@ -7,8 +7,9 @@ import logging
 import trio
 
 from ..core.chap import ChapCredentials
-from ..core.discovery import (DISCOVERY_MAX_RECV, DiscoveredTarget, Portal, parse_sendtargets,
+from ..core.discovery import (DISCOVERY_MAX_RECV, DiscoveredTarget, parse_sendtargets,
                               sendtargets_request)
+from ..core.names import Portal
 from ..core.keys import LoginParams
 from .session import Session, Timeouts
 from .transport import Connector, open_tcp

@@ -15,10 +15,11 @@ import secrets
 
 import trio
 
-from ..core.discovery import DiscoveredTarget, Portal
+from ..core.discovery import DiscoveredTarget
 from ..core.isns import (IsnsDecoder, IsnsRequest, IsnsResponse, Status,
                          deregister_initiator, encode, query_targets, register_initiator,
                          status_text, targets_from_response)
+from ..core.names import Portal
 from ..errors import ConnectionLost, IsnsError, RemoteProtocolError
 from .transport import Connector, open_tcp
 

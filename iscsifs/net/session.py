@@ -55,7 +55,7 @@ from ..core.chap import ChapCredentials
 from ..core.connection import (AsyncEventReceived, Connection, LogoutComplete, NopReceived,
                                RejectReceived, TaskComplete, TaskFailed,
                                TaskManagementComplete, TextComplete)
-from ..core.discovery import Portal, parse_portal, printable
+from ..core.names import Portal, parse_portal, printable
 from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
 from ..core.pdu import AsyncMessage, LoginResponse

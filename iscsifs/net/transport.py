@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Iterable
 
 import trio
 
-from ..core.discovery import Portal
+from ..core.names import Portal
 from ..core.pdu import RECEIVE_CHUNK, PduDecoder, encode, summary
 from ..errors import ConnectionLost, SourceAddressError, os_errno, os_reason
 
@@ -46,11 +46,9 @@ async def open_tcp(portal: Portal) -> socket.socket:
     try:
         stream = await trio.open_tcp_stream(portal.host, portal.port)
     except OSError as exc:
-        reason = os_reason(exc)
-        if isinstance(exc, socket.gaierror):
-            reason = f"cannot resolve {portal.host}"
-        raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}",
-                             errno=os_errno(exc)) from None
+        # the words every command uses for a portal it cannot reach (mount.iscsifs's check too)
+        raise ConnectionLost(f"cannot connect to {portal.address}: "
+                             f"{os_reason(exc, portal.host)}", errno=os_errno(exc)) from None
     return _plain_socket(stream.socket)
 
 
@@ -71,7 +69,7 @@ async def open_tcp_from(portal: Portal, source_address: str) -> socket.socket:
     """Connect to a portal from ``source_address`` (bound before connecting, as open-iscsi's
     ``iface.ipaddress``): the portal's addresses of that family are tried in turn.
     SourceAddressError if the address cannot be bound here, ConnectionLost otherwise."""
-    where = f"{portal.host}:{portal.port}"
+    where = portal.address
     try:
         family = source_family(source_address)
     except ValueError:
@@ -110,7 +108,7 @@ async def open_tcp_from(portal: Portal, source_address: str) -> socket.socket:
         return _plain_socket(sock)
     assert last is not None
     raise ConnectionLost(f"cannot connect to {where} from {source_address}: "
-                         f"{os_reason(last)}", errno=os_errno(last))
+                         f"{os_reason(last, portal.host)}", errno=os_errno(last))
 
 
 def tcp_connector(source_address: str | None = None) -> Connector:
