@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import trio
 
+from .core.connection import TaskComplete
 from .errors import (IscsiError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
                      leaf_exceptions)
 from .scsi import cdb as scsi_cdb
@@ -91,6 +92,23 @@ def _not_supported(exc: ScsiError, what: str) -> NotSupported | None:
                                                                                   0x26):
         return None
     return NotSupported(f"{what}: not supported by the LUN ({exc})")
+
+
+class DeviceSession(Protocol):
+    """What a ``Lun`` needs of its session: ``net.session.Session`` (one session to the
+    target) and ``multipath.PathGroup`` (the paths of one logical unit) both are one, and
+    mypy checks that they are (``tests/t2_device_contract.py``)."""
+
+    @property
+    def logged_in(self) -> bool:
+        """Commands can go out now (a path group: on at least one path)."""
+
+    async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0,
+                      read_buffer: bytearray | memoryview | None = None,
+                      write_data: bytes | bytearray | memoryview | None = None
+                      ) -> TaskComplete:
+        """Run one SCSI command: its result on GOOD status, ``ScsiError`` otherwise;
+        ``SessionFailed`` / ``CommandTimeout`` (and the like) when it could not run."""
 
 
 @dataclass(frozen=True)
@@ -225,12 +243,17 @@ async def read_identity(session, lun: int, **kw) -> tuple[scsi_parse.Inquiry, li
 
 class _Guarded:
     """What ``execute_retrying`` and ``read_data`` see as the session of a ``Lun``: its
-    guarded ``execute``."""
+    guarded ``execute`` (a ``DeviceSession`` too)."""
 
-    __slots__ = ("execute",)
+    __slots__ = ("execute", "_device")
 
     def __init__(self, device: "Lun"):
         self.execute = device.execute
+        self._device = device
+
+    @property
+    def logged_in(self) -> bool:
+        return self._device.session.logged_in
 
 
 class _RangeLock:
@@ -258,7 +281,8 @@ class _RangeLock:
 class Lun:
     """A block device behind a session; create with :meth:`open`."""
 
-    def __init__(self, session, lun: int, max_command_bytes: int = DEFAULT_MAX_COMMAND):
+    def __init__(self, session: DeviceSession, lun: int,
+                 max_command_bytes: int = DEFAULT_MAX_COMMAND):
         self.session = session
         self.lun = lun
         self.block_size = 512
@@ -294,7 +318,7 @@ class Lun:
         self._via = _Guarded(self)
 
     @classmethod
-    async def open(cls, session, lun: int, found=None,
+    async def open(cls, session: DeviceSession, lun: int, found=None,
                    max_command_bytes: int = DEFAULT_MAX_COMMAND) -> Lun:
         """Probe LUN ``lun`` of ``session``; ``found`` is what ``read_identity`` read of it
         already (None: read it)."""
@@ -504,6 +528,13 @@ class Lun:
         except ScsiError:
             cap = scsi_parse.parse_read_capacity10(
                 await self._read_bytes(scsi_cdb.read_capacity10(), 8))
+            if cap.needs_16:
+                # SBC-3 §5.15.2: FFFFFFFFh means the capacity does not fit in (10); only (16)
+                # can say it, so ask it again (its error is the answer: never a guessed size)
+                log.info("LUN %d: READ CAPACITY(10) says more than 2**32 blocks; asking "
+                         "READ CAPACITY(16) again", self.lun)
+                cap = scsi_parse.parse_read_capacity16(
+                    await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
         self.lbpme, self.lbprz = cap.lbpme, cap.lbprz
         self.block_size = cap.block_size
         self.num_blocks = cap.num_blocks
@@ -520,28 +551,46 @@ class Lun:
 
     # ------------------------------------------------------------------ data path
     async def _rw(self, lba: int, view, write: bool) -> None:
-        """One READ or WRITE of the whole blocks in ``view``, retried after UNIT ATTENTION."""
-        blocks = len(view) // self.block_size
-        if write:
-            cdb = scsi_cdb.write(lba, blocks)
-            kw = {"write_data": view}
-        else:
-            cdb = scsi_cdb.read(lba, blocks)
-            kw = {"read_length": len(view), "read_buffer": view}
-        inflight = self.inflight
-        inflight[write] += 1
-        if inflight[write] > self.max_inflight[write]:
-            self.max_inflight[write] = inflight[write]
-        try:
-            await self.execute(self.lun, cdb, **kw)
-        except ScsiError as exc:
-            if not is_unit_attention(exc):
-                self._not_supported(exc)
-                raise
-            self._unit_attention(exc)
-            await self.command(cdb, **kw)
-        finally:
-            inflight[write] -= 1
+        """One READ or WRITE of the whole blocks in ``view``, retried after UNIT ATTENTION.
+        An underflow (GOOD, but fewer bytes moved) is retried for the remaining blocks while
+        each answer moves at least one; one that moves none fails: a block that was not
+        read is never taken as data, and one that was not written is never taken as done."""
+        bs = self.block_size
+        while True:
+            blocks = len(view) // bs
+            if write:
+                cdb = scsi_cdb.write(lba, blocks)
+                kw = {"write_data": view}
+            else:
+                cdb = scsi_cdb.read(lba, blocks)
+                kw = {"read_length": len(view), "read_buffer": view}
+            inflight = self.inflight
+            inflight[write] += 1
+            if inflight[write] > self.max_inflight[write]:
+                self.max_inflight[write] = inflight[write]
+            try:
+                result = await self.execute(self.lun, cdb, **kw)
+            except ScsiError as exc:
+                if not is_unit_attention(exc):
+                    self._not_supported(exc)
+                    raise
+                self._unit_attention(exc)
+                result = await self.command(cdb, **kw)
+            finally:
+                inflight[write] -= 1
+            short = result.residual_count if result.underflow else 0
+            if short <= 0:
+                return
+            done = (len(view) - short) // bs
+            what = "WRITE" if write else "READ"
+            if done <= 0:
+                raise RemoteProtocolError(
+                    f"LUN {self.lun}: {what} of {blocks} blocks at LBA {lba} moved "
+                    f"{len(view) - short} bytes (underflow); not retrying for ever")
+            log.info("LUN %d: %s of %d blocks at LBA %d moved %d of them; sending the rest "
+                     "again", self.lun, what, blocks, lba, done)
+            lba += done
+            view = view[done * bs:]
 
     async def _transfer(self, lba: int, view: memoryview, write: bool) -> None:
         """READ into / WRITE from ``view`` (whole blocks at ``lba``), in commands of at most
@@ -817,7 +866,8 @@ class Lun:
                 start += n
 
 
-async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=None, **kw):
+async def execute_retrying(session: DeviceSession, lun: int, cdb: bytes, *,
+                           on_unit_attention=None, **kw) -> TaskComplete:
     """``session.execute`` retried after UNIT ATTENTION, which reports one condition and does
     not run the command (capacity changed, LUNs changed, power on / reset, ...)."""
     for attempt in range(UA_RETRIES + 1):
@@ -836,7 +886,7 @@ async def execute_retrying(session, lun: int, cdb: bytes, *, on_unit_attention=N
     raise AssertionError("unreachable")
 
 
-async def read_data(session, lun: int, cdb: bytes, alloc: int, *,
+async def read_data(session: DeviceSession, lun: int, cdb: bytes, alloc: int, *,
                     on_unit_attention=None, **kw: Any) -> bytes:
     """Run a data-in command with an ``alloc``-byte buffer; return the bytes that arrived.
     ``kw`` goes to ``session.execute`` (``fail_fast``, ``setup``)."""

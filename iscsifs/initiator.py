@@ -28,15 +28,18 @@ from typing import Callable, Sequence
 import trio
 
 from .core.chap import ChapCredentials
-from .core.discovery import DiscoveredTarget, Portal
+from .core.discovery import DiscoveredTarget
+from .core.names import Portal
 from .core.keys import LoginParams, NegotiatedParams
 from .core.pdu import AsyncMessage, decode_lun
+from .core.state import ConnectionState, SessionState
 from .device import DEFAULT_MAX_COMMAND, Identity, Lun, read_data, read_identity
 from .errors import IscsiError, LoggedOut, RemoteProtocolError
 from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
+from .net.isns import isns_discover
 from .net.session import Session, Timeouts
-from .net.transport import Connector, open_tcp
+from .net.transport import Connector, open_tcp, tcp_connector
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.sense import ScsiError, is_capacity_changed, is_luns_changed, parse_sense
@@ -71,8 +74,8 @@ class SessionInfo:
     sid: int
     initiator_name: str
     local_address: str
-    connection_state: str
-    session_state: str
+    connection_state: ConnectionState
+    session_state: SessionState
     timeouts: Timeouts
     chap_username: str | None
     chap_username_in: str | None
@@ -93,6 +96,7 @@ class NodeOptions:
     timeouts: Timeouts | None = None
     queue_depth: int | None = None
     cmds_max: int | None = None
+    source_address: str | None = None     # iface.ipaddress: bind every connection to it
 
 
 def _key(target: str, portal: Portal) -> tuple[str, str, int]:
@@ -125,7 +129,10 @@ class Initiator:
                  sid_source: Callable[[], int] | None = None,
                  connector: Connector = open_tcp,
                  reservation_key: int | None = None, reservation_aptpl: bool = False,
-                 alua_transition_timeout: float = ALUA_TRANSITION_TIMEOUT):
+                 alua_transition_timeout: float = ALUA_TRANSITION_TIMEOUT,
+                 source_address: str | None = None,
+                 isns_server: Portal | None = None,
+                 isns_answer: list[DiscoveredTarget] | None = None):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -143,6 +150,17 @@ class Initiator:
         # session IDs for new sessions (the mount's are unique machine-wide); None: per process
         self.sid_source = sid_source
         self.connector = connector      # how sessions reach a portal (tests: a socketpair)
+        # local address every connection is bound to (source_address=, iface.ipaddress);
+        # a node record's iface.ipaddress wins for that node's sessions
+        self.source_address = source_address
+        # iSNS: the portals it reported list the targets it reports there (no SendTargets);
+        # its answer is cached like a SendTargets answer (isns_answer: one already had)
+        self.isns_server = isns_server
+        self._isns: tuple[float, list[DiscoveredTarget]] | None = None
+        self._isns_addresses: set[tuple[str, int]] = set()
+        self._isns_lock = trio.Lock()
+        if isns_answer is not None:
+            self._set_isns(isns_answer)
         self._nursery = nursery
         self._discovered: dict[tuple[str, int], tuple[float, list[DiscoveredTarget]]] = {}
         self._discovery_locks: dict[tuple[str, int], trio.Lock] = {}
@@ -163,9 +181,39 @@ class Initiator:
         self.luns_listeners: list[LunsListener] = []
 
     # ------------------------------------------------------------------ discovery
+    def _set_isns(self, targets: list[DiscoveredTarget]) -> None:
+        self._isns = (trio.current_time(), targets)
+        self._isns_addresses.update((p.host, p.port) for t in targets for p in t.portals)
+
+    async def isns_targets(self, *, refresh: bool = False) -> list[DiscoveredTarget]:
+        """What the iSNS server reports (every target and its portals); cached for
+        DISCOVERY_TTL seconds unless ``refresh``."""
+        assert self.isns_server is not None
+        async with self._isns_lock:
+            cached = self._isns
+            if cached and not refresh and trio.current_time() - cached[0] < DISCOVERY_TTL:
+                return cached[1]
+            targets = await isns_discover(self.isns_server, initiator_name=self.initiator_name,
+                                          timeout=self.timeouts.login,
+                                          connector=tcp_connector(self.source_address))
+            self._set_isns(targets)
+            return targets
+
+    def is_isns_portal(self, portal: Portal) -> bool:
+        """Did the iSNS server report this portal (its listing comes from iSNS)?"""
+        return (portal.host, portal.port) in self._isns_addresses
+
     async def discover(self, portal: Portal, *, refresh: bool = False) -> list[DiscoveredTarget]:
-        """SendTargets at ``portal``; cached for DISCOVERY_TTL seconds unless ``refresh``."""
+        """The targets at ``portal``: what the iSNS server reports there for a portal it
+        reported, else SendTargets; cached for DISCOVERY_TTL seconds unless ``refresh``."""
         key = (portal.host, portal.port)
+        if self.isns_server is not None and key in self._isns_addresses:
+            found = []
+            for target in await self.isns_targets(refresh=refresh):
+                here = tuple(p for p in target.portals if (p.host, p.port) == key)
+                if here:
+                    found.append(DiscoveredTarget(target.name, here))
+            return found
         lock = self._discovery_locks.setdefault(key, trio.Lock())
         async with lock:
             cached = self._discovered.get(key)
@@ -175,7 +223,8 @@ class Initiator:
                     else self.discovery_chap)
             targets = await discover(portal, initiator_name=self.initiator_name,
                                      chap=chap, timeouts=self.timeouts,
-                                     initiator_alias=self.initiator_alias)
+                                     initiator_alias=self.initiator_alias,
+                                     connector=tcp_connector(self.source_address))
             self._discovered[key] = (trio.current_time(), targets)
             if self.on_discovered is not None:
                 try:
@@ -216,7 +265,7 @@ class Initiator:
                     # identity first: nothing else goes to a LUN that may be another LU now
                     login_hooks=[self._identity_hook(_key(target, portal)),
                                  *self._login_hooks(entry)],
-                    connector=self.connector)
+                    connector=self._connector(opts.source_address))
                 entry.session.async_listeners.append(
                     lambda session, pdu, key=_key(target, portal): self._async_event(key, pdu))
                 if self._closed or self._entries.get(_key(target, portal)) is not entry:
@@ -225,6 +274,12 @@ class Initiator:
                         await entry.session.close()
                     raise self._logged_out(target, portal)
             return entry.session
+
+    def _connector(self, source_address: str | None = None) -> Connector:
+        """How a connection is made: bound to the node's source address, else the
+        initiator's, else ``self.connector`` (plain TCP; tests: a socketpair)."""
+        source = source_address or self.source_address
+        return tcp_connector(source) if source else self.connector
 
     def _logged_out(self, target: str, portal: Portal) -> LoggedOut:
         return LoggedOut(f"{target} at {portal.address} was logged out meanwhile")

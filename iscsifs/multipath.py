@@ -47,7 +47,7 @@ from typing import Any
 
 import trio
 
-from .core.discovery import Portal
+from .core.names import Portal
 from .device import UA_RETRIES, Lun, PrOut, pr_out
 from .errors import CommandTimeout, ConnectionLost, IscsiError, NoSuchDevice, SessionFailed
 from .scsi.cdb import PrOutAction
@@ -155,7 +155,7 @@ class PathState:
     group_active: bool      # the path group I/O goes to
     dm_state: str           # active | failed
     checker_state: str      # ready | faulty
-    device_state: str       # running | blocked | offline
+    device_state: str       # SessionState.device_state: running | blocked | ...
     ios: int
     errors: int
     failures: int
@@ -167,7 +167,8 @@ class PathState:
 
 class PathGroup:
     """The paths of one logical unit and the choice among them; the ``session`` of a
-    ``MultipathDevice`` (``execute`` is all a ``Lun`` asks of its session)."""
+    ``MultipathDevice`` (a ``device.DeviceSession``: ``execute`` and ``logged_in``, all a
+    ``Lun`` asks of its session)."""
 
     def __init__(self, name: str, *, policy: str = "failover", no_path_retry: float = 120,
                  alua_transition_timeout: float = ALUA_TRANSITION_TIMEOUT):
@@ -180,6 +181,7 @@ class PathGroup:
         self.alua_transition_timeout = alua_transition_timeout
         self.paths: list[Path] = []
         self.switches = 0           # times the active path changed
+        self.last: Path | None = None   # the path that answered the last command
         self._active: Path | None = None
         self._turn = 0
         self._no_path_since: float | None = None
@@ -219,6 +221,8 @@ class PathGroup:
         for path in [p for p in self.paths if match(p)]:
             self._unwatch(path)
             self.paths.remove(path)
+            if self.last is path:
+                self.last = None
             log.info("%s: path %s removed", self.name, path)
         self.update()
 
@@ -291,9 +295,10 @@ class PathGroup:
             state = path.alua_state
             if state != path.alua_seen:
                 changed = True
-                if state is not None:
+                group = path.device.alua
+                if state is not None and group is not None:
                     log.info("%s: path %s is %s (target port group %d)", self.name, path,
-                             path.device.alua.state_label, path.device.alua.group)
+                             group.state_label, group.group)
                 path.alua_seen = state
         ordered = self._ordered()
         active = ordered[0] if ordered else None
@@ -365,6 +370,11 @@ class PathGroup:
         return path.transition_since
 
     # -- choosing a path --------------------------------------------------------------------
+    @property
+    def logged_in(self) -> bool:
+        """Some path can take commands now (``device.DeviceSession``)."""
+        return any(p.healthy for p in self.paths)
+
     def active_path(self) -> Path | None:
         """The path the next command goes to with ``failover`` (with ``round-robin``, the
         first of the best usable ones)."""
@@ -462,6 +472,7 @@ class PathGroup:
                     continue
                 raise
             path.ios += 1
+            self.last = path
             if path.transition_since is not None and not path.transitioning:
                 path.transition_since = None
             return result
@@ -496,13 +507,7 @@ class PathGroup:
         out = []
         for i, path in enumerate(paths):
             healthy = path.healthy
-            session = path.session
-            if healthy:
-                device_state = "running"
-            elif session.session_state == "FREE":
-                device_state = "offline"
-            else:
-                device_state = "blocked"
+            device_state = path.session.session_state.device_state
             group = path.device.alua if path.device.tpgs else None
             state = path.alua_state
             if not healthy or state in (AluaState.UNAVAILABLE, AluaState.OFFLINE):
@@ -588,8 +593,8 @@ class MultipathDevice(Lun):
     def policy(self) -> str:
         return self.group.policy
 
-    @property
-    def alua(self) -> bool:     # type: ignore[override]
+    @property  # type: ignore[override]
+    def alua(self) -> bool:
         """Path priorities come from ALUA (the status file's hwhandler '1 alua')."""
         return self.group.alua
 
@@ -615,6 +620,17 @@ class MultipathDevice(Lun):
         """The path I/O goes to now (with ``round-robin``, the first healthy one), or None."""
         for state in self.group.states():
             if state.dm_state == "active":
+                return state
+        return None
+
+    def last_path(self) -> PathState | None:
+        """The path that answered the last command (None before the first one, or once
+        that path is gone)."""
+        last = self.group.last
+        if last is None:
+            return None
+        for state in self.group.states():
+            if (state.target, state.portal, state.lun) == (last.target, last.portal, last.lun):
                 return state
         return None
 

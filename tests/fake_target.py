@@ -18,7 +18,7 @@ from typing import Callable
 import trio
 
 from iscsifs.core.keys import decode_text, encode_text
-from iscsifs.core.pdu import (DataIn, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
+from iscsifs.core.pdu import (DataIn, DataOut, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
                               NopIn, NopOut, PduDecoder, ScsiCommand, ScsiResponse,
                               TaskManagementRequest, TaskManagementResponse, TextRequest,
                               TextResponse, encode)
@@ -36,6 +36,7 @@ class TargetConn:
     data_digest: bool = False
     logged_in: bool = False
     window: int = 32                # MaxCmdSN - ExpCmdSN + 1; 0 keeps the window shut
+    send_lock: trio.Lock = field(default_factory=trio.Lock)   # the target's and the test's
 
     async def close(self) -> None:
         """Drop the connection (as ``tgtadm --op delete --mode conn`` does)."""
@@ -56,7 +57,8 @@ class TargetConn:
                               data_digest=self.data_digest if self.logged_in else False):
                 out += buf
         out += raw
-        await self.stream.send_all(bytes(out))
+        async with self.send_lock:
+            await self.stream.send_all(bytes(out))
 
 
 def tmf_answer(conn: TargetConn, req: TaskManagementRequest, response: int = 0):
@@ -65,10 +67,13 @@ def tmf_answer(conn: TargetConn, req: TaskManagementRequest, response: int = 0):
 
 
 def good_read(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
-    """A well-formed answer to a read: one Data-In with status."""
+    """A well-formed answer to a read: one Data-In with status (and, for a payload shorter
+    than the command asked for, the underflow and its residual, RFC 7143 §11.4.5)."""
+    payload = payload[:cmd.expected_data_transfer_length]
+    short = cmd.expected_data_transfer_length - len(payload)
     return [DataIn(itt=cmd.itt, ttt=0xFFFFFFFF, lun=0, data_sn=0, buffer_offset=0,
-                   residual_count=0, final=True, acknowledge=False, overflow=False,
-                   underflow=False, status_present=True, status=0, data=payload,
+                   residual_count=short, final=True, acknowledge=False, overflow=False,
+                   underflow=short > 0, status_present=True, status=0, data=payload,
                    **conn.sns())]
 
 
@@ -86,14 +91,18 @@ class FakeTarget:
     (``sendtargets_raw``: the answer's bytes as they are, for malformed ones).
 
     ``on_tmf(conn, req) -> list of PDUs``: answers to task management requests (none by
-    default: a target that ignores them). ``hang_login_after=N``: connections after the N-th
-    get no login answer at all. ``window``: the command window of new connections.
-    ``received`` records every PDU as (connection number, PDU); ``live`` the open connections.
+    default: a target that ignores them). ``on_data_out(conn, pdu) -> list of PDUs``: answers
+    to Data-Out PDUs (none by default). ``hang_login_after=N``: connections after the N-th
+    get no login answer at all. ``answer_nops=False``: pings get no answer. ``window``: the
+    command window of new connections.
+    ``received`` records every PDU as (connection number, PDU), ``command_times`` when each
+    SCSI command arrived; ``live`` the open connections.
     """
 
     target_name: str = "iqn.2026-11.org.iscsifs.test:fake"
     on_command: Callable | None = None
     on_tmf: Callable | None = None
+    on_data_out: Callable | None = None     # (conn, DataOut) -> list of PDUs
     sendtargets: list = field(default_factory=list)
     sendtargets_raw: bytes | None = None    # the Text Response's data as is (malformed ones)
     digests: bool = False           # accept CRC32C digests when offered
@@ -103,7 +112,20 @@ class FakeTarget:
     connections: int = 0
     port: int = 0
     received: list = field(default_factory=list)
+    received_at: list = field(default_factory=list)       # trio time of each of ``received``
+    answer_nops: bool = True        # False: a target that stopped answering pings
+    command_times: list = field(default_factory=list)     # trio time of each SCSI command
     live: dict = field(default_factory=dict)
+    _reading: dict = field(default_factory=dict)    # connection number -> Event while paused
+
+    def pause_reading(self, number: int) -> None:
+        """Stop reading connection ``number`` (its sender fills the socket, then waits)."""
+        self._reading.setdefault(number, trio.Event())
+
+    def resume_reading(self, number: int) -> None:
+        event = self._reading.pop(number, None)
+        if event is not None:
+            event.set()
 
     def socketpair_connector(self, nursery: trio.Nursery):
         """A ``Session`` connector that serves each connection from this target over a
@@ -136,6 +158,9 @@ class FakeTarget:
         decoder = PduDecoder(initiator_side=False, max_data_segment_length=1 << 20)
         try:
             while True:
+                paused = self._reading.get(conn.number)
+                if paused is not None:
+                    await paused.wait()
                 data = await stream.receive_some(65536)
                 if not data:
                     return
@@ -151,12 +176,14 @@ class FakeTarget:
 
     async def _dispatch(self, conn: TargetConn, pdu, decoder: PduDecoder):
         self.received.append((conn.number, pdu))
+        self.received_at.append(trio.current_time())
         if isinstance(pdu, LoginRequest):
             if self.hang_login_after is not None and conn.number > self.hang_login_after:
                 return True         # connected, but no login answer ever
 
             return await self._login(conn, pdu, decoder)
         if isinstance(pdu, ScsiCommand):
+            self.command_times.append(trio.current_time())
             if not pdu.immediate:
                 conn.exp_cmd_sn = pdu.cmd_sn + 1
             answer = self.on_command(conn, pdu) if self.on_command else []
@@ -174,12 +201,16 @@ class FakeTarget:
                 data = encode_text(self.sendtargets)
             await conn.send(TextResponse(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, final=True,
                                          cont=False, data=data, **conn.sns()))
+        elif isinstance(pdu, DataOut):
+            answer = self.on_data_out(conn, pdu) if self.on_data_out else []
+            if answer:
+                await conn.send(*answer)
         elif isinstance(pdu, TaskManagementRequest):
             answer = self.on_tmf(conn, pdu) if self.on_tmf else []
             if answer:
                 await conn.send(*answer)
         elif isinstance(pdu, NopOut):
-            if pdu.itt != 0xFFFFFFFF:
+            if pdu.itt != 0xFFFFFFFF and self.answer_nops:
                 await conn.send(NopIn(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, data=pdu.data,
                                       **conn.sns()))
         elif isinstance(pdu, LogoutRequest):
@@ -310,3 +341,28 @@ class AluaUnit:
         target = FakeTarget(target_name=iqn, on_command=on_command)
         self.ports[name] = (group, target)
         return target
+class _BreakOnCommand(socket.socket):
+    """A socket whose first send of a SCSI Command PDU fails with EPIPE (as a send does right
+    after the target closed the connection): the break happens exactly there, whatever order
+    trio runs the tasks in."""
+
+    def sendmsg(self, buffers, *args):
+        buffers = list(buffers)
+        if buffers and len(buffers[0]) and bytes(buffers[0][:1])[0] & 0x3F == 0x01:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().sendmsg(buffers, *args)
+
+
+def breaking_connector(target: FakeTarget, nursery: trio.Nursery, broken: set):
+    """``target.socketpair_connector`` whose connections numbered in ``broken`` (1, 2, ...)
+    fail when the initiator sends its first SCSI command on them (after a good login)."""
+    base = target.socketpair_connector(nursery)
+    made = [0]
+
+    async def connect(portal):
+        made[0] += 1
+        sock = await base(portal)
+        if made[0] in broken:
+            return _BreakOnCommand(fileno=sock.detach())
+        return sock
+    return connect

@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from iscsifs.core.names import Portal
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.device import DISCARD_UNMAP, Provisioning, granule_range
 from iscsifs.errors import NoSpace, NoSuchDevice, NotSupported
 
@@ -252,6 +254,7 @@ class FakeMultipath:
         self.policy = policy
         self.paths: list[tuple[str, Any, int]] = []
         self.down: set[tuple[str, Any, int]] = set()
+        self.last: tuple[str, Any, int] | None = None
         self.switches = 0
         self.no_path_retry = 120.0
 
@@ -321,6 +324,13 @@ class FakeMultipath:
                 device_state="running" if up else "blocked", ios=0, errors=0,
                 failures=0 if up else 1, device=self.lun))
         return out
+
+    def last_path(self) -> FakePathState | None:
+        """The path the test says answered last (``last``), if it is still a path."""
+        for state in self.path_states():
+            if (state.target, state.portal, state.lun) == self.last:
+                return state
+        return None
 
     def active_path(self) -> FakePathState | None:
         for i, key in enumerate(self.paths):
@@ -421,7 +431,7 @@ class FakeInitiator:
                 seen.setdefault(e.device.wwn, dev)
         return list(seen.values())
 
-    def session_info(self, target: str, portal: Any) -> object:
+    def session_info(self, target: str, portal: Portal) -> FakeSessionInfo | None:
         if (target, portal) not in self.logged_in:
             return None
         return make_session_info(target, portal, tuple(self.targets[target]))
@@ -431,23 +441,56 @@ class FakeInitiator:
         self.logged_in.clear()
 
 
-def make_session_info(target: str, portal: Any, luns: tuple = ()) -> Any:
-    timeouts = SimpleNamespace(login=15, logout=15, noop_out_interval=5, noop_out_timeout=5,
-                               replacement_timeout=120, abort=15, lu_reset=30, tgt_reset=30,
-                               command=30)
-    params = SimpleNamespace(header_digest=True, data_digest=False,
-                             max_recv_data_segment_length=262144,
-                             max_xmit_data_segment_length=65536, first_burst_length=65536,
-                             max_burst_length=262144, immediate_data=True, initial_r2t=False,
-                             max_outstanding_r2t=1)
-    counters = {"txdata_octets": 1234, "rxdata_octets": 5678, "scsicmd_pdus": 9,
-                "scsirsp_pdus": 9, "datain_pdus": 4, "login_pdus": 2}
-    return SimpleNamespace(target=target, portal=portal, sid=3,
-                           initiator_name="iqn.2016-04.com.open-iscsi:0123456789ab",
-                           local_address="127.0.0.1", connection_state="LOGGED IN",
-                           session_state="LOGGED_IN", timeouts=timeouts,
-                           chap_username="alice", chap_username_in=None, params=params,
-                           luns=luns, counters=counters, isid=0x23D000000001, tsih=1)
+@dataclass(frozen=True)
+class FakeTimeouts:
+    login: float = 15
+    logout: float = 15
+    noop_out_interval: float = 5
+    noop_out_timeout: float = 5
+    replacement_timeout: float = 120
+    abort: float = 15
+    lu_reset: float = 30
+    tgt_reset: float = 30
+    command: float = 30
+
+
+@dataclass(frozen=True)
+class FakeParams:
+    header_digest: bool = True
+    data_digest: bool = False
+    max_recv_data_segment_length: int = 262144
+    max_xmit_data_segment_length: int = 65536
+    first_burst_length: int = 65536
+    max_burst_length: int = 262144
+    immediate_data: bool = True
+    initial_r2t: bool = False
+    max_outstanding_r2t: int = 1
+
+
+@dataclass(frozen=True)
+class FakeSessionInfo:
+    """A session snapshot as ``initiator.SessionInfo`` has it (a ``SessionSnapshot``)."""
+
+    target: str
+    portal: Portal
+    sid: int = 3
+    initiator_name: str = "iqn.2016-04.com.open-iscsi:0123456789ab"
+    local_address: str = "127.0.0.1"
+    connection_state: ConnectionState = ConnectionState.LOGGED_IN
+    session_state: SessionState = SessionState.LOGGED_IN
+    timeouts: FakeTimeouts = field(default_factory=FakeTimeouts)
+    chap_username: str | None = "alice"
+    chap_username_in: str | None = None
+    params: FakeParams = field(default_factory=FakeParams)
+    luns: tuple[FakeLunEntry, ...] = ()
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "txdata_octets": 1234, "rxdata_octets": 5678, "scsicmd_pdus": 9, "scsirsp_pdus": 9,
+        "datain_pdus": 4, "login_pdus": 2})
+
+
+def make_session_info(target: str, portal: Portal, luns: tuple[FakeLunEntry, ...] = (),
+                      **changes: Any) -> FakeSessionInfo:
+    return FakeSessionInfo(target=target, portal=portal, luns=luns, **changes)
 
 
 DISK1 = "iqn.2026-11.org.example:disk1"
@@ -469,7 +512,8 @@ def standard_targets() -> dict[str, list[FakeLunEntry]]:
 
 def main(argv: list[str]) -> int:
     """Mount the fake in the foreground through iscsifs.mount (its option parsing/lifetime)."""
-    from iscsifs.cli.common import quiet_error_in, setup_logging
+    from iscsifs.exits import quiet_error_in
+    from iscsifs.logs import setup_logging
     from iscsifs.mount import lifetime
     from iscsifs.mount.options import parse_args
 

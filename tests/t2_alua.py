@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from fake_target import ANO, AO, STANDBY, TRANSITIONING, UNAVAILABLE, AluaUnit, FakeTarget
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import ScsiResponse
 from iscsifs.device import Lun
 from iscsifs.fs.render import render_multipath

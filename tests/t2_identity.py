@@ -16,7 +16,7 @@ import trio.testing
 from fake_lu import FakeLU, LuTable, sense_data
 from fake_target import FakeTarget
 from helpers import CONN_FAILED
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import AsyncMessage, encode_lun
 from iscsifs.errors import NoSuchDevice
 from iscsifs.initiator import Initiator, NodeOptions

@@ -15,7 +15,7 @@ import trio.testing
 
 from fake_target import FakeTarget, good_read
 from helpers import CONN_FAILED, _session_log
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import ConnectionLost, NoSuchDevice, PathFailed
 from iscsifs.net.session import Session, Timeouts
 
@@ -140,7 +140,7 @@ async def test_a_hook_that_fails_after_a_relogin_is_a_failed_relogin_and_is_retr
         while session.reconnects < 1:
             await trio.sleep(0.1)
     assert len(calls) == 3 and target.connections == 3
-    assert calls[2] - calls[1] >= 0.5 - 1e-6           # the relogin back-off applies
+    assert calls[2] - calls[1] == pytest.approx(0.5, abs=1e-6)   # the relogin back-off
     assert await read(session) == PAYLOAD
     await session.close()
 

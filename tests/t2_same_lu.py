@@ -15,7 +15,7 @@ import trio.testing
 
 from fake_lu import FakeLU, LuTable
 from fake_target import FakeTarget
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import LogoutRequest
 from iscsifs.fs.errno_map import classify
 from iscsifs.initiator import Initiator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ import pyfuse3
 import pytest
 import trio
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.device import Provisioning
 from iscsifs.errors import ConnectionLost
 from iscsifs.fs.ops import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
@@ -392,7 +393,7 @@ async def test_statfs():
 
 # -- by-path names and capacity changes ---------------------------------------------------
 def test_by_path_names_ipv6_and_parse():
-    from iscsifs.core.discovery import Portal
+    from iscsifs.core.names import Portal
     from iscsifs.fs.namespace import BY_PATH_RE
     from iscsifs.fs.render import by_path_name
     name = by_path_name("iqn.2026-11.org.example:disk-lun-1", Portal("::1", 3260), 3)
@@ -412,7 +413,7 @@ def test_unit_attention_capacity_change_rereads_size():
     from iscsifs.fs.ops import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
                             FALLOC_FL_ZERO_RANGE, HAVE_PARALLEL_DIRECT_WRITES, Operations)
     from iscsifs.fs.tree import Tree
-    from iscsifs.core.discovery import Portal
+    from iscsifs.core.names import Portal
 
     async def main():
         targets = standard_targets()
@@ -543,6 +544,32 @@ async def test_by_id_leaves_out_a_portal_that_cannot_be_listed():
     assert fake.multipath_calls == [[(DISK1, PORTAL)]]
 
 
+async def test_by_id_xattrs_count_paths_and_name_the_portal_that_answered_last():
+    ops, fake = make_two_portal_ops()
+    by_id = await walk(ops, "by-id")
+    a = await ops.lookup(by_id.st_ino, NAME1.encode())
+    mdev = fake.multipath_devices[fake.targets[DISK1][1].device.wwn]
+    names = await ops.listxattr(a.st_ino, None)
+    assert names[-2:] == [b"user.iscsi.paths", b"user.iscsi.paths_active"]
+
+    async def xattr(name: str) -> bytes:
+        return await ops.getxattr(a.st_ino, f"user.iscsi.{name}".encode(), None)
+
+    assert (await xattr("paths"), await xattr("paths_active")) == (b"2", b"2")
+    # before any I/O: the path the next command goes to (failover: the first)
+    assert await xattr("portal") == b"127.0.0.1:3260"
+    mdev.last = (DISK1, PORTAL2, 1)                 # 127.0.0.2 answered the last command
+    assert await xattr("portal") == b"127.0.0.2:3260"
+    assert await xattr("target") == DISK1.encode() and await xattr("lun") == b"1"
+    mdev.down.add((DISK1, PORTAL, 1))
+    assert (await xattr("paths"), await xattr("paths_active")) == (b"2", b"1")
+    await expect_errno(errno.EPERM, ops.setxattr(a.st_ino, b"user.iscsi.paths", b"3", None))
+    await expect_errno(errno.EPERM, ops.removexattr(a.st_ino, b"user.iscsi.paths", None))
+    # a raw file has no path count
+    raw_names = await ops.listxattr((await raw(ops, 1)).st_ino, None)
+    assert b"user.iscsi.paths" not in raw_names
+
+
 # -- a LUN is bound to its logical unit -------------------------------------------------------
 async def test_a_lun_that_names_another_lu_gets_new_inodes_and_old_handles_fail_enxio():
     ops, fake = make_two_portal_ops()
@@ -632,3 +659,43 @@ async def test_rmdir_of_the_only_target_behind_an_open_by_id_file_is_ebusy(tmp_p
     assert await ops.read(fh, 0, 5) == b"still"
     await ops.release(fh)
     await ops.rmdir(targets2.st_ino, DISK1.encode(), None)
+
+
+@pytest.mark.expect_log("discovery at 127.0.0.1:3260 failed", logger="iscsifs.fs.namespace")
+async def test_a_discovery_failure_is_one_warning_per_portal_not_one_per_listing(tmp_path,
+                                                                                 caplog):
+    """A portal whose discovery fails (a wrong discovery secret, say) lists its node records;
+    the failure was a WARNING at every listing, and twice at mount time (the mount's own
+    discovery said it, then login=automatic's listing again). Now: once per failure, DEBUG
+    when the same failure repeats or the mount already said it; news again after a success."""
+    from iscsifs.config.nodedb import NodeDB
+    from iscsifs.errors import AuthenticationError
+    from iscsifs.fs.records import NodeRecords
+    db = NodeDB(str(tmp_path))
+    db.add(DISK1, PORTAL)
+    fake = FakeInitiator(standard_targets())
+    ops = Operations(fake, Tree([PORTAL]), initiator_name="iqn.2016-04.com.open-iscsi:ab",
+                     records=NodeRecords(db))
+    tdir = ops.tree.targets_dir(PORTAL)
+    refused = AuthenticationError("authentication failure (status 0x0201)").located(
+        "discovery at 127.0.0.1:3260")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "iscsifs.fs.namespace"
+                and r.levelname == "WARNING"]
+
+    caplog.set_level(logging.DEBUG, logger="iscsifs.fs.namespace")
+    fake.discover_error = refused
+    assert ops.namespace.discovery_failed(PORTAL, refused)      # the mount said it: news
+    for _ in range(3):
+        await ops.namespace.populate(tdir)
+        assert [n.target for n in ops.tree.children(tdir)] == [DISK1]
+    assert warnings() == []
+    fake.discover_error = None
+    await ops.namespace.populate(tdir)                   # discovery works again
+    fake.discover_error = refused
+    await ops.namespace.populate(tdir)
+    await ops.namespace.populate(tdir)
+    assert warnings() == ["discovery at 127.0.0.1:3260 failed (authentication failed for "
+                          "discovery at 127.0.0.1:3260: authentication failure (status "
+                          "0x0201)); listing its 1 node record(s)"]

@@ -17,11 +17,11 @@ import pytest
 from fs_fake import DISK1, FakeInitiator, standard_targets
 from helpers import run_iscsifs
 from iscsifs.cli.pr import CAPABILITY_TYPES, TYPE_NAMES, format_pr_in
+from iscsifs.core.names import Portal
 from iscsifs.errors import QuietError
 from iscsifs.fs import xattrs
 from iscsifs.fs.ops import Operations
 from iscsifs.fs.tree import Tree
-from iscsifs.core.discovery import Portal
 from iscsifs.mount.options import parse_args, parse_reservation_key
 
 PORTAL = Portal("127.0.0.1", 3260)

@@ -10,41 +10,27 @@ import errno
 import json
 import mmap
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from helpers import wait_for
+from mounting import mount, unmount
 
 from iscsifs_testbed.tgtd import MiB, Tgtd, missing_requirements
 
-HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 IQN = "iqn.2026-11.org.iscsifs.test:lun-changes"
 pytestmark = pytest.mark.integration
 
 
-def mount(tmp_path: Path, portal: str, *options: str) -> tuple[Path, Path]:
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    log = tmp_path / "mount.log"
-    opts = ",".join((f"config_dir={conf}", f"logfile={log}") + options)
-    result = subprocess.run([sys.executable, str(HELPER), portal, str(mp), "-o", opts],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert os.path.ismount(mp)
-    return mp, log
-
-
-def unmount(mp: Path) -> None:
-    if os.path.ismount(mp):
-        subprocess.run(["fusermount3", "-u", str(mp)], check=False, capture_output=True,
-                       timeout=30)
-    assert wait_for(lambda: not os.path.ismount(mp)), "still mounted"
+def mount_here(tmp_path: Path, portal: str, *options: str) -> tuple[Path, Path]:
+    """A mount on ``tmp_path/mnt`` with its own config dir; (mount point, its log file)."""
+    (tmp_path / "conf").mkdir()
+    m = mount(tmp_path / "mnt", portal, f"config_dir={tmp_path / 'conf'}",
+              f"logfile={tmp_path / 'mount.log'}", *options)
+    assert m.log is not None
+    return m.path, m.log
 
 
 @pytest.fixture
@@ -73,7 +59,7 @@ def test_a_target_restarted_with_another_lu_fails_the_writer_with_enxio(
     old_file = own_tgtd.make_backing_file("old.img", 8 * MiB)
     new_file = own_tgtd.make_backing_file("new.img", 8 * MiB)
     configure(own_tgtd, old_file)
-    mp, log = mount(tmp_path, own_tgtd.portal)
+    mp, log = mount_here(tmp_path, own_tgtd.portal)
     try:
         lun1 = mp / "portals" / own_tgtd.portal / "targets" / IQN / "luns" / "1"
         old_info = json.loads((lun1 / "info.json").read_text())
@@ -124,7 +110,7 @@ def test_tgtadm_lun_add_and_delete_show_without_a_rescan(fresh_target, fuse_avai
     t = fresh_target(luns=[(8 * MiB, 512)])
     tgtd = fresh_target.tgtd
     extra = tgtd.make_backing_file(f"lun-changes-t{t.tid}-lun2.img", 4 * MiB)
-    mp, log = mount(tmp_path, t.portal)
+    mp, log = mount_here(tmp_path, t.portal)
     try:
         tdir = mp / "portals" / t.portal / "targets" / t.iqn
         luns = tdir / "luns"

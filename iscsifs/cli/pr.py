@@ -24,8 +24,8 @@ import os
 import sys
 from typing import Any
 
-from iscsifs.cli.common import file_error
 from iscsifs.errors import EXIT_ACCESS, EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.exits import file_error
 
 PREFIX = "user.iscsi.pr"
 PROBE_XATTR = "user.iscsi.block_size"     # every raw and by-id file has it

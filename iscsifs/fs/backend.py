@@ -1,7 +1,8 @@
 """What the filesystem needs from the layers below, declared as ``typing.Protocol``.
 
 The real implementations are ``iscsifs.initiator.Initiator`` (a ``Backend``), its
-``LunEntry`` values (``LunListing``), ``iscsifs.device.Lun`` (a ``BlockDevice``) and
+``LunEntry`` values (``LunListing``) and ``SessionInfo`` snapshots (``SessionSnapshot``),
+``iscsifs.device.Lun`` (a ``BlockDevice``) and
 ``iscsifs.multipath.MultipathDevice`` (a ``MultipathBlockDevice``); the tests' in-memory
 ``tests/fs_fake.py`` implements the same protocols. ``tests/t3_fs_contract.py``
 has mypy check that both sides fit, so a change to either shows up as a type error rather than
@@ -10,10 +11,11 @@ as an ``AttributeError`` in a FUSE handler.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.device import PrOut
 from iscsifs.scsi.cdb import PrInAction
 
@@ -195,6 +197,8 @@ class MultipathBlockDevice(BlockDevice, Protocol):
         """Every path, in priority order."""
     def active_path(self) -> PathState | None:
         """The path the next command goes to (None: no path is healthy)."""
+    def last_path(self) -> PathState | None:
+        """The path that answered the last command (None before the first)."""
 
 
 class LunListing(Protocol):
@@ -209,6 +213,89 @@ class LunListing(Protocol):
     @property
     def device(self) -> BlockDevice | None:
         """None for a LUN that is not a disk (tgt's controller LUN 0)."""
+
+
+class SessionTimeouts(Protocol):
+    """The timeouts in force for a session, in seconds (``net.session.Timeouts``)."""
+
+    @property
+    def login(self) -> float: ...
+    @property
+    def logout(self) -> float: ...
+    @property
+    def noop_out_interval(self) -> float: ...
+    @property
+    def noop_out_timeout(self) -> float: ...
+    @property
+    def replacement_timeout(self) -> float: ...
+    @property
+    def abort(self) -> float: ...
+    @property
+    def lu_reset(self) -> float: ...
+    @property
+    def tgt_reset(self) -> float: ...
+    @property
+    def command(self) -> float: ...
+
+
+class NegotiatedParameters(Protocol):
+    """What the login negotiated (``core.keys.NegotiatedParams``)."""
+
+    @property
+    def header_digest(self) -> bool: ...
+    @property
+    def data_digest(self) -> bool: ...
+    @property
+    def max_recv_data_segment_length(self) -> int: ...
+    @property
+    def max_xmit_data_segment_length(self) -> int: ...
+    @property
+    def first_burst_length(self) -> int: ...
+    @property
+    def max_burst_length(self) -> int: ...
+    @property
+    def immediate_data(self) -> bool: ...
+    @property
+    def initial_r2t(self) -> bool: ...
+    @property
+    def max_outstanding_r2t(self) -> int: ...
+
+
+class SessionSnapshot(Protocol):
+    """One session at one moment, for the ``session`` file and ``session.json``
+    (``initiator.SessionInfo``). It holds no secret: CHAP usernames only."""
+
+    @property
+    def target(self) -> str: ...
+    @property
+    def portal(self) -> Portal:
+        """Where the connection is now (the Current Portal; differs from the node's after a
+        login redirection)."""
+    @property
+    def sid(self) -> int: ...
+    @property
+    def initiator_name(self) -> str: ...
+    @property
+    def local_address(self) -> str: ...
+    @property
+    def connection_state(self) -> ConnectionState:
+        """``.iscsiadm``: the words iscsiadm shows (LOGGED IN, TRANSPORT WAIT, ...)."""
+    @property
+    def session_state(self) -> SessionState:
+        """``.iscsiadm`` (LOGGED_IN, FAILED, FREE), ``.device_state`` (running, blocked, ...)."""
+    @property
+    def timeouts(self) -> SessionTimeouts: ...
+    @property
+    def chap_username(self) -> str | None: ...
+    @property
+    def chap_username_in(self) -> str | None: ...
+    @property
+    def params(self) -> NegotiatedParameters: ...
+    @property
+    def luns(self) -> Sequence[LunListing]: ...
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """``iscsiadm -m session -s``'s counters by name, then any of our own."""
 
 
 class Target(Protocol):
@@ -229,9 +316,9 @@ class Backend(Protocol):
         """The LUNs of a target; logs in on first use."""
     async def rescan(self, target: str, portal: Portal) -> Sequence[LunListing]:
         """REPORT LUNS again and every capacity re-read (``iscsiadm -m node -R``)."""
-    def session_info(self, target: str, portal: Portal) -> object:
-        """A snapshot for the ``session`` file (``initiator.SessionInfo``, read by
-        ``fs/render.py``), or None before the first login."""
+    def session_info(self, target: str, portal: Portal) -> SessionSnapshot | None:
+        """A snapshot for the ``session`` file and ``session.json``, or None before the first
+        login."""
     def logged_in_targets(self, portal: Portal) -> list[str]: ...
     async def logout(self, target: str, portal: Portal) -> None: ...
     async def multipath(self, pairs: Sequence[tuple[str, Portal]]

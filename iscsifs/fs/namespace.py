@@ -36,8 +36,9 @@ from collections.abc import Callable, Sequence
 import pyfuse3
 import trio
 
-from iscsifs.core.discovery import Portal, parse_portal, printable, valid_iscsi_name
+from iscsifs.core.names import Portal, parse_portal, printable, valid_iscsi_name
 from iscsifs.fs.backend import Backend, LunListing
+from iscsifs.fs.errno_map import fail as _fail
 from iscsifs.fs.records import NodeRecords
 from iscsifs.fs.render import by_id_name, by_path_name
 from iscsifs.fs.tree import Kind, Node, Tree
@@ -48,10 +49,6 @@ NAME_MAX = 255
 # by-path/ names: ip-<addr:port>-iscsi-<iqn>-lun-<n>
 BY_PATH_RE = re.compile(r"^ip-(?P<portal>\[[0-9a-fA-F:.]+\]:\d+|[^\[\]/:]+:\d+)-iscsi-"
                         r"(?P<target>.+)-lun-(?P<lun>\d+)$")
-
-
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
 
 
 class Namespace:
@@ -68,6 +65,18 @@ class Namespace:
         # the portals given on the command line: their directories can't go away
         self.mount_portals = [n.portal for n in tree.portal_nodes()]
         backend.watch_luns(self.luns_updated)
+        # the discovery failure last reported for a portal (a WARNING): the same one again
+        # is DEBUG, so a failing portal is one warning, not one per listing
+        self._reported: dict[tuple[str, int], str] = {}
+
+    def discovery_failed(self, portal: Portal, exc: BaseException) -> bool:
+        """Note ``exc`` as the discovery failure of ``portal``; True when it is news (not the
+        failure reported last for it), to be told at WARNING."""
+        text = f"{type(exc).__name__}: {exc}"
+        key = (portal.host, portal.port)
+        news = self._reported.get(key) != text
+        self._reported[key] = text
+        return news
 
     # -- listings ---------------------------------------------------------------------------
     async def populate(self, node: Node) -> None:
@@ -101,9 +110,11 @@ class Namespace:
             fallback = records.targets_at(portal, static_only=False)
             if not fallback:
                 raise
-            log.warning("discovery at %s failed (%s); listing its %d node record(s)",
-                        portal.address, exc or type(exc).__name__, len(fallback))
+            log.log(logging.WARNING if self.discovery_failed(portal, exc) else logging.DEBUG,
+                    "discovery at %s failed (%s); listing its %d node record(s)",
+                    portal.address, exc or type(exc).__name__, len(fallback))
             return fallback
+        self._reported.pop((portal.host, portal.port), None)
         hidden = self.hidden_at(portal)
         names = [t.name for t in targets if t.name not in hidden]
         if records is not None:

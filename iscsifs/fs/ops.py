@@ -28,6 +28,7 @@ import pyfuse3
 
 from iscsifs.fs import render, xattrs
 from iscsifs.fs.backend import Backend
+from iscsifs.fs.errno_map import fail as _fail
 from iscsifs.fs.errno_map import fuse_errors
 from iscsifs.fs.namespace import NAME_MAX, Namespace
 from iscsifs.fs.records import NodeRecords
@@ -48,10 +49,6 @@ HAVE_FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
 HAVE_PARALLEL_DIRECT_WRITES = bool(getattr(pyfuse3, "HAVE_PARALLEL_DIRECT_WRITES", False))
 STATFS_BLOCK_SIZE = 4096
 RAW_BLKSIZE = 1 << 20        # st_blksize of raw: the largest request the kernel sends (1 MiB)
-
-
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
 
 
 @dataclass(eq=False)
@@ -152,9 +149,8 @@ class Operations(pyfuse3.Operations):
             assert pnode.portal is not None
             for target in self.initiator.logged_in_targets(pnode.portal):
                 info = self.initiator.session_info(target, pnode.portal)
-                sid = getattr(info, "sid", None)
-                if sid is not None:
-                    found.append((int(sid), pnode.portal, target))
+                if info is not None:
+                    found.append((info.sid, pnode.portal, target))
         return found
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -316,15 +312,13 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes ----------------------------------------------------------------
     def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         """The identity attributes of a LUN's file (``raw``, or ``by-id``: its target, portal
-        and LUN are those of the path I/O goes to now); nothing elsewhere."""
+        and LUN are those of the path that answered last, and it has a path count); nothing
+        elsewhere."""
         dev = node.device
         if node.kind is Kind.RAW and dev is not None and node.lun is not None:
             return xattrs.lun_xattrs(dev, node.target, node.portal, node.lun)
         if node.kind is Kind.MPATH and node.mpath is not None:
-            states = node.mpath.path_states()
-            path = node.mpath.active_path() or (states[0] if states else None)
-            if path is not None:
-                return xattrs.lun_xattrs(node.mpath, path.target, path.portal, path.lun)
+            return xattrs.multipath_xattrs(node.mpath)
         return {}
 
     @fuse_errors

@@ -22,7 +22,7 @@ except for a LUN: ``luns/<n>`` (and a ``by-id`` entry) is bound to one logical u
 the number names another one (a new ``Lun`` from the backend) it gets new inodes, and a file
 opened on the old one stays bound to the old one. Names
 coming from the target are untrusted: a target name becomes a directory name only if it passes
-``iscsifs.core.discovery.valid_iscsi_name``; others are skipped with a warning.
+``iscsifs.core.names.valid_iscsi_name``; others are skipped with a warning.
 
 Must not know: pyfuse3, trio, sessions. The tree is pure data; ``fs/namespace.py`` asks the
 backend and feeds the answers in through ``set_targets`` / ``set_luns``.
@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from iscsifs.core.discovery import Portal, printable, valid_iscsi_name
+from iscsifs.core.names import Portal, printable, valid_iscsi_name
 from iscsifs.fs.backend import BlockDevice, LunListing, MultipathBlockDevice
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,13 @@ The handlers in ``fs/ops.py`` only look the answer up here.
     user.iscsi.pr           write-only: PERSISTENT RESERVE OUT, "ACTION [key=HEX] [sa_key=HEX]
                             [type=N] [aptpl] [all_tg_pt]" (``iscsifs pr --out``)
 
+A ``by-id`` file (a LUN over all its paths) has the same attributes, where target, portal and
+LUN are those of the path that answered the last command (before the first one, the path the
+next command goes to), and two more:
+
+    user.iscsi.paths         2       how many paths the LUN has
+    user.iscsi.paths_active  1       how many of them are healthy (logged in)
+
 Values are ASCII text without a newline; anything else the target sent (control characters,
 non-ASCII bytes) is escaped as ``\\xNN``. A value the LUN does not report is absent (ENODATA),
 never empty. Setting or removing an identity attribute gets EPERM (they describe the LUN and
@@ -34,9 +41,9 @@ from __future__ import annotations
 
 import re
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.device import PrOut
-from iscsifs.fs.backend import BlockDevice
+from iscsifs.fs.backend import BlockDevice, MultipathBlockDevice
 from iscsifs.fs.render import lun_facts
 from iscsifs.scsi.cdb import MAX_KEY, PrInAction, PrOutAction
 
@@ -48,7 +55,10 @@ IDENTITY = (
     ("revision", "revision"), ("block_size", "block_size"), ("target", "target"),
     ("portal", "portal"), ("lun", "lun"),
 )
-IDENTITY_NAMES = frozenset((PREFIX + name).encode() for name, _ in IDENTITY)
+PATHS = (PREFIX + "paths").encode()
+PATHS_ACTIVE = (PREFIX + "paths_active").encode()
+IDENTITY_NAMES = frozenset((PREFIX + name).encode() for name, _ in IDENTITY) \
+    | {PATHS, PATHS_ACTIVE}
 DISCARD = (PREFIX + "discard").encode()
 # persistent reservations: a get per PERSISTENT RESERVE IN service action, a set for OUT
 PR_IN = {(PREFIX + "pr." + action.name.lower()).encode(): action for action in PrInAction}
@@ -80,6 +90,19 @@ def lun_xattrs(device: BlockDevice, target: str | None, portal: Portal | None,
         if value is None or value == "":
             continue
         out[(PREFIX + name).encode()] = _text(value)
+    return out
+
+
+def multipath_xattrs(device: MultipathBlockDevice) -> dict[bytes, bytes]:
+    """The attributes of a ``by-id`` file: the identity as the path that answered last sees
+    it (else the active path, else the first), and how many paths there are."""
+    states = device.path_states()
+    path = device.last_path() or device.active_path() or (states[0] if states else None)
+    if path is None:
+        return {}
+    out = lun_xattrs(device, path.target, path.portal, path.lun)
+    out[PATHS] = str(len(states)).encode()
+    out[PATHS_ACTIVE] = str(sum(s.dm_state == "active" for s in states)).encode()
     return out
 
 

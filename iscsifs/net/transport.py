@@ -25,6 +25,7 @@ may receive (the login code, then the session's reader task).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import struct
@@ -33,9 +34,9 @@ from typing import Awaitable, Callable, Iterable
 
 import trio
 
-from ..core.discovery import Portal
+from ..core.names import Portal
 from ..core.pdu import RECEIVE_CHUNK, PduDecoder, encode, summary
-from ..errors import ConnectionLost, os_errno, os_reason
+from ..errors import ConnectionLost, SourceAddressError, os_errno, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 _IOV_BATCH = 512
 
 Connector = Callable[[Portal], Awaitable[socket.socket]]
+# Linux: bind() picks no port until connect() does (so many connections may share a source
+# address without running out of ports); not in the socket module's constants
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 async def open_tcp(portal: Portal) -> socket.socket:
@@ -50,16 +54,81 @@ async def open_tcp(portal: Portal) -> socket.socket:
     try:
         stream = await trio.open_tcp_stream(portal.host, portal.port)
     except OSError as exc:
-        reason = os_reason(exc)
-        if isinstance(exc, socket.gaierror):
-            reason = f"cannot resolve {portal.host}"
-        raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}",
-                             errno=os_errno(exc)) from None
-    trio_sock = stream.socket
+        # the words every command uses for a portal it cannot reach (mount.iscsifs's check too)
+        raise ConnectionLost(f"cannot connect to {portal.address}: "
+                             f"{os_reason(exc, portal.host)}", errno=os_errno(exc)) from None
+    return _plain_socket(stream.socket)
+
+
+def _plain_socket(trio_sock) -> socket.socket:
     sock = socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto,
                          fileno=trio_sock.detach())
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
     return sock
+
+
+def source_family(source_address: str) -> int:
+    """AF_INET or AF_INET6 for a source address (ValueError if it is not an IP address)."""
+    return socket.AF_INET6 if ipaddress.ip_address(source_address).version == 6 \
+        else socket.AF_INET
+
+
+async def open_tcp_from(portal: Portal, source_address: str) -> socket.socket:
+    """Connect to a portal from ``source_address`` (bound before connecting, as open-iscsi's
+    ``iface.ipaddress``): the portal's addresses of that family are tried in turn.
+    SourceAddressError if the address cannot be bound here, ConnectionLost otherwise."""
+    where = portal.address
+    try:
+        family = source_family(source_address)
+    except ValueError:
+        raise SourceAddressError(f"source address {source_address!r} is not an IP address",
+                                 errno=errno.EINVAL) from None
+    version = "IPv6" if family == socket.AF_INET6 else "IPv4"
+    try:
+        infos = await trio.socket.getaddrinfo(portal.host, portal.port, family,
+                                              socket.SOCK_STREAM)
+    except socket.gaierror:
+        infos = []
+    if not infos:
+        raise SourceAddressError(f"cannot connect to {where} from source address "
+                                 f"{source_address}: {portal.host} has no {version} address",
+                                 errno=errno.EADDRNOTAVAIL)
+    last: OSError | None = None
+    for fam, kind, proto, _name, sockaddr in infos:
+        sock = trio.socket.socket(fam, kind, proto)
+        try:
+            if fam == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+            try:
+                await sock.bind((source_address, 0))
+            except OSError as exc:
+                raise SourceAddressError(
+                    f"cannot bind to source address {source_address}: {os_reason(exc)}",
+                    errno=exc.errno) from None
+            await sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return _plain_socket(sock)
+    assert last is not None
+    raise ConnectionLost(f"cannot connect to {where} from {source_address}: "
+                         f"{os_reason(last, portal.host)}", errno=os_errno(last))
+
+
+def tcp_connector(source_address: str | None = None) -> Connector:
+    """The connector for every connection of a session or a discovery: ``open_tcp``, or
+    ``open_tcp_from(source_address)`` when a source address is configured."""
+    if not source_address:
+        return open_tcp
+
+    async def connect(portal: Portal) -> socket.socket:
+        return await open_tcp_from(portal, source_address)
+    connect.source_address = source_address  # type: ignore[attr-defined]
+    return connect
 
 
 class Transport:
@@ -78,6 +147,7 @@ class Transport:
         self.rx_bytes = 0
         self._backlog: deque[memoryview] = deque()   # bytes the socket did not take yet
         self._backlog_changed = trio.Event()
+        self._backlog_sent = trio.Event()           # set (and replaced) as drain() sends
         self._batch: list = []          # buffers queued by send(batch=True) for drain()
         self.sendmsg_calls = 0
         self._error: ConnectionLost | None = None
@@ -208,6 +278,13 @@ class Transport:
             await self._writable()
             while self._backlog and self._push_backlog():
                 pass
+            self._backlog_sent.set()
+            self._backlog_sent = trio.Event()
+
+    async def wait_backlog(self, buffers: int) -> None:
+        """Wait until at most ``buffers`` buffers wait for the socket (``drain`` must run)."""
+        while len(self._backlog) > buffers:
+            await self._backlog_sent.wait()
 
     async def flush(self) -> None:
         """Wait until everything sent so far is in the socket (the login phase, before any
@@ -272,6 +349,7 @@ class Transport:
         self._backlog.clear()
         self._batch.clear()
         self._backlog_changed.set()
+        self._backlog_sent.set()
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
         await trio.lowlevel.checkpoint()
