@@ -53,6 +53,10 @@ UA_RETRIES = 5
 MAX_DISCARD_BLOCKS = 0x7F_FFFF
 # Zeros are written in pieces of at most this many bytes (one buffer, reused).
 ZERO_CHUNK = 1024 * 1024
+# The most blocks one WRITE SAME(16) of zeros covers when the LUN states no smaller limit
+# (VPD B0h MAXIMUM WRITE SAME LENGTH): the target writes every block, so each command stays
+# small enough to finish well within the command timeout (64 MiB of 512-byte blocks).
+MAX_WRITE_SAME_BLOCKS = 0x2_0000
 
 DISCARD_UNMAP = "unmap"
 DISCARD_WRITE_SAME_16 = "write_same_16"
@@ -296,6 +300,10 @@ class Lun:
         self.lbpme = False              # READ CAPACITY(16): thin provisioning management
         self.lbprz = False              # READ CAPACITY(16): unmapped blocks read as zeros
         self._locks = _RangeLock()
+        self._write_same_refused = False    # WRITE SAME(16) was refused: zero_range can't
+        # READ and WRITE commands running now, and the most at once (/sys/block/*/inflight)
+        self.inflight = [0, 0]             # reads, writes
+        self.max_inflight = [0, 0]
         self.capacity_changed = False
         self.luns_changed = False       # 3F/0E seen: the target's LUN list changed
         # ALUA (SPC-4 §5.16): the port this LUN is reached through (VPD 83h designators) and
@@ -556,6 +564,10 @@ class Lun:
             else:
                 cdb = scsi_cdb.read(lba, blocks)
                 kw = {"read_length": len(view), "read_buffer": view}
+            inflight = self.inflight
+            inflight[write] += 1
+            if inflight[write] > self.max_inflight[write]:
+                self.max_inflight[write] = inflight[write]
             try:
                 result = await self.execute(self.lun, cdb, **kw)
             except ScsiError as exc:
@@ -564,6 +576,8 @@ class Lun:
                     raise
                 self._unit_attention(exc)
                 result = await self.command(cdb, **kw)
+            finally:
+                inflight[write] -= 1
             short = result.residual_count if result.underflow else 0
             if short <= 0:
                 return
@@ -740,6 +754,96 @@ class Lun:
                     raise NotSupported(f"LUN {self.lun} refused {what}: {exc}") from exc
                 raise
             lba += blocks
+
+    # ------------------------------------------------------------------ fallocate
+    async def punch_hole(self, offset: int, length: int) -> tuple[int, int]:
+        """``fallocate(PUNCH_HOLE | KEEP_SIZE)``: the range reads as zeros afterwards, and
+        what the LUN can deallocate of it is deallocated: ``(bytes unmapped, bytes zeroed)``.
+
+        On a LUN whose unmapped blocks read as zeros (LBPRZ) this is :meth:`discard`. On one
+        where they may not, whole blocks get WRITE SAME(16) with UNMAP and a block of zeros,
+        which the target deallocates only where the blocks then read as those zeros. A LUN
+        that can deallocate neither way raises :class:`NotSupported` (a discard must not turn
+        into writing the whole range), as do the refusals :meth:`discard` names.
+        """
+        self._check_range(offset, length, "punch a hole of")
+        if length == 0:
+            return 0, 0
+        prov = self.provisioning
+        if prov.method is None:
+            raise NotSupported(f"LUN {self.lun} supports neither UNMAP nor WRITE SAME with "
+                               f"UNMAP (no logical block provisioning)")
+        if prov.lbprz:
+            return await self.discard(offset, length)
+        if not (prov.method == DISCARD_WRITE_SAME_16 or (self.lbp is not None and self.lbp.lbpws)):
+            raise NotSupported(f"LUN {self.lun} can unmap only with UNMAP, after which its "
+                               f"blocks need not read as zeros (LBPRZ is not set)")
+        return await self._write_same_zeros(offset, length, unmap=True)
+
+    async def zero_range(self, offset: int, length: int) -> tuple[int, int]:
+        """``fallocate(ZERO_RANGE)``: the range reads as zeros afterwards: ``(bytes
+        unmapped, bytes zeroed)``. Unmapped with :meth:`discard` where the LUN reads zeros
+        after it (LBPRZ), else WRITE SAME(16) of a block of zeros over whole blocks. Partial
+        blocks at the edges are read, merged and written back, under the range lock.
+        :class:`NotSupported` when the LUN refuses WRITE SAME (nothing is changed then)."""
+        self._check_range(offset, length, "zero")
+        if length == 0:
+            return 0, 0
+        prov = self.provisioning
+        if prov.method is not None and prov.lbprz:
+            return await self.discard(offset, length)
+        return await self._write_same_zeros(offset, length, unmap=False)
+
+    def _check_range(self, offset: int, length: int, what: str) -> None:
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative offset or length ({offset}, {length})")
+        if offset + length > self.size:
+            raise NoSpace(f"cannot {what} {length} bytes at offset {offset}: that runs past "
+                          f"the end of LUN {self.lun} ({self.size} bytes)")
+
+    async def _write_same_zeros(self, offset: int, length: int, *, unmap: bool
+                                ) -> tuple[int, int]:
+        """WRITE SAME(16) of a zero block over the whole blocks of the range (with the UNMAP
+        bit if ``unmap``), partial edge blocks by read-modify-write, all under the range lock.
+        The first WRITE SAME goes before anything else, so a LUN that refuses it is left as it
+        was (:class:`NotSupported`)."""
+        if self._write_same_refused:
+            raise NotSupported(f"LUN {self.lun} refused WRITE SAME(16)")
+        bs = self.block_size
+        end = offset + length
+        first, stop = -(-offset // bs), end // bs       # the whole blocks inside the range
+        limit = (self.block_limits.max_write_same_length
+                 if self.block_limits is not None else 0) or MAX_WRITE_SAME_BLOCKS
+        limit = min(limit, MAX_WRITE_SAME_BLOCKS)
+        block = bytes(bs)
+        entry = await self._locks.acquire(offset // bs, (end - 1) // bs)
+        try:
+            lba = first
+            while lba < stop:
+                blocks = min(stop - lba, limit)
+                try:
+                    await self.command(scsi_cdb.write_same16(lba, blocks, unmap=unmap),
+                                       write_data=block)
+                except ScsiError as exc:
+                    sense = exc.sense
+                    if lba == first and sense is not None \
+                            and sense.key == SenseKey.ILLEGAL_REQUEST \
+                            and (sense.asc, sense.ascq) in ((0x20, 0x00), (0x24, 0x00)):
+                        if not unmap:
+                            self._write_same_refused = True
+                        raise NotSupported(f"LUN {self.lun} refused WRITE SAME(16)"
+                                           f"{' with UNMAP' if unmap else ''}: {exc}") from exc
+                    raise
+                lba += blocks
+            if stop > first:
+                await self._zero(offset, first * bs)
+                await self._zero(stop * bs, end)
+            else:
+                await self._zero(offset, end)
+        finally:
+            self._locks.release(entry)
+        whole = max(0, stop - first) * bs
+        return (whole, length - whole) if unmap else (0, length)
 
     async def _zero(self, start: int, end: int) -> None:
         """Write zeros over the bytes ``[start, end)``; the caller holds their range lock."""

@@ -69,6 +69,9 @@ class FakeLun:
         lbpme=True, lbprz=True, provisioning_type=2, method=DISCARD_UNMAP,
         max_blocks=0x7FFFFF))
     discards: list = field(default_factory=list)     # (offset, length) of each discard
+    fallocates: list = field(default_factory=list)   # (what, offset, length) of each
+    inflight: list = field(default_factory=lambda: [0, 0])        # as device.Lun's
+    max_inflight: list = field(default_factory=lambda: [0, 0])
     # persistent reservations of this LUN's one I_T nexus (tgt-like: no READ FULL STATUS)
     pr_key: int = 0                 # 0: not registered
     pr_generation: int = 0
@@ -202,6 +205,26 @@ class FakeLun:
                                     prov.granularity, prov.alignment)
         return (stop - start) * bs, length - (stop - start) * bs
 
+    async def punch_hole(self, offset: int, length: int) -> tuple[int, int]:
+        """As ``device.Lun``: a LUN that can't deallocate refuses; else a discard."""
+        if self.provisioning.method is None:
+            raise NotSupported("the LUN supports neither UNMAP nor WRITE SAME with UNMAP")
+        self.fallocates.append(("punch_hole", offset, length))
+        return await self.discard(offset, length)
+
+    async def zero_range(self, offset: int, length: int) -> tuple[int, int]:
+        """Zeros over the range (WRITE SAME on a LUN that can't unmap)."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative range")
+        if offset + length > self.size:
+            raise NoSpace("zeroing beyond the end of the LUN")
+        self.fallocates.append(("zero_range", offset, length))
+        if self.provisioning.method is not None and self.provisioning.lbprz:
+            return await self.discard(offset, length)
+        await self._io()
+        self.data[offset:offset + length] = bytes(length)
+        return 0, length
+
 
 @dataclass(frozen=True)
 class FakePathState:
@@ -246,6 +269,8 @@ class FakeMultipath:
     wwn = property(lambda self: self.lun.wwn)
     capacity_changed = property(lambda self: self.lun.capacity_changed)
     provisioning = property(lambda self: self.lun.provisioning)
+    inflight = property(lambda self: self.lun.inflight)
+    max_inflight = property(lambda self: self.lun.max_inflight)
     is_gone = property(lambda self: self.lun.is_gone)
 
     @property
@@ -274,6 +299,11 @@ class FakeMultipath:
     async def discard(self, offset: int, length: int) -> tuple[int, int]:
         return await self.lun.discard(offset, length)
 
+    async def punch_hole(self, offset: int, length: int) -> tuple[int, int]:
+        return await self.lun.punch_hole(offset, length)
+
+    async def zero_range(self, offset: int, length: int) -> tuple[int, int]:
+        return await self.lun.zero_range(offset, length)
     async def persistent_reserve_in(self, action: Any) -> Any:
         return await self.lun.persistent_reserve_in(action)
 

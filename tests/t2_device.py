@@ -109,6 +109,7 @@ class Disk:
         del self.data[blocks * block_size:]
         self.refuse = refuse
         self.unmapped: list[tuple[int, int]] = []       # (lba, blocks) per descriptor
+        self.same: list[tuple[int, int]] = []           # (lba, blocks) written by WRITE SAME
 
     def __call__(self, conn, cmd):
         op, bs = cmd.cdb[0], self.block_size
@@ -132,10 +133,14 @@ class Disk:
                 self.unmapped.append((lba, n))
                 self.data[lba * bs:(lba + n) * bs] = bytes(n * bs)
         elif op == 0x93:
-            assert cmd.cdb[1] == 0x08 and bytes(cmd.data) == bytes(bs)    # UNMAP bit, zeros
+            assert cmd.cdb[1] in (0x00, 0x08) and len(cmd.data) == bs
             lba, n = int.from_bytes(cmd.cdb[2:10], "big"), int.from_bytes(cmd.cdb[10:14], "big")
-            self.unmapped.append((lba, n))
-            self.data[lba * bs:(lba + n) * bs] = bytes(n * bs)
+            if cmd.cdb[1] == 0x08:                                        # UNMAP bit
+                assert bytes(cmd.data) == bytes(bs)                       # with zeros
+                self.unmapped.append((lba, n))
+            else:
+                self.same.append((lba, n))
+            self.data[lba * bs:(lba + n) * bs] = bytes(cmd.data) * n
         return [response(conn, cmd, 0)]
 
 
@@ -148,7 +153,7 @@ def response(conn, cmd, status: int, data: bytes = b""):
 
 async def discard_lun(nursery, disk: Disk, *, lbpu=True, lbpws=True, lbpme=True,
                       max_unmap=0xFFFFFFFF, descriptors=0xFFFFFFFF, granularity=0,
-                      alignment=None, max_write_same=0) -> tuple[Lun, FakeTarget]:
+                      alignment=None, max_write_same=0, lbprz=None) -> tuple[Lun, FakeTarget]:
     target = FakeTarget(on_command=disk)
     lun = await lun_over_fake(target, nursery)
     lun.block_size = disk.block_size
@@ -159,9 +164,10 @@ async def discard_lun(nursery, disk: Disk, *, lbpu=True, lbpws=True, lbpme=True,
                                    optimal_unmap_granularity=granularity,
                                    unmap_granularity_alignment=alignment,
                                    max_write_same_length=max_write_same)
-    lun.lbp = LogicalBlockProvisioning(lbpu=lbpu, lbpws=lbpws, lbprz_field=1,
-                                       provisioning_type=2)
-    lun.lbpme = lun.lbprz = lbpme
+    lbprz = lbpme if lbprz is None else lbprz
+    lun.lbp = LogicalBlockProvisioning(lbpu=lbpu, lbpws=lbpws, lbprz_field=int(lbprz),
+                                       provisioning_type=2 if lbpme else 0)
+    lun.lbpme, lun.lbprz = lbpme, lbprz
     return lun, target
 
 
@@ -262,6 +268,76 @@ async def test_discard_past_the_end_or_negative_changes_nothing(nursery, autojum
             await lun.discard(-1, 10)
         assert await lun.discard(8192, 0) == (0, 0)
     assert target.commands_seen() == []
+    await lun.session.close()
+
+
+# -- fallocate: punch_hole and zero_range -----------------------------------------------------
+async def test_punch_hole_and_zero_range_unmap_where_the_lun_reads_zeros(nursery,
+                                                                         autojump_clock):
+    disk = Disk(64)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk)                 # LBPRZ: a discard each
+    with trio.fail_after(10):
+        assert await lun.punch_hole(1000, 20000) == (39 * 512, 20000 - 39 * 512)
+        assert await lun.zero_range(24 * 1024, 8192) == (8192, 0)
+    assert disk.unmapped == [(2, 39), (48, 16)] and disk.same == []
+    assert disk.data[1000:21000] == bytes(20000) and disk.data[24576:32768] == bytes(8192)
+    assert disk.data[21000:24576] == before[21000:24576]
+    await lun.session.close()
+
+
+async def test_zero_range_writes_same_zeros_on_a_lun_that_cannot_unmap(nursery,
+                                                                        autojump_clock):
+    disk = Disk(64)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk, lbpme=False, max_write_same=16)
+    with trio.fail_after(10):
+        assert await lun.zero_range(1000, 20000) == (0, 20000)
+    assert disk.same == [(2, 16), (18, 16), (34, 7)] and disk.unmapped == []
+    assert disk.data[1000:21000] == bytes(20000)
+    assert disk.data[:1000] == before[:1000] and disk.data[21000:] == before[21000:]
+    # WRITE SAME first, then the partial edge blocks by read-modify-write
+    assert ops(target)[:3] == [0x93] * 3 and sorted(ops(target)[3:]) == [0x28, 0x28, 0x2A, 0x2A]
+    await lun.session.close()
+
+
+async def test_punch_hole_without_lbprz_sends_write_same_with_unmap(nursery, autojump_clock):
+    disk = Disk(64)
+    lun, target = await discard_lun(nursery, disk, lbprz=False)
+    with trio.fail_after(10):
+        assert await lun.punch_hole(512, 10 * 512) == (10 * 512, 0)
+    # the target deallocates only what then reads as the zeros it was sent
+    assert disk.unmapped == [(1, 10)] and set(ops(target)) == {0x93}
+    await lun.session.close()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lbpme=False), "supports neither UNMAP nor WRITE SAME"),
+    (dict(lbprz=False, lbpws=False), "need not read as zeros")])
+async def test_punch_hole_that_cannot_deallocate_changes_nothing(nursery, autojump_clock, kw,
+                                                                 match):
+    disk = Disk(16)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk, **kw)
+    with pytest.raises(NotSupported, match=match), trio.fail_after(10):
+        await lun.punch_hole(100, 4000)
+    assert disk.data == before and target.commands_seen() == []
+    await lun.session.close()
+
+
+async def test_zero_range_refused_write_same_changes_nothing(nursery, autojump_clock):
+    disk = Disk(16, refuse=True)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk, lbpme=False)
+    with trio.fail_after(10):
+        with pytest.raises(NotSupported, match="refused WRITE SAME"):
+            await lun.zero_range(100, 4000)
+        assert ops(target) == [0x93]            # nothing else was sent: the edges are intact
+        with pytest.raises(NotSupported):       # and it is not asked again
+            await lun.zero_range(0, 512)
+        with pytest.raises(NoSpace):
+            await lun.zero_range(8000, 193)
+    assert disk.data == before and ops(target) == [0x93]
     await lun.session.close()
 
 

@@ -16,7 +16,8 @@ import trio
 from iscsifs.core.names import Portal
 from iscsifs.device import Provisioning
 from iscsifs.errors import ConnectionLost
-from iscsifs.fs.ops import Operations
+from iscsifs.fs.ops import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+                            FALLOC_FL_ZERO_RANGE, HAVE_PARALLEL_DIRECT_WRITES, Operations)
 from iscsifs.fs.tree import ROOT_INODE, Tree
 
 from fs_fake import (DISK1, HOSTILE_NAMES, FakeInitiator, FakeLun, FakeLunEntry, ScsiError,
@@ -96,7 +97,7 @@ async def test_raw_io_semantics():
     ops, fake = make_ops()
     dev = fake.targets[DISK1][1].device
     a = await raw(ops, 1)
-    fi = await ops.open(a.st_ino, os.O_RDWR, None)
+    fi = await ops.open(a.st_ino, os.O_RDWR | os.O_DIRECT, None)
     assert fi.direct_io and not fi.keep_cache
     fh = fi.fh
     assert await ops.read(fh, 0, 100) == dev.data[:100]
@@ -131,10 +132,24 @@ async def test_raw_io_semantics():
     await expect_errno(errno.EBADF, ops.read(fh, 0, 1))
 
 
-async def test_cache_page_mode():
-    ops, _ = make_ops(cache="page")
-    fi = await ops.open((await raw(ops, 1)).st_ino, os.O_RDONLY, None)
-    assert not fi.direct_io and not fi.keep_cache
+async def test_cache_modes():
+    """auto (the default) is a block device's: the page cache for buffered opens, none for
+    O_DIRECT ones, which may write in parallel; direct never caches, page always does. The
+    cache is kept while the LUN is open and dropped by a first open."""
+    for mode, buffered, odirect in (("auto", False, True), ("direct", True, True),
+                                    ("page", False, False)):
+        ops, _ = make_ops(cache=mode)
+        inode = (await raw(ops, 1)).st_ino
+        fi = await ops.open(inode, os.O_RDONLY, None)
+        assert fi.direct_io is buffered and not fi.keep_cache, mode
+        second = await ops.open(inode, os.O_RDWR | os.O_DIRECT, None)
+        assert second.direct_io is odirect and second.keep_cache, mode
+        if HAVE_PARALLEL_DIRECT_WRITES:
+            assert second.parallel_direct_writes is odirect, mode
+        await ops.release(fi.fh)
+        await ops.release(second.fh)
+        assert not (await ops.open(inode, os.O_RDONLY, None)).keep_cache   # first again
+    assert Operations.__init__.__kwdefaults__["cache"] == "auto"
 
 
 async def test_write_protected_and_read_only():
@@ -269,6 +284,50 @@ async def test_discard_through_setxattr():
                                                       b"0 512", None))
 
 
+async def test_fallocate_punches_holes_and_zeroes_ranges():
+    ops, fake = make_ops()
+    dev = fake.targets[DISK1][1].device
+    a = await raw(ops, 1)
+    fh = (await ops.open(a.st_ino, os.O_RDWR, None)).fh
+    before = bytes(dev.data)
+    punch, zero = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
+    await ops.fallocate(fh, punch, 1000, 20000)
+    await ops.fallocate(fh, zero, 30000, 100)
+    await ops.fallocate(fh, zero | FALLOC_FL_KEEP_SIZE, 40000, 512)
+    assert dev.fallocates == [("punch_hole", 1000, 20000), ("zero_range", 30000, 100),
+                              ("zero_range", 40000, 512)]
+    assert dev.data[1000:21000] == bytes(20000) and dev.data[30000:30100] == bytes(100)
+    assert dev.data[:1000] == before[:1000] and dev.data[21000:30000] == before[21000:30000]
+    # KEEP_SIZE past the end: clipped, as for a file; growing the LUN: ENOSPC
+    await ops.fallocate(fh, punch, dev.size - 100, 1 << 20)
+    assert dev.fallocates[-1] == ("punch_hole", dev.size - 100, 100)
+    await ops.fallocate(fh, punch, dev.size + 4096, 512)              # nothing to do
+    assert len(dev.fallocates) == 4
+    await expect_errno(errno.ENOSPC, ops.fallocate(fh, zero, dev.size - 100, 1 << 20))
+    # allocation, collapse, insert, unshare, PUNCH_HOLE without KEEP_SIZE: not for a LUN
+    for mode in (0, FALLOC_FL_KEEP_SIZE, 0x08, 0x20, 0x40, FALLOC_FL_PUNCH_HOLE):
+        await expect_errno(errno.EOPNOTSUPP, ops.fallocate(fh, mode, 0, 512))
+    assert len(dev.fallocates) == 4
+    # read-only handle, LUN or mount: refused before anything is sent
+    ro = (await ops.open(a.st_ino, os.O_RDONLY, None)).fh
+    await expect_errno(errno.EBADF, ops.fallocate(ro, punch, 0, 512))
+    a3 = await raw(ops, 3)
+    fh3 = (await ops.open(a3.st_ino, os.O_RDONLY, None)).fh
+    await expect_errno(errno.EBADF, ops.fallocate(fh3, punch, 0, 512))
+    dev.write_protected = True
+    await expect_errno(errno.EROFS, ops.fallocate(fh, punch, 0, 512))
+    dev.write_protected = False
+    # a LUN that cannot deallocate: PUNCH_HOLE is EOPNOTSUPP, ZERO_RANGE writes zeros
+    dev.provisioning = Provisioning()
+    await expect_errno(errno.EOPNOTSUPP, ops.fallocate(fh, punch, 0, 512))
+    await ops.fallocate(fh, zero, 0, 512)
+    assert dev.data[:512] == bytes(512) and dev.fallocates[-1] == ("zero_range", 0, 512)
+    # text files and the rescan file have no fallocate
+    session = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "session")
+    tfh = (await ops.open(session.st_ino, os.O_RDONLY, None)).fh
+    await expect_errno(errno.EOPNOTSUPP, ops.fallocate(tfh, punch, 0, 1))
+
+
 async def test_text_files_are_snapshots():
     ops, fake = make_ops()
     session = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "session")
@@ -351,7 +410,8 @@ def test_unit_attention_capacity_change_rereads_size():
     """A LUN that saw UNIT ATTENTION 2A/09 (device.Lun sets capacity_changed) is asked for its
     capacity again at the next getattr, and the new size is what stat shows."""
     from fs_fake import DISK1, FakeInitiator, standard_targets
-    from iscsifs.fs.ops import Operations
+    from iscsifs.fs.ops import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+                            FALLOC_FL_ZERO_RANGE, HAVE_PARALLEL_DIRECT_WRITES, Operations)
     from iscsifs.fs.tree import Tree
     from iscsifs.core.names import Portal
 

@@ -201,7 +201,7 @@ def _text_fields(text: str) -> dict[str, str]:
 INFO_KEYS = ["schema", "lun", "target", "portal", "by_path", "device_type", "device_type_name",
              "vendor", "product", "revision", "raw", "serial", "wwn", "block_size",
              "capacity_blocks", "capacity_bytes", "max_transfer_bytes", "write_protected",
-             "provisioning"]
+             "provisioning", "in_flight"]
 
 
 @pytest.mark.parametrize("entry", [
@@ -223,6 +223,7 @@ def test_info_json_is_the_info_text_as_json(entry):
     assert text["By-path"] == doc["by_path"]
     if entry.device is None:
         assert not doc["raw"] and doc["block_size"] is None and doc["provisioning"] is None
+        assert doc["in_flight"] is None and "In flight" not in text
         assert doc["vendor"] is None and "Vendor" not in text
         return
     assert doc["raw"] is True
@@ -242,6 +243,14 @@ def test_info_json_is_the_info_text_as_json(entry):
     assert text["Discard"].startswith("UNMAP, granularity "
                                       f"{prov['discard_granularity']} bytes")
     assert text["Discarded blocks read as zeros"] == "Yes"
+    assert doc["in_flight"] == {"reads": 0, "writes": 0, "max_reads": 0, "max_writes": 0}
+    assert text["In flight"] == "0 reads, 0 writes (most at once: 0 reads, 0 writes)"
+    entry.device.inflight[:] = [1, 2]
+    entry.device.max_inflight[:] = [3, 16]
+    assert json.loads(render.render_lun_info_json(entry, IQN, PORTAL))["in_flight"] == {
+        "reads": 1, "writes": 2, "max_reads": 3, "max_writes": 16}
+    assert _text_fields(render.render_lun_info(entry, IQN, PORTAL))["In flight"] == \
+        "1 reads, 2 writes (most at once: 3 reads, 16 writes)"
 
 
 def test_info_of_a_lun_without_provisioning():

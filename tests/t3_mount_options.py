@@ -36,7 +36,7 @@ def test_basic(tmp_path):
     opts = parse("127.0.0.1:3260", str(tmp_path))
     assert opts.portals == [Portal("127.0.0.1", 3260)]
     assert opts.mountpoint == str(tmp_path)
-    assert not opts.read_only and not opts.foreground and opts.cache == "direct"
+    assert not opts.read_only and not opts.foreground and opts.cache == "auto" and opts.read_ahead_kb == 1024
 
 
 def test_several_portals_and_ipv6(tmp_path):
@@ -178,7 +178,7 @@ def test_help_names_every_option_the_parser_accepts_as_the_man_page_does():
 def test_help_and_version():
     with pytest.raises(QuietError) as info:
         parse_args(["--help"])
-    assert info.value.exit_code == 0 and "cache=direct|page" in str(info.value)
+    assert info.value.exit_code == 0 and "cache=auto|direct|page" in str(info.value)
     assert "multipath=failover|round-robin" in str(info.value)
     with pytest.raises(QuietError) as info:
         parse_args(["-V"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -114,34 +115,49 @@ def test_tgtadm_lun_add_and_delete_show_without_a_rescan(fresh_target, fuse_avai
         tdir = mp / "portals" / t.portal / "targets" / t.iqn
         luns = tdir / "luns"
         assert sorted(os.listdir(luns), key=int) == ["0", "1"]
-        with open(luns / "1" / "raw", "rb", buffering=0) as f:
-            f.read(4096)
+        block = mmap.mmap(-1, 4096)             # O_DIRECT: every read is a command
+        fd = os.open(luns / "1" / "raw", os.O_RDONLY | os.O_DIRECT)
+        try:
+            os.preadv(fd, [block], 0)
             tgtd.add_lun(t.tid, 2, extra)
             # tgt reports the change (UNIT ATTENTION 3F/0E) to the next command of the
             # session; the mount rescans by itself
-            f.seek(0)
-            f.read(4096)
+            os.preadv(fd, [block], 0)
+        finally:
+            os.close(fd)
         assert wait_for(lambda: "2" in os.listdir(luns), timeout=30)
         link = f"ip-{t.portal}-iscsi-{t.iqn}-lun-2"
         assert link in os.listdir(mp / "by-path")
         wwn = json.loads((luns / "2" / "info.json").read_text())["wwn"]
         by_id = f"wwn-0x{wwn.removeprefix('naa.')}"
         assert by_id in os.listdir(mp / "by-id")
-        fd = os.open(luns / "2" / "raw", os.O_RDONLY)
+        fd = os.open(luns / "2" / "raw", os.O_RDONLY | os.O_DIRECT)
+        cached = os.open(luns / "2" / "raw", os.O_RDONLY)        # through the page cache
         try:
-            assert os.pread(fd, 4096, 0) == extra.read_bytes()[:4096]
+            assert os.preadv(fd, [block], 0) == 4096 and block[:] == extra.read_bytes()[:4096]
+            assert os.pread(cached, 4096, 0) == extra.read_bytes()[:4096]
             tgtd.delete_lun(t.tid, 2)
             with pytest.raises(OSError) as info:         # at once: no relogin, no wait
-                os.pread(fd, 4096, 0)
+                os.preadv(fd, [block], 0)
             assert info.value.errno == errno.ENXIO
             assert wait_for(lambda: "2" not in os.listdir(luns), timeout=30)
             assert link not in os.listdir(mp / "by-path")
             assert by_id not in os.listdir(mp / "by-id")
             with pytest.raises(OSError) as info:
-                os.pread(fd, 4096, 0)
+                os.preadv(fd, [block], 0)
             assert info.value.errno == errno.ENXIO
+
+            def cache_dropped() -> bool:                 # as a deleted disk's page cache
+                try:
+                    os.pread(cached, 4096, 0)
+                except OSError as exc:
+                    return exc.errno == errno.ENXIO
+                return False
+            assert wait_for(cache_dropped, timeout=10)
         finally:
             os.close(fd)
+            os.close(cached)
+            block.close()
         session = json.loads((tdir / "session.json").read_text())
         assert "reconnects" not in session["extended_stats"]       # no relogin at all
         text = log.read_text()

@@ -57,7 +57,7 @@ def test_two_processes_write_different_regions(fresh_mount, tmp_path):
         assert backing[start:start + len(data)] == data
 
 
-@pytest.mark.parametrize("cache", ["direct", "page"])
+@pytest.mark.parametrize("cache", ["auto", "direct", "page"])
 def test_fio_verify_and_cmp(fresh_mount, cache):
     if shutil.which("fio") is None:
         pytest.fail("fio is not installed (scripts/setup installs it)")

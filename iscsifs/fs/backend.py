@@ -83,6 +83,11 @@ class BlockDevice(Protocol):
     def capacity_changed(self) -> bool:
         """A command saw UNIT ATTENTION 2A/09: ``read_capacity()`` before trusting ``size``."""
 
+    inflight: list[int]
+    """READ and WRITE commands running now: ``[reads, writes]``."""
+    max_inflight: list[int]
+    """The most READ and WRITE commands that ran at once: ``[reads, writes]``."""
+
     luns_changed: bool
     """A command saw UNIT ATTENTION 3F/0E: the target's LUN list changed (the filesystem
     rescans and clears it)."""
@@ -105,6 +110,14 @@ class BlockDevice(Protocol):
         """Unmap whole granules, write zeros over the rest of the range; returns (bytes
         unmapped, bytes zeroed). ``ValueError`` for a negative range, ``errors.NoSpace`` past
         the end, ``errors.NotSupported`` when the LUN can't unmap; nothing changes then."""
+    async def punch_hole(self, offset: int, length: int) -> tuple[int, int]:
+        """``fallocate(PUNCH_HOLE)``: deallocate what the LUN can so that the whole range
+        reads as zeros; returns (bytes unmapped, bytes zeroed). ``errors.NotSupported`` when
+        the LUN can't deallocate (nothing changes then); range errors as ``discard``."""
+    async def zero_range(self, offset: int, length: int) -> tuple[int, int]:
+        """``fallocate(ZERO_RANGE)``: the range reads as zeros (unmapped where the LUN reads
+        zeros after that, else WRITE SAME); returns (bytes unmapped, bytes zeroed).
+        ``errors.NotSupported`` when the LUN refuses WRITE SAME."""
     async def read_capacity(self) -> None:
         """Read the capacity again (after a resize); clears ``capacity_changed``."""
     async def read_write_protect(self) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -86,7 +87,7 @@ class Namespace:
         elif node.kind is Kind.LUNS:
             assert node.target is not None and node.portal is not None
             entries: Sequence[LunListing] = await self.backend.luns(node.target, node.portal)
-            self.tree.set_luns(node, entries)
+            self.set_luns(node, entries)
         elif node.kind is Kind.BY_PATH:
             self.build_by_path(node)
         elif node.kind is Kind.BY_ID:
@@ -206,7 +207,7 @@ class Namespace:
         if luns is None or luns.kind is not Kind.LUNS or luns.children is None:
             return
         before = dict(luns.children)
-        self.tree.set_luns(luns, entries)
+        self.set_luns(luns, entries)
         after = luns.children or {}
         stale = [name for name, inode in before.items() if after.get(name) != inode]
         added = [name for name in after if name not in before]
@@ -232,6 +233,38 @@ class Namespace:
                 self.forget_names(self.tree.node(status.parent), [node.name])
         self.forget_names(by_id, [n.name for n in dead])
         self.notify_attrs([luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW])
+
+    def set_luns(self, luns: Node, entries: Sequence[LunListing]) -> None:
+        """``Tree.set_luns``, and a ``raw`` whose LU went away (or was replaced by another)
+        takes its cached pages with it, as a deleted disk's do."""
+        before = self._raw_inodes(luns)
+        self.tree.set_luns(luns, entries)
+        self.drop_data_later(before - self._raw_inodes(luns))
+
+    def _raw_inodes(self, luns: Node) -> set[int]:
+        found = set()
+        for inode in (luns.children or {}).values():
+            lnode = self.tree.get(inode)
+            raw = (lnode.children or {}).get("raw") if lnode is not None else None
+            if raw is not None:
+                found.add(raw)
+        return found
+
+    def drop_data_later(self, inodes: set[int]) -> None:
+        """Make the kernel drop the cached pages of ``inodes`` (``raw`` files whose LU went
+        away), from a thread of its own: the kernel waits for pages a read request of ours
+        holds locked, so a handler must never wait for this itself."""
+        if not self.kernel_notify or not inodes:
+            return
+
+        def drop() -> None:
+            for inode in inodes:
+                try:
+                    pyfuse3.invalidate_inode(inode, attr_only=False)
+                except Exception:       # the kernel never looked it up, or has forgotten it
+                    log.debug("invalidate_inode(%d) failed", inode, exc_info=True)
+
+        threading.Thread(target=drop, name="iscsifs-drop-cache", daemon=True).start()
 
     def forget_names(self, directory: Node, names: Sequence[str]) -> None:
         """Make the kernel drop its cached entries ``names`` of ``directory`` (their inodes
@@ -304,7 +337,7 @@ class Namespace:
         entries = await self.backend.rescan(node.target, node.portal)
         luns = self.tree.child(tnode, "luns") if tnode is not None else None
         if luns is not None:
-            self.tree.set_luns(luns, entries)
+            self.set_luns(luns, entries)
             changed = [luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW]
             # by-id files over this target's LUNs take the capacities the rescan read
             changed += [n for n in self.tree.children(self.tree.by_id_dir)

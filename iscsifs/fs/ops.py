@@ -1,8 +1,9 @@
 """pyfuse3 request handlers.
 
 Owns: what each FUSE request does on the tree of ``fs/tree.py``: attributes, directory listings,
-open files (per-handle text snapshots, LUN handles), byte I/O on ``raw`` and ``by-id`` files
-through the LUN's ``BlockDevice``, extended attributes (the names and values are
+open files (per-handle text snapshots, LUN handles; the cache mode of each open), byte I/O
+and fallocate on ``raw`` and ``by-id`` files through the LUN's ``BlockDevice``, extended
+attributes (the names and values are
 ``fs/xattrs.py``'s; setting ``user.iscsi.discard`` discards a range), statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
 lock here serialises I/O): the rules behind listings, rescans, by-path, mkdir and rmdir live in
 ``fs/namespace.py``. Every handler wears ``errno_map.fuse_errors`` - the one place where
@@ -21,7 +22,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pyfuse3
 
@@ -35,7 +36,17 @@ from iscsifs.fs.tree import Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
-CACHE_MODES = ("direct", "page")     # mount option cache=: see docs/mount-options.md
+# mount option cache= (docs/mount-options.md): auto = like a block device, the page cache for
+# buffered opens and none for O_DIRECT ones; direct = never; page = always
+CACHE_MODES = ("auto", "direct", "page")
+# fallocate(2) modes (<linux/falloc.h>)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+# What a patched pyfuse3 offers (patches/pyfuse3/README.md); without it raw has no fallocate
+# (the kernel answers EOPNOTSUPP itself) and O_DIRECT writes to one raw run one at a time.
+HAVE_FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
+HAVE_PARALLEL_DIRECT_WRITES = bool(getattr(pyfuse3, "HAVE_PARALLEL_DIRECT_WRITES", False))
 STATFS_BLOCK_SIZE = 4096
 RAW_BLKSIZE = 1 << 20        # st_blksize of raw: the largest request the kernel sends (1 MiB)
 
@@ -50,9 +61,12 @@ class _Handle:
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
+    # asynchronous direct I/O and read-ahead the kernel may have outstanding (its default is
+    # 12, fewer than one fio job at iodepth 16); a patched pyfuse3 asks for it in FUSE_INIT
+    max_background = 64
 
     def __init__(self, initiator: Backend, tree: Tree, *, initiator_name: str,
-                 read_only: bool = False, cache: str = "direct",
+                 read_only: bool = False, cache: str = "auto",
                  uid: int | None = None, gid: int | None = None,
                  attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  records: NodeRecords | None = None, kernel_notify: bool = False):
@@ -73,6 +87,13 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[str, int]]] = {}
         self.namespace = Namespace(initiator, tree, records=records,
                                    kernel_notify=kernel_notify)
+        # called once the kernel's FUSE_INIT has been answered (the mount's kernel knobs)
+        self.on_init: Callable[[], None] | None = None
+
+    def init(self) -> None:
+        """pyfuse3 calls this while it answers FUSE_INIT (synchronously)."""
+        if self.on_init is not None:
+            self.on_init()
 
     # -- helpers --------------------------------------------------------------------------
     def _node(self, inode: int) -> Node:
@@ -485,9 +506,17 @@ class Operations(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             # like a block device: O_TRUNC on a LUN does nothing (ftruncate is refused)
             log.debug("%s: O_TRUNC ignored", "/".join(node.path))
+        # like a block device's: the page cache lives while the LUN is open, and a first
+        # open starts without it (what another initiator wrote meanwhile is read anew)
+        keep_cache = any(h.node is node for h in self._handles.values())
         fh = next(self._fh)
         self._handles[fh] = _Handle(node, writable=wants_write)
-        return pyfuse3.FileInfo(fh=fh, direct_io=(self.cache == "direct"), keep_cache=False)
+        direct = self.cache == "direct" or (self.cache == "auto" and bool(flags & os.O_DIRECT))
+        if direct and HAVE_PARALLEL_DIRECT_WRITES:
+            # concurrent writes need no inode lock: the device orders overlapping ones
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=keep_cache,
+                                    parallel_direct_writes=True)
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=keep_cache)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> Any:
@@ -541,6 +570,38 @@ class Operations(pyfuse3.Operations):
         if dev.capacity_changed:
             await self.namespace.refresh_capacity(node)
         return written
+
+    @fuse_errors
+    async def fallocate(self, fh: int, mode: int, off: int, length: int) -> None:
+        """``fallocate(2)`` on ``raw`` and ``by-id`` files: PUNCH_HOLE|KEEP_SIZE deallocates
+        (``BlockDevice.punch_hole``), ZERO_RANGE zeroes (``BlockDevice.zero_range``); both
+        leave the range reading zeros. Other modes, and LUNs that can't, get EOPNOTSUPP. The
+        kernel drops the range from the page cache itself. Called by a patched pyfuse3 only
+        (``HAVE_FALLOCATE``)."""
+        handle = self._handle(fh)
+        node = handle.node
+        if handle.data is not None or not node.kind.is_device or node.device is None:
+            raise _fail(errno.EOPNOTSUPP)
+        if mode not in (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE,
+                        FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE):
+            raise _fail(errno.EOPNOTSUPP)       # allocation: a LUN is always all there
+        if not handle.writable:
+            raise _fail(errno.EBADF)
+        if self._lun_read_only(node):
+            raise _fail(errno.EROFS)
+        await self.namespace.refresh_capacity(node)
+        dev = node.device
+        if mode & FALLOC_FL_KEEP_SIZE:          # past the end: nothing to do, as for a file
+            length = max(0, min(length, dev.size - off))
+        if length == 0:
+            return
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            unmapped, zeroed = await dev.punch_hole(off, length)
+        else:
+            unmapped, zeroed = await dev.zero_range(off, length)
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        log.debug("%s: fallocate mode 0x%x: %d bytes at %d (%d unmapped, %d written as zeros)",
+                  "/".join(node.path), mode, length, off, unmapped, zeroed)
 
     @fuse_errors
     async def flush(self, fh: int) -> None:

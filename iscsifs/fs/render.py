@@ -465,6 +465,7 @@ def lun_facts(dev: BlockDevice | None, *, lun: int, target: str | None = None,
         "max_transfer_bytes": None,
         "write_protected": None,
         "provisioning": None,
+        "in_flight": None,
     }
     if dev is not None:
         facts.update({
@@ -476,6 +477,9 @@ def lun_facts(dev: BlockDevice | None, *, lun: int, target: str | None = None,
             "max_transfer_bytes": int(dev.max_transfer_bytes) or None,
             "write_protected": bool(dev.write_protected),
             "provisioning": provisioning_facts(dev),
+            "in_flight": {"reads": int(dev.inflight[0]), "writes": int(dev.inflight[1]),
+                          "max_reads": int(dev.max_inflight[0]),
+                          "max_writes": int(dev.max_inflight[1])},
         })
     return facts
 
@@ -538,6 +542,9 @@ def render_info_text(facts: dict[str, Any]) -> str:
                 f"bytes per command",
                 f"Discarded blocks read as zeros: {_yes_no(prov['lbprz'])}",
             ]
+        io = facts["in_flight"]
+        lines.append(f"In flight: {io['reads']} reads, {io['writes']} writes (most at once: "
+                     f"{io['max_reads']} reads, {io['max_writes']} writes)")
     else:
         lines.append("Raw: none (not a block device)")
     if facts["by_path"] is not None:

@@ -6,7 +6,8 @@
         with a warning the user sees; without records the mount fails)
     log in as login= says (automatic: node.startup = automatic records; all; lazy: none),
         concurrently, and list those targets' LUNs, so by-path/ is complete at once
-    pyfuse3.init -> ready -> pyfuse3.main, until unmounted or SIGTERM/SIGINT
+    pyfuse3.init -> pyfuse3.main -> FUSE_INIT answered: read-ahead set, ready, until
+        unmounted or SIGTERM/SIGINT
     log out every session -> pyfuse3.close(unmount=True)
 
 Cleanups are registered as things are created and run in reverse. User errors are raised as
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +40,7 @@ from iscsifs.fs.ops import Operations
 from iscsifs.fs.records import NodeRecords
 from iscsifs.fs.tree import Node, Tree
 from iscsifs.initiator import Initiator
+from iscsifs.mount import kernel
 from iscsifs.mount.config import MountConfig, load_config, resolve_initiator_name
 from iscsifs.mount.options import MountOptions
 from iscsifs.mount.sids import SidCounter
@@ -296,14 +299,23 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
                              2 * login_timeout, warn)
         if terminated:
             return
+        real_mountpoint = os.path.realpath(opts.mountpoint)     # before it is ours to answer
         try:
             pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
         except Exception as exc:
             raise QuietError(f"cannot mount on {opts.mountpoint}: {exc}", EXIT_GENERIC) from None
         fuse_mounted = True
-        log.info("mounted %s on %s (iscsifs %s, initiator %s, login=%s)", opts.spec,
-                 opts.mountpoint, __version__, initiator_name, opts.login)
-        ready()
+
+        async def initialized() -> None:
+            # after FUSE_INIT's answer (which can only lower the read-ahead), before the mount
+            # is reported ready: every open then reads ahead as far as it should
+            kernel.tune(real_mountpoint, opts.read_ahead_kb)
+            log.info("mounted %s on %s (iscsifs %s, initiator %s, login=%s)", opts.spec,
+                     opts.mountpoint, __version__, initiator_name, opts.login)
+            ready()
+
+        # pyfuse3 calls Operations.init while it answers FUSE_INIT: the task runs after that
+        ops.on_init = lambda: nursery.start_soon(initialized)
         # Keep idle FUSE workers around: with pyfuse3's default (1), every burst of parallel
         # requests spawns tasks that exit again at once (measured: 1 spawn per 3 requests).
         await pyfuse3.main(min_tasks=FUSE_IDLE_WORKERS, max_tasks=FUSE_MAX_WORKERS)

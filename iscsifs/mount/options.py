@@ -78,7 +78,9 @@ options (-o, comma separated; later ones win):
                            $ISCSIFS_CONFIG_DIR, /etc/iscsifs as root, ~/.config/iscsifs)
   open_iscsi               also read /etc/iscsi/iscsid.conf and initiatorname.iscsi
   nodiscovery              never send SendTargets: list the node records of each portal
-  cache=direct|page        raw files: direct = no page cache (default), page = kernel cache
+  cache=auto|direct|page   raw files: auto = like a block device, the page cache for
+                           buffered opens and none for O_DIRECT (default); direct = never
+                           the page cache; page = always
   multipath=failover|round-robin   by-id files: one active path, the others standby
                            (default), or every healthy path in turn
   allow_other              let other users access the mount (modes still apply)
@@ -104,6 +106,8 @@ options (-o, comma separated; later ones win):
                            local IP address (open-iscsi's iface.ipaddress)
   max_sectors_kb=N         split larger reads and writes into concurrent commands of N KiB
                            at most (4..1024, default 512; the LUN's own limit also applies)
+  read_ahead_kb=N          the kernel's read-ahead for buffered reads of raw files, in KiB
+                           (default 1024; 0 keeps the kernel's 128; needs root)
   reservation_key=0xKEY[:aptpl]   register this persistent reservation key (up to 8 bytes,
                            hex) on every LUN at every login, before any I/O (multipath.conf)
   alua_transition_timeout=S   by-id files: how long commands wait for a path in an ALUA
@@ -129,7 +133,7 @@ class MountOptions:
     config_dir_given: bool = False
     open_iscsi: bool = False
     nodiscovery: bool = False
-    cache: str = "direct"
+    cache: str = "auto"
     multipath: str = "failover"
     allow_other: bool = False
     debug: bool = False
@@ -140,6 +144,7 @@ class MountOptions:
     login: str = "automatic"                                        # one of LOGIN_MODES
     timeouts: dict[str, int] = field(default_factory=dict)          # Timeouts field -> value
     max_sectors_kb: int = 512                                       # requests split above
+    read_ahead_kb: int = 1024                                       # the mount's bdi
     reservation_key: int | None = field(default=None, repr=False)   # registered everywhere
     reservation_aptpl: bool = False
     alua_transition_timeout: int = 60
@@ -216,7 +221,8 @@ def apply_option(opts: MountOptions, item: str) -> None:
         opts.login = value
     elif key == "cache":
         if value not in CACHE_MODES:
-            raise _usage_error(f"bad value for cache: {value!r} (expected direct or page)")
+            raise _usage_error(f"bad value for cache: {value!r} "
+                               f"(expected {', '.join(CACHE_MODES)})")
         opts.cache = value
     elif key == "multipath":
         if value not in MULTIPATH_POLICIES:
@@ -231,6 +237,11 @@ def apply_option(opts: MountOptions, item: str) -> None:
         if not 4 <= kib <= 1024:
             raise _usage_error(f"bad value for max_sectors_kb: {value!r} (4 to 1024)")
         opts.max_sectors_kb = kib
+    elif key == "read_ahead_kb":
+        kib = _int_value(key, value, unit="KiB")
+        if not 0 <= kib <= 65536:
+            raise _usage_error(f"bad value for read_ahead_kb: {value!r} (0 to 65536)")
+        opts.read_ahead_kb = kib
     elif key == "isns":
         if not value:
             raise _usage_error("isns= needs the iSNS server: isns=HOST[:PORT]")

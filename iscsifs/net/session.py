@@ -182,11 +182,12 @@ class _Link:
         self.recovery_wanted = trio.Event()
         self.renegotiating = False      # answering the target's AsyncEvent 4
 
-    def push(self) -> None:
-        """Send whatever the state machine has queued (synchronous; ordered)."""
+    def push(self, batch: bool = False) -> None:
+        """Send whatever the state machine has queued (synchronous; ordered). ``batch``: with
+        what other tasks queue in this scheduler pass, in one ``sendmsg`` after it."""
         conn = self.conn
         if conn.has_output:
-            self.transport.send(conn.data_to_send())
+            self.transport.send(conn.data_to_send(), batch=batch)
 
 
 class Session:
@@ -724,7 +725,9 @@ class Session:
         cmd.deadline = trio.current_time() + timeout if timeout > 0 else math.inf
         link.commands[itt] = cmd
         try:
-            link.push()
+            # alone on the connection (queue depth 1): at once; else with the other commands
+            # issued in this scheduler pass, in one sendmsg
+            link.push(batch=len(link.commands) > 1)
         except ConnectionLost as exc:
             self._link_failed(link, exc)
 
