@@ -26,7 +26,9 @@ stderr. MB/s = 10^6 bytes/s.
     rss.<subject>.after_seqread_1m_qd16   daemon VmRSS right after the qd16 x 1 MiB job (max)
     rss.<subject>.hwm_after_seqread_1m_qd16  daemon VmHWM at that point
     rss.<subject>.peak             daemon VmHWM at the end of the run
-    verify.iscsifs.*               1 if fio --verify=crc32c passed on iscsifs
+    verify.iscsifs.*               1 if fio --verify=crc32c passed on iscsifs (one job per
+                                   shape of the measures: 64 KiB and 4 KiB at qd16, the 70/30
+                                   mix, 1 MiB qd16, 16 threads, unaligned 1000 B)
 and at the end a markdown table for docs/performance.md.
 
 Knobs (environment):
@@ -97,6 +99,8 @@ class Measure:
     engine: str = "psync"
     qd: int = 1
     direct: int = 1
+    jobs: int = 1           # fio numjobs (threads of one group)
+    mix: int = 0            # randrw: percent of reads
 
     @property
     def small(self) -> bool:
@@ -111,6 +115,13 @@ MEASURES = [
     Measure("randread_4k_qd16", "fio", "IOPS", "randread", "4k", "libaio", 16, 1),
     Measure("seqwrite_1m_qd1", "fio", "MB/s", "write", "1M", "psync", 1, 1),
     Measure("randwrite_4k_qd1", "fio", "IOPS", "randwrite", "4k", "psync", 1, 1),
+    # the wide set (what VMs and databases do), as ../shared/bench/anchors.sh BENCH_WIDE=1
+    Measure("randread_64k_qd16", "fio", "IOPS", "randread", "64k", "libaio", 16, 1),
+    Measure("randwrite_4k_qd16", "fio", "IOPS", "randwrite", "4k", "libaio", 16, 1),
+    Measure("randrw70_4k_qd16", "fio", "IOPS", "randrw", "4k", "libaio", 16, 1, mix=70),
+    Measure("seqwrite_1m_qd16", "fio", "MB/s", "write", "1M", "libaio", 16, 1),
+    # 16 threads writing 4 KiB O_DIRECT (qemu's thread pool, databases): parallel direct writes
+    Measure("randwrite_4k_16threads", "fio", "IOPS", "randwrite", "4k", "psync", 1, 1, jobs=16),
     Measure("dd_read", "dd", "MB/s"),
     Measure("qemu_img_convert_read", "qemu_img", "MB/s"),
 ]
@@ -431,10 +442,13 @@ def run_job(m: Measure, s: Subject, rnd: int, work: Path) -> Sample:
         out = work / f"{tag}.json"
         args = ["fio", f"--name={m.name}", f"--filename={path.replace(':', chr(92) + ':')}",
                 f"--rw={m.rw}", f"--bs={m.bs}", f"--ioengine={m.engine}", f"--iodepth={m.qd}",
-                f"--direct={m.direct}", f"--size={SIZE}", "--numjobs=1", "--allow_file_create=0",
+                f"--direct={m.direct}", f"--size={SIZE}", f"--numjobs={m.jobs}",
+                "--group_reporting", "--allow_file_create=0",
                 "--fallocate=none", "--randrepeat=0", "--norandommap", "--output-format=json",
                 f"--output={out}"]
-        if "write" not in m.rw:
+        if m.mix:
+            args.append(f"--rwmixread={m.mix}")
+        if "write" not in m.rw and m.rw != "randrw":
             args.append("--readonly")
         if m.kind == "fio":
             args += [f"--runtime={RUNTIME}", "--time_based"]
@@ -449,11 +463,15 @@ def run_job(m: Measure, s: Subject, rnd: int, work: Path) -> Sample:
         if rc != 0:
             raise RuntimeError(f"fio exit {rc}: {tail}")
         text = out.read_text()
-        job = json.loads(text[text.index("{"):])["jobs"][0]["write" if "write" in m.rw else "read"]
-        if job.get("io_bytes", 0) <= 0:
+        both = json.loads(text[text.index("{"):])["jobs"][0]
+        parts = [both["read"], both["write"]] if m.rw == "randrw" else \
+            [both["write" if "write" in m.rw else "read"]]
+        nbytes = sum(j.get("io_bytes", 0) for j in parts)
+        if nbytes <= 0:
             raise RuntimeError("fio moved no data")
-        value = job["iops"] if m.unit == "IOPS" else job["bw_bytes"] / 1e6
-        nbytes, nios = job["io_bytes"], job["total_ios"]
+        value = sum(j["iops"] for j in parts) if m.unit == "IOPS" else \
+            sum(j["bw_bytes"] for j in parts) / 1e6
+        nios = sum(j["total_ios"] for j in parts)
     else:
         if m.kind == "dd":
             cmd = ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
@@ -488,9 +506,21 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def verify(s: Subject, work: Path) -> None:
     """fio --verify=crc32c on iscsifs: the speed must not come from a broken path."""
+    region = f"--size={min(SIZE, 128 * MiB)}"
     jobs = [
-        ("randwrite_64k_qd8", ["--rw=randwrite", "--bs=64k", "--ioengine=libaio", "--iodepth=8",
-                               "--direct=1", f"--size={min(SIZE, 128 * MiB)}"]),
+        # one per shape of the measures, so that none of them is fast by being wrong
+        ("randwrite_64k_qd16", ["--rw=randwrite", "--bs=64k", "--ioengine=libaio",
+                                "--iodepth=16", "--direct=1", region]),
+        ("randwrite_4k_qd16", ["--rw=randwrite", "--bs=4k", "--ioengine=libaio", "--iodepth=16",
+                               "--direct=1", region]),
+        ("randrw70_4k_qd16", ["--rw=randrw", "--rwmixread=70", "--bs=4k", "--ioengine=libaio",
+                              "--iodepth=16", "--direct=1", region]),
+        ("seqwrite_1m_qd16", ["--rw=write", "--bs=1M", "--ioengine=libaio", "--iodepth=16",
+                              "--direct=1", region]),
+        # 16 threads, each verifying its own 8 MiB (the regions do not overlap)
+        ("randwrite_4k_16threads", ["--rw=randwrite", "--bs=4k", "--ioengine=psync",
+                                    "--numjobs=16", "--direct=1", f"--size={8 * MiB}",
+                                    f"--offset_increment={8 * MiB}"]),
         # 1000 B at offsets that are multiples of 1000: read-modify-write of the edge blocks
         ("randwrite_1000b_unaligned", ["--rw=randwrite", "--bs=1000", "--ioengine=psync",
                                        "--iodepth=1", "--direct=0", "--offset=128M",

@@ -1,9 +1,10 @@
 """The exception hierarchy of iscsifs, and the one walk over exception groups.
 
-Owns: every error type the layers raise, iscsiadm's exit codes, and ``leaf_exceptions`` /
-``os_reason`` for looking inside what trio nurseries raise (exception groups, cause chains).
+Owns: every error type the layers raise, iscsiadm's exit codes, and the walks inside what trio
+nurseries raise: ``leaf_exceptions`` (exception groups), ``causes`` (groups and cause chains;
+``os_errno`` / ``os_reason`` read a connect error through it).
 Knows nothing of FUSE (``iscsifs.fs.errno_map`` turns errors into errno) or of the command line
-(``iscsifs.cli.common`` turns them into a message and an exit code), and does no I/O. Messages
+(``iscsifs.exits`` turns them into a message and an exit code), and does no I/O. Messages
 never contain secrets.
 """
 
@@ -20,6 +21,8 @@ EXIT_ACCESS = 13             # ISCSI_ERR_ACCESS: permission denied (read-only LU
 EXIT_LOGIN_FAILED = 19       # ISCSI_ERR_FATAL_LOGIN
 EXIT_NO_OBJECTS = 21         # ISCSI_ERR_NO_OBJS_FOUND
 EXIT_AUTH_FAILED = 24        # ISCSI_ERR_LOGIN_AUTH_FAILED
+EXIT_ISNS_QUERY = 25         # ISCSI_ERR_ISNS_QUERY: the iSNS server refused the query
+EXIT_ISNS_REG_FAILED = 26    # ISCSI_ERR_ISNS_REG_FAILED: ... or the registration for it
 EXIT_NOT_SUPPORTED = 27      # ISCSI_ERR_OP_NOT_SUPP: operation not supported
 
 
@@ -104,11 +107,29 @@ class ConnectionLost(IscsiError):
         self.errno = errno
 
 
+class SourceAddressError(ConnectionLost):
+    """A connection could not be bound to the configured source address (``source_address=``,
+    ``iface.ipaddress``): not an address of this host (EADDRNOTAVAIL), or of another family
+    than the portal's. A configuration error for the command line (exit 7, as iscsiadm), but
+    a failed connection like any other for a session that logs in again."""
+
+
 class PathFailed(ConnectionLost):
     """A fail-fast command's connection failed before it was answered (dm-multipath's
     REQ_FAILFAST_TRANSPORT): the session answers it at once instead of holding it for a
     relogin, and never sends it again. The multipath layer issues a new command on another
     path."""
+
+
+class IsnsError(IscsiError):
+    """An iSNS server refused a query or a registration (``status``: its RFC 4171 status
+    code, None when it broke the protocol). Exit 25, or 26 for a registration."""
+
+    def __init__(self, message: str, status: int | None = None, *,
+                 registration: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.exit_code = EXIT_ISNS_REG_FAILED if registration else EXIT_ISNS_QUERY
 
 
 class CommandTimeout(IscsiError):
@@ -117,6 +138,11 @@ class CommandTimeout(IscsiError):
 
 class SessionFailed(IscsiError):
     """The session could not be re-established within the replacement timeout."""
+
+
+class LoggedOut(SessionFailed):
+    """The target was logged out (rmdir of its directory, unmount) while this waited for its
+    session or its LUN list: what was asked for is not there any more."""
 
 
 class NoSpace(IscsiError):
@@ -159,26 +185,48 @@ def single_exception(exc: BaseException) -> BaseException | None:
     return leaves[0] if len(leaves) == 1 else None
 
 
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it holds, depth first: the exceptions of a group (nested groups
+    flattened) and the cause chain of each (``__cause__``, else ``__context__`` unless
+    suppressed: what a traceback shows). Each exception once. The one walk along causes."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        cur = stack.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        held: list[BaseException] = []
+        if isinstance(cur, BaseExceptionGroup):
+            held.extend(cur.exceptions)
+        chained = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+        if chained is not None:
+            held.append(chained)
+        stack.extend(reversed(held))
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    return next((e for e in causes(exc) if isinstance(e, OSError) and e.errno), None)
+
+
 def os_errno(exc: BaseException) -> int | None:
     """The errno of a (possibly grouped or chained) connect error: that of the first OS error
-    with an errno found in ``exc``, its groups and its cause chain; else None."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, BaseExceptionGroup):
-            cur = next(leaf_exceptions(cur), None)
-            continue
-        if isinstance(cur, OSError) and cur.errno:
-            return cur.errno
-        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
-    return None
+    with an errno in ``causes(exc)``; else None. Negative for a name that did not resolve
+    (getaddrinfo's EAI_* codes, ``socket.gaierror``)."""
+    found = _os_error(exc)
+    return found.errno if found is not None else None
 
 
-def os_reason(exc: BaseException) -> str:
+def os_reason(exc: BaseException, host: str | None = None) -> str:
     """The most useful words of a (possibly grouped or chained) connect error, such as
-    ``Connection refused`` (see ``os_errno``); else ``str(exc)``."""
-    code = os_errno(exc)
-    if code is not None:
-        return os.strerror(code)
-    return str(exc) or type(exc).__name__
+    ``Connection refused``, or ``cannot resolve host name HOST (Name or service not known)``
+    when ``host`` did not resolve (iscsiadm's words); else ``str(exc)``."""
+    found = _os_error(exc)
+    if found is None:
+        return str(exc) or type(exc).__name__
+    if found.errno < 0:        # getaddrinfo's EAI_* codes: the name, not the network
+        words = found.strerror or "unknown name"
+        return f"cannot resolve host name {host} ({words})" if host else \
+            f"cannot resolve host name ({words})"
+    return os.strerror(found.errno)

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
+from iscsifs.config.nodedb import NodeDB, NodeRecord, record_portal
 from iscsifs.config.settings import NodeSettings
-from iscsifs.core.discovery import valid_iscsi_name
+from iscsifs.core.names import valid_iscsi_name
 from iscsifs.core.keys import LoginParams
 from iscsifs.errors import ConfigError
 from iscsifs.initiator import NodeOptions
@@ -72,7 +72,8 @@ def node_options_from_settings(settings: NodeSettings, where: str | None = None)
         raise ConfigError(str(exc), where) from None
     return NodeOptions(chap=settings.auth, login_params=params,
                        timeouts=timeouts_from_settings(settings),
-                       queue_depth=settings.queue_depth, cmds_max=settings.cmds_max)
+                       queue_depth=settings.queue_depth, cmds_max=settings.cmds_max,
+                       source_address=settings.source_address or None)
 
 
 def find_record(db: NodeDB, target: str, portal: Any) -> NodeRecord | None:
@@ -82,7 +83,7 @@ def find_record(db: NodeDB, target: str, portal: Any) -> NodeRecord | None:
     if not valid_iscsi_name(target):
         return None
     try:
-        key = PortalKey.of(portal)
+        key = record_portal(portal)
     except (ConfigError, AttributeError, TypeError):
         return None
     if db.exists(target, key):
@@ -105,7 +106,7 @@ def node_options_from_db(db: NodeDB) -> Callable[[str, Any], NodeOptions | None]
         record = find_record(db, target, portal)
         if record is None:
             return None
-        where = str(db.config_dir / "nodes" / record.target / record.portal.dirname / "default")
+        where = str(db.record_path(record.target, record.portal))
         return node_options_from_settings(record.settings, where)
 
     return options

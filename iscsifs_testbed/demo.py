@@ -1,4 +1,5 @@
-"""``iscsifs-demo``: the whole product on a throwaway local target.
+"""The demo (``bash scripts/demo``, or ``python -m iscsifs_testbed.demo`` in a checkout): the
+whole product on a throwaway local target.
 
 Starts a private tgtd on 127.0.0.1 (a free port, its own control port) with a scratch target of
 two LUNs backed by sparse files in a temp dir, then does what an admin would: discovery, mount,
@@ -104,11 +105,11 @@ def run(keep: bool = False, mountpoint: str | None = None) -> int:
                 pass
         _run(["umount", mnt])
         mounted = False
-        sessions = tgtd.show_connections(1)
-        print(f"# after umount the target has {len(sessions)} session(s)", flush=True)
         deadline = time.monotonic() + 20      # umount returns before the daemon logs out
         while "logged out of" not in log_file.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
+        sessions = tgtd.show_connections(1)
+        print(f"# after umount the target has {len(sessions)} session(s)", flush=True)
         _run(["grep", "-E", "logged (in to|out of)", str(log_file)])
         return 0
     finally:

@@ -484,6 +484,16 @@ class Tgtd:
         out = self._tgtadm(["--mode", "portal", "--op", "show"])
         return re.findall(r"^Portal:\s*(\S+?),\d+$", out, re.M)
 
+    def use_isns(self, host: str, port: int) -> None:
+        """Register every target with the iSNS server at host:port (tgt's iSNS client: it
+        registers its targets, portals and portal groups, and each target added later).
+        tgt 1.0.85's registration is broken with more than one portal (open-isns refuses
+        the first target's: an Entity Protocol attribute between portals), and ``iSNS Off``
+        hangs tgtadm: use a tgtd of one portal, and stop it rather than switching iSNS off."""
+        for name, value in (("iSNSServerIP", host), ("iSNSServerPort", port), ("iSNS", "On")):
+            self._tgtadm(["--mode", "sys", "--op", "update", "--name", name, "-v", value],
+                         lld=False)
+
     def show_connections(self, tid: int) -> list[Connection]:
         out = self._tgtadm(["--mode", "conn", "--op", "show", "--tid", tid])
         conns: list[Connection] = []

@@ -18,7 +18,7 @@ from typing import Callable
 import trio
 
 from iscsifs.core.keys import decode_text, encode_text
-from iscsifs.core.pdu import (DataIn, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
+from iscsifs.core.pdu import (DataIn, DataOut, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
                               NopIn, NopOut, PduDecoder, ScsiCommand, ScsiResponse,
                               TaskManagementRequest, TaskManagementResponse, TextRequest,
                               TextResponse, encode)
@@ -36,6 +36,7 @@ class TargetConn:
     data_digest: bool = False
     logged_in: bool = False
     window: int = 32                # MaxCmdSN - ExpCmdSN + 1; 0 keeps the window shut
+    send_lock: trio.Lock = field(default_factory=trio.Lock)   # the target's and the test's
 
     async def close(self) -> None:
         """Drop the connection (as ``tgtadm --op delete --mode conn`` does)."""
@@ -56,7 +57,8 @@ class TargetConn:
                               data_digest=self.data_digest if self.logged_in else False):
                 out += buf
         out += raw
-        await self.stream.send_all(bytes(out))
+        async with self.send_lock:
+            await self.stream.send_all(bytes(out))
 
 
 def tmf_answer(conn: TargetConn, req: TaskManagementRequest, response: int = 0):
@@ -65,10 +67,13 @@ def tmf_answer(conn: TargetConn, req: TaskManagementRequest, response: int = 0):
 
 
 def good_read(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
-    """A well-formed answer to a read: one Data-In with status."""
+    """A well-formed answer to a read: one Data-In with status (and, for a payload shorter
+    than the command asked for, the underflow and its residual, RFC 7143 §11.4.5)."""
+    payload = payload[:cmd.expected_data_transfer_length]
+    short = cmd.expected_data_transfer_length - len(payload)
     return [DataIn(itt=cmd.itt, ttt=0xFFFFFFFF, lun=0, data_sn=0, buffer_offset=0,
-                   residual_count=0, final=True, acknowledge=False, overflow=False,
-                   underflow=False, status_present=True, status=0, data=payload,
+                   residual_count=short, final=True, acknowledge=False, overflow=False,
+                   underflow=short > 0, status_present=True, status=0, data=payload,
                    **conn.sns())]
 
 
@@ -86,14 +91,18 @@ class FakeTarget:
     (``sendtargets_raw``: the answer's bytes as they are, for malformed ones).
 
     ``on_tmf(conn, req) -> list of PDUs``: answers to task management requests (none by
-    default: a target that ignores them). ``hang_login_after=N``: connections after the N-th
-    get no login answer at all. ``window``: the command window of new connections.
-    ``received`` records every PDU as (connection number, PDU); ``live`` the open connections.
+    default: a target that ignores them). ``on_data_out(conn, pdu) -> list of PDUs``: answers
+    to Data-Out PDUs (none by default). ``hang_login_after=N``: connections after the N-th
+    get no login answer at all. ``answer_nops=False``: pings get no answer. ``window``: the
+    command window of new connections.
+    ``received`` records every PDU as (connection number, PDU), ``command_times`` when each
+    SCSI command arrived; ``live`` the open connections.
     """
 
     target_name: str = "iqn.2026-11.org.iscsifs.test:fake"
     on_command: Callable | None = None
     on_tmf: Callable | None = None
+    on_data_out: Callable | None = None     # (conn, DataOut) -> list of PDUs
     sendtargets: list = field(default_factory=list)
     sendtargets_raw: bytes | None = None    # the Text Response's data as is (malformed ones)
     digests: bool = False           # accept CRC32C digests when offered
@@ -103,7 +112,20 @@ class FakeTarget:
     connections: int = 0
     port: int = 0
     received: list = field(default_factory=list)
+    received_at: list = field(default_factory=list)       # trio time of each of ``received``
+    answer_nops: bool = True        # False: a target that stopped answering pings
+    command_times: list = field(default_factory=list)     # trio time of each SCSI command
     live: dict = field(default_factory=dict)
+    _reading: dict = field(default_factory=dict)    # connection number -> Event while paused
+
+    def pause_reading(self, number: int) -> None:
+        """Stop reading connection ``number`` (its sender fills the socket, then waits)."""
+        self._reading.setdefault(number, trio.Event())
+
+    def resume_reading(self, number: int) -> None:
+        event = self._reading.pop(number, None)
+        if event is not None:
+            event.set()
 
     def socketpair_connector(self, nursery: trio.Nursery):
         """A ``Session`` connector that serves each connection from this target over a
@@ -136,6 +158,9 @@ class FakeTarget:
         decoder = PduDecoder(initiator_side=False, max_data_segment_length=1 << 20)
         try:
             while True:
+                paused = self._reading.get(conn.number)
+                if paused is not None:
+                    await paused.wait()
                 data = await stream.receive_some(65536)
                 if not data:
                     return
@@ -151,12 +176,14 @@ class FakeTarget:
 
     async def _dispatch(self, conn: TargetConn, pdu, decoder: PduDecoder):
         self.received.append((conn.number, pdu))
+        self.received_at.append(trio.current_time())
         if isinstance(pdu, LoginRequest):
             if self.hang_login_after is not None and conn.number > self.hang_login_after:
                 return True         # connected, but no login answer ever
 
             return await self._login(conn, pdu, decoder)
         if isinstance(pdu, ScsiCommand):
+            self.command_times.append(trio.current_time())
             if not pdu.immediate:
                 conn.exp_cmd_sn = pdu.cmd_sn + 1
             answer = self.on_command(conn, pdu) if self.on_command else []
@@ -174,12 +201,16 @@ class FakeTarget:
                 data = encode_text(self.sendtargets)
             await conn.send(TextResponse(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, final=True,
                                          cont=False, data=data, **conn.sns()))
+        elif isinstance(pdu, DataOut):
+            answer = self.on_data_out(conn, pdu) if self.on_data_out else []
+            if answer:
+                await conn.send(*answer)
         elif isinstance(pdu, TaskManagementRequest):
             answer = self.on_tmf(conn, pdu) if self.on_tmf else []
             if answer:
                 await conn.send(*answer)
         elif isinstance(pdu, NopOut):
-            if pdu.itt != 0xFFFFFFFF:
+            if pdu.itt != 0xFFFFFFFF and self.answer_nops:
                 await conn.send(NopIn(itt=pdu.itt, ttt=0xFFFFFFFF, lun=0, data=pdu.data,
                                       **conn.sns()))
         elif isinstance(pdu, LogoutRequest):
@@ -234,3 +265,104 @@ class FakeTarget:
             status_class=status[0], status_detail=status[1], csg=csg, nsg=nsg if transit else 0,
             transit=transit, cont=False, version_max=0, version_active=0,
             data=encode_text(answer), **conn.sns()))
+
+
+def check_condition(conn: TargetConn, cmd: ScsiCommand, key: int, asc: int, ascq: int):
+    """CHECK CONDITION with fixed-format sense data KEY/ASC/ASCQ."""
+    sense = bytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
+    return [ScsiResponse(itt=cmd.itt, response=0, status=2, exp_data_sn=0,
+                         bidi_read_residual_count=0, residual_count=0, overflow=False,
+                         underflow=False, bidi_overflow=False, bidi_underflow=False,
+                         data=len(sense).to_bytes(2, "big") + sense, **conn.sns())]
+
+
+# ALUA states (SPC-4 §6.35 table 292)
+AO, ANO, STANDBY, UNAVAILABLE, TRANSITIONING = 0x0, 0x1, 0x2, 0x3, 0xF
+_NOT_READY = {STANDBY: 0x0B, UNAVAILABLE: 0x0C, TRANSITIONING: 0x0A}
+
+
+class AluaUnit:
+    """One logical unit with asymmetric access (SPC-4 §5.16) behind several targets: each
+    target is one target port, in a target port group (``groups``: group -> state). READ(10)
+    and WRITE(10) are served from ``data`` when the port's group is active (optimized,
+    non-optimized), answered NOT READY 04/0B, 04/0C or 04/0A in standby, unavailable or
+    transition; REPORT TARGET PORT GROUPS reports every group. ``set_state`` changes a group's
+    state and makes the next command of every connection get UNIT ATTENTION 2A/06, as an
+    implicit ALUA transition does."""
+
+    BS = 512
+
+    def __init__(self, blocks: int = 256, groups: dict[int, int] | None = None):
+        import os
+        self.data = bytearray(os.urandom(self.BS * blocks))
+        self.groups = dict(groups or {1: AO, 2: ANO})
+        self.preferred: set[int] = set()
+        self.ua: set[tuple[str, int]] = set()       # (port name, conn number) owed a 2A/06
+        self.served: dict[str, int] = {}            # port name -> READ/WRITE done
+        self.rtpg: dict[str, int] = {}              # port name -> RTPGs answered
+        self.ports: dict[str, tuple[int, FakeTarget]] = {}
+
+    def set_state(self, group: int, state: int) -> None:
+        self.groups[group] = state
+        for name, (_, target) in self.ports.items():
+            self.ua.update((name, n) for n in target.live)
+
+    def rtpg_data(self) -> bytes:
+        body = b""
+        for group, state in sorted(self.groups.items()):
+            pref = 0x80 if group in self.preferred else 0
+            body += bytes([pref | state, 0x8F]) + group.to_bytes(2, "big") + bytes([0, 0, 0, 1])
+            body += (0).to_bytes(2, "big") + group.to_bytes(2, "big")   # relative port = group
+        return len(body).to_bytes(4, "big") + body
+
+    def target(self, name: str, group: int, iqn: str = "iqn.2026-11.org.iscsifs.test:alua"
+               ) -> FakeTarget:
+        """The target port ``name`` in ``group``."""
+        def on_command(conn, cmd):
+            op = cmd.cdb[0]
+            if op == 0xA3 and cmd.cdb[1] & 0x1F == 0x0A:
+                self.rtpg[name] = self.rtpg.get(name, 0) + 1
+                return good_read(conn, cmd, self.rtpg_data()[:cmd.expected_data_transfer_length])
+            if (name, conn.number) in self.ua:
+                self.ua.discard((name, conn.number))
+                return check_condition(conn, cmd, 0x6, 0x2A, 0x06)
+            state = self.groups[group]
+            if state in _NOT_READY:
+                return check_condition(conn, cmd, 0x2, 0x04, _NOT_READY[state])
+            lba = int.from_bytes(cmd.cdb[2:6], "big")
+            count = int.from_bytes(cmd.cdb[7:9], "big")
+            self.served[name] = self.served.get(name, 0) + 1
+            if op == 0x28:
+                return good_read(conn, cmd,
+                                 bytes(self.data[lba * self.BS:(lba + count) * self.BS]))
+            if op == 0x2A:
+                self.data[lba * self.BS:lba * self.BS + len(cmd.data)] = bytes(cmd.data)
+            return good_status(conn, cmd)
+        target = FakeTarget(target_name=iqn, on_command=on_command)
+        self.ports[name] = (group, target)
+        return target
+class _BreakOnCommand(socket.socket):
+    """A socket whose first send of a SCSI Command PDU fails with EPIPE (as a send does right
+    after the target closed the connection): the break happens exactly there, whatever order
+    trio runs the tasks in."""
+
+    def sendmsg(self, buffers, *args):
+        buffers = list(buffers)
+        if buffers and len(buffers[0]) and bytes(buffers[0][:1])[0] & 0x3F == 0x01:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().sendmsg(buffers, *args)
+
+
+def breaking_connector(target: FakeTarget, nursery: trio.Nursery, broken: set):
+    """``target.socketpair_connector`` whose connections numbered in ``broken`` (1, 2, ...)
+    fail when the initiator sends its first SCSI command on them (after a good login)."""
+    base = target.socketpair_connector(nursery)
+    made = [0]
+
+    async def connect(portal):
+        made[0] += 1
+        sock = await base(portal)
+        if made[0] in broken:
+            return _BreakOnCommand(fileno=sock.detach())
+        return sock
+    return connect

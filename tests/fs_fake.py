@@ -21,8 +21,10 @@ from typing import Any
 
 import trio
 
+from iscsifs.core.names import Portal
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.device import DISCARD_UNMAP, Provisioning, granule_range
-from iscsifs.errors import NoSpace, NotSupported
+from iscsifs.errors import NoSpace, NoSuchDevice, NotSupported
 
 HOSTILE_NAMES = [
     "iqn.2026-11.org.example:../../etc",
@@ -34,8 +36,11 @@ HOSTILE_NAMES = [
 
 
 def ScsiError(key: int, asc: int, ascq: int, status: int = 2):
-    """A real ``scsi.sense.ScsiError`` with fixed-format sense, as a target would produce."""
+    """A real ``scsi.sense.ScsiError`` with fixed-format sense, as a target would produce
+    (status 0x18 RESERVATION CONFLICT: no sense)."""
     from iscsifs.scsi.sense import ScsiError as _ScsiError, Sense, SenseKey
+    if status != 2:
+        return _ScsiError(status)
     return _ScsiError(status, Sense(0x70, SenseKey(key), asc, ascq))
 
 
@@ -64,6 +69,26 @@ class FakeLun:
         lbpme=True, lbprz=True, provisioning_type=2, method=DISCARD_UNMAP,
         max_blocks=0x7FFFFF))
     discards: list = field(default_factory=list)     # (offset, length) of each discard
+    fallocates: list = field(default_factory=list)   # (what, offset, length) of each
+    inflight: list = field(default_factory=lambda: [0, 0])        # as device.Lun's
+    max_inflight: list = field(default_factory=lambda: [0, 0])
+    # persistent reservations of this LUN's one I_T nexus (tgt-like: no READ FULL STATUS)
+    pr_key: int = 0                 # 0: not registered
+    pr_generation: int = 0
+    pr_reservation: tuple | None = None     # (key, type)
+    pr_requests: list = field(default_factory=list)
+    why_gone: str | None = None     # set by gone(): every operation fails (NoSuchDevice)
+
+    @property
+    def is_gone(self) -> bool:
+        return self.why_gone is not None
+
+    def gone(self, why: str) -> None:
+        self.why_gone = why
+
+    def _check(self) -> None:
+        if self.why_gone is not None:
+            raise NoSuchDevice(f"the LUN is gone: {self.why_gone}")
 
     def __post_init__(self) -> None:
         if self.medium_protected is None:
@@ -85,11 +110,13 @@ class FakeLun:
             self.in_flight -= 1
 
     async def read(self, offset: int, length: int) -> bytes:
+        self._check()
         self.reads += 1
         await self._io()
         return bytes(self.data[offset:offset + length])
 
     async def write(self, offset: int, data: Any) -> int:
+        self._check()
         self.writes += 1
         if self.medium_protected:
             await self.read_write_protect()          # as device.Lun does on DATA PROTECT
@@ -101,6 +128,7 @@ class FakeLun:
         return len(data)
 
     async def flush(self) -> None:
+        self._check()
         self.flushes += 1
         await self._io()
         if self.flush_error is not None:
@@ -113,6 +141,48 @@ class FakeLun:
     async def read_write_protect(self) -> None:
         await trio.sleep(0)
         self.write_protected = bool(self.medium_protected)
+
+    async def persistent_reserve_in(self, action: Any) -> Any:
+        from iscsifs.scsi.parse import PrCapabilities, PrKeys, PrReservation
+        await trio.sleep(0)
+        name = getattr(action, "name", str(action))
+        if name == "READ_KEYS":
+            return PrKeys(self.pr_generation, (self.pr_key,) if self.pr_key else ())
+        if name == "READ_RESERVATION":
+            if self.pr_reservation is None:
+                return PrReservation(self.pr_generation)
+            return PrReservation(self.pr_generation, self.pr_reservation[0], 0,
+                                 self.pr_reservation[1])
+        if name == "REPORT_CAPABILITIES":
+            return PrCapabilities(False, False, False, False, True, True, 0, False,
+                                  frozenset({1, 3, 5, 6, 7, 8}))
+        raise NotSupported("PERSISTENT RESERVE IN (READ_FULL_STATUS): not supported by the LUN")
+
+    async def persistent_reserve_out(self, request: Any) -> None:
+        """The one nexus's registration and reservation, as SPC-4 §5.13 has them; a wrong
+        key is RESERVATION CONFLICT."""
+        await trio.sleep(0)
+        self.pr_requests.append(request)
+        action = request.action.name
+        if action == "REGISTER_AND_IGNORE_EXISTING_KEY" or (
+                action == "REGISTER" and request.key == self.pr_key):
+            self.pr_key = request.sa_key
+            if not self.pr_key:
+                self.pr_reservation = None
+            self.pr_generation += 1
+            return
+        if action in ("REGISTER", "RESERVE", "RELEASE", "CLEAR", "PREEMPT", "PREEMPT_AND_ABORT"
+                      ) and (not self.pr_key or request.key != self.pr_key):
+            raise ScsiError(0, 0, 0, status=0x18)
+        if action == "RESERVE":
+            self.pr_reservation = (self.pr_key, request.type)
+        elif action == "RELEASE":
+            self.pr_reservation = None
+        elif action == "CLEAR":
+            self.pr_key, self.pr_reservation = 0, None
+            self.pr_generation += 1
+        else:
+            self.pr_reservation = (self.pr_key, request.type)
 
     async def discard(self, offset: int, length: int) -> tuple[int, int]:
         """Zeros over the range; the split into unmapped and zeroed bytes is the real one."""
@@ -135,6 +205,26 @@ class FakeLun:
                                     prov.granularity, prov.alignment)
         return (stop - start) * bs, length - (stop - start) * bs
 
+    async def punch_hole(self, offset: int, length: int) -> tuple[int, int]:
+        """As ``device.Lun``: a LUN that can't deallocate refuses; else a discard."""
+        if self.provisioning.method is None:
+            raise NotSupported("the LUN supports neither UNMAP nor WRITE SAME with UNMAP")
+        self.fallocates.append(("punch_hole", offset, length))
+        return await self.discard(offset, length)
+
+    async def zero_range(self, offset: int, length: int) -> tuple[int, int]:
+        """Zeros over the range (WRITE SAME on a LUN that can't unmap)."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative range")
+        if offset + length > self.size:
+            raise NoSpace("zeroing beyond the end of the LUN")
+        self.fallocates.append(("zero_range", offset, length))
+        if self.provisioning.method is not None and self.provisioning.lbprz:
+            return await self.discard(offset, length)
+        await self._io()
+        self.data[offset:offset + length] = bytes(length)
+        return 0, length
+
 
 @dataclass(frozen=True)
 class FakePathState:
@@ -150,6 +240,9 @@ class FakePathState:
     errors: int
     failures: int
     device: Any
+    alua_state: str | None = None
+    target_port_group: int | None = None
+    preferred: bool = False
 
 
 class FakeMultipath:
@@ -161,6 +254,7 @@ class FakeMultipath:
         self.policy = policy
         self.paths: list[tuple[str, Any, int]] = []
         self.down: set[tuple[str, Any, int]] = set()
+        self.last: tuple[str, Any, int] | None = None
         self.switches = 0
         self.no_path_retry = 120.0
 
@@ -175,6 +269,9 @@ class FakeMultipath:
     wwn = property(lambda self: self.lun.wwn)
     capacity_changed = property(lambda self: self.lun.capacity_changed)
     provisioning = property(lambda self: self.lun.provisioning)
+    inflight = property(lambda self: self.lun.inflight)
+    max_inflight = property(lambda self: self.lun.max_inflight)
+    is_gone = property(lambda self: self.lun.is_gone)
 
     @property
     def luns_changed(self) -> bool:
@@ -202,19 +299,38 @@ class FakeMultipath:
     async def discard(self, offset: int, length: int) -> tuple[int, int]:
         return await self.lun.discard(offset, length)
 
+    async def punch_hole(self, offset: int, length: int) -> tuple[int, int]:
+        return await self.lun.punch_hole(offset, length)
+
+    async def zero_range(self, offset: int, length: int) -> tuple[int, int]:
+        return await self.lun.zero_range(offset, length)
+    async def persistent_reserve_in(self, action: Any) -> Any:
+        return await self.lun.persistent_reserve_in(action)
+
+    async def persistent_reserve_out(self, request: Any) -> None:
+        await self.lun.persistent_reserve_out(request)
+
     def path_states(self) -> list[FakePathState]:
         active = self.active_path()
         out = []
         for i, key in enumerate(self.paths):
             up = key not in self.down
             out.append(FakePathState(
-                portal=key[1], target=key[0], lun=key[2], priority=len(self.paths) - i,
+                portal=key[1], target=key[0], lun=key[2],
+                priority=len(self.paths) - i if self.policy == "failover" else 1,
                 group_active=active is not None and (active.target, active.portal,
                                                      active.lun) == key,
                 dm_state="active" if up else "failed", checker_state="ready" if up else "faulty",
                 device_state="running" if up else "blocked", ios=0, errors=0,
                 failures=0 if up else 1, device=self.lun))
         return out
+
+    def last_path(self) -> FakePathState | None:
+        """The path the test says answered last (``last``), if it is still a path."""
+        for state in self.path_states():
+            if (state.target, state.portal, state.lun) == self.last:
+                return state
+        return None
 
     def active_path(self) -> FakePathState | None:
         for i, key in enumerate(self.paths):
@@ -250,6 +366,22 @@ class FakeInitiator:
         self.discover_error: BaseException | None = None
         self.multipath_devices: dict[str, FakeMultipath] = {}
         self.multipath_calls: list[list[tuple[str, Any]]] = []
+        self.luns_listeners: list[Any] = []
+
+    def watch_luns(self, callback: Any) -> None:
+        self.luns_listeners.append(callback)
+
+    def change_luns(self, target: str, portal: Any, entries: list[FakeLunEntry]) -> None:
+        """The target's LUNs changed and the backend noticed by itself (as the Initiator
+        does on UNIT ATTENTION 3F/0E or a new LU after a relogin): LUNs whose entry goes
+        away are gone, and the listeners hear of the new list."""
+        kept = {id(e.device) for e in entries if e.device is not None}
+        for e in self.targets.get(target, []):
+            if e.device is not None and id(e.device) not in kept:
+                e.device.gone("replaced or removed at the target")
+        self.targets[target] = list(entries)
+        for callback in list(self.luns_listeners):
+            callback(target, portal, list(entries))
 
     async def discover(self, portal: Any, *, refresh: bool = False) -> list[FakeTarget]:
         self.discover_calls += 1
@@ -262,13 +394,18 @@ class FakeInitiator:
         pass                                         # nothing is cached
 
     async def rescan(self, target: str, portal: Any) -> list[FakeLunEntry]:
-        return await self.luns(target, portal)
+        entries = await self.luns(target, portal)
+        for callback in list(self.luns_listeners):
+            callback(target, portal, entries)
+        return entries
 
     def logged_in_targets(self, portal: Any) -> list[str]:
         return [t for t, p in self.logged_in if p == portal]
 
     async def logout(self, target: str, portal: Any) -> None:
         self.logged_in.discard((target, portal))
+        for dev in self.multipath_devices.values():     # as the Initiator: its paths go
+            dev.paths = [p for p in dev.paths if (p[0], p[1]) != (target, portal)]
 
     async def luns(self, target: str, portal: Any) -> list[FakeLunEntry]:
         await trio.sleep(0)
@@ -294,7 +431,7 @@ class FakeInitiator:
                 seen.setdefault(e.device.wwn, dev)
         return list(seen.values())
 
-    def session_info(self, target: str, portal: Any) -> object:
+    def session_info(self, target: str, portal: Portal) -> FakeSessionInfo | None:
         if (target, portal) not in self.logged_in:
             return None
         return make_session_info(target, portal, tuple(self.targets[target]))
@@ -304,23 +441,56 @@ class FakeInitiator:
         self.logged_in.clear()
 
 
-def make_session_info(target: str, portal: Any, luns: tuple = ()) -> Any:
-    timeouts = SimpleNamespace(login=15, logout=15, noop_out_interval=5, noop_out_timeout=5,
-                               replacement_timeout=120, abort=15, lu_reset=30, tgt_reset=30,
-                               command=30)
-    params = SimpleNamespace(header_digest=True, data_digest=False,
-                             max_recv_data_segment_length=262144,
-                             max_xmit_data_segment_length=65536, first_burst_length=65536,
-                             max_burst_length=262144, immediate_data=True, initial_r2t=False,
-                             max_outstanding_r2t=1)
-    counters = {"txdata_octets": 1234, "rxdata_octets": 5678, "scsicmd_pdus": 9,
-                "scsirsp_pdus": 9, "datain_pdus": 4, "login_pdus": 2}
-    return SimpleNamespace(target=target, portal=portal, sid=3,
-                           initiator_name="iqn.2016-04.com.open-iscsi:0123456789ab",
-                           local_address="127.0.0.1", connection_state="LOGGED IN",
-                           session_state="LOGGED_IN", timeouts=timeouts,
-                           chap_username="alice", chap_username_in=None, params=params,
-                           luns=luns, counters=counters, isid=0x23D000000001, tsih=1)
+@dataclass(frozen=True)
+class FakeTimeouts:
+    login: float = 15
+    logout: float = 15
+    noop_out_interval: float = 5
+    noop_out_timeout: float = 5
+    replacement_timeout: float = 120
+    abort: float = 15
+    lu_reset: float = 30
+    tgt_reset: float = 30
+    command: float = 30
+
+
+@dataclass(frozen=True)
+class FakeParams:
+    header_digest: bool = True
+    data_digest: bool = False
+    max_recv_data_segment_length: int = 262144
+    max_xmit_data_segment_length: int = 65536
+    first_burst_length: int = 65536
+    max_burst_length: int = 262144
+    immediate_data: bool = True
+    initial_r2t: bool = False
+    max_outstanding_r2t: int = 1
+
+
+@dataclass(frozen=True)
+class FakeSessionInfo:
+    """A session snapshot as ``initiator.SessionInfo`` has it (a ``SessionSnapshot``)."""
+
+    target: str
+    portal: Portal
+    sid: int = 3
+    initiator_name: str = "iqn.2016-04.com.open-iscsi:0123456789ab"
+    local_address: str = "127.0.0.1"
+    connection_state: ConnectionState = ConnectionState.LOGGED_IN
+    session_state: SessionState = SessionState.LOGGED_IN
+    timeouts: FakeTimeouts = field(default_factory=FakeTimeouts)
+    chap_username: str | None = "alice"
+    chap_username_in: str | None = None
+    params: FakeParams = field(default_factory=FakeParams)
+    luns: tuple[FakeLunEntry, ...] = ()
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "txdata_octets": 1234, "rxdata_octets": 5678, "scsicmd_pdus": 9, "scsirsp_pdus": 9,
+        "datain_pdus": 4, "login_pdus": 2})
+
+
+def make_session_info(target: str, portal: Portal, luns: tuple[FakeLunEntry, ...] = (),
+                      **changes: Any) -> FakeSessionInfo:
+    return FakeSessionInfo(target=target, portal=portal, luns=luns, **changes)
 
 
 DISK1 = "iqn.2026-11.org.example:disk1"
@@ -342,7 +512,8 @@ def standard_targets() -> dict[str, list[FakeLunEntry]]:
 
 def main(argv: list[str]) -> int:
     """Mount the fake in the foreground through iscsifs.mount (its option parsing/lifetime)."""
-    from iscsifs.cli.common import quiet_error_in, setup_logging
+    from iscsifs.exits import quiet_error_in
+    from iscsifs.logs import setup_logging
     from iscsifs.mount import lifetime
     from iscsifs.mount.options import parse_args
 

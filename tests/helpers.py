@@ -75,10 +75,10 @@ def show_node(config_dir: Path, target: str, portal: str = "127.0.0.1") -> dict[
     return dict(line.split(" = ", 1) for line in r.stdout.splitlines())
 
 
-# Warnings the session logs on purpose, for the log check (``@CONN_FAILED`` on a test that
-# drops a connection, ...).
+# Warnings the session (and its error handler) log on purpose, for the log check
+# (``@CONN_FAILED`` on a test that drops a connection, ...).
 def _session_log(pattern: str):
-    return pytest.mark.expect_log(pattern, logger="iscsifs.net.session")
+    return pytest.mark.expect_log(pattern, logger="iscsifs.net")
 
 
 CONN_FAILED = _session_log('connection to .* failed: ')

@@ -188,6 +188,20 @@ def test_read_status_in_last_data_in_with_underflow():
     assert buf[:2000] == b"a" * 1000 + b"b" * 1000
 
 
+@pytest.mark.parametrize("residual, underflow", [(0, False), (1000, True)])
+def test_good_status_after_fewer_bytes_than_promised_is_a_protocol_error(residual, underflow):
+    # 8192 asked, 2000 sent, and the status says GOOD with no underflow (or one that accounts
+    # for only 1000 of the 6192 missing bytes): the rest of the buffer was never written
+    conn, tgt = make()
+    buf = bytearray(b"x" * 8192)
+    itt = conn.start_command(0, READ10, read_length=8192, read_buffer=buf)
+    tgt.sent()
+    tgt.data_in(itt, 0, b"a" * 2000, data_sn=0)
+    with pytest.raises(RemoteProtocolError, match="2000 of the"):
+        tgt.response(itt, residual=residual, underflow=underflow)
+    assert conn.broken
+
+
 def test_residual_overflow_in_scsi_response():
     conn, tgt = make()
     itt = conn.start_command(0, READ10, read_length=512)
@@ -701,17 +715,54 @@ def test_text_response_with_f_and_c():
 
 
 @pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
-def test_reject_of_scsi_command_fails_the_task():
+@pytest.mark.parametrize("reason, resend", [(0x09, False), (0x05, False), (0x02, True)])
+def test_reject_of_scsi_command_fills_its_cmdsn_and_fails_the_task(reason, resend):
+    # RFC 7143 §4.2.2.1 / §11.5.1: the target discarded the command, so it still waits for its
+    # CmdSN and holds every later command; an ABORT TASK naming that CmdSN (RefCmdSN) makes
+    # the target count it as received. A reason after which the PDU may be sent again (a
+    # data digest error) ends the task as "aborted": the session issues it once more.
     conn, tgt = make()
-    itt = conn.start_command(0, bytes(6))
+    itt = conn.start_command(2, bytes(6))
     bhs = bytes(encode(ScsiCommand(itt=itt, lun=0, cdb=bytes(6), expected_data_transfer_length=0,
                                    cmd_sn=10, exp_stat_sn=100, read=False, write=False))[0])
     tgt.sent()
-    events = tgt.feed(Reject(reason=0x09, stat_sn=tgt._status(), **tgt._sn(), data_sn=0,
+    events = tgt.feed(Reject(reason=reason, stat_sn=tgt._status(), **tgt._sn(), data_sn=0,
                              data=bhs))
-    assert events == [RejectReceived(0x09, itt), TaskFailed(itt, events[1].reason)]
-    assert "invalid PDU field" in events[1].reason
+    assert events == [RejectReceived(reason, itt), TaskFailed(itt, events[1].reason, resend)]
+    assert "rejected" in events[1].reason
     assert conn.outstanding == 0 and conn.exp_stat_sn == 101
+    later = conn.start_command(2, bytes(6))
+    abort, cmd = tgt.sent()
+    assert isinstance(abort, TaskManagementRequest)
+    assert (abort.function, abort.referenced_task_tag, abort.ref_cmd_sn, abort.lun) == \
+        (1, itt, 10, encode_lun(2))
+    assert abort.immediate and abort.cmd_sn == 11       # RefCmdSN below it: inside the window
+    assert isinstance(cmd, ScsiCommand) and (cmd.itt, cmd.cmd_sn) == (later, 11)
+    assert itt != later                                 # its ITT is kept until the answer
+    tgt.exp_cmd_sn = 11
+    tgt.feed(TaskManagementResponse(itt=abort.itt, response=1, stat_sn=tgt._status(),
+                                    **tgt._sn()))
+    assert conn.itts_in_use == 1                        # only the later command is left
+
+
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
+def test_reject_of_a_data_out_leaves_the_task_to_its_response():
+    # RFC 7143 §7.2: a Reject does not end a task that is under way; the target ends it
+    # with a SCSI Response (§7.6: CHECK CONDITION after a data digest error)
+    conn, tgt = make(immediate_data=False, max_xmit_data_segment_length=1024)
+    itt = conn.start_command(0, WRITE10, write_data=payload(2048))
+    tgt.sent()
+    tgt.r2t(itt, 0, 2048, r2t_sn=0)
+    first, second = tgt.sent()
+    bhs = bytes(encode(second, header_digest=False, data_digest=False)[0])[:48]
+    events = tgt.feed(Reject(reason=0x02, stat_sn=tgt._status(), **tgt._sn(), data_sn=0,
+                             data=bhs))
+    assert events == [RejectReceived(0x02, itt)]
+    assert conn.outstanding == 1 and conn.was_sent(itt)
+    sense = bytes([0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x47, 0x05, 0, 0, 0, 0])
+    (ev,) = tgt.response(itt, status=2, sense=sense)
+    assert isinstance(ev, TaskComplete) and ev.status == 2 and ev.itt == itt
+    assert conn.outstanding == 0 and conn.itts_in_use == 0 and not conn.broken
 
 
 @pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
@@ -764,10 +815,12 @@ def test_abort_task():
     assert events[0] == TaskManagementComplete(tmf, 0)
     assert [type(e) for e in events[1:]] == [TaskFailed] and events[1].itt == itt
     assert conn.outstanding == 1
-    # a stray Data-In for the aborted task is dropped, the other task is unaffected
-    assert tgt.data_in(itt, 0, bytes(10), data_sn=0) == []
+    # the aborted task's ITT is free again: the target sends nothing for it after the TMF's
+    # answer (what it sent before, the connection delivered first); the other task goes on
+    assert conn.itts_in_use == 1 and conn.tombstones == 0
     assert tgt.data_in(other, 0, bytes(4096), data_sn=0, status=0)[0].itt == other
     assert conn.counters["tmfcmd_pdus"] == 1 and conn.counters["tmfrsp_pdus"] == 1
+    assert conn.itts_in_use == 0
 
 
 def test_lun_reset_fails_tasks_on_that_lun_only():
@@ -785,6 +838,7 @@ def test_lun_reset_fails_tasks_on_that_lun_only():
     assert events[1].aborted
     assert conn.was_sent(b) and conn.was_sent(c) and not conn.was_sent(a)
     assert conn.outstanding == 2
+    assert (conn.itts_in_use, conn.tombstones) == (2, 0)    # the reset's victim left nothing
 
 
 def test_abandon_sent_and_queued_commands():
@@ -806,6 +860,24 @@ def test_abandon_sent_and_queued_commands():
         conn.abandon(a)
     with pytest.raises(LocalProtocolError):
         conn.abandon(0x4242)
+
+
+def test_abort_of_a_sent_command_asks_the_target_to_end_it():
+    conn, tgt = make(cmd_sn=10, max_cmd_sn=10)
+    a = conn.start_command(3, WRITE10, write_data=payload(100000))
+    b = conn.start_command(4, READ10, read_length=10)
+    tgt.sent()
+    assert conn.abort(b) is None               # never sent: withdrawn, nothing to abort
+    tmf = conn.abort(a)
+    (req,) = tgt.sent()
+    assert isinstance(req, TaskManagementRequest) and req.itt == tmf
+    assert (req.function, req.referenced_task_tag, req.ref_cmd_sn, req.lun) == \
+        (1, a, 10, encode_lun(3))
+    # its R2T, still on the way, gets no Data-Out; the answer to the abort frees its ITT
+    assert tgt.r2t(a, 8192, 8192, r2t_sn=0) == [] and tgt.sent() == []
+    assert conn.tombstones == 1
+    tgt.feed(TaskManagementResponse(itt=tmf, response=0, stat_sn=tgt._status(), **tgt._sn()))
+    assert (conn.itts_in_use, conn.tombstones, conn.outstanding) == (0, 0, 0)
 
 
 def test_unexpected_pdu_type_breaks_connection():

@@ -1,4 +1,5 @@
-"""Tests for iscsifs.core.discovery: portals, SendTargets parsing, iSCSI name validation."""
+"""Tests for iscsifs.core.names (portals, iSCSI name validation) and iscsifs.core.discovery
+(SendTargets parsing)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iscsifs.core.discovery import (
-    DiscoveredTarget,
-    Portal,
-    parse_portal,
-    parse_sendtargets,
-    sendtargets_request,
-    split_sendtargets,
-    valid_iscsi_name,
-)
+from iscsifs.core.discovery import (DiscoveredTarget, parse_sendtargets, sendtargets_request,
+                                    split_sendtargets)
+from iscsifs.core.names import Portal, check_host, parse_portal, valid_iscsi_name
 from iscsifs.core.keys import decode_text
 from iscsifs.errors import RemoteProtocolError
 
@@ -92,6 +87,49 @@ def test_portal_validation(kw):
     args = {"host": "h", **kw}
     with pytest.raises(ValueError):
         Portal(**args)
+
+
+# ---------------------------------------------------------------------------------------------
+# the one host rule
+
+@pytest.mark.parametrize("host,stored", [
+    ("my_host", "my_host"),                      # resolvers take it; so do we, everywhere
+    ("_srv.example", "_srv.example"), ("san-1.example.com.", "san-1.example.com."),
+    ("10.0.0.5", "10.0.0.5"), ("FE80::0001", "fe80::1"), ("[::1]", "::1"),
+    ("fe80::1%eth0", "fe80::1%eth0"), ("a" * 63 + ".b", "a" * 63 + ".b"),
+])
+def test_one_host_rule_accepts_and_normalises(host, stored):
+    assert check_host(host) == stored
+    assert Portal(host).host == stored
+    assert parse_portal(f"[{stored}]:3261" if ":" in stored else f"{host}:3261") == \
+        Portal(stored, 3261)
+
+
+@pytest.mark.parametrize("host,problem", [
+    ("", "empty host in portal"), ("a..b", "invalid host name 'a..b'"),
+    ("-opt", "invalid host name '-opt'"), ("a.-b", "invalid host name 'a.-b'"),
+    ("bad host", "invalid host name 'bad host'"), ("a/b", "invalid host name 'a/b'"),
+    ("a" * 64, "invalid host name"), ("a." * 127 + "bc", "invalid host name"),
+    ("010.0.0.1", "invalid IPv4 address '010.0.0.1'"), ("1.2.3.256", "invalid IPv4 address"),
+    ("1.2.3", "invalid IPv4 address"), ("fe80::zz", "invalid IPv6 address 'fe80::zz'"),
+    ("[10.0.0.1]", "invalid host name"),
+])
+def test_one_host_rule_refuses(host, problem):
+    with pytest.raises(ValueError, match=problem.replace(".", r"\.").replace("(", r"\(")):
+        check_host(host)
+    with pytest.raises(ValueError):
+        Portal(host)
+
+
+@given(st.text(max_size=40))
+def test_check_host_is_idempotent_and_what_it_returns_is_a_portal(text):
+    try:
+        host = check_host(text)
+    except ValueError:
+        return
+    assert check_host(host) == host
+    assert Portal(host).host == host
+    assert parse_portal(Portal(host).address) == Portal(host)
 
 
 # ---------------------------------------------------------------------------------------------

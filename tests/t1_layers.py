@@ -2,8 +2,9 @@
 
 The import graph (read from the source with ``ast``, lazy imports inside functions included):
 no module imports itself through others (no cycles), every import points down the layers of
-``LAYERS``, and the product (``iscsifs``) never imports the test and demo harness
-(``iscsifs_testbed``).
+``LAYERS`` and none is one of the imports ``NEVER`` names (the two entry points import neither
+each other; the iscsifs command imports nothing of the filesystem), and the product
+(``iscsifs``) never imports the test and demo harness (``iscsifs_testbed``).
 
 iscsifs.core is sans-IO: importing any of its modules must not pull in I/O or concurrency
 libraries.  Each module is imported in a fresh interpreter and ``sys.modules`` inspected; the
@@ -139,14 +140,20 @@ LAYERS = [
     ("scsi", ("iscsifs.scsi",)),                  # SCSI, knows no iSCSI
     ("core", ("iscsifs.core",)),                  # sans-IO iSCSI
     ("config", ("iscsifs.config",)),              # open-iscsi's files
+    ("sessionfile", ("iscsifs.sessionfile",)),    # session.json and its text, for fs and cli
     ("net", ("iscsifs.net",)),                    # trio: transport, sessions, discovery
     ("device", ("iscsifs.device",)),              # a LUN over a session
     ("multipath", ("iscsifs.multipath",)),        # a LUN over several paths (sessions)
     ("initiator", ("iscsifs.initiator", "iscsifs.nodeopts")),   # the facade
     ("fs", ("iscsifs.fs",)),                      # pyfuse3 (sees the facade as fs/backend.py)
-    ("cli", ("iscsifs.cli",)),                    # iscsifs, and what every command needs
-    ("mount", ("iscsifs.mount",)),                # mount.iscsifs
+    ("shared", ("iscsifs.logs", "iscsifs.exits", "iscsifs.mounttable")),  # what both commands use
+    ("entry points", ("iscsifs.cli", "iscsifs.mount")),   # iscsifs, mount.iscsifs: side by side
 ]
+# Imports the layers would allow but the design does not (importer, imported): the two entry
+# points (one layer) stand side by side, neither importing the other; and the iscsifs command
+# reads a mount's files (session.json through iscsifs.sessionfile), never the filesystem's code.
+NEVER = [("iscsifs.cli", "iscsifs.mount"), ("iscsifs.mount", "iscsifs.cli"),
+         ("iscsifs.cli", "iscsifs.fs")]
 
 
 def layer_of(module: str) -> int | None:
@@ -162,13 +169,20 @@ def internal_graph() -> dict[str, set[str]]:
     return {m: {i for i in imported if i in graph and i != m} for m, imported in graph.items()}
 
 
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that point up the layers, and those ``NEVER`` names."""
     found = []
     for module, imported in sorted(graph.items()):
         here = layer_of(module)
         for target in sorted(imported):
             there = layer_of(target)
             if here is not None and there is not None and there > here:
+                found.append(f"{module} -> {target}")
+            elif any(_within(module, a) and _within(target, b) for a, b in NEVER):
                 found.append(f"{module} -> {target}")
     return found
 
@@ -219,6 +233,40 @@ def test_no_import_cycles():
 
 def test_the_checks_see_what_they_look_for():
     planted = {"iscsifs.cli.main": {"iscsifs.cli.nodes"}, "iscsifs.cli.nodes": {"iscsifs.cli.main"},
-               "iscsifs.device": {"iscsifs.initiator"}, "iscsifs.initiator": set()}
+               "iscsifs.device": {"iscsifs.initiator"}, "iscsifs.initiator": set(),
+               "iscsifs.mount.config": {"iscsifs.cli.discover"}, "iscsifs.cli.discover": set(),
+               "iscsifs.cli.session": {"iscsifs.fs.render"}, "iscsifs.fs.render": set()}
     assert import_cycles(planted) == [["iscsifs.cli.main", "iscsifs.cli.nodes"]]
-    assert upward_imports(planted) == ["iscsifs.device -> iscsifs.initiator"]
+    assert upward_imports(planted) == ["iscsifs.cli.session -> iscsifs.fs.render",
+                                       "iscsifs.device -> iscsifs.initiator",
+                                       "iscsifs.mount.config -> iscsifs.cli.discover"]
+
+
+def test_cli_and_mount_import_neither_each_other():
+    """The two entry points stand side by side (s3ql's commands do): what both need is in
+    iscsifs.logs, iscsifs.exits and iscsifs.mounttable, below them. The iscsifs command reads
+    a mount's files, not the filesystem's code: it imports nothing of iscsifs.fs either."""
+    graph = internal_graph()
+    crossing = sorted(f"{m} -> {i}" for m, imported in graph.items() for i in imported
+                      if any(_within(m, a) and _within(i, b) for a, b in NEVER))
+    assert not crossing
+    assert ("iscsifs.cli", "iscsifs.mount") in NEVER and ("iscsifs.mount", "iscsifs.cli") in NEVER
+    assert any(_within(m, "iscsifs.cli") for m in graph)
+    assert any(_within(m, "iscsifs.mount") for m in graph)
+
+
+def test_the_layer_table_of_docs_design_md_is_the_code_s():
+    """docs/design.md draws the layers top to bottom: every module or package it names exists,
+    they come in the order of LAYERS (never a lower layer above a higher one), and every layer
+    is in the picture."""
+    import re
+    design = PACKAGE_DIR.parent / "docs" / "design.md"
+    table = design.read_text().split("## Layers", 1)[1].split("```")[1]
+    named = re.findall(r"iscsifs/([\w/]*\w)(\.py|/)", table)
+    modules = [("iscsifs/" + path).replace("/", ".") for path, _ in named]
+    graph = product_graph()
+    assert modules and all(m in graph for m in modules), modules
+    ranks = [layer_of(m) for m in modules]
+    assert None not in ranks
+    assert ranks == sorted(ranks, reverse=True), list(zip(modules, ranks))
+    assert set(ranks) == set(range(len(LAYERS)))

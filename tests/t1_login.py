@@ -185,12 +185,29 @@ def test_operational_two_rounds_with_target_proposal():
 
 
 def test_target_transits_while_proposing_is_error():
+    # a key we know and would have to answer, proposed in the final response: nothing can
+    # carry our answer any more
     login = make_login()
     target = Target()
     req = login.start()
     req = login.receive(target.reply(req, [("AuthMethod", "None")]))
-    with pytest.raises(RemoteProtocolError, match="proposing"):
-        login.receive(target.reply(req, [("X-com.example.Q", "1")]))
+    with pytest.raises(RemoteProtocolError, match="proposing TaskReporting"):
+        login.receive(target.reply(req, [("TaskReporting", "RFC3720")]))
+
+
+@pytest.mark.parametrize("unknown", [[("X-com.example.Q", "1")], [("iSCSIProtocolLevel", "2")],
+                                     [("X#vendor", "a"), ("Y-new-key", "b")]])
+def test_keys_we_do_not_understand_in_the_final_response_are_ignored(unknown):
+    # RFC 7143 §6.2: a key not understood is answered NotUnderstood, which tells the target
+    # only that we will not use it; in the final response there is no request left to say
+    # it in, and refusing the login over it would only hurt interoperability
+    login = make_login()
+    target = Target()
+    req = login.start()
+    req = login.receive(target.reply(req, [("AuthMethod", "None")]))
+    done = login.receive(target.reply(req, OP_ANSWERS + unknown))
+    assert isinstance(done, LoginComplete)
+    assert done.params.max_xmit_data_segment_length == 65536
 
 
 def test_login_that_never_converges():

@@ -6,10 +6,10 @@ import pytest
 import trio
 
 from fake_target import FakeTarget, good_read
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.pdu import DataIn, ScsiResponse
 from iscsifs.device import DEFAULT_MAX_COMMAND, Lun, choose_provisioning, granule_range
-from iscsifs.errors import NoSpace, NotSupported
+from iscsifs.errors import NoSpace, NotSupported, SessionFailed
 from iscsifs.net.session import Session, Timeouts
 from iscsifs.scsi.parse import BlockLimits, LogicalBlockProvisioning
 from iscsifs.scsi.sense import ScsiError, SenseKey
@@ -65,11 +65,7 @@ def read_only_at_the_target(state: dict):
     ``tgtadm --op update --mode logicalunit --params readonly=1``."""
     def on_command(conn, cmd):
         if cmd.cdb[0] == 0x1A:                              # MODE SENSE(6)
-            header = bytes([3, 0, 0x80 if state["wp"] else 0, 0])
-            return [DataIn(itt=cmd.itt, ttt=0xFFFFFFFF, lun=0, data_sn=0, buffer_offset=0,
-                           residual_count=0, final=True, acknowledge=False, overflow=False,
-                           underflow=False, status_present=True, status=0, data=header,
-                           **conn.sns())]
+            return good_read(conn, cmd, bytes([3, 0, 0x80 if state["wp"] else 0, 0]))
         status, data = 0, b""
         if cmd.cdb[0] in (0x2A, 0x8A) and state["wp"]:
             sense = bytes([0x70, 0, 0x07, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x27, 0x00, 0, 0, 0, 0])
@@ -113,6 +109,7 @@ class Disk:
         del self.data[blocks * block_size:]
         self.refuse = refuse
         self.unmapped: list[tuple[int, int]] = []       # (lba, blocks) per descriptor
+        self.same: list[tuple[int, int]] = []           # (lba, blocks) written by WRITE SAME
 
     def __call__(self, conn, cmd):
         op, bs = cmd.cdb[0], self.block_size
@@ -136,10 +133,14 @@ class Disk:
                 self.unmapped.append((lba, n))
                 self.data[lba * bs:(lba + n) * bs] = bytes(n * bs)
         elif op == 0x93:
-            assert cmd.cdb[1] == 0x08 and bytes(cmd.data) == bytes(bs)    # UNMAP bit, zeros
+            assert cmd.cdb[1] in (0x00, 0x08) and len(cmd.data) == bs
             lba, n = int.from_bytes(cmd.cdb[2:10], "big"), int.from_bytes(cmd.cdb[10:14], "big")
-            self.unmapped.append((lba, n))
-            self.data[lba * bs:(lba + n) * bs] = bytes(n * bs)
+            if cmd.cdb[1] == 0x08:                                        # UNMAP bit
+                assert bytes(cmd.data) == bytes(bs)                       # with zeros
+                self.unmapped.append((lba, n))
+            else:
+                self.same.append((lba, n))
+            self.data[lba * bs:(lba + n) * bs] = bytes(cmd.data) * n
         return [response(conn, cmd, 0)]
 
 
@@ -152,7 +153,7 @@ def response(conn, cmd, status: int, data: bytes = b""):
 
 async def discard_lun(nursery, disk: Disk, *, lbpu=True, lbpws=True, lbpme=True,
                       max_unmap=0xFFFFFFFF, descriptors=0xFFFFFFFF, granularity=0,
-                      alignment=None, max_write_same=0) -> tuple[Lun, FakeTarget]:
+                      alignment=None, max_write_same=0, lbprz=None) -> tuple[Lun, FakeTarget]:
     target = FakeTarget(on_command=disk)
     lun = await lun_over_fake(target, nursery)
     lun.block_size = disk.block_size
@@ -163,9 +164,10 @@ async def discard_lun(nursery, disk: Disk, *, lbpu=True, lbpws=True, lbpme=True,
                                    optimal_unmap_granularity=granularity,
                                    unmap_granularity_alignment=alignment,
                                    max_write_same_length=max_write_same)
-    lun.lbp = LogicalBlockProvisioning(lbpu=lbpu, lbpws=lbpws, lbprz_field=1,
-                                       provisioning_type=2)
-    lun.lbpme = lun.lbprz = lbpme
+    lbprz = lbpme if lbprz is None else lbprz
+    lun.lbp = LogicalBlockProvisioning(lbpu=lbpu, lbpws=lbpws, lbprz_field=int(lbprz),
+                                       provisioning_type=2 if lbpme else 0)
+    lun.lbpme, lun.lbprz = lbpme, lbprz
     return lun, target
 
 
@@ -269,6 +271,76 @@ async def test_discard_past_the_end_or_negative_changes_nothing(nursery, autojum
     await lun.session.close()
 
 
+# -- fallocate: punch_hole and zero_range -----------------------------------------------------
+async def test_punch_hole_and_zero_range_unmap_where_the_lun_reads_zeros(nursery,
+                                                                         autojump_clock):
+    disk = Disk(64)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk)                 # LBPRZ: a discard each
+    with trio.fail_after(10):
+        assert await lun.punch_hole(1000, 20000) == (39 * 512, 20000 - 39 * 512)
+        assert await lun.zero_range(24 * 1024, 8192) == (8192, 0)
+    assert disk.unmapped == [(2, 39), (48, 16)] and disk.same == []
+    assert disk.data[1000:21000] == bytes(20000) and disk.data[24576:32768] == bytes(8192)
+    assert disk.data[21000:24576] == before[21000:24576]
+    await lun.session.close()
+
+
+async def test_zero_range_writes_same_zeros_on_a_lun_that_cannot_unmap(nursery,
+                                                                        autojump_clock):
+    disk = Disk(64)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk, lbpme=False, max_write_same=16)
+    with trio.fail_after(10):
+        assert await lun.zero_range(1000, 20000) == (0, 20000)
+    assert disk.same == [(2, 16), (18, 16), (34, 7)] and disk.unmapped == []
+    assert disk.data[1000:21000] == bytes(20000)
+    assert disk.data[:1000] == before[:1000] and disk.data[21000:] == before[21000:]
+    # WRITE SAME first, then the partial edge blocks by read-modify-write
+    assert ops(target)[:3] == [0x93] * 3 and sorted(ops(target)[3:]) == [0x28, 0x28, 0x2A, 0x2A]
+    await lun.session.close()
+
+
+async def test_punch_hole_without_lbprz_sends_write_same_with_unmap(nursery, autojump_clock):
+    disk = Disk(64)
+    lun, target = await discard_lun(nursery, disk, lbprz=False)
+    with trio.fail_after(10):
+        assert await lun.punch_hole(512, 10 * 512) == (10 * 512, 0)
+    # the target deallocates only what then reads as the zeros it was sent
+    assert disk.unmapped == [(1, 10)] and set(ops(target)) == {0x93}
+    await lun.session.close()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lbpme=False), "supports neither UNMAP nor WRITE SAME"),
+    (dict(lbprz=False, lbpws=False), "need not read as zeros")])
+async def test_punch_hole_that_cannot_deallocate_changes_nothing(nursery, autojump_clock, kw,
+                                                                 match):
+    disk = Disk(16)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk, **kw)
+    with pytest.raises(NotSupported, match=match), trio.fail_after(10):
+        await lun.punch_hole(100, 4000)
+    assert disk.data == before and target.commands_seen() == []
+    await lun.session.close()
+
+
+async def test_zero_range_refused_write_same_changes_nothing(nursery, autojump_clock):
+    disk = Disk(16, refuse=True)
+    before = bytes(disk.data)
+    lun, target = await discard_lun(nursery, disk, lbpme=False)
+    with trio.fail_after(10):
+        with pytest.raises(NotSupported, match="refused WRITE SAME"):
+            await lun.zero_range(100, 4000)
+        assert ops(target) == [0x93]            # nothing else was sent: the edges are intact
+        with pytest.raises(NotSupported):       # and it is not asked again
+            await lun.zero_range(0, 512)
+        with pytest.raises(NoSpace):
+            await lun.zero_range(8000, 193)
+    assert disk.data == before and ops(target) == [0x93]
+    await lun.session.close()
+
+
 @pytest.mark.parametrize("first, end, g, a, expected", [
     (0, 10, 1, 0, (0, 10)), (2, 21, 1, 0, (2, 21)), (1, 31, 8, 3, (3, 27)),
     (5, 13, 4, 0, (8, 12)), (5, 11, 4, 0, (5, 5)), (7, 7, 1, 0, (7, 7)),
@@ -295,3 +367,138 @@ def test_provisioning_choice_follows_linux_sd():
     assert choose_provisioning(True, True, small, thin).max_blocks == 2048
     none = choose_provisioning(False, False, None, None)
     assert (none.method, none.max_blocks, none.provisioning_type) == (None, 0, None)
+
+
+async def test_a_write_that_fails_below_scsi_raises_that_error(nursery, autojump_clock):
+    # the DATA PROTECT check looked for sense in every error and broke on the others
+    target = FakeTarget(on_command=serve_reads)
+    lun = await lun_over_fake(target, nursery)
+    await lun.session.close()
+    with pytest.raises(SessionFailed):
+        await lun.write(0, b"a" * 512)
+    with pytest.raises(SessionFailed):
+        await lun.write(100, b"a" * 10)       # read-modify-write: fails on the read
+
+
+# -- short transfers ---------------------------------------------------------------------------
+def data_in_status(conn, cmd, data: bytes, *, residual=0, underflow=False):
+    return [DataIn(itt=cmd.itt, ttt=0xFFFFFFFF, lun=0, data_sn=0, buffer_offset=0,
+                   residual_count=residual, final=True, acknowledge=False, overflow=False,
+                   underflow=underflow, status_present=True, status=0, data=data,
+                   **conn.sns())]
+
+
+def short_once(disk: Disk, short: dict):
+    """``disk``, except that the first READ (or WRITE) of more than one block is answered GOOD
+    with an underflow after half of its blocks (``short["op"]``: 0x28 or 0x2A)."""
+    def on_command(conn, cmd):
+        op, bs = cmd.cdb[0], disk.block_size
+        lba, n = int.from_bytes(cmd.cdb[2:6], "big"), int.from_bytes(cmd.cdb[7:9], "big")
+        if op == short["op"] and n > 1 and not short.get("done"):
+            short["done"] = True
+            half = n // 2 * bs
+            if op == 0x28:
+                return data_in_status(conn, cmd, bytes(disk.data[lba * bs:lba * bs + half]),
+                                      residual=n * bs - half, underflow=True)
+            disk.data[lba * bs:lba * bs + half] = cmd.data[:half]
+            return [ScsiResponse(itt=cmd.itt, response=0, status=0, exp_data_sn=0,
+                                 bidi_read_residual_count=0, residual_count=n * bs - half,
+                                 overflow=False, underflow=True, bidi_overflow=False,
+                                 bidi_underflow=False, **conn.sns())]
+        return disk(conn, cmd)
+    return on_command
+
+
+async def test_an_underflow_on_a_read_is_retried_for_the_remainder(nursery, autojump_clock):
+    disk = Disk(64)
+    target = FakeTarget(on_command=short_once(disk, {"op": 0x28}))
+    lun = await lun_over_fake(target, nursery)
+    lun.num_blocks = 64
+    with trio.fail_after(10):
+        data = await lun.read(512 * 8, 512 * 8)
+    assert data == disk.data[512 * 8:512 * 16]                 # no zeros for the rest
+    reads = [(int.from_bytes(p.cdb[2:6], "big"), int.from_bytes(p.cdb[7:9], "big"))
+             for _, p in target.commands_seen(0x28)]
+    assert reads == [(8, 8), (12, 4)]
+    await lun.session.close()
+
+
+async def test_an_underflow_on_a_write_is_retried_for_the_remainder(nursery, autojump_clock):
+    disk = Disk(64)
+    target = FakeTarget(on_command=short_once(disk, {"op": 0x2A}))
+    lun = await lun_over_fake(target, nursery)
+    lun.num_blocks = 64
+    new = bytes(range(256)) * 16
+    with trio.fail_after(10):
+        assert await lun.write(512 * 8, new) == len(new)
+    assert disk.data[512 * 8:512 * 16] == new
+    writes = [(int.from_bytes(p.cdb[2:6], "big"), int.from_bytes(p.cdb[7:9], "big"))
+              for _, p in target.commands_seen(0x2A)]
+    assert writes == [(8, 8), (12, 4)]
+    await lun.session.close()
+
+
+@pytest.mark.expect_log("connection to .* failed: .*GOOD", logger="iscsifs.net.session")
+@pytest.mark.expect_log("cannot re-issue|failed: the connection broke", optional=True)
+async def test_a_short_read_without_underflow_is_never_written_back(nursery, autojump_clock):
+    # a read-modify-write of a partial block whose READ is answered GOOD with no data and no
+    # underflow: that is no data, and zeros must not go back over the block
+    disk = Disk(16)
+    before = bytes(disk.data)
+
+    def on_command(conn, cmd):
+        if cmd.cdb[0] == 0x28:
+            return data_in_status(conn, cmd, b"")
+        return disk(conn, cmd)
+
+    target = FakeTarget(on_command=on_command)
+    lun = await lun_over_fake(target, nursery)
+    lun.num_blocks = 16
+    with trio.fail_after(60), pytest.raises(Exception):
+        await lun.write(100, b"new")
+    assert target.commands_seen(0x2A) == []            # nothing was written back
+    assert bytes(disk.data) == before
+    await lun.session.close()
+
+
+# -- capacity ----------------------------------------------------------------------------------
+def capacity_target(rc16_failures: int | None):
+    """READ CAPACITY(16) fails with ILLEGAL REQUEST the first ``rc16_failures`` times (None:
+    always), then says 2**33 blocks of 512 bytes; READ CAPACITY(10) says FFFFFFFFh: "the
+    capacity does not fit, use READ CAPACITY(16)" (SBC-3 §5.15.2)."""
+    calls = {"rc16": 0}
+
+    def on_command(conn, cmd):
+        if cmd.cdb[0] == 0x9E and cmd.cdb[1] & 0x1F == 0x10:
+            calls["rc16"] += 1
+            if rc16_failures is None or calls["rc16"] <= rc16_failures:
+                sense = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0])
+                return [response(conn, cmd, 2, len(sense).to_bytes(2, "big") + sense)]
+            data = (2 ** 33 - 1).to_bytes(8, "big") + (512).to_bytes(4, "big") + bytes(20)
+            return good_read(conn, cmd, data)
+        if cmd.cdb[0] == 0x25:
+            return good_read(conn, cmd, bytes([0xFF] * 4) + (512).to_bytes(4, "big"))
+        return []
+    return on_command, calls
+
+
+async def test_read_capacity_10_saying_ffffffff_asks_read_capacity_16_again(nursery,
+                                                                            autojump_clock):
+    on_command, calls = capacity_target(rc16_failures=1)
+    lun = await lun_over_fake(FakeTarget(on_command=on_command), nursery)
+    with trio.fail_after(10):
+        await lun.read_capacity()
+    assert (lun.num_blocks, lun.block_size) == (2 ** 33, 512)
+    assert calls["rc16"] == 2
+    await lun.session.close()
+
+
+async def test_a_capacity_that_only_read_capacity_16_can_say_is_never_guessed(nursery,
+                                                                              autojump_clock):
+    on_command, calls = capacity_target(rc16_failures=None)
+    lun = await lun_over_fake(FakeTarget(on_command=on_command), nursery)
+    lun.num_blocks = 0
+    with trio.fail_after(10), pytest.raises(ScsiError):
+        await lun.read_capacity()
+    assert lun.num_blocks != 2 ** 32           # not sized at "exactly 2**32 blocks"
+    await lun.session.close()

@@ -13,7 +13,7 @@ import trio
 from fake_target import FakeTarget, good_read
 from helpers import (CONN_FAILED, READ_TIMED_OUT, RECOVERY_FAILED, TMF_UNANSWERED,
                      one_error_line, run_iscsifs)
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.keys import LoginParams
 from iscsifs.core.pdu import R2T, DataIn, NopIn, ScsiResponse
 from iscsifs.errors import AuthenticationError, RemoteProtocolError, SessionFailed

@@ -15,7 +15,7 @@ import trio.testing
 
 from fake_target import FakeTarget, good_read
 from helpers import CONN_FAILED, _session_log
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import ConnectionLost, NoSuchDevice, PathFailed
 from iscsifs.net.session import Session, Timeouts
 
@@ -140,7 +140,7 @@ async def test_a_hook_that_fails_after_a_relogin_is_a_failed_relogin_and_is_retr
         while session.reconnects < 1:
             await trio.sleep(0.1)
     assert len(calls) == 3 and target.connections == 3
-    assert calls[2] - calls[1] >= 0.5 - 1e-6           # the relogin back-off applies
+    assert calls[2] - calls[1] == pytest.approx(0.5, abs=1e-6)   # the relogin back-off
     assert await read(session) == PAYLOAD
     await session.close()
 
@@ -177,4 +177,87 @@ async def test_a_hook_can_fail_the_commands_waiting_for_one_lun(nursery, autojum
             await target.live[1].close()
     assert failed == [1]
     assert results[1] == PAYLOAD and isinstance(results[2], NoSuchDevice)
+    await session.close()
+
+
+@CONN_FAILED
+async def test_hook_commands_need_no_command_slot(nursery, autojump_clock):
+    # cmds_max=1 and the one slot held by a read waiting for the relogin: the hook's own
+    # commands still go out (they used to wait for the slot, and the read for the hook)
+    def on_command(conn, cmd):
+        if conn.number == 1 and cmd.cdb[0] == 0x28:
+            return []
+        return good_read(conn, cmd, PAYLOAD[:cmd.expected_data_transfer_length])
+
+    target = FakeTarget(on_command=on_command)
+    with trio.fail_after(5):
+        session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                        initiator_name=INITIATOR, nursery=nursery,
+                                        timeouts=Timeouts(noop_out_interval=0, command=0),
+                                        login_hooks=[inquiry_hook], cmds_max=1,
+                                        connector=target.socketpair_connector(nursery))
+    got = {}
+
+    async def reader():
+        got["data"] = await read(session)
+
+    with trio.fail_after(10):           # well within login_timeout (15 s): no stall
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await target.live[1].close()
+    assert got["data"] == PAYLOAD and session.reconnects == 1
+    await session.close()
+
+
+async def test_fail_waiting_answers_callers_waiting_for_a_command_slot(nursery, autojump_clock):
+    # cmds_max=1, the slot held by a read to LUN 1: reads to LUN 2 wait for it. fail_waiting
+    # answers them, even one whose slot has just come but that has not run yet, and none of
+    # their commands is ever sent
+    release = trio.Event()
+    held: list = []
+
+    def on_command(conn, cmd):
+        if cmd.cdb[0] == 0x28 and not release.is_set() and not held:
+            held.append(cmd)
+            return []
+        return good_read(conn, cmd, PAYLOAD[:cmd.expected_data_transfer_length])
+
+    target = FakeTarget(on_command=on_command)
+    with trio.fail_after(5):
+        session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                        initiator_name=INITIATOR, nursery=nursery,
+                                        timeouts=Timeouts(noop_out_interval=0), cmds_max=1,
+                                        connector=target.socketpair_connector(nursery))
+    results: dict = {}
+
+    async def reader(name, lun):
+        try:
+            results[name] = await read(session, lun)
+        except NoSuchDevice as exc:
+            results[name] = exc
+
+    async def first_then_fail():
+        results["a"] = await read(session, 1)
+        # the slot went to "c" as the read above returned; "c" has not run yet
+        results["failed"] = session.fail_waiting(2, NoSuchDevice("LUN 2 is gone"))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(first_then_fail)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(reader, "b", 2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert session.fail_waiting(2, NoSuchDevice("LUN 2 is gone")) == 1
+            await trio.testing.wait_all_tasks_blocked()
+            assert isinstance(results["b"], NoSuchDevice)
+            n.start_soon(reader, "c", 2)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+            conn = target.live[1]
+            await conn.send(*good_read(conn, held[0], PAYLOAD))
+    assert results["a"] == PAYLOAD and results["failed"] == 1
+    assert isinstance(results["c"], NoSuchDevice)
+    assert not [p for _, p in target.commands_seen(0x28) if p.lun != held[0].lun]
+    assert await read(session, 2) == PAYLOAD         # the slot came back
     await session.close()

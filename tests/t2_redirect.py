@@ -8,7 +8,7 @@ import trio
 
 from fake_target import FakeTarget, good_read
 from helpers import CONN_FAILED
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import LoginError
 from iscsifs.net.session import MAX_REDIRECTS, Session, Timeouts
 

@@ -19,16 +19,16 @@ import trio
 
 from helpers import run_iscsifs
 
-from iscsifs.cli import common
 from iscsifs.cli import session as session_cli
-from iscsifs.cli.common import MountLogHandler, iscsifs_mounts, setup_logging
 from iscsifs.config import locations
-from iscsifs.core.discovery import Portal
-from iscsifs.errors import ConnectionLost
+from iscsifs.core.names import Portal
+from iscsifs.errors import ConnectionLost, QuietError
 from iscsifs.fs import render
+from iscsifs.logs import MountLogHandler, setup_logging
 from iscsifs.mount import main as mount_main
 from iscsifs.mount.options import parse_args
 from iscsifs.mount.sids import SidCounter
+from iscsifs.mounttable import iscsifs_mounts
 
 from fs_fake import DISK1, FakeInitiator, make_session_info, standard_targets
 from t3_fs_ops import PORTAL, list_luns, make_ops, walk
@@ -158,7 +158,7 @@ def test_mount_log_file_is_resolved_before_the_daemon_starts(tmp_path, monkeypat
     # a given file that can't be made: exit 7
     opts = parse_args(["127.0.0.1", str(tmp_path / "mnt"), "-o",
                        f"logfile={tmp_path}/blocker/x.log"])
-    with pytest.raises(common.QuietError) as info:
+    with pytest.raises(QuietError) as info:
         mount_main.resolve_logfile(opts)
     assert info.value.exit_code == 7 and "cannot open log file" in str(info.value)
 
@@ -167,7 +167,7 @@ def test_login_option():
     assert parse_args(["h", "/m"]).login == "automatic"
     for mode in ("automatic", "all", "lazy"):
         assert parse_args(["h", "/m", "-o", f"login={mode}"]).login == mode
-    with pytest.raises(common.QuietError) as info:
+    with pytest.raises(QuietError) as info:
         parse_args(["h", "/m", "-o", "login=boot"])
     assert info.value.exit_code == 7
     assert str(info.value) == "bad value for login: 'boot' (expected automatic, all, lazy)"
@@ -202,16 +202,16 @@ async def test_sessions_file_lists_live_sessions_without_logging_in():
 
 # ------------------------------------------------------------------ iscsifs session
 def fake_mount(root: Path, sessions: list[tuple[int, str]]) -> Path:
-    """A directory laid out like a mount: sessions + each session's file, rendered by the
-    mount's own code."""
+    """A directory laid out like a mount: sessions + each session's files (text and JSON),
+    rendered by the mount's own code."""
     luns = tuple(standard_targets()[DISK1])
     lines = []
     for sid, target in sessions:
-        info = make_session_info(target, PORTAL, luns)
-        info.sid = sid
+        info = make_session_info(target, PORTAL, luns, sid=sid)
         d = root / "portals" / PORTAL.address / "targets" / target
         d.mkdir(parents=True, exist_ok=True)
         (d / "session").write_text(render.render_session(info, target, PORTAL))
+        (d / "session.json").write_text(render.render_session_json(info, target, PORTAL))
         lines.append((sid, PORTAL, target))
     (root / "sessions").write_text(render.render_session_list(lines))
     return root
@@ -245,7 +245,8 @@ def test_print_levels_show_iscsiadms_sections(tmp_path):
     assert p3.startswith("iSCSI Transport Class version userspace (iscsifs)\nversion iscsifs ")
     raw = a / "portals" / PORTAL.address / "targets" / DISK1 / "luns" / "1" / "raw"
     assert f"\t\t\tAttached scsi disk {raw}\t\tState: running\n" in p3
-    # one session's -P 3 is its session file, less the counters, with absolute paths
+    # one session's -P 3 (from its session.json) is its session file, less the counters, with
+    # absolute paths: one layout for both
     single = session_cli.render_tree([recs[0]], 3)
     original = (a / "portals" / PORTAL.address / "targets" / DISK1 / "session").read_text()
     expected = original.split("\n\nStats for session")[0].replace(
@@ -255,17 +256,23 @@ def test_print_levels_show_iscsiadms_sections(tmp_path):
     assert [line for line in stats.splitlines() if line.startswith("Stats")] == [
         f"Stats for session [sid: {sid}, target: {t}, portal: 127.0.0.1,3260]"
         for sid, t in ((4, DISK1), (5, DISK1), (7, DISK2))]
+    text4 = (a / "portals" / PORTAL.address / "targets" / DISK1 / "session").read_text()
+    assert session_cli.render_stats([recs[0]]) == "Stats for session" + \
+        text4.split("\n\nStats for session")[1]
 
 
 def test_json_is_session_json_schema(tmp_path):
-    """--json: each session in session.json's schema (iscsifs.session/1), read back from the
-    text file when the mount has no session.json, and the mount's own when it has one."""
+    """--json: each session is its mount's session.json (schema iscsifs.session/1), the only
+    file of a session the command reads."""
     m = fake_mount(tmp_path / "a", [(4, DISK1)])
     rec = records(m)[0]
     data = rec.as_json()
     assert list(data)[:3] == ["schema", "target", "logged_in"]
     assert data["schema"] == "iscsifs.session/1" and data["sid"] == 4
     assert data["mount"] == str(m) and data["session_file"] == rec.path
+    assert rec.path.endswith(f"/targets/{DISK1}/session.json")
+    assert {k: v for k, v in data.items() if k not in ("mount", "session_file")} == \
+        json.loads(Path(rec.path).read_text())
     portal = {"address": "127.0.0.1:3260", "host": "127.0.0.1", "port": 3260, "tpgt": 1}
     assert data["current_portal"] == data["persistent_portal"] == portal
     assert data["iface"] == {"name": "default", "transport": "tcp",
@@ -287,20 +294,39 @@ def test_json_is_session_json_schema(tmp_path):
     assert data["luns"][1] == {"lun": 1, "device_type": 0, "type": "disk",
                                "raw": "luns/1/raw", "state": "running"}
     assert data["stats"]["txdata_octets"] >= 0 and "reconnects" not in data["stats"]
-    # a session.json of the same schema and SID is preferred
-    mine = {"schema": "iscsifs.session/1", "sid": 4, "target": DISK1, "from": "json"}
-    (Path(rec.path).parent / "session.json").write_text(json.dumps(mine))
-    assert session_cli.read_mount(str(m), facts=True)[0].as_json()["from"] == "json"
-    assert session_cli.read_mount(str(m))[0].as_json()["schema"] == "iscsifs.session/1"
-    (Path(rec.path).parent / "session.json").write_text(json.dumps({**mine, "sid": 5}))
-    assert "from" not in session_cli.read_mount(str(m), facts=True)[0].as_json()
+    # the text file is never read: without session.json there is no session to show
+    (Path(rec.path).parent / "session").write_text("garbage\n")
+    assert records(m)[0].facts == rec.facts
+    Path(rec.path).unlink()
+    assert records(m) == []
+
+
+@pytest.mark.parametrize("change", [
+    {"sid": 5}, {"schema": "iscsifs.session/2"}, {"logged_in": False}, {"iface": None},
+    {"luns": [{"lun": 1}]}, "drop:timeouts", "not-json", "list",
+])
+def test_a_session_json_that_is_not_this_sessions_whole_snapshot_is_skipped(tmp_path, change):
+    m = fake_mount(tmp_path / "a", [(4, DISK1), (7, DISK2)])
+    path = m / "portals" / PORTAL.address / "targets" / DISK2 / "session.json"
+    data = json.loads(path.read_text())
+    if change == "not-json":
+        path.write_text("{not json")
+    elif change == "list":
+        path.write_text("[]")
+    else:
+        if isinstance(change, str):
+            del data[change.removeprefix("drop:")]
+        else:
+            data.update(change)
+        path.write_text(json.dumps(data))
+    assert [r.sid for r in records(m)] == [4]
 
 
 def test_a_file_that_no_longer_matches_is_skipped(tmp_path):
     """Logged out (or another session) between reading ``sessions`` and the session file."""
     m = fake_mount(tmp_path / "a", [(4, DISK1), (7, DISK2)])
-    path = m / "portals" / PORTAL.address / "targets" / DISK2 / "session"
-    path.write_text(render.render_session(None, DISK2, PORTAL))
+    path = m / "portals" / PORTAL.address / "targets" / DISK2 / "session.json"
+    path.write_text(render.render_session_json(None, DISK2, PORTAL))
     assert [r.sid for r in records(m)] == [4]
     (m / "sessions").write_text("tcp: [9] 127.0.0.1:3260,1 ../../etc (non-flash)\n")
     assert records(m) == []
@@ -336,6 +362,11 @@ def test_session_command(tmp_path, monkeypatch):
     assert json.loads(run_iscsifs(tmp_path, "session", "--json").stdout)[1]["sid"] == 5
     r = run_iscsifs(tmp_path, "session", "-P", "4")
     assert (r.returncode, r.stderr) == (7, "iscsifs: invalid info level 4; try 0 - 3\n")
+    # --json holds every detail: -P or -s beside it would be dropped silently, so refused
+    for extra, flag in ((("-P", "1"), "-P"), (("-s",), "-s")):
+        r = run_iscsifs(tmp_path, "session", "--json", *extra)
+        assert (r.returncode, r.stdout, r.stderr) == (
+            7, "", f"iscsifs: --json prints every detail of each session: it takes no {flag}\n")
     mounts.clear()
     r = run_iscsifs(tmp_path, "session")
     assert (r.returncode, r.stdout, r.stderr) == (21, "", "iscsifs: No active sessions.\n")
@@ -459,7 +490,7 @@ class SlowFake(FakeInitiator):
 
 @pytest.mark.parametrize("mode, tried", [("automatic", 2), ("all", 3), ("lazy", 0)])
 async def test_login_at_mount(mode, tried, tmp_path, autojump_clock, expect_log):
-    from iscsifs.config.nodedb import NodeDB, PortalKey
+    from iscsifs.config.nodedb import NodeDB
     from iscsifs.fs.namespace import Namespace
     from iscsifs.fs.records import NodeRecords
     from iscsifs.fs.tree import Tree
@@ -468,10 +499,10 @@ async def test_login_at_mount(mode, tried, tmp_path, autojump_clock, expect_log)
     targets = {**standard_targets(), slow: [], broken: []}
     db = NodeDB(str(tmp_path))
     for target in targets:
-        db.add(target, PortalKey.of(PORTAL))
+        db.add(target, PORTAL)
     for target in (DISK1, slow):
-        db.update(target, PortalKey.of(PORTAL), "node.startup", "automatic")
-    db.add("iqn.2026-11.org.example:gone", PortalKey.of(Portal("127.0.0.2", 3260)))
+        db.update(target, PORTAL, "node.startup", "automatic")
+    db.add("iqn.2026-11.org.example:gone", Portal("127.0.0.2", 3260))
     fake = SlowFake(targets)
     namespace = Namespace(fake, Tree([PORTAL]), records=NodeRecords(db))
     if mode != "lazy":

@@ -1,5 +1,5 @@
 """``iscsifs discard`` without a mount: sizes, refusals before anything is sent, and the map
-from the mount's errno to one line and iscsiadm's exit code (the real discard: t5_discard.py)."""
+from the mount's errno to one line and iscsiadm's exit code (the real discard: t5_identity.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import errno
 import pytest
 
 from helpers import run_iscsifs
-from iscsifs.cli.common import file_error
 from iscsifs.cli.discard import MEANING, parse_size
 from iscsifs.errors import QuietError
+from iscsifs.exits import file_error
 
 
 @pytest.mark.parametrize("text, value", [

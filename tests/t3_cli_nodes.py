@@ -10,7 +10,7 @@ import pytest
 
 from helpers import ok, one_error_line, run_iscsifs, show_node
 from iscsifs.config.nodedb import NodeDB
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import ConfigError
 from iscsifs.net.session import Timeouts
 from iscsifs.nodeopts import node_options_from_db
@@ -234,10 +234,10 @@ def test_bad_portal_is_said_once(tmp_path, text, problem):
 
 
 def test_one_line_names_the_login_once():
-    """cli.common composes the line from the error's fields: the words of the error and the
+    """exits.quiet_error composes the line from the error's fields: the words of the error and the
     name of the login, each once (it read "authentication failed for X at P: authentication
     failed for X at P: login to X failed: ...")."""
-    from iscsifs.cli.common import quiet_error
+    from iscsifs.exits import quiet_error
     from iscsifs.errors import AuthenticationError, LoginError, RemoteProtocolError
     who = f"{T1} at 127.0.0.1:3260"
     words = "authentication failure (status 0x0201); check the CHAP username and password"

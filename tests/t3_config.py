@@ -13,19 +13,19 @@ from hypothesis import given, strategies as st
 from iscsifs.config.conffile import parse_conf, render_record
 from iscsifs.config.initiatorname import (ensure_initiator_name, iname, read_initiator_name,
                                           write_initiator_name)
-from iscsifs.config.keys import validate_iscsi_name
-from iscsifs.config.nodedb import NodeDB, PortalKey
+from iscsifs.config.keys import validate_host, validate_iscsi_name
+from iscsifs.config.nodedb import NodeDB
 from iscsifs.config.settings import DiscoverySettings, NodeSettings
 from iscsifs.core.chap import ChapCredentials
-from iscsifs.core.discovery import valid_iscsi_name
+from iscsifs.core.names import Portal, parse_portal, valid_iscsi_name
 from iscsifs.errors import ConfigError
 
 T1 = "iqn.2003-01.org.example:t1"
 T2 = "iqn.2003-01.org.example:t2"
 SECRET = "node-secret-0001"
 SECRET_IN = "target-secret-002"
-P1 = PortalKey("10.0.0.5", 3260, 1)
-OtherPortal = namedtuple("OtherPortal", "host port tpgt")   # like core.discovery.Portal
+P1 = Portal("10.0.0.5", 3260, 1)
+OtherPortal = namedtuple("OtherPortal", "host port tpgt")   # like core.names.Portal
 
 
 def mode(path):
@@ -342,8 +342,26 @@ def test_ipv6_portal_stored_like_open_iscsi(db):
     db.add(T1, ("[fe80::1]", 3261, 2))
     assert (db.config_dir / "nodes" / T1 / "fe80::1,3261,2" / "default").is_file()
     [record] = db.list_nodes()
-    assert record.portal == PortalKey("fe80::1", 3261, 2)
+    assert record.portal == Portal("fe80::1", 3261, 2)
     assert str(record.portal) == "[fe80::1]:3261,2"
+
+
+@pytest.mark.parametrize("spec", ["my_host", "my_host:3261,2", "SAN-1.example.", "[FE80::1]",
+                                  "10.0.0.7:3262"])
+def test_every_portal_the_mount_takes_can_be_saved_as_a_record(db, spec):
+    """One portal type and one host rule: what parse_portal (the mount, the CLI) accepts, the
+    node database stores and reads back as the same Portal (``my_host`` used to be taken by
+    the mount and refused by the records)."""
+    portal = parse_portal(spec)
+    record = db.add(T1, portal)
+    assert record.portal == portal
+    assert validate_host(portal.host) == portal.host
+    [again] = NodeDB(db.config_dir).list_nodes()
+    assert again.portal == portal and isinstance(again.portal, Portal)
+    assert db.record_path(T1, portal).is_file()
+    assert db.discovery_settings(portal) is not None       # a discovery record too
+    db.record_discovery(portal, [(T2, [portal])])
+    assert db.exists(T2, portal)
 
 
 def test_add_existing_is_not_clobbered(db):
@@ -404,7 +422,7 @@ def test_bad_target_names_refused(db):
 
 def test_discovery_records_and_rediscovery_keeps_overrides(db):
     disc = ("10.0.0.5", 3260)
-    result = db.record_discovery(disc, [(T1, [P1]), (T2, [P1, PortalKey("10.0.0.6", 3260, 2)])])
+    result = db.record_discovery(disc, [(T1, [P1]), (T2, [P1, Portal("10.0.0.6", 3260, 2)])])
     assert len(result.added) == 3 and result.rejected == []
     st = db.config_dir / "send_targets" / "10.0.0.5,3260" / "st_config"
     assert st.is_file() and mode(st) == 0o600
@@ -449,7 +467,7 @@ def test_record_discovery_refuses_hostile_names(db):
 
 def test_delete(db):
     db.add(T1, P1)
-    db.add(T1, PortalKey("10.0.0.6", 3260, 1))
+    db.add(T1, Portal("10.0.0.6", 3260, 1))
     db.add(T2, P1)
     assert db.delete(T1, P1) == 1
     assert db.delete(T1, P1) == 0
@@ -461,7 +479,7 @@ def test_delete(db):
 
 def test_delete_discovery(db):
     db.record_discovery(("10.0.0.5", 3260), [(T1, [P1])])
-    db.record_discovery(("10.0.0.9", 3260), [(T2, [PortalKey("10.0.0.9", 3260, 1)])])
+    db.record_discovery(("10.0.0.9", 3260), [(T2, [Portal("10.0.0.9", 3260, 1)])])
     db.add(T2, P1)                                            # hand-added: stays
     assert db.list_discovery() == [("10.0.0.5", 3260), ("10.0.0.9", 3260)]
     assert db.delete_discovery(("10.0.0.5", 3260)) == 1

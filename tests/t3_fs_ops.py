@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import stat
 from types import SimpleNamespace
@@ -11,13 +13,15 @@ import pyfuse3
 import pytest
 import trio
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.device import Provisioning
 from iscsifs.errors import ConnectionLost
-from iscsifs.fs.ops import Operations
+from iscsifs.fs.ops import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+                            FALLOC_FL_ZERO_RANGE, HAVE_PARALLEL_DIRECT_WRITES, Operations)
 from iscsifs.fs.tree import ROOT_INODE, Tree
 
-from fs_fake import DISK1, HOSTILE_NAMES, FakeInitiator, ScsiError, standard_targets
+from fs_fake import (DISK1, HOSTILE_NAMES, FakeInitiator, FakeLun, FakeLunEntry, ScsiError,
+                     standard_targets)
 
 PORTAL = Portal("127.0.0.1", 3260)
 
@@ -93,7 +97,7 @@ async def test_raw_io_semantics():
     ops, fake = make_ops()
     dev = fake.targets[DISK1][1].device
     a = await raw(ops, 1)
-    fi = await ops.open(a.st_ino, os.O_RDWR, None)
+    fi = await ops.open(a.st_ino, os.O_RDWR | os.O_DIRECT, None)
     assert fi.direct_io and not fi.keep_cache
     fh = fi.fh
     assert await ops.read(fh, 0, 100) == dev.data[:100]
@@ -128,10 +132,24 @@ async def test_raw_io_semantics():
     await expect_errno(errno.EBADF, ops.read(fh, 0, 1))
 
 
-async def test_cache_page_mode():
-    ops, _ = make_ops(cache="page")
-    fi = await ops.open((await raw(ops, 1)).st_ino, os.O_RDONLY, None)
-    assert not fi.direct_io and not fi.keep_cache
+async def test_cache_modes():
+    """auto (the default) is a block device's: the page cache for buffered opens, none for
+    O_DIRECT ones, which may write in parallel; direct never caches, page always does. The
+    cache is kept while the LUN is open and dropped by a first open."""
+    for mode, buffered, odirect in (("auto", False, True), ("direct", True, True),
+                                    ("page", False, False)):
+        ops, _ = make_ops(cache=mode)
+        inode = (await raw(ops, 1)).st_ino
+        fi = await ops.open(inode, os.O_RDONLY, None)
+        assert fi.direct_io is buffered and not fi.keep_cache, mode
+        second = await ops.open(inode, os.O_RDWR | os.O_DIRECT, None)
+        assert second.direct_io is odirect and second.keep_cache, mode
+        if HAVE_PARALLEL_DIRECT_WRITES:
+            assert second.parallel_direct_writes is odirect, mode
+        await ops.release(fi.fh)
+        await ops.release(second.fh)
+        assert not (await ops.open(inode, os.O_RDONLY, None)).keep_cache   # first again
+    assert Operations.__init__.__kwdefaults__["cache"] == "auto"
 
 
 async def test_write_protected_and_read_only():
@@ -266,6 +284,50 @@ async def test_discard_through_setxattr():
                                                       b"0 512", None))
 
 
+async def test_fallocate_punches_holes_and_zeroes_ranges():
+    ops, fake = make_ops()
+    dev = fake.targets[DISK1][1].device
+    a = await raw(ops, 1)
+    fh = (await ops.open(a.st_ino, os.O_RDWR, None)).fh
+    before = bytes(dev.data)
+    punch, zero = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
+    await ops.fallocate(fh, punch, 1000, 20000)
+    await ops.fallocate(fh, zero, 30000, 100)
+    await ops.fallocate(fh, zero | FALLOC_FL_KEEP_SIZE, 40000, 512)
+    assert dev.fallocates == [("punch_hole", 1000, 20000), ("zero_range", 30000, 100),
+                              ("zero_range", 40000, 512)]
+    assert dev.data[1000:21000] == bytes(20000) and dev.data[30000:30100] == bytes(100)
+    assert dev.data[:1000] == before[:1000] and dev.data[21000:30000] == before[21000:30000]
+    # KEEP_SIZE past the end: clipped, as for a file; growing the LUN: ENOSPC
+    await ops.fallocate(fh, punch, dev.size - 100, 1 << 20)
+    assert dev.fallocates[-1] == ("punch_hole", dev.size - 100, 100)
+    await ops.fallocate(fh, punch, dev.size + 4096, 512)              # nothing to do
+    assert len(dev.fallocates) == 4
+    await expect_errno(errno.ENOSPC, ops.fallocate(fh, zero, dev.size - 100, 1 << 20))
+    # allocation, collapse, insert, unshare, PUNCH_HOLE without KEEP_SIZE: not for a LUN
+    for mode in (0, FALLOC_FL_KEEP_SIZE, 0x08, 0x20, 0x40, FALLOC_FL_PUNCH_HOLE):
+        await expect_errno(errno.EOPNOTSUPP, ops.fallocate(fh, mode, 0, 512))
+    assert len(dev.fallocates) == 4
+    # read-only handle, LUN or mount: refused before anything is sent
+    ro = (await ops.open(a.st_ino, os.O_RDONLY, None)).fh
+    await expect_errno(errno.EBADF, ops.fallocate(ro, punch, 0, 512))
+    a3 = await raw(ops, 3)
+    fh3 = (await ops.open(a3.st_ino, os.O_RDONLY, None)).fh
+    await expect_errno(errno.EBADF, ops.fallocate(fh3, punch, 0, 512))
+    dev.write_protected = True
+    await expect_errno(errno.EROFS, ops.fallocate(fh, punch, 0, 512))
+    dev.write_protected = False
+    # a LUN that cannot deallocate: PUNCH_HOLE is EOPNOTSUPP, ZERO_RANGE writes zeros
+    dev.provisioning = Provisioning()
+    await expect_errno(errno.EOPNOTSUPP, ops.fallocate(fh, punch, 0, 512))
+    await ops.fallocate(fh, zero, 0, 512)
+    assert dev.data[:512] == bytes(512) and dev.fallocates[-1] == ("zero_range", 0, 512)
+    # text files and the rescan file have no fallocate
+    session = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "session")
+    tfh = (await ops.open(session.st_ino, os.O_RDONLY, None)).fh
+    await expect_errno(errno.EOPNOTSUPP, ops.fallocate(tfh, punch, 0, 1))
+
+
 async def test_text_files_are_snapshots():
     ops, fake = make_ops()
     session = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "session")
@@ -331,7 +393,7 @@ async def test_statfs():
 
 # -- by-path names and capacity changes ---------------------------------------------------
 def test_by_path_names_ipv6_and_parse():
-    from iscsifs.core.discovery import Portal
+    from iscsifs.core.names import Portal
     from iscsifs.fs.namespace import BY_PATH_RE
     from iscsifs.fs.render import by_path_name
     name = by_path_name("iqn.2026-11.org.example:disk-lun-1", Portal("::1", 3260), 3)
@@ -348,9 +410,10 @@ def test_unit_attention_capacity_change_rereads_size():
     """A LUN that saw UNIT ATTENTION 2A/09 (device.Lun sets capacity_changed) is asked for its
     capacity again at the next getattr, and the new size is what stat shows."""
     from fs_fake import DISK1, FakeInitiator, standard_targets
-    from iscsifs.fs.ops import Operations
+    from iscsifs.fs.ops import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+                            FALLOC_FL_ZERO_RANGE, HAVE_PARALLEL_DIRECT_WRITES, Operations)
     from iscsifs.fs.tree import Tree
-    from iscsifs.core.discovery import Portal
+    from iscsifs.core.names import Portal
 
     async def main():
         targets = standard_targets()
@@ -418,7 +481,14 @@ async def test_by_id_lists_each_identity_once_over_all_portals():
     ro = await ops.lookup(by_id.st_ino, b"wwn-0x60000000000000000e00000000010003")
     assert stat.S_IMODE(ro.st_mode) == 0o400
     status_dir = await ops.lookup(by_id.st_ino, b".multipath")
-    assert await listing(ops, status_dir) == names[1:]
+    assert await listing(ops, status_dir) == [n + ext for n in names[1:]
+                                              for ext in ("", ".json")]
+    fh = (await ops.open((await ops.lookup(status_dir.st_ino, f"{NAME1}.json".encode())).st_ino,
+                         os.O_RDONLY, None)).fh
+    facts = json.loads(await ops.read(fh, 0, 1 << 16))
+    assert facts["schema"] == "iscsifs.multipath/1" and facts["name"] == NAME1
+    assert [p["portal"]["address"] for p in facts["paths"]] == [PORTAL.address,
+                                                                  PORTAL2.address]
     await expect_errno(errno.ENOENT, ops.lookup(by_id.st_ino, b"wwn-0x1234"))
 
 
@@ -472,3 +542,160 @@ async def test_by_id_leaves_out_a_portal_that_cannot_be_listed():
     names = await listing(ops, await walk(ops, "by-id"))
     assert NAME1 in names
     assert fake.multipath_calls == [[(DISK1, PORTAL)]]
+
+
+async def test_by_id_xattrs_count_paths_and_name_the_portal_that_answered_last():
+    ops, fake = make_two_portal_ops()
+    by_id = await walk(ops, "by-id")
+    a = await ops.lookup(by_id.st_ino, NAME1.encode())
+    mdev = fake.multipath_devices[fake.targets[DISK1][1].device.wwn]
+    names = await ops.listxattr(a.st_ino, None)
+    assert names[-2:] == [b"user.iscsi.paths", b"user.iscsi.paths_active"]
+
+    async def xattr(name: str) -> bytes:
+        return await ops.getxattr(a.st_ino, f"user.iscsi.{name}".encode(), None)
+
+    assert (await xattr("paths"), await xattr("paths_active")) == (b"2", b"2")
+    # before any I/O: the path the next command goes to (failover: the first)
+    assert await xattr("portal") == b"127.0.0.1:3260"
+    mdev.last = (DISK1, PORTAL2, 1)                 # 127.0.0.2 answered the last command
+    assert await xattr("portal") == b"127.0.0.2:3260"
+    assert await xattr("target") == DISK1.encode() and await xattr("lun") == b"1"
+    mdev.down.add((DISK1, PORTAL, 1))
+    assert (await xattr("paths"), await xattr("paths_active")) == (b"2", b"1")
+    await expect_errno(errno.EPERM, ops.setxattr(a.st_ino, b"user.iscsi.paths", b"3", None))
+    await expect_errno(errno.EPERM, ops.removexattr(a.st_ino, b"user.iscsi.paths", None))
+    # a raw file has no path count
+    raw_names = await ops.listxattr((await raw(ops, 1)).st_ino, None)
+    assert b"user.iscsi.paths" not in raw_names
+
+
+# -- a LUN is bound to its logical unit -------------------------------------------------------
+async def test_a_lun_that_names_another_lu_gets_new_inodes_and_old_handles_fail_enxio():
+    ops, fake = make_two_portal_ops()
+    await list_luns(ops)
+    old_raw = await raw(ops, 1)
+    old_dev = fake.targets[DISK1][1].device
+    by_id = await walk(ops, "by-id")
+    assert NAME1 in await listing(ops, by_id)
+    fh = (await ops.open(old_raw.st_ino, os.O_RDWR, None)).fh
+    mfh = (await ops.open((await ops.lookup(by_id.st_ino, NAME1.encode())).st_ino,
+                          os.O_RDWR, None)).fh
+    assert await ops.write(fh, 0, b"old") == 3
+    new_dev = FakeLun(1 << 20, serial="sn-new", wwn="naa.6001405aa00000000000000000000b0b")
+    entries = [e if e.lun != 1 else FakeLunEntry(1, 0, "disk", new_dev)
+               for e in fake.targets[DISK1]]
+    fake.change_luns(DISK1, PORTAL, entries)          # the backend found another LU at 1
+    # open files stay bound to the old LU: every operation fails with ENXIO
+    for call in (ops.write(fh, 0, b"x"), ops.read(fh, 0, 10), ops.fsync(fh, False),
+                 ops.write(mfh, 0, b"x")):
+        await expect_errno(errno.ENXIO, call)
+    assert bytes(new_dev.data[:3]) != b"old" and new_dev.writes == 0
+    # the inode the kernel may still hold opens no more
+    await expect_errno(errno.ENXIO, ops.open(old_raw.st_ino, os.O_RDONLY, None))
+    assert (await ops.getattr(old_raw.st_ino)).st_size == old_dev.size
+    # the name leads to new inodes, bound to the new LU
+    new_raw = await raw(ops, 1)
+    assert new_raw.st_ino != old_raw.st_ino
+    fh2 = (await ops.open(new_raw.st_ino, os.O_RDWR, None)).fh
+    assert await ops.write(fh2, 0, b"new") == 3 and new_dev.data[:3] == b"new"
+    info = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "luns", "1", "info")
+    ifh = (await ops.open(info.st_ino, os.O_RDONLY, None)).fh
+    assert "sn-new" in (await ops.read(ifh, 0, 1 << 16)).decode()
+    names = await listing(ops, by_id)
+    assert NAME1 not in names and "wwn-0x6001405aa00000000000000000000b0b" in names
+    for h in (fh, mfh, fh2, ifh):
+        await ops.release(h)
+
+
+async def test_a_removed_lun_leaves_luns_by_path_and_by_id_without_a_rescan():
+    ops, fake = make_ops()
+    await list_luns(ops)
+    by_path = await walk(ops, "by-path")
+    link2 = f"ip-127.0.0.1:3260-iscsi-{DISK1}-lun-2"
+    assert link2 in await listing(ops, by_path)
+    by_id = await walk(ops, "by-id")
+    name2 = "wwn-0x60000000000000000e00000000010002"
+    assert name2 in await listing(ops, by_id)
+    raw2 = await raw(ops, 2)
+    fh = (await ops.open(raw2.st_ino, os.O_RDONLY, None)).fh
+    fake.change_luns(DISK1, PORTAL, [e for e in fake.targets[DISK1] if e.lun != 2])
+    await expect_errno(errno.ENXIO, ops.read(fh, 0, 10))
+    luns = await walk(ops, "portals", "127.0.0.1:3260", "targets", DISK1, "luns")
+    assert await listing(ops, luns) == ["0", "1", "3"]
+    await expect_errno(errno.ENOENT, ops.lookup(luns.st_ino, b"2"))
+    assert link2 not in await listing(ops, by_path)
+    await expect_errno(errno.ENOENT, ops.lookup(by_path.st_ino, link2.encode()))
+    assert name2 not in await listing(ops, by_id)
+    # and a new one appears the same way, found by name without listing first
+    fake.change_luns(DISK1, PORTAL, fake.targets[DISK1] + [
+        FakeLunEntry(4, 0, "disk", FakeLun(64 << 10, wwn="naa.60000000000000000e00000000010004"))])
+    four = await ops.lookup(luns.st_ino, b"4")
+    assert stat.S_ISDIR(four.st_mode)
+    link4 = await ops.lookup(by_path.st_ino, f"ip-127.0.0.1:3260-iscsi-{DISK1}-lun-4".encode())
+    assert stat.S_ISLNK(link4.st_mode)
+    await ops.release(fh)
+
+
+async def test_rmdir_of_the_only_target_behind_an_open_by_id_file_is_ebusy(tmp_path):
+    from iscsifs.config.nodedb import NodeDB
+    from iscsifs.fs.records import NodeRecords
+    fake = FakeInitiator(standard_targets(), extra_names=HOSTILE_NAMES)
+    ops = Operations(fake, Tree([PORTAL, PORTAL2]), initiator_name="iqn.2016-04.com.open-iscsi:ab",
+                     records=NodeRecords(NodeDB(str(tmp_path))))
+    by_id = await walk(ops, "by-id")
+    await listing(ops, by_id)                               # both portals' targets listed
+    node = await ops.lookup(by_id.st_ino, NAME1.encode())
+    fh = (await ops.open(node.st_ino, os.O_RDWR, None)).fh
+    targets1 = await walk(ops, "portals", "127.0.0.1:3260", "targets")
+    targets2 = await walk(ops, "portals", "127.0.0.2:3260", "targets")
+    portals = await walk(ops, "portals")
+    # two paths: removing the target at one portal leaves the other one
+    await ops.rmdir(targets1.st_ino, DISK1.encode(), None)
+    assert await ops.write(fh, 0, b"still") == 5
+    # now it is the only target behind the open by-id file: busy, as for an open raw
+    await expect_errno(errno.EBUSY, ops.rmdir(targets2.st_ino, DISK1.encode(), None))
+    await expect_errno(errno.EBUSY, ops.rmdir(portals.st_ino, b"127.0.0.2:3260", None))
+    assert await ops.read(fh, 0, 5) == b"still"
+    await ops.release(fh)
+    await ops.rmdir(targets2.st_ino, DISK1.encode(), None)
+
+
+@pytest.mark.expect_log("discovery at 127.0.0.1:3260 failed", logger="iscsifs.fs.namespace")
+async def test_a_discovery_failure_is_one_warning_per_portal_not_one_per_listing(tmp_path,
+                                                                                 caplog):
+    """A portal whose discovery fails (a wrong discovery secret, say) lists its node records;
+    the failure was a WARNING at every listing, and twice at mount time (the mount's own
+    discovery said it, then login=automatic's listing again). Now: once per failure, DEBUG
+    when the same failure repeats or the mount already said it; news again after a success."""
+    from iscsifs.config.nodedb import NodeDB
+    from iscsifs.errors import AuthenticationError
+    from iscsifs.fs.records import NodeRecords
+    db = NodeDB(str(tmp_path))
+    db.add(DISK1, PORTAL)
+    fake = FakeInitiator(standard_targets())
+    ops = Operations(fake, Tree([PORTAL]), initiator_name="iqn.2016-04.com.open-iscsi:ab",
+                     records=NodeRecords(db))
+    tdir = ops.tree.targets_dir(PORTAL)
+    refused = AuthenticationError("authentication failure (status 0x0201)").located(
+        "discovery at 127.0.0.1:3260")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "iscsifs.fs.namespace"
+                and r.levelname == "WARNING"]
+
+    caplog.set_level(logging.DEBUG, logger="iscsifs.fs.namespace")
+    fake.discover_error = refused
+    assert ops.namespace.discovery_failed(PORTAL, refused)      # the mount said it: news
+    for _ in range(3):
+        await ops.namespace.populate(tdir)
+        assert [n.target for n in ops.tree.children(tdir)] == [DISK1]
+    assert warnings() == []
+    fake.discover_error = None
+    await ops.namespace.populate(tdir)                   # discovery works again
+    fake.discover_error = refused
+    await ops.namespace.populate(tdir)
+    await ops.namespace.populate(tdir)
+    assert warnings() == ["discovery at 127.0.0.1:3260 failed (authentication failed for "
+                          "discovery at 127.0.0.1:3260: authentication failure (status "
+                          "0x0201)); listing its 1 node record(s)"]

@@ -10,10 +10,11 @@ import pyfuse3
 import pytest
 import trio
 
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.core.keys import NegotiatedParams
+from iscsifs.core.state import ConnectionState, SessionState
 from iscsifs.fs import errno_map, render
-from iscsifs.core.discovery import valid_iscsi_name
+from iscsifs.core.names import valid_iscsi_name
 from iscsifs.fs.tree import Kind, Tree
 from iscsifs.initiator import LunEntry, SessionInfo, Timeouts
 
@@ -26,7 +27,8 @@ PORTAL = Portal("127.0.0.1", 3260, 1)
 def session_info(**changes) -> SessionInfo:
     values = dict(
         target=IQN, portal=PORTAL, sid=7, initiator_name="iqn.2016-04.com.open-iscsi:abcdef",
-        local_address="127.0.0.1", connection_state="LOGGED IN", session_state="LOGGED_IN",
+        local_address="127.0.0.1", connection_state=ConnectionState.LOGGED_IN,
+        session_state=SessionState.LOGGED_IN,
         timeouts=Timeouts(replacement_timeout=60),
         chap_username="alice", chap_username_in="target-bob",
         params=NegotiatedParams(header_digest=True, data_digest=False,
@@ -107,10 +109,21 @@ def test_session_attached_luns_and_stats():
 
 
 def test_session_failed_state_shows_devices_offline():
-    text = render.render_session(session_info(session_state="FAILED",
-                                              connection_state="TRANSPORT WAIT"), IQN, PORTAL)
+    text = render.render_session(session_info(session_state=SessionState.FAILED,
+                                              connection_state=ConnectionState.TRANSPORT_WAIT),
+                                 IQN, PORTAL)
     assert "\t\tiSCSI Connection State: TRANSPORT WAIT\n" in text
-    assert "State: transport-offline" in text
+    assert "\t\tiSCSI Session State: FAILED\n" in text
+    assert "State: transport-offline" in text        # the replacement timeout expired
+    assert "Host Number: 7\tState: running" in text
+    # while a relogin may still bring it back, iscsiadm's words are the same but the disks
+    # are blocked, not offline
+    text = render.render_session(session_info(session_state=SessionState.RECOVERING,
+                                              connection_state=ConnectionState.IN_LOGIN),
+                                 IQN, PORTAL)
+    assert "\t\tiSCSI Connection State: IN LOGIN\n" in text
+    assert "\t\tiSCSI Session State: FAILED\n" in text
+    assert "State: blocked" in text and "transport-offline" not in text
 
 
 def test_session_not_logged_in():
@@ -188,7 +201,7 @@ def _text_fields(text: str) -> dict[str, str]:
 INFO_KEYS = ["schema", "lun", "target", "portal", "by_path", "device_type", "device_type_name",
              "vendor", "product", "revision", "raw", "serial", "wwn", "block_size",
              "capacity_blocks", "capacity_bytes", "max_transfer_bytes", "write_protected",
-             "provisioning"]
+             "provisioning", "in_flight"]
 
 
 @pytest.mark.parametrize("entry", [
@@ -210,6 +223,7 @@ def test_info_json_is_the_info_text_as_json(entry):
     assert text["By-path"] == doc["by_path"]
     if entry.device is None:
         assert not doc["raw"] and doc["block_size"] is None and doc["provisioning"] is None
+        assert doc["in_flight"] is None and "In flight" not in text
         assert doc["vendor"] is None and "Vendor" not in text
         return
     assert doc["raw"] is True
@@ -229,6 +243,14 @@ def test_info_json_is_the_info_text_as_json(entry):
     assert text["Discard"].startswith("UNMAP, granularity "
                                       f"{prov['discard_granularity']} bytes")
     assert text["Discarded blocks read as zeros"] == "Yes"
+    assert doc["in_flight"] == {"reads": 0, "writes": 0, "max_reads": 0, "max_writes": 0}
+    assert text["In flight"] == "0 reads, 0 writes (most at once: 0 reads, 0 writes)"
+    entry.device.inflight[:] = [1, 2]
+    entry.device.max_inflight[:] = [3, 16]
+    assert json.loads(render.render_lun_info_json(entry, IQN, PORTAL))["in_flight"] == {
+        "reads": 1, "writes": 2, "max_reads": 3, "max_writes": 16}
+    assert _text_fields(render.render_lun_info(entry, IQN, PORTAL))["In flight"] == \
+        "1 reads, 2 writes (most at once: 3 reads, 16 writes)"
 
 
 def test_info_of_a_lun_without_provisioning():
@@ -436,7 +458,8 @@ def test_other_errors_map():
     assert errno_map.errno_for(errors.LoginError("target error", 3, 1), "l") == errno.EIO
     assert errno_map.errno_for(errors.ConnectionLost("gone"), "r") == errno.EIO
     assert errno_map.errno_for(errors.SessionFailed("gone"), "r") == errno.EIO
-    assert errno_map.errno_for(errors.CommandTimeout("slow"), "r") == errno.ETIMEDOUT
+    # a timed-out command is an I/O error, as Linux's SCSI layer reports one
+    assert errno_map.errno_for(errors.CommandTimeout("slow"), "r") == errno.EIO
     assert errno_map.errno_for(errors.RemoteProtocolError("bad"), "r") == errno.EIO
     assert errno_map.errno_for(errors.ConfigError("bad"), "r") == errno.EINVAL
     assert errno_map.errno_for(ConnectionRefusedError(errno.ECONNREFUSED, "refused"), "d") \
@@ -445,7 +468,7 @@ def test_other_errors_map():
     login.__cause__ = OSError(errno.EHOSTUNREACH, "no route")
     assert errno_map.errno_for(login, "l") == errno.EHOSTUNREACH
     group = ExceptionGroup("x", [errors.CommandTimeout("slow")])
-    assert errno_map.errno_for(group, "r") == errno.ETIMEDOUT
+    assert errno_map.errno_for(group, "r") == errno.EIO
     # a portal that cannot be reached: the socket's errno (ls said EIO for a refused mkdir'd
     # portal); a connection lost later, with no such errno, stays EIO
     for code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT):
@@ -559,7 +582,7 @@ def test_multipath_status_round_robin_is_one_group():
     dev.lun.write_protected = True
     lines = render.render_multipath(dev, "x").splitlines()
     assert lines[1] == "size=64M features='0' hwhandler='0' wp=ro"
-    assert lines[2] == "`-+- policy='round-robin' prio=2 status=active"
+    assert lines[2] == "`-+- policy='round-robin' prio=1 status=active"
     assert lines[3].startswith("  |- 127.0.0.1:3260 ") and lines[4].startswith("  `- 127.0.0.2")
     assert lines[-1] == "no path: fail at once (replacement_timeout)"
 

@@ -22,7 +22,7 @@ import trio
 from fake_target import FakeTarget
 from iscsifs_testbed.tgtd import Tgtd
 from iscsifs.core.chap import ChapCredentials
-from iscsifs.core.discovery import Portal, parse_portal
+from iscsifs.core.names import Portal, parse_portal
 from iscsifs.device import Lun
 from iscsifs.errors import AuthenticationError, ConfigError
 from iscsifs.net.discovery import discover

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from iscsifs.core.discovery import parse_portal
+from iscsifs.core.names import parse_portal
 from iscsifs.initiator import Initiator
 
 INITIATOR = "iqn.2026-11.org.iscsifs.test:mp-initiator"

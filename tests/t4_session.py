@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from helpers import CONN_FAILED, REPLACEMENT_EXPIRED
-from iscsifs.core.discovery import parse_portal
+from iscsifs.core.names import parse_portal
 from iscsifs.core.keys import LoginParams
 from iscsifs.device import Lun, NoSpace
 from iscsifs.errors import LoginError, SessionFailed
@@ -280,7 +280,7 @@ async def test_stalled_target_detected_by_nop_and_recovered(fresh_target, nurser
     tgtd.stall()
     try:
         with trio.fail_after(15):
-            while session.session_state == "LOGGED_IN":
+            while session.logged_in:
                 await trio.sleep(0.05)
     finally:
         tgtd.resume()

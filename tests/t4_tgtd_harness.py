@@ -234,6 +234,9 @@ def _child_pytest(tmp_path: Path, body: str, env_extra: dict) -> subprocess.Comp
     shutil.copy(HERE / "logcheck.py", proj / "logcheck.py")
     (proj / "test_child.py").write_text(body)
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "ISCSIFS_NO_SKIP")}
+    # the child's conftest imports iscsifs_testbed, which lives in the checkout (not installed)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent),
+                                                      os.environ.get("PYTHONPATH")]))
     env.update(env_extra)
     env.pop("PYTEST_ADDOPTS", None)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from helpers import ok, run_iscsifs, wait_for
+from mounting import Mount, mount
 
 from iscsifs.config.locations import default_log_file
 from iscsifs_testbed.tgtd import IQN1, IQN2
 
-HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 pytestmark = pytest.mark.integration
 
 
@@ -35,52 +35,14 @@ def capture(name: str, text: str) -> None:
         (Path(where) / name).write_text(text)
 
 
-class Mnt:
-    def __init__(self, tmp_path: Path, portal: str, name: str, *options: str,
-                 config_dir: Path | None = None, initiator: str | None = None):
-        self.path = tmp_path / name
-        self.path.mkdir()
-        self.portal = portal
-        self.config_dir = config_dir or tmp_path / f"{name}-config"
-        self.config_dir.mkdir(exist_ok=True)
-        opts = [f"config_dir={self.config_dir}"]
-        if initiator:
-            opts.append(f"initiator_name={initiator}")
-        opts += options
-        self.result = subprocess.run([sys.executable, str(HELPER), portal, str(self.path),
-                                      "-o", ",".join(opts)],
-                                     capture_output=True, text=True, timeout=90)
-        assert self.result.returncode == 0, self.result.stderr
-        assert os.path.ismount(self.path)
-
-    def target(self, iqn: str) -> Path:
-        return self.path / "portals" / self.portal / "targets" / iqn
-
-    def daemon_pid(self) -> int:
-        """The PID of this mount's daemon (its command line names the mount point)."""
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if str(self.path).encode() in argv and any(a.endswith(b"mount.iscsifs")
-                                                      for a in argv):
-                return int(entry)
-        raise AssertionError(f"no daemon for {self.path}")
-
-    def unmount(self) -> None:
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", str(self.path)], check=False,
-                           capture_output=True, timeout=30)
-        assert wait_for(lambda: not os.path.ismount(self.path)), "still mounted"
-
-    def __enter__(self) -> "Mnt":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.unmount()
+def admin_mount(tmp_path: Path, portal: str, name: str, *options: str,
+                config_dir: Path | None = None, initiator: str | None = None) -> Mount:
+    """A mount on ``tmp_path/name`` with a config dir of its own (``tmp_path/name-config``
+    unless given)."""
+    config_dir = config_dir or tmp_path / f"{name}-config"
+    config_dir.mkdir(exist_ok=True)
+    opts = [f"config_dir={config_dir}"] + ([f"initiator_name={initiator}"] if initiator else [])
+    return mount(tmp_path / name, portal, *opts, *options)
 
 
 def session_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -90,14 +52,14 @@ def session_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def by_path(mnt: Mnt) -> list[str]:
+def by_path(mnt: Mount) -> list[str]:
     return sorted(os.listdir(mnt.path / "by-path"))
 
 
 def test_session_command_across_mounts(tgt_target, fuse_available, tmp_path):
     portal = tgt_target.portal
-    with Mnt(tmp_path, portal, "a", initiator=tgt_target.initiator_name) as a, \
-            Mnt(tmp_path, portal, "b", initiator=tgt_target.initiator_name) as b:
+    with admin_mount(tmp_path, portal, "a", initiator=tgt_target.initiator_name) as a, \
+            admin_mount(tmp_path, portal, "b", initiator=tgt_target.initiator_name) as b:
         mps = (str(a.path), str(b.path))
         r = session_cmd(*mps)
         assert (r.returncode, r.stdout) == (21, ""), r
@@ -190,7 +152,7 @@ def test_login_at_mount(tgt_target, fresh_target, fuse_available, tmp_path):
     ok(run_iscsifs(conf, "node", "-T", IQN2, "-p", portal, "-o", "update",
                    "-n", "node.startup", "-v", "automatic"))
     # login=automatic (the default): only the record marked automatic, LUNs listed at once
-    with Mnt(tmp_path, portal, "auto", config_dir=conf, initiator=name) as m:
+    with admin_mount(tmp_path, portal, "auto", config_dir=conf, initiator=name) as m:
         links = by_path(m)
         capture("by-path-automatic.txt", "\n".join(links) + "\n")
         assert links == [f"ip-{portal}-iscsi-{IQN2}-lun-1"]
@@ -199,10 +161,12 @@ def test_login_at_mount(tgt_target, fresh_target, fuse_available, tmp_path):
         sessions = (m.path / "sessions").read_text()
         capture("sessions-automatic.txt", sessions)
         assert [line.split()[3] for line in sessions.splitlines()] == [IQN2]
-    with Mnt(tmp_path, portal, "all", "login=all", config_dir=conf, initiator=name) as m:
+    with admin_mount(tmp_path, portal, "all", "login=all", config_dir=conf,
+                     initiator=name) as m:
         assert by_path(m) == sorted([f"ip-{portal}-iscsi-{IQN1}-lun-{n}" for n in (1, 2, 3)]
                                     + [f"ip-{portal}-iscsi-{IQN2}-lun-1"])
-    with Mnt(tmp_path, portal, "lazy", "login=lazy", config_dir=conf, initiator=name) as m:
+    with admin_mount(tmp_path, portal, "lazy", "login=lazy", config_dir=conf,
+                     initiator=name) as m:
         assert by_path(m) == []
         assert (m.path / "sessions").read_text() == ""
 
@@ -219,8 +183,8 @@ def test_failed_automatic_login_is_a_warning(tgt_target, fresh_target, fuse_avai
         ok(run_iscsifs(conf, "node", "-T", iqn, "-p", tgt_target.portal, "-o", "update",
                        "-n", "node.startup", "-v", "automatic"))
     log = tmp_path / "mount.log"
-    with Mnt(tmp_path, tgt_target.portal, "m", f"logfile={log}", config_dir=conf,
-             initiator=tgt_target.initiator_name) as m:
+    with admin_mount(tmp_path, tgt_target.portal, "m", f"logfile={log}", config_dir=conf,
+                     initiator=tgt_target.initiator_name) as m:
         # on the terminal too, as what mounted but not as asked
         assert m.result.stderr == (
             f"mount.iscsifs: warning: login=automatic: login to {refusing.iqn} at "
@@ -238,7 +202,8 @@ def test_failed_automatic_login_is_a_warning(tgt_target, fresh_target, fuse_avai
 def test_default_log_file(tgt_target, fuse_available, tmp_path):
     """Without logfile= the daemon logs to LOG_DIR/<escaped mount point>.log (0600): one
     line per login and logout."""
-    with Mnt(tmp_path, tgt_target.portal, "logged", initiator=tgt_target.initiator_name) as m:
+    with admin_mount(tmp_path, tgt_target.portal, "logged",
+                     initiator=tgt_target.initiator_name) as m:
         path = Path(default_log_file(str(m.path)))
         assert path.parent == Path(os.environ["ISCSIFS_LOG_DIR"])
         assert path.name == str(m.path).strip("/").replace("-", "\\x2d").replace("/", "-") \

@@ -14,32 +14,11 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
+from mounting import mount
 
 from iscsifs_testbed.tgtd import MiB
 
-HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 pytestmark = pytest.mark.integration
-
-
-def mount(tmp_path: Path, portal: str) -> Path:
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    opts = f"config_dir={conf},logfile={tmp_path / 'mount.log'}"
-    result = subprocess.run([sys.executable, str(HELPER), portal, str(mp), "-o", opts],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert os.path.ismount(mp)
-    return mp
-
-
-def unmount(mp: Path, tgtd, tid: int) -> None:
-    if os.path.ismount(mp):
-        subprocess.run(["fusermount3", "-u", str(mp)], check=False, capture_output=True,
-                       timeout=30)
-    assert wait_for(lambda: not os.path.ismount(mp)), "still mounted"
-    assert wait_for(lambda: not tgtd.show_connections(tid))
 
 
 @pytest.fixture
@@ -47,11 +26,10 @@ def thin(fresh_target, fuse_available, tmp_path):
     """A target with LUN 1 thin provisioned (16 MiB, 512 B blocks) and LUN 2 not (8 MiB, 4 KiB
     blocks), both full of random data, mounted; yields (target, its directory in the mount)."""
     t = fresh_target(luns=[(16 * MiB, 512, "thin_provisioning=1"), (8 * MiB, 4096)])
-    mp = mount(tmp_path, t.portal)
-    try:
-        yield t, mp / "portals" / t.portal / "targets" / t.iqn
-    finally:
-        unmount(mp, fresh_target.tgtd, t.tid)
+    (tmp_path / "conf").mkdir()
+    with mount(tmp_path / "mnt", t.portal, f"config_dir={tmp_path / 'conf'}",
+               f"logfile={tmp_path / 'mount.log'}", tgtd=fresh_target.tgtd, tids=[t.tid]) as m:
+        yield t, m.target(t.iqn)
 
 
 def iscsifs(*args: str) -> subprocess.CompletedProcess:
@@ -184,8 +162,11 @@ def test_by_id_files_carry_the_identity_and_discard(thin):
     wwn = json.loads((tdir / "luns" / "1" / "info.json").read_text())["wwn"]
     by_id = mp / "by-id" / f"wwn-0x{wwn.removeprefix('naa.')}"
     assert wait_for(by_id.exists, timeout=30)
-    # one path: the by-id file names the same target, portal and LUN as the raw file
-    assert getfattr(by_id) == getfattr(raw)
+    # one path: the by-id file names the same target, portal and LUN as the raw file, and
+    # says it has that one path
+    attrs = getfattr(by_id)
+    assert (attrs.pop("user.iscsi.paths"), attrs.pop("user.iscsi.paths_active")) == ("1", "1")
+    assert attrs == getfattr(raw)
     pattern = os.urandom(MiB)
     with open(by_id, "r+b", buffering=0) as f:
         f.seek(4 * MiB)

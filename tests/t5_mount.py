@@ -19,53 +19,22 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
+from mounting import HELPER, Mount, mount, no_sessions, run_helper
 
 from iscsifs_testbed.tgtd import IQN1, IQN2, MiB
 
-HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 pytestmark = pytest.mark.integration
 
 
 _wait = wait_for
 
 
-def _no_sessions(tgtd, tids) -> bool:
-    return all(not tgtd.show_connections(tid) for tid in tids)
-
-
-class Mount:
-    def __init__(self, path: Path, portal: str, tgtd, tids):
-        self.path = path
-        self.portal = portal
-        self.tgtd = tgtd
-        self.tids = tids
-
-    def target(self, iqn: str) -> Path:
-        return self.path / "portals" / self.portal / "targets" / iqn
-
-    def raw(self, iqn: str, lun: int) -> Path:
-        return self.target(iqn) / "luns" / str(lun) / "raw"
-
-    def unmount(self) -> None:
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", str(self.path)], check=False,
-                           capture_output=True, timeout=30)
-        assert _wait(lambda: not os.path.ismount(self.path)), "still mounted"
-        assert _wait(lambda: _no_sessions(self.tgtd, self.tids)), \
-            "a session survived the unmount"
-
-
 def do_mount(tmp_path: Path, portal: str, initiator_name: str, *options: str,
              name: str = "mnt") -> Path:
-    mp = tmp_path / name
-    mp.mkdir()
-    opts = ",".join((f"initiator_name={initiator_name}",) + options)
-    result = subprocess.run([sys.executable, str(HELPER), portal, str(mp), "-o", opts],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert os.path.ismount(mp)
-    return mp
+    """Mount ``portal`` on ``tmp_path/name`` as ``initiator_name``: it must say nothing."""
+    m = mount(tmp_path / name, portal, f"initiator_name={initiator_name}", *options)
+    assert m.stderr == ""
+    return m.path
 
 
 @pytest.fixture
@@ -144,9 +113,8 @@ def test_write_protected_lun(mounted, tgt_target):
 
 def test_mounting_twice_on_the_same_directory_is_exit_7(mounted, tgt_target):
     """The docs promise 7 for a bad mount point; a second mount said 1."""
-    result = subprocess.run([sys.executable, str(HELPER), tgt_target.portal, str(mounted.path),
-                             "-o", f"initiator_name={tgt_target.initiator_name}"],
-                            capture_output=True, text=True, timeout=60)
+    result = run_helper(tgt_target.portal, mounted.path, "-o",
+                        f"initiator_name={tgt_target.initiator_name}")
     assert result.returncode == 7, result.stderr
     assert result.stderr == (f"mount.iscsifs: {mounted.path} is already an iscsifs mount "
                              "point\n")
@@ -256,7 +224,7 @@ def test_sigterm_logs_out_and_unmounts(tgt_target, fuse_available, tmp_path):
         proc.terminate()
         assert proc.wait(timeout=30) == 0
         assert not os.path.ismount(mp)
-        assert _wait(lambda: _no_sessions(tgt_target.tgtd, [tgt_target.disk1.tid]))
+        assert _wait(lambda: no_sessions(tgt_target.tgtd, [tgt_target.disk1.tid]))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import wait_for
+from mounting import Mount, mount, run_helper
 
 from iscsifs_testbed.tgtd import MiB
 
-HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 pytestmark = pytest.mark.integration
 
 SECRET = "cfg-Secret-0123456789"          # tgtd account password (>= 12 bytes: no warning)
@@ -28,44 +26,11 @@ WRONG = "cfg-Wrong-9876543210"
 _wait = wait_for
 
 
-def run_helper(portal: str, mp: Path, options: str, timeout: float = 60):
-    return subprocess.run([sys.executable, str(HELPER), portal, str(mp), "-o", options],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-class Mounted:
-    def __init__(self, tmp_path: Path, portal: str, tgtd, config_dir: Path, *options: str,
-                 name: str = "mnt"):
-        self.path = tmp_path / name
-        self.path.mkdir(exist_ok=True)
-        self.portal = portal
-        self.tgtd = tgtd
-        self.config_dir = config_dir
-        self.log = tmp_path / f"{name}.log"
-        opts = ",".join((f"config_dir={config_dir}", f"logfile={self.log}") + options)
-        result = run_helper(portal, self.path, opts)
-        assert result.returncode == 0, result.stderr
-        assert os.path.ismount(self.path)
-        self.stderr = result.stderr
-
-    @property
-    def targets(self) -> Path:
-        return self.path / "portals" / self.portal / "targets"
-
-    def target(self, iqn: str) -> Path:
-        return self.targets / iqn
-
-    def unmount(self) -> None:
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", str(self.path)], check=False,
-                           capture_output=True, timeout=30)
-        assert _wait(lambda: not os.path.ismount(self.path)), "still mounted"
-
-    def __enter__(self) -> "Mounted":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.unmount()
+def mounted(tmp_path: Path, portal: str, tgtd, config_dir: Path, *options: str,
+            name: str = "mnt") -> Mount:
+    """A mount on ``tmp_path/name`` with ``config_dir`` and its own log file (``m.log``)."""
+    return mount(tmp_path / name, portal, f"config_dir={config_dir}",
+                 f"logfile={tmp_path / f'{name}.log'}", *options, tgtd=tgtd)
 
 
 def write_conf(config_dir: Path, text: str) -> None:
@@ -91,7 +56,7 @@ def test_chap_from_config_dir_and_generated_name(tgt_target, fresh_target, fuse_
                      "node.session.auth.authmethod = CHAP\n"
                      "node.session.auth.username = cfguser\n"
                      f"node.session.auth.password = {SECRET}\n")
-    with Mounted(tmp_path, t.portal, fresh_target.tgtd, conf) as m:
+    with mounted(tmp_path, t.portal, fresh_target.tgtd, conf) as m:
         # the initiator name was generated and saved on first mount
         saved = (conf / "initiatorname.iscsi").read_text()
         assert saved.count("InitiatorName=iqn.2016-04.com.open-iscsi:") == 1
@@ -113,7 +78,7 @@ def test_chap_from_config_dir_and_generated_name(tgt_target, fresh_target, fuse_
         assert (conf / "send_targets" / f"{t.host},{t.port}" / "st_config").is_file()
     assert _wait(lambda: no_session(fresh_target.tgtd, t.tid))
     # second mount: same name, records reused
-    with Mounted(tmp_path, t.portal, fresh_target.tgtd, conf, name="mnt2") as m:
+    with mounted(tmp_path, t.portal, fresh_target.tgtd, conf, name="mnt2") as m:
         assert (m.path / "InitiatorName").read_text() == f"InitiatorName={name}\n"
         assert os.listdir(m.target(t.iqn) / "luns")
     assert SECRET not in m.log.read_text()
@@ -127,7 +92,7 @@ def test_wrong_secret_gives_eacces_and_a_clear_log(tgt_target, fresh_target, fus
     write_conf(conf, "node.session.auth.authmethod = CHAP\n"
                      "node.session.auth.username = cfguser2\n"
                      f"node.session.auth.password = {WRONG}\n")
-    with Mounted(tmp_path, t.portal, fresh_target.tgtd, conf) as m:
+    with mounted(tmp_path, t.portal, fresh_target.tgtd, conf) as m:
         with pytest.raises(PermissionError) as info:
             os.listdir(m.target(t.iqn) / "luns")
         assert info.value.errno == errno.EACCES
@@ -142,12 +107,12 @@ def test_node_override_survives_remount(tgt_target, fresh_target, fuse_available
     t = fresh_target(luns=[(8 * MiB, 512)])
     conf = tmp_path / "conf"
     conf.mkdir()
-    with Mounted(tmp_path, t.portal, fresh_target.tgtd, conf) as m:
+    with mounted(tmp_path, t.portal, fresh_target.tgtd, conf) as m:
         assert t.iqn in os.listdir(m.targets)
     path = record_path(conf, t.iqn, fresh_target.tgtd)
     assert path.is_file()
     NodeDB(conf).update(t.iqn, (t.host, t.port, 1), "node.conn[0].timeo.noop_out_interval", "7")
-    with Mounted(tmp_path, t.portal, fresh_target.tgtd, conf, name="mnt2") as m:
+    with mounted(tmp_path, t.portal, fresh_target.tgtd, conf, name="mnt2") as m:
         os.listdir(m.target(t.iqn) / "luns")               # logs in with the record
         session = (m.target(t.iqn) / "session").read_text()
         assert "\t\tNOP-Out Interval: 7\n" in session
@@ -160,7 +125,7 @@ def test_mount_option_beats_node_record(tgt_target, fresh_target, fuse_available
     t = fresh_target(luns=[(8 * MiB, 512)])
     conf = tmp_path / "conf"
     write_conf(conf, "node.conn[0].timeo.noop_out_interval = 9\n")
-    with Mounted(tmp_path, t.portal, fresh_target.tgtd, conf, "noop_out_interval=3") as m:
+    with mounted(tmp_path, t.portal, fresh_target.tgtd, conf, "noop_out_interval=3") as m:
         os.listdir(m.target(t.iqn) / "luns")
         assert "\t\tNOP-Out Interval: 3\n" in (m.target(t.iqn) / "session").read_text()
     assert "node.conn[0].timeo.noop_out_interval = 9" in \
@@ -179,7 +144,7 @@ def test_config_errors_fail_the_mount(tgt_target, fuse_available, tmp_path, conf
     write_conf(conf, conf_text)
     mp = tmp_path / "mnt"
     mp.mkdir()
-    result = run_helper(tgt_target.portal, mp, f"config_dir={conf}")
+    result = run_helper(tgt_target.portal, mp, "-o", f"config_dir={conf}")
     assert result.returncode == 7, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mount.iscsifs: ")
@@ -194,7 +159,7 @@ def test_mkdir_with_nodiscovery_then_rmdir(tgt_target, fresh_target, fuse_availa
     tgtd = fresh_target.tgtd
     conf = tmp_path / "conf"
     conf.mkdir()
-    with Mounted(tmp_path, t.portal, tgtd, conf, "nodiscovery") as m:
+    with mounted(tmp_path, t.portal, tgtd, conf, "nodiscovery") as m:
         assert os.listdir(m.targets) == []                  # no SendTargets, no records
         assert not (conf / "send_targets").exists()
         for bad in ("not-an-iqn", "iqn.2026-11.org.x:a\x01b", "iqn." + "a" * 220,
@@ -227,7 +192,7 @@ def test_mkdir_with_nodiscovery_then_rmdir(tgt_target, fresh_target, fuse_availa
         os.mkdir(m.target(t.iqn))
         assert os.listdir(m.target(t.iqn) / "luns")
     # the hand-added record persists across mounts
-    with Mounted(tmp_path, t.portal, tgtd, conf, "nodiscovery", name="mnt2") as m:
+    with mounted(tmp_path, t.portal, tgtd, conf, "nodiscovery", name="mnt2") as m:
         assert os.listdir(m.targets) == [t.iqn]
     assert _wait(lambda: no_session(tgtd, t.tid))
 
@@ -238,7 +203,7 @@ def test_rmdir_discovered_target_and_portal(tgt_target, fresh_target, fuse_avail
     tgtd = fresh_target.tgtd
     conf = tmp_path / "conf"
     conf.mkdir()
-    with Mounted(tmp_path, t.portal, tgtd, conf) as m:
+    with mounted(tmp_path, t.portal, tgtd, conf) as m:
         assert t.iqn in os.listdir(m.targets)
         record = record_path(conf, t.iqn, tgtd)
         assert record.is_file()
@@ -290,7 +255,7 @@ def test_discovery_failure_with_records_still_mounts(tgt_target, fresh_target, f
     tgtd = fresh_target.tgtd
     conf = tmp_path / "conf"
     conf.mkdir()
-    with Mounted(tmp_path, t.portal, tgtd, conf, "nodiscovery") as m:
+    with mounted(tmp_path, t.portal, tgtd, conf, "nodiscovery") as m:
         os.mkdir(m.target(t.iqn))
     st = conf / "send_targets" / f"{t.host},{t.port}"
     st.mkdir(parents=True)
@@ -309,13 +274,13 @@ def test_discovery_failure_with_records_still_mounts(tgt_target, fresh_target, f
         (st / "st_config").read_text())
     mp = tmp_path / "mnt-fail"
     mp.mkdir()
-    result = run_helper(t.portal, mp, f"config_dir={empty}")
+    result = run_helper(t.portal, mp, "-o", f"config_dir={empty}")
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "discovery on portal" in result.stderr
     assert WRONG not in result.stderr and SECRET not in result.stderr
     assert not os.path.ismount(mp)
-    with Mounted(tmp_path, t.portal, tgtd, conf, name="mnt2") as m:
+    with mounted(tmp_path, t.portal, tgtd, conf, name="mnt2") as m:
         # it mounts, and says why the portal lists its node records (it used to say nothing)
         lines = m.stderr.splitlines()
         assert len(lines) == 1, lines
@@ -326,6 +291,11 @@ def test_discovery_failure_with_records_still_mounts(tgt_target, fresh_target, f
         assert t.iqn in os.listdir(m.targets)
         assert os.listdir(m.target(t.iqn) / "luns")
     assert WRONG not in m.log.read_text()
+    # said once: not again by login=automatic's listing and the listings above (it was a
+    # second WARNING per portal at mount time, and one more per listing)
+    said = [line for line in m.log.read_text().splitlines()
+            if " WARNING: " in line and "discovery" in line]
+    assert len(said) == 1, said
     assert _wait(lambda: no_session(tgtd, t.tid))
 
 
@@ -335,7 +305,7 @@ def test_weak_secret_warned_without_the_secret(tgt_target, fresh_target, fuse_av
     conf = tmp_path / "conf"
     write_conf(conf, "node.session.auth.username = weakling\n"
                      "node.session.auth.password = Sh0rtPw\n")
-    with Mounted(tmp_path, t.portal, fresh_target.tgtd, conf) as m:
+    with mounted(tmp_path, t.portal, fresh_target.tgtd, conf) as m:
         assert os.listdir(m.target(t.iqn) / "luns")
     log = m.log.read_text()
     assert "shorter than 12 bytes" in log and "weakling" in log

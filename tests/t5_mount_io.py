@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from t5_mount import Mount, _wait, do_mount
+from helpers import wait_for
+from mounting import Mount
+from t5_mount import do_mount
 from iscsifs_testbed.tgtd import MiB
 
 pytestmark = pytest.mark.integration
@@ -55,7 +57,7 @@ def test_two_processes_write_different_regions(fresh_mount, tmp_path):
         assert backing[start:start + len(data)] == data
 
 
-@pytest.mark.parametrize("cache", ["direct", "page"])
+@pytest.mark.parametrize("cache", ["auto", "direct", "page"])
 def test_fio_verify_and_cmp(fresh_mount, cache):
     if shutil.which("fio") is None:
         pytest.fail("fio is not installed (scripts/setup installs it)")
@@ -101,6 +103,6 @@ def test_dropped_connection_is_invisible_to_dd(fresh_mount, tmp_path):
     subprocess.run(["dd", f"if={src}", f"of={raw}", "bs=1M", "conv=notrunc,fsync",
                     "status=none"], check=True, timeout=120)
     assert info.luns[1].path.read_bytes()[:2 * MiB] == src.read_bytes()
-    assert _wait(lambda: len(tgtd.show_connections(info.tid)) == 1)
+    assert wait_for(lambda: len(tgtd.show_connections(info.tid)) == 1)
     text = (m.target(info.iqn) / "session").read_text()
     assert "iSCSI Session State: LOGGED_IN" in text

@@ -7,47 +7,32 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import wait_for
+from mounting import mount, unmount
 
 from iscsifs_testbed.tgtd import MiB
-
-HELPER = Path(__file__).resolve().parent.parent / "mount.iscsifs"
 
 
 _wait = wait_for
 
 
-def mount(tmp_path: Path, portal: str, *options: str, name: str = "mnt") -> Path:
-    mp = tmp_path / name
-    mp.mkdir()
+def mount_here(tmp_path: Path, portal: str, *options: str, name: str = "mnt") -> Path:
+    """A mount on ``tmp_path/name`` with its own config dir and log file."""
     conf = tmp_path / f"{name}-conf"
     conf.mkdir()
-    opts = ",".join((f"config_dir={conf}", f"logfile={tmp_path / (name + '.log')}") + options)
-    result = subprocess.run([sys.executable, str(HELPER), portal, str(mp), "-o", opts],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert os.path.ismount(mp)
-    return mp
-
-
-def unmount(mp: Path, tgtd, tids) -> None:
-    if os.path.ismount(mp):
-        subprocess.run(["fusermount3", "-u", str(mp)], check=False, capture_output=True,
-                       timeout=30)
-    assert _wait(lambda: not os.path.ismount(mp)), "still mounted"
-    assert _wait(lambda: all(not tgtd.show_connections(t) for t in tids))
+    return mount(tmp_path / name, portal, f"config_dir={conf}",
+                 f"logfile={tmp_path / (name + '.log')}", *options).path
 
 
 def test_rescan_sees_new_capacity_and_new_lun(tgt_target, fresh_target, fuse_available,
                                               tmp_path):
     tgtd = fresh_target.tgtd
     t = fresh_target(luns=[(8 * MiB, 512, None, "zero")])
-    mp = mount(tmp_path, t.portal)
+    mp = mount_here(tmp_path, t.portal)
     try:
         tdir = mp / "portals" / t.portal / "targets" / t.iqn
         raw = tdir / "luns" / "1" / "raw"
@@ -89,7 +74,7 @@ def test_rescan_sees_new_capacity_and_new_lun(tgt_target, fresh_target, fuse_ava
 def test_by_path_symlinks(tgt_target, fresh_target, fuse_available, tmp_path):
     tgtd = fresh_target.tgtd
     t = fresh_target(luns=[(8 * MiB, 512), (4 * MiB, 4096)])
-    mp = mount(tmp_path, t.portal)
+    mp = mount_here(tmp_path, t.portal)
     try:
         by_path = mp / "by-path"
         assert os.listdir(by_path) == []                 # nothing logged in yet

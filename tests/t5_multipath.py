@@ -15,14 +15,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from helpers import wait_for
-from t5_mount import HELPER
+from mounting import run_helper, unmount
 from iscsifs_testbed.tgtd import MiB
 
 pytestmark = pytest.mark.integration
@@ -71,6 +69,10 @@ def cutter(two_portals):
         c.close()
 
 
+def xattr(path: Path, name: str) -> str:
+    return os.getxattr(path, f"user.iscsi.{name}").decode()
+
+
 def paths(status: Path) -> dict[str, tuple[str, str, str]]:
     """portal -> (dm state, checker state, device state), from the status file."""
     return {m[1]: (m[4], m[5], m[6]) for m in PATH_LINE.finditer(status.read_text())}
@@ -97,8 +99,7 @@ def test_fio_verify_survives_losing_each_path_in_turn(two_portals, cutter, fuse_
     log = tmp_path / "daemon.log"
     opts = (f"initiator_name={INITIATOR},logfile={log},noop_out_interval=1,"
             f"noop_out_timeout=1,login_timeout=3,replacement_timeout=30,multipath={policy}")
-    r = subprocess.run([sys.executable, str(HELPER), f"{first},{second}", str(mp), "-v",
-                        "-o", opts], capture_output=True, text=True, timeout=60)
+    r = run_helper(f"{first},{second}", mp, "-v", "-o", opts)
     assert r.returncode == 0, r.stderr
     fio = None
     try:
@@ -138,6 +139,9 @@ def test_fio_verify_survives_losing_each_path_in_turn(two_portals, cutter, fuse_
         assert wait_for(lambda: paths(status)[first][0] == "failed", timeout=15)
         assert fio.poll() is None, "fio ended before the active path was cut: pace it slower"
         assert wait_for(lambda: counters(status)[second][0] > ios_before + 20, timeout=15)
+        # the by-id file's xattrs: two paths, one healthy, which answered last
+        assert (xattr(dev, "paths"), xattr(dev, "paths_active")) == ("2", "1")
+        assert xattr(dev, "portal") == second
         cutter.restore()
         assert wait_for(lambda: paths(status) == both_up, timeout=20)   # failback
 
@@ -161,11 +165,12 @@ def test_fio_verify_survives_losing_each_path_in_turn(two_portals, cutter, fuse_
             assert line in daemon, daemon[-3000:]
         # what the mount shows is what the target stores
         subprocess.run(["cmp", str(dev), str(backing)], check=True, timeout=60)
+        assert xattr(dev, "paths_active") == "2"
+        if policy == "failover":
+            assert xattr(dev, "portal") == first     # failed back: cmp read through it
     finally:
         if fio is not None and fio.poll() is None:
             fio.kill()
             fio.wait(30)
         cutter.restore()
-        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, timeout=30)
-        assert wait_for(lambda: not os.path.ismount(mp), timeout=30)
-        assert wait_for(lambda: not tgtd.show_connections(1), timeout=20)
+        unmount(mp, tgtd, [1], timeout=30)

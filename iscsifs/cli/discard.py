@@ -6,7 +6,7 @@ pyfuse3 has no fallocate or ioctl handler, so the request goes in as an extended
 work (UNMAP or WRITE SAME(16) with UNMAP for whole granules, zeros written over the unaligned
 edges; ``device.Lun.discard``) under the same block range lock as its writes, so it is safe
 while the mount is in use. The errno the mount answers comes back as one line and iscsiadm's
-exit code (``cli.common.file_error``): 27 the LUN supports neither UNMAP nor WRITE SAME with
+exit code (``exits.file_error``): 27 the LUN supports neither UNMAP nor WRITE SAME with
 UNMAP, 7 a bad or too long range (or PATH is no raw file), 13 a read-only LUN or mount.
 
 Must not know: SCSI, sessions, FUSE internals; it only uses the file's attributes.
@@ -19,8 +19,8 @@ import os
 import re
 from typing import Any
 
-from iscsifs.cli.common import file_error
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.exits import file_error
 
 DISCARD_XATTR = "user.iscsi.discard"
 PROBE_XATTR = "user.iscsi.block_size"     # every raw and by-id file has it

@@ -24,15 +24,17 @@ from typing import Any
 
 import trio
 
-from iscsifs.cli.common import initiator_name, portal_arg, quiet_error
-from iscsifs.cli.discover import discover
+from iscsifs.cli.discover import add_source_address, discover, discover_isns
 from iscsifs.config.conffile import render_record
-from iscsifs.config.keys import is_secret_key, validate_host, validate_iscsi_name, validate_key
-from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
+from iscsifs.config.initiatorname import choose_initiator_name
+from iscsifs.config.keys import is_secret_key, validate_iscsi_name, validate_key
+from iscsifs.config.nodedb import NodeDB, NodeRecord, record_portal
 from iscsifs.config.settings import NodeSettings, with_effective_authmethod
-from iscsifs.core.discovery import Portal, host_port
+from iscsifs.core.names import Portal, host_port
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS, ConfigError, IscsiError, QuietError
+from iscsifs.exits import portal_arg, quiet_error
 from iscsifs.net.session import Session
+from iscsifs.net.transport import tcp_connector
 from iscsifs.net.util import unwrap_group
 from iscsifs.nodeopts import login_params_from_settings, node_options_from_settings
 
@@ -92,16 +94,12 @@ def _portal_filter(text: str | None) -> tuple[str, int, int | None] | None:
     """``-p`` as (host, port, tpgt or None); host normalised as records store it."""
     if text is None:
         return None
-    portal = portal_arg(text)
-    try:
-        host = validate_host(portal.host)
-    except ConfigError as exc:
-        raise QuietError(str(exc), EXIT_INVALID_ARGUMENT) from None
+    portal = portal_arg(text)        # the host as records store it: core.names.check_host
     tpgt = portal.tpgt if "," in text else None
-    return host, portal.port, tpgt
+    return portal.host, portal.port, tpgt
 
 
-def _matches(portal: PortalKey, wanted: tuple[str, int, int | None] | None) -> bool:
+def _matches(portal: Portal, wanted: tuple[str, int, int | None] | None) -> bool:
     if wanted is None:
         return True
     host, port, tpgt = wanted
@@ -140,7 +138,7 @@ def _who(record: NodeRecord) -> str:
 
 
 def _record_path(db: NodeDB, record: NodeRecord) -> str:
-    return str(db.config_dir / "nodes" / record.target / record.portal.dirname / "default")
+    return str(db.record_path(record.target, record.portal))
 
 
 # ---------------------------------------------------------------------- node
@@ -181,7 +179,7 @@ def _node_new(db: NodeDB, args: Any) -> int:
         raise QuietError("-o new needs -T TARGET and -p PORTAL", EXIT_INVALID_ARGUMENT)
     _check_target(args.target)
     host, port, tpgt = _portal_filter(args.portal)  # type: ignore[misc]
-    key = PortalKey.of((host, port, 1 if tpgt is None else tpgt))
+    key = record_portal((host, port, 1 if tpgt is None else tpgt))
     if db.exists(args.target, key):
         _warn(f"record for {args.target} at {key} already exists; left unchanged "
               "(use -o update to change it, -o delete to start over)")
@@ -238,7 +236,7 @@ def _discovery_selected(db: NodeDB, args: Any) -> list[tuple[str, int]]:
 def _discovery(args: Any) -> int:
     if args.type is not None:
         if not args.portal:
-            raise QuietError("-t sendtargets needs -p PORTAL", EXIT_INVALID_ARGUMENT)
+            raise QuietError(f"-t {args.type} needs -p PORTAL", EXIT_INVALID_ARGUMENT)
         if args.op is not None:
             raise QuietError("-t and -o can't be combined", EXIT_INVALID_ARGUMENT)
         return _run_discovery(args)
@@ -283,10 +281,11 @@ def _discovery(args: Any) -> int:
 
 
 def _run_discovery(args: Any) -> int:
-    """``iscsifs discovery -t st -p P`` = ``iscsifs discover P`` (iscsiadm's spelling)."""
+    """``iscsifs discovery -t st -p P`` = ``iscsifs discover P`` (iscsiadm's spelling);
+    ``-t isns -p SERVER``: ask an iSNS server."""
     ns = argparse.Namespace(**vars(args))
     ns.no_record = False
-    return trio.run(discover, ns)
+    return trio.run(discover_isns if args.type == "isns" else discover, ns)
 
 
 # ---------------------------------------------------------------------- login
@@ -296,7 +295,7 @@ def _login_failure(record: NodeRecord, exc: BaseException) -> QuietError:
 
 
 async def _login_one(record: NodeRecord, options: Any, name: str) -> None:
-    portal = Portal(record.portal.host, record.portal.port, record.portal.tpgt)
+    portal = record.portal
     timeouts = options.timeouts
     with trio.fail_after(timeouts.login + timeouts.logout + 5):
         with unwrap_group():
@@ -304,7 +303,8 @@ async def _login_one(record: NodeRecord, options: Any, name: str) -> None:
                 session = await Session.connect(
                     portal, record.target, initiator_name=name, nursery=nursery,
                     params=options.login_params, chap=options.chap, timeouts=timeouts,
-                    queue_depth=options.queue_depth, recover=False)
+                    queue_depth=options.queue_depth, recover=False,
+                    connector=tcp_connector(options.source_address))
                 await session.close()
                 nursery.cancel_scope.cancel()
 
@@ -317,7 +317,7 @@ async def _login(args: Any) -> int:
         records = [r for r in records if r.settings.startup == args.startup]
         if not records:
             raise QuietError("no records found", EXIT_NO_OBJECTS)
-    name, _note = initiator_name(args.initiator_name, args.config_dir)
+    name, _note = choose_initiator_name(args.initiator_name, args.config_dir)
     first_error: QuietError | None = None
     for record in records:
         print(f"Logging in to {_who(record)}", flush=True)
@@ -356,6 +356,7 @@ _DISCOVERY_EPILOG = """\
 examples (iscsiadm -m discovery equivalents):
   iscsifs discovery                                  list discovery records
   iscsifs discovery -t st -p 10.0.0.5                discover (same as iscsifs discover)
+  iscsifs discovery -t isns -p 10.0.0.1              ask an iSNS server (port 3205)
   iscsifs discovery -p 10.0.0.5 -o update -n discovery.sendtargets.auth.username -v me
   iscsifs discovery -p 10.0.0.5 -o update \\
           -n discovery.sendtargets.auth.password -v @/root/discovery.secret
@@ -395,10 +396,12 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("discovery", help="discovery records (iscsiadm -m discovery)",
                               epilog=_DISCOVERY_EPILOG, formatter_class=fmt)
     _common(p, ["new", "delete", "show", "update"], target=False)
-    p.add_argument("-t", "--type", choices=["sendtargets", "st"],
-                   help="run discovery now (needs -p)")
+    p.add_argument("-t", "--type", choices=["sendtargets", "st", "isns"],
+                   help="run discovery now (needs -p: the portal, or the iSNS server, port "
+                        "3205 by default)")
     p.add_argument("--initiator-name", help="initiator IQN (default: initiatorname.iscsi)")
     p.add_argument("--timeout", type=float, default=15, help="login timeout in seconds")
+    add_source_address(p)
     p.set_defaults(run=_discovery, is_async=False, target=None)
 
     p = subparsers.add_parser("login", help="test login to node records "

@@ -5,5 +5,5 @@
     conffile.py       key = value files: parse, render, write atomically
     settings.py       NodeSettings / DiscoverySettings: typed settings with open-iscsi defaults
     initiatorname.py  initiatorname.iscsi and new initiator names (iscsi-iname)
-    nodedb.py         the node and discovery record database (NodeDB, NodeRecord, PortalKey)
+    nodedb.py         the node and discovery record database (NodeDB, NodeRecord)
 """

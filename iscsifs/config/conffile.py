@@ -15,7 +15,7 @@ from pathlib import Path
 
 from iscsifs.config.keys import (EMPTY, HIDDEN, KNOWN_KEYS, is_known_key, is_secret_key,
                                  validate_key)
-from iscsifs.core.discovery import printable
+from iscsifs.core.names import printable
 from iscsifs.errors import ConfigError
 
 RECORD_VERSION = "2.1.11"      # the open-iscsi version whose record layout we write

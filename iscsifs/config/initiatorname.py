@@ -1,8 +1,9 @@
 """Initiator names: ``initiatorname.iscsi`` files and new names (open-iscsi's ``iscsi-iname``).
 
 Owns: reading and writing ``initiatorname.iscsi`` (``InitiatorName=``, ``InitiatorAlias=``),
-``iname()``, and ``ensure_initiator_name``: the one rule for which name a command or a mount
-uses when none is given (ours, else open-iscsi's when asked, else a new one, saved).
+``iname()``, and ``choose_initiator_name`` / ``ensure_initiator_name``: the one rule for which
+name a command or a mount uses (the one given, else ours, else open-iscsi's when asked, else a
+new one, saved).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from iscsifs.config.conffile import atomic_write
 from iscsifs.config.keys import validate_iscsi_name
-from iscsifs.core.discovery import iscsi_name_problem, printable
+from iscsifs.core.names import iscsi_name_problem, printable
 from iscsifs.errors import ConfigError
 
 DEFAULT_INAME_PREFIX = "iqn.2016-04.com.open-iscsi"   # iscsi-iname's default prefix
@@ -90,3 +91,29 @@ def ensure_initiator_name(config_dir: str | os.PathLike[str], *,
     write_initiator_name(ours, name)
     return name, None
 
+
+
+def choose_initiator_name(given: str | None, config_dir: str | os.PathLike[str], *,
+                          option: str = "--initiator-name",
+                          open_iscsi_dir: str | os.PathLike[str] | None = None
+                          ) -> tuple[str, str | None]:
+    """``(name, note)`` for a command or a mount: the name given (as ``option``), else
+    CONFIG_DIR/initiatorname.iscsi, else open-iscsi's in ``open_iscsi_dir`` (when given), else
+    a new name generated and saved in CONFIG_DIR (``note`` then says so). ConfigError (exit 7)
+    for a bad name or an unusable config dir."""
+    if given is not None:
+        problem = iscsi_name_problem(given)
+        if problem:
+            raise ConfigError(f"bad {option} {printable(given)}: {problem}")
+        return given, None
+    path = os.path.join(config_dir, "initiatorname.iscsi")
+    existed = os.path.exists(path)
+    try:
+        name, _alias = ensure_initiator_name(config_dir, open_iscsi_dir=open_iscsi_dir)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot save a new initiator name: "
+                          f"{exc.strerror or exc}") from None
+    note = None
+    if not existed and os.path.exists(path):
+        note = f"no initiator name configured: generated {name} and saved it in {path}"
+    return name, note

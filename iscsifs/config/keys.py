@@ -3,8 +3,8 @@ the checks of names and addresses used as values or as path components.
 
 Owns: ``KNOWN_KEYS`` (key -> value check, in open-iscsi's record order), ``validate_key``,
 secret keys (``is_secret_key``, shown as ``HIDDEN``), ``validate_iscsi_name`` and
-``validate_host`` (ConfigError naming the bad value; the name rules themselves are
-``iscsifs.core.discovery.iscsi_name_problem``). Pure: no files, no I/O.
+``validate_host`` (ConfigError naming the bad value; the rules themselves are
+``iscsifs.core.names``'s ``iscsi_name_problem`` and ``check_host``). Pure: no files, no I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 
 from iscsifs.core.chap import normalize_algorithms
-from iscsifs.core.discovery import iscsi_name_problem, printable
+from iscsifs.core.names import check_host, iscsi_name_problem, printable
 from iscsifs.errors import ConfigError
 
 EMPTY = "<empty>"              # how open-iscsi writes an empty value
@@ -35,22 +35,13 @@ def validate_iscsi_name(name: object, what: str = "target name") -> str:
     return name
 
 
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?")
-
-
 def validate_host(host: object) -> str:
-    """An IPv4/IPv6 address (brackets dropped, as open-iscsi stores it) or a DNS name."""
-    if not isinstance(host, str) or not host:
-        raise ConfigError(f"invalid portal address {printable(host)}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    """A portal's host as records store it (``core.names.check_host``: addresses without
+    brackets, as open-iscsi stores them); ConfigError naming the bad value."""
     try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if len(host) <= 253 and _HOSTNAME_RE.fullmatch(host) and ".." not in host:
-        return host
-    raise ConfigError(f"invalid portal address {printable(host)}")
+        return check_host(host)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +110,19 @@ def _host_check(value: str) -> str:
         raise ValueError("not an IP address or host name") from None
 
 
+def _ip_check(value: str) -> str:
+    """An IP address (a source address to bind to: no host names), or empty for none."""
+    text = value.strip()
+    if text in ("", "default"):
+        return ""
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError("not an IP address") from None
+
+
 _ANY = _string_check
 _YESNO = _choice_check("Yes", "No")
 _STARTUP = _choice_check("manual", "automatic", "onboot")
@@ -135,6 +139,7 @@ KNOWN_KEYS: dict[str, Callable[[str], str]] = {
     "node.tpgt": _int_check(0, 65535),
     "node.startup": _STARTUP,
     "node.leading_login": _YESNO,
+    "iface.ipaddress": _ip_check,
     "node.discovery_address": _host_check,
     "node.discovery_port": _int_check(0, 65535),
     "node.discovery_type": _choice_check("send_targets", "static", "isns", "fw", "slp"),
@@ -218,7 +223,7 @@ def validate_key(key: str, value: str) -> str:
     check = KNOWN_KEYS.get(key)
     if check is None:
         return _string_check(value)
-    if value == "" and check not in (_ANY, _host_check):
+    if value == "" and check not in (_ANY, _host_check, _ip_check):
         raise ValueError("a value is required")
     return check(value)
 

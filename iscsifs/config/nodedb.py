@@ -5,9 +5,10 @@
     <config_dir>/send_targets/<addr>,<port>/st_config
 
 Owns: ``NodeDB`` (records created, read, updated and deleted, SendTargets answers recorded),
-``NodeRecord``, and ``PortalKey`` (where a record lives). Names and addresses that came from a
-target are untrusted: they are validated before being used as path components. Files holding
-secrets are written atomically with mode 0600.
+``NodeRecord``, and where a record lives (``record_portal``: the ``core.names.Portal`` it is
+kept under; ``record_path``). Names and addresses that came from a target are untrusted: they
+are validated before being used as path components. Files holding secrets are written
+atomically with mode 0600.
 
 Must not know: sockets, trio, pyfuse3, logins.
 """
@@ -19,15 +20,15 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from iscsifs.config.conffile import atomic_write, read_conf, render_record
 from iscsifs.config.keys import KNOWN_KEYS, is_secret_key, validate_host, validate_iscsi_name, validate_key
 from iscsifs.config.locations import OPEN_ISCSI_DIR
 from iscsifs.config.settings import DiscoverySettings, NodeSettings
 from iscsifs.core.chap import ChapCredentials
-from iscsifs.core.discovery import (DEFAULT_PORT, host_port, iscsi_name_problem, printable,
-                                    valid_iscsi_name)
+from iscsifs.core.names import (DEFAULT_PORT, DEFAULT_TPGT, Portal, host_port,
+                                iscsi_name_problem, printable, valid_iscsi_name)
 from iscsifs.errors import ConfigError
 
 
@@ -51,31 +52,27 @@ def _validate_tpgt(tpgt: object) -> int:
     return number
 
 
-class PortalKey(NamedTuple):
-    """Where a node record lives: (host, port, tpgt). Any object with .host/.port/.tpgt (like
-    core.discovery.Portal) is accepted wherever a PortalKey is."""
+def record_portal(portal: Any) -> Portal:
+    """The ``Portal`` a record is kept under: ``portal`` itself, any object with .host/.port/
+    .tpgt, or a ``(host, port[, tpgt])`` tuple (a record directory's name, split). ConfigError
+    naming what is wrong (the host passes ``core.names.check_host``, the one host rule)."""
+    if isinstance(portal, Portal):
+        return portal
+    if isinstance(portal, tuple) and not hasattr(portal, "host"):
+        host = portal[0] if portal else None
+        port = portal[1] if len(portal) > 1 else DEFAULT_PORT
+        tpgt = portal[2] if len(portal) > 2 else DEFAULT_TPGT
+    else:
+        host = portal.host
+        port = getattr(portal, "port", DEFAULT_PORT)
+        tpgt = getattr(portal, "tpgt", DEFAULT_TPGT)
+    return Portal(validate_host(host), _validate_port(port), _validate_tpgt(tpgt))
 
-    host: str
-    port: int = DEFAULT_PORT
-    tpgt: int = 1
 
-    @classmethod
-    def of(cls, portal: Any) -> PortalKey:
-        if isinstance(portal, tuple) and not hasattr(portal, "host"):
-            portal = cls(*portal)
-        host = validate_host(portal.host)
-        port = _validate_port(getattr(portal, "port", DEFAULT_PORT))
-        tpgt = _validate_tpgt(getattr(portal, "tpgt", 1))
-        return cls(host, port, tpgt)
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port},{self.tpgt}"
-
-    @property
-    def dirname(self) -> str:
-        """open-iscsi's directory name: ``10.0.0.5,3260,1`` / ``fe80::1,3260,1``."""
-        return f"{self.host},{self.port},{self.tpgt}"
+def record_dirname(portal: Portal) -> str:
+    """open-iscsi's directory name of a record's portal: ``10.0.0.5,3260,1`` /
+    ``fe80::1,3260,1``."""
+    return f"{portal.host},{portal.port},{portal.tpgt}"
 
 
 def _discovery_portal(portal: Any) -> tuple[str, int]:
@@ -95,7 +92,7 @@ class NodeRecord:
     """One node record: a target reachable at one portal, and its settings."""
 
     target: str
-    portal: PortalKey
+    portal: Portal
     settings: NodeSettings
     discovery_address: str | None = None
     discovery_port: int | None = None
@@ -168,15 +165,16 @@ class NodeDB:
     def _node_dir(self, target: str) -> Path:
         return self.nodes_dir / validate_iscsi_name(target)
 
-    def _record_path(self, target: str, portal: PortalKey) -> Path:
-        return self._node_dir(target) / portal.dirname / "default"
+    def record_path(self, target: str, portal: Portal) -> Path:
+        """Where the record of ``target`` at ``portal`` (a ``record_portal``) is kept."""
+        return self._node_dir(target) / record_dirname(portal) / "default"
 
     def _st_path(self, host: str, port: int) -> Path:
         return self.send_targets_dir / f"{host},{port}" / "st_config"
 
     # -- reading -----------------------------------------------------------------------------
-    def _load(self, target: str, portal: PortalKey, strict: bool = True) -> NodeRecord:
-        path = self._record_path(target, portal)
+    def _load(self, target: str, portal: Portal, strict: bool = True) -> NodeRecord:
+        path = self.record_path(target, portal)
         conf = read_conf(path)
         self.warnings.extend(conf.warnings)
         keys = dict(self.defaults)
@@ -200,16 +198,16 @@ class NodeDB:
         """The record for (target, portal); ConfigError if there is none or it is invalid.
         ``strict=False`` returns a record with incomplete CHAP settings too (``auth`` None,
         ``settings.auth_error`` set): for showing and editing, never for logging in."""
-        key = PortalKey.of(portal)
-        path = self._record_path(target, key)
+        key = record_portal(portal)
+        path = self.record_path(target, key)
         if not path.is_file():
             raise ConfigError(f"no record for {target} at {key}")
         return self._load(target, key, strict)
 
     def exists(self, target: str, portal: Any) -> bool:
-        return self._record_path(target, PortalKey.of(portal)).is_file()
+        return self.record_path(target, record_portal(portal)).is_file()
 
-    def _scan(self) -> list[tuple[str, PortalKey]]:
+    def _scan(self) -> list[tuple[str, Portal]]:
         found = []
         if not self.nodes_dir.is_dir():
             return found
@@ -220,7 +218,7 @@ class NodeDB:
             for pdir in sorted(tdir.iterdir()):
                 try:
                     host, port, tpgt = pdir.name.rsplit(",", 2)
-                    portal = PortalKey.of((host, port, tpgt))
+                    portal = record_portal((host, port, tpgt))
                 except (ValueError, ConfigError):
                     self.warnings.append(f"{pdir}: not a portal directory, skipped")
                     continue
@@ -245,9 +243,10 @@ class NodeDB:
     def _write(self, path: Path, keys: Mapping[str, str]) -> None:
         atomic_write(path, render_record(keys, hide_secrets=False), 0o600)
 
-    def _node_keys(self, target: str, portal: PortalKey, settings: NodeSettings | None,
-                   discovered_from: tuple[str, int] | None) -> dict[str, str]:
-        keys = {k: v for k, v in self.defaults.items() if k.startswith("node.")}
+    def _node_keys(self, target: str, portal: Portal, settings: NodeSettings | None,
+                   discovered_from: tuple[str, int] | None,
+                   discovery_type: str = "send_targets") -> dict[str, str]:
+        keys = {k: v for k, v in self.defaults.items() if k.startswith(("node.", "iface."))}
         if settings is not None:
             keys.update(settings.to_keys())
         keys.update({"node.name": target, "node.tpgt": str(portal.tpgt),
@@ -259,20 +258,22 @@ class NodeDB:
         else:
             keys.update({"node.discovery_address": discovered_from[0],
                          "node.discovery_port": str(discovered_from[1]),
-                         "node.discovery_type": "send_targets"})
+                         "node.discovery_type": discovery_type})
         return keys
 
     def add(self, target: str, portal: Any, settings: NodeSettings | None = None,
-            discovered_from: Any = None, *, overwrite: bool = False) -> NodeRecord:
+            discovered_from: Any = None, *, overwrite: bool = False,
+            discovery_type: str = "send_targets") -> NodeRecord:
         """Create a record (``iscsiadm -m node -o new``). An existing record is returned
-        unchanged unless ``overwrite``."""
+        unchanged unless ``overwrite``. ``discovered_from`` is the SendTargets portal (or
+        the iSNS server, with ``discovery_type="isns"``) that reported it."""
         validate_iscsi_name(target)
-        key = PortalKey.of(portal)
-        path = self._record_path(target, key)
+        key = record_portal(portal)
+        path = self.record_path(target, key)
         if path.is_file() and not overwrite:
             return self._load(target, key)
         source = None if discovered_from is None else _discovery_portal(discovered_from)
-        keys = self._node_keys(target, key, settings, source)
+        keys = self._node_keys(target, key, settings, source, discovery_type)
         try:
             NodeSettings.from_keys(keys)
         except ConfigError as exc:
@@ -287,7 +288,7 @@ class NodeDB:
         incomplete between updates (username now, password next): the returned record then
         has ``settings.auth_error`` set and the record can't be used to log in until fixed."""
         record = self.get(target, portal, strict=False)
-        path = self._record_path(target, record.portal)
+        path = self.record_path(target, record.portal)
         value = _checked_update(key, value, "node", _IDENTITY_KEYS, path)
         on_disk = dict(read_conf(path))
         on_disk[key] = value
@@ -307,10 +308,10 @@ class NodeDB:
         if portal is None:
             portals = [p for name, p in self._scan() if name == target]
         else:
-            portals = [PortalKey.of(portal)]
+            portals = [record_portal(portal)]
         count = 0
         for key in portals:
-            pdir = tdir / key.dirname
+            pdir = tdir / record_dirname(key)
             if (pdir / "default").is_file():
                 shutil.rmtree(pdir)
                 count += 1
@@ -381,6 +382,17 @@ class NodeDB:
         st = self._st_path(host, port)
         if not st.is_file():
             self._write(st, self.discovery_keys(host, port))
+        return self._record_targets((host, port), targets, "send_targets")
+
+    def record_isns(self, server: Any, targets: Iterable[Any]) -> DiscoveryUpdate:
+        """Store an iSNS answer from ``server`` (``iscsiadm -m discovery -t isns``): a record
+        (``node.discovery_type = isns``) for every (target, portal) not yet known, as
+        ``record_discovery`` does; no discovery record is kept for the server."""
+        return self._record_targets(_discovery_portal(server), targets, "isns")
+
+    def _record_targets(self, source: tuple[str, int], targets: Iterable[Any],
+                        discovery_type: str) -> DiscoveryUpdate:
+        host, port = source
         result = DiscoveryUpdate()
         for name, portals in _targets_of(targets):
             if not valid_iscsi_name(name):
@@ -391,13 +403,14 @@ class NodeDB:
             assert isinstance(name, str)
             for p in portals:
                 try:
-                    key = PortalKey.of(p)
+                    key = record_portal(p)
                 except (ConfigError, AttributeError, TypeError) as exc:
                     result.rejected.append(f"portal of {name} refused: {exc}")
                     continue
-                existed = self._record_path(name, key).is_file()
+                existed = self.record_path(name, key).is_file()
                 try:
-                    record = self.add(name, key, discovered_from=(host, port))
+                    record = self.add(name, key, discovered_from=(host, port),
+                                      discovery_type=discovery_type)
                 except ConfigError as exc:
                     result.rejected.append(f"record for {name} at {key} unusable: {exc}")
                     continue
@@ -437,7 +450,8 @@ def _checked_update(key: str, value: str, kind: str, identity_keys, path) -> str
     value is never shown)."""
     if key in identity_keys:
         raise ConfigError(f"{key} cannot be changed (it names the record)", str(path))
-    if not key.startswith(kind + ".") or key not in KNOWN_KEYS:
+    prefixes = (kind + ".", "iface.") if kind == "node" else (kind + ".",)
+    if not key.startswith(prefixes) or key not in KNOWN_KEYS:
         raise ConfigError(f"unknown {kind} key {printable(key)}", str(path))
     try:
         return validate_key(key, value)

@@ -157,6 +157,8 @@ class NodeSettings(_KeyedSettings):
     startup: str = field(default="manual", **_meta("node.startup", str))
     auth: ChapCredentials | None = None
     auth_error: str | None = None       # set by from_keys(strict=False) for incomplete CHAP
+    # the local address every connection to the node is bound to ("": the kernel chooses)
+    source_address: str = field(default="", **_meta("iface.ipaddress", str))
     replacement_timeout: int = field(
         default=120, **_meta("node.session.timeo.replacement_timeout", int))
     login_timeout: int = field(default=15, **_meta("node.conn[0].timeo.login_timeout", int))

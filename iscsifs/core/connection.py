@@ -81,6 +81,9 @@ TMF_TASK_REASSIGN = 8
 # TMF response codes that mean "the referenced task(s) no longer exist at the target"
 _TMF_DONE = (0, 1)   # Function complete, Task does not exist
 
+# Reject reasons after which the rejected PDU may be sent again (§11.17.1)
+_RESENDABLE = frozenset({0x02, 0x0A})
+
 REJECT_REASONS = {
     0x02: "data digest error",
     0x03: "SNACK reject",
@@ -302,6 +305,7 @@ class Connection:
         self._seq = 0
         self._broken: str | None = None
         self._logged_out = False               # a Logout Request has been queued
+        self._plugs: dict[int, int] = {}       # ABORT TASK itt -> the rejected command's itt
         self._handlers = {
             DataIn: self._on_data_in,
             ScsiResponse: self._on_scsi_response,
@@ -325,6 +329,16 @@ class Connection:
     def queued(self) -> int:
         """SCSI commands waiting for the CmdSN window or the queue depth."""
         return len(self._waiting)
+
+    @property
+    def itts_in_use(self) -> int:
+        """Initiator Task Tags held: live exchanges plus tombstones of abandoned ones."""
+        return len(self._itts)
+
+    @property
+    def tombstones(self) -> int:
+        """ITTs of abandoned exchanges still reserved (their late PDUs are dropped)."""
+        return sum(1 for item in self._itts.values() if item is _ABANDONED)
 
     @property
     def window_open(self) -> bool:
@@ -476,6 +490,18 @@ class Connection:
         self._itts[itt] = _ABANDONED
         if self._broken is None:
             self._pump()
+
+    def abort(self, itt: int) -> int | None:
+        """The caller gave up on SCSI command ``itt``. One never sent is withdrawn; one sent is
+        abandoned and an ABORT TASK for it is queued (RFC 7143 §11.5.1), so that the target
+        ends it rather than wait for data nobody will send; its tombstone goes when the
+        TMF's answer says the task is gone. Returns the TMF's ITT (None: none was needed)."""
+        item = self._itts.get(itt)
+        tmf = None
+        if type(item) is _Task and item.sent and not item.done and self._broken is None:
+            tmf = self.task_management(TMF_ABORT_TASK, item.lun, itt)
+        self.abandon(itt)
+        return tmf
 
     @property
     def has_output(self) -> bool:
@@ -746,6 +772,14 @@ class Connection:
         if underflow and overflow:
             raise RemoteProtocolError(
                 f"status for ITT {task.itt:#x} has both the overflow and underflow bits")
+        if status == 0 and task.read_view is not None:
+            # GOOD: every byte asked for arrived, but for an underflow's residual (§11.4.5);
+            # a hole would be read as data that nobody wrote
+            promised = task.read_length - (residual if underflow else 0)
+            if task.received < promised:
+                raise RemoteProtocolError(
+                    f"status GOOD for ITT {task.itt:#x} after {task.received} of the "
+                    f"{promised} bytes it promises")
         self._finish_task(task)
         return TaskComplete(
             itt=task.itt, status=status, sense=sense,
@@ -859,10 +893,16 @@ class Connection:
     def _on_tmf_response(self, pdu: TaskManagementResponse) -> list[Event]:
         self.counters["tmfrsp_pdus"] += 1
         self._status_seen(pdu.stat_sn)
+        plugged = self._plugs.pop(pdu.itt, None)
+        if plugged is not None and self._itts.get(plugged) is _ABANDONED:
+            del self._itts[plugged]     # a rejected command's CmdSN is filled: ITT free
         op = self._take_op(pdu.itt, "tmf", "Task Management Response")
         del self._itts[pdu.itt]
         if op is None:
             return []
+        if op.function == TMF_ABORT_TASK and pdu.response in _TMF_DONE \
+                and self._itts.get(op.referenced_itt) is _ABANDONED:
+            del self._itts[op.referenced_itt]     # ended at the target: nothing more comes
         events: list[Event] = [TaskManagementComplete(pdu.itt, pdu.response)]
         if pdu.response in _TMF_DONE:
             events.extend(self._tasks_ended_by(op))
@@ -883,12 +923,28 @@ class Connection:
         events: list[Event] = []
         for task in victims:
             if type(task) is _Task and task.sent and not task.done and task.seq < op.seq:
-                self._itts[task.itt] = _ABANDONED   # stray Data-In may still be in flight
+                # the target sends nothing for it after this answer: its ITT is free
+                del self._itts[task.itt]
                 task.done = True
                 self._in_flight -= 1
                 events.append(TaskFailed(task.itt, f"aborted by task management function {f}",
                                           aborted=True))
         return events
+
+    def _command_rejected(self, task: _Task, reason: int, why: str) -> TaskFailed:
+        """The target discarded a SCSI Command PDU (§11.17.1, §7.2): its CmdSN never arrived,
+        and the target holds every later command until it does (§4.2.2.1). An ABORT TASK
+        naming that CmdSN (RefCmdSN) fills the gap: the target counts a RefCmdSN inside its
+        window as received (§11.5.1). The ITT stays reserved until the abort is answered.
+        After a reason that allows sending the PDU again (a data digest error, a long
+        operation reject) the task ends as ``aborted``: it never ran, so the session may
+        issue it once more; after any other it fails."""
+        tmf = self.task_management(TMF_ABORT_TASK, task.lun, task.itt)
+        self._finish_task(task)
+        self._itts[task.itt] = _ABANDONED
+        self._plugs[tmf] = task.itt
+        return TaskFailed(task.itt, f"rejected by the target: {why}",
+                          aborted=reason in _RESENDABLE)
 
     # -- Logout Response (§11.15)
     def _on_logout_response(self, pdu: LogoutResponse) -> list[Event]:
@@ -923,12 +979,15 @@ class Connection:
         item = self._itts.get(itt)
         if item is None:
             return events
+        if opcode == Opcode.DATA_OUT:
+            # §7.2: a Reject never ends a task under way; the target ends it with a SCSI
+            # Response (after a data digest error, CHECK CONDITION, §7.6): wait for that
+            return events
         if item is _ABANDONED:
             del self._itts[itt]
         elif type(item) is _Task:
             if opcode in (Opcode.SCSI_COMMAND, Opcode.DATA_OUT) and item.sent:
-                self._finish_task(item)
-                events.append(TaskFailed(itt, f"rejected by the target: {why}"))
+                events.append(self._command_rejected(item, pdu.reason, why))
         elif opcode in (Opcode.NOP_OUT, Opcode.TEXT_REQUEST, Opcode.TASK_MGMT_REQUEST,
                         Opcode.LOGOUT_REQUEST):
             del self._itts[itt]   # that exchange is over; RejectReceived tells the caller

@@ -1,11 +1,8 @@
 """SendTargets discovery, the text part (RFC 7143 §13.3 and Appendix C).
 
-Owns: portals (`Portal`, `parse_portal`) and how an address is written (`host_port`:
-``10.0.0.5:3260``, ``[fe80::1]:3260``), the SendTargets request keys, parsing of the answer
-(`TargetName=` lines each followed by their `TargetAddress=host:port,tpgt` lines) into
-`DiscoveredTarget` values, the one validation of iSCSI names (`valid_iscsi_name`,
-`iscsi_name_problem`: RFC 7143 §4.2.7, RFC 3722), which every name from a target, a user or a
-file passes, and `printable` for showing an untrusted string in one log or error line.
+Owns: the SendTargets request keys, and parsing of the answer (`TargetName=` lines each
+followed by their `TargetAddress=host:port,tpgt` lines) into `DiscoveredTarget` values. Names
+and addresses are checked by the rules of `iscsifs.core.names`.
 
 Knows nothing of sessions, PDUs or I/O: `iscsifs.net.discovery` runs the discovery session and
 hands the decoded pairs here. Names from a target are untrusted (they end up as file names
@@ -14,155 +11,19 @@ and node-record paths): invalid ones are dropped with a warning, never passed on
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
+from iscsifs.core.names import (MAX_ADDRESS_LENGTH, Portal, parse_portal, printable,
+                                valid_iscsi_name)
 from iscsifs.errors import RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 3260          # IANA iscsi-target port (RFC 7143 §13.8)
-DEFAULT_TPGT = 1
-MAX_NAME_LENGTH = 223        # RFC 7143 §4.2.7.1: iSCSI names are at most 223 bytes
-MAX_ADDRESS_LENGTH = 255     # RFC 7143 §6.1: text values are at most 255 bytes
 # What a discovery session offers as MaxRecvDataSegmentLength (open-iscsi's default for
 # discovery.sendtargets.iscsi.MaxRecvDataSegmentLength)
 DISCOVERY_MAX_RECV = 32768
-
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})\Z")
-_NUMBER_RE = re.compile(r"[0-9]{1,5}\Z")
-# RFC 7143 §4.2.7.2 (iqn.yyyy-mm.reversed-domain[:identifier]); eui.: 16 hex digits;
-# naa.: 16 or 32 hex digits (RFC 3980).
-_IQN_RE = re.compile(r"iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[A-Za-z0-9][^:]*(:.*)?\Z", re.DOTALL)
-_EUI_RE = re.compile(r"eui\.[0-9A-Fa-f]{16}\Z")
-_NAA_RE = re.compile(r"naa\.(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{32})\Z")
-
-
-@dataclass(frozen=True, order=True)
-class Portal:
-    """A target portal: host (name, IPv4 or IPv6 address), TCP port and portal group tag."""
-
-    host: str
-    port: int = DEFAULT_PORT
-    tpgt: int = DEFAULT_TPGT
-
-    def __post_init__(self) -> None:
-        _check_host(self.host)
-        if isinstance(self.port, bool) or not isinstance(self.port, int) \
-                or not 1 <= self.port <= 65535:
-            raise ValueError(f"invalid port {self.port!r} (1-65535)")
-        if isinstance(self.tpgt, bool) or not isinstance(self.tpgt, int) \
-                or not 0 <= self.tpgt <= 65535:
-            raise ValueError(f"invalid portal group tag {self.tpgt!r} (0-65535)")
-
-    @property
-    def address(self) -> str:
-        """``host:port`` with IPv6 addresses in brackets (also a portal's directory name)."""
-        return host_port(self.host, self.port)
-
-    def __str__(self) -> str:
-        return f"{self.address},{self.tpgt}"
-
-
-def format_host(host: str) -> str:
-    """An IPv6 address in brackets, any other host as it is."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def host_port(host: str, port: int) -> str:
-    """``10.0.0.5:3260`` / ``[fe80::1]:3260``: how a portal address is written everywhere."""
-    return f"{format_host(host)}:{port}"
-
-
-def printable(value: object, limit: int = 80) -> str:
-    """An untrusted value for one log or error line: quoted, escaped to ASCII, bounded."""
-    if isinstance(value, str) and len(value) > limit:
-        size = len(value.encode("utf-8", "surrogatepass"))
-        return f"{ascii(value[:limit])}... ({size} bytes)"
-    return ascii(value)
-
-
-def _check_host(host: str) -> None:
-    if not isinstance(host, str) or not host:
-        raise ValueError("empty host in portal")
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"invalid IPv6 address {host[:60]!r}") from None
-        return
-    if not _HOSTNAME_RE.match(host) or ".." in host:
-        raise ValueError(f"invalid host name {host[:60]!r}")
-
-
-def parse_portal(text: str, *, default_port: int = DEFAULT_PORT,
-                 default_tpgt: int = DEFAULT_TPGT) -> Portal:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``, each optionally followed by
-    ``,tpgt`` (RFC 7143 §13.8 TargetAddress syntax). A bare IPv6 address without brackets is
-    accepted (it cannot carry a port). ValueError otherwise, saying what is wrong (the caller
-    names the text: ``bad portal '...': invalid port 'x'``)."""
-    if not isinstance(text, str):
-        raise ValueError("portal must be a string")
-    text = text.strip()
-    if not text:
-        raise ValueError("empty portal address")
-    tpgt = default_tpgt
-    port = default_port
-    if "," in text:
-        text, _, tag = text.rpartition(",")
-        if not _NUMBER_RE.match(tag):
-            raise ValueError(f"invalid portal group tag {tag[:20]!r}")
-        tpgt = int(tag)
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError("missing ']'")
-        if rest:
-            if not rest.startswith(":") or not _NUMBER_RE.match(rest[1:]):
-                raise ValueError(f"invalid port {rest[1:21]!r}")
-            port = int(rest[1:])
-        if ":" not in host:
-            raise ValueError("brackets are only for IPv6 addresses")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        if not _NUMBER_RE.match(port_text):
-            raise ValueError(f"invalid port {port_text[:20]!r}")
-        port = int(port_text)
-    else:
-        host = text       # a host name, an IPv4 address or a bare IPv6 address
-    return Portal(host, port, tpgt)
-
-
-def iscsi_name_problem(name: object) -> str | None:
-    """Why ``name`` is not a well-formed iSCSI name that is also safe as a path component, or
-    None if it is one: iqn./eui./naa. form (an iqn. date has a month 01-12), at most 223
-    bytes, no ``/`` or ``\\``, no ``..``, no whitespace, control, format (zero-width) or other
-    non-printable characters (RFC 7143 §4.2.7, RFC 3722 stringprep)."""
-    if not isinstance(name, str) or not name:
-        return "empty name"
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_LENGTH:
-        return f"longer than {MAX_NAME_LENGTH} bytes"
-    if any(ch.isspace() or unicodedata.category(ch)[0] in ("C", "Z") for ch in name):
-        return "contains control characters or white space"
-    if "/" in name or "\\" in name:
-        return "contains a slash"
-    if ".." in name:
-        return "contains '..'"
-    prefix = name[:4].lower()
-    form = {"iqn.": _IQN_RE, "eui.": _EUI_RE, "naa.": _NAA_RE}.get(prefix)
-    if form is None or not form.match(prefix + name[4:]):
-        return "not an iqn.yyyy-mm.domain[:id], eui. or naa. name"
-    return None
-
-
-def valid_iscsi_name(name: object) -> bool:
-    """True if ``name`` is a well-formed iSCSI name that is also safe to use as a path
-    component (see ``iscsi_name_problem``)."""
-    return iscsi_name_problem(name) is None
 
 
 @dataclass(frozen=True)

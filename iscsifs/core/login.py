@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from iscsifs.core.keys import (
+    NOT_UNDERSTOOD,
     Negotiator,
     NegotiatedParams,
     LoginParams,
@@ -456,6 +457,14 @@ class Login:
     def _operational(self, resp: LoginResponse, pairs: Pairs) -> LoginRequest | LoginComplete:
         answers = self._negotiator.receive(pairs)
         if resp.transit:
+            # §6.2: a key we do not understand only ever gets "NotUnderstood", which commits
+            # neither side to anything; in the final response nothing is left to carry it, so
+            # the key is ignored (an X- vendor key, iSCSIProtocolLevel, a key from a newer RFC)
+            ignored = [k for k, v in answers if v == NOT_UNDERSTOOD]
+            if ignored:
+                log.info("login to %s: ignoring %s in the final login response", self.who,
+                         ", ".join(ignored))
+                answers = [(k, v) for k, v in answers if v != NOT_UNDERSTOOD]
             if answers:
                 raise RemoteProtocolError(
                     f"target ended the login while proposing {', '.join(k for k, _ in answers)}"

@@ -476,6 +476,18 @@ class AsyncMessage:
     parameter3: int
     data: Data = b""
 
+    @property
+    def sense(self) -> bytes:
+        """The sense data of a SCSI async event (§11.9.4: 2-byte SenseLength, sense data,
+        then iSCSI event data); ``b""`` when there is none or it is cut short."""
+        data = self.data
+        if len(data) < 2:
+            return b""
+        sense_length = (data[0] << 8) | data[1]
+        if sense_length > len(data) - 2:
+            return b""
+        return bytes(data[2:2 + sense_length])
+
 
 @dataclass(frozen=True, slots=True)
 class Reject:

@@ -1,8 +1,8 @@
 """The one place where exceptions become errno values for FUSE.
 
-Owns: the mapping exception -> errno (``errno_for``), and the ``fuse_errors`` decorator every
-FUSE handler wears so that nothing but a ``pyfuse3.FUSEError`` ever leaves a handler (pyfuse3
-treats any other exception as fatal).
+Owns: the mapping exception -> errno (``errno_for``), ``fail`` (a handler's own refusal), and
+the ``fuse_errors`` decorator every FUSE handler wears so that nothing but a
+``pyfuse3.FUSEError`` ever leaves a handler (pyfuse3 treats any other exception as fatal).
 
 Must not know: how the errors arise (sessions, PDUs, CDBs). It only reads the attributes the
 contracts give the exception types (``ScsiError.sense.key/asc/ascq``, ``ScsiError.status``,
@@ -21,8 +21,8 @@ import pyfuse3
 import trio
 
 from iscsifs.errors import (AuthenticationError, CommandTimeout, ConfigError, ConnectionLost,
-                            LoginError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
-                            SessionFailed, leaf_exceptions)
+                            LoggedOut, LoginError, NoSpace, NoSuchDevice, NotSupported,
+                            RemoteProtocolError, SessionFailed, causes, leaf_exceptions)
 from iscsifs.scsi.sense import ScsiError, ScsiStatus, SenseKey
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,12 @@ _NETWORK_ERRNOS = frozenset({
 
 def _scsi_errno(exc: ScsiError) -> tuple[int, int]:
     """(errno, log level) for a ScsiError, by sense key and ASC/ASCQ."""
+    if exc.status == ScsiStatus.RESERVATION_CONFLICT:
+        # Linux's sd reports a reservation conflict as EBADE (BLK_STS_RESV_CONFLICT); another
+        # initiator holds the LUN, which is how fencing works: not a warning
+        return errno.EBADE, logging.INFO
     sense = exc.sense
     if sense is None:
-        if exc.status == ScsiStatus.RESERVATION_CONFLICT:
-            # Linux's sd reports a reservation conflict as EBADE (BLK_STS_RESV_CONFLICT)
-            return errno.EBADE, logging.WARNING
         return errno.EIO, logging.WARNING
     if sense.key == SenseKey.DATA_PROTECT:
         return errno.EROFS, logging.INFO
@@ -58,16 +59,13 @@ def _scsi_errno(exc: ScsiError) -> tuple[int, int]:
 
 
 def _network_errno(exc: BaseException) -> int | None:
-    """The socket errno behind exc (itself or its cause/context chain), if it is a network one."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
+    """The socket errno behind exc (itself, its group or its cause chain: ``errors.causes``),
+    if it is a network one; ETIMEDOUT for a timeout."""
+    for cur in causes(exc):
         if isinstance(cur, OSError) and cur.errno in _NETWORK_ERRNOS:
             return cur.errno
         if isinstance(cur, trio.TooSlowError):
             return errno.ETIMEDOUT
-        cur = cur.__cause__ or cur.__context__
     return None
 
 
@@ -107,11 +105,19 @@ def classify(exc: BaseException) -> tuple[int, int]:
     if isinstance(exc, NotSupported):
         return errno.EOPNOTSUPP, logging.INFO
     if isinstance(exc, NoSuchDevice):
-        return errno.ENXIO, logging.WARNING
+        # the change was logged once, as a WARNING, when it was found
+        return errno.ENXIO, logging.INFO
     if isinstance(exc, LoginError):          # includes AuthenticationError
         return _login_errno(exc), logging.WARNING
-    if isinstance(exc, (CommandTimeout, trio.TooSlowError)):
+    if isinstance(exc, CommandTimeout):
+        # a command that timed out (aborted, reset, or withdrawn from a window that never
+        # opened) is an I/O error to the reader or writer, as Linux's SCSI layer fails it
+        # (DID_TIME_OUT -> BLK_STS_IOERR); ETIMEDOUT is not an errno read(2) or write(2) has
+        return errno.EIO, logging.WARNING
+    if isinstance(exc, trio.TooSlowError):
         return errno.ETIMEDOUT, logging.WARNING
+    if isinstance(exc, LoggedOut):           # a listing that raced rmdir or unmount
+        return errno.ENOENT, logging.INFO
     if isinstance(exc, ConnectionLost) and exc.errno in _NETWORK_ERRNOS:
         return exc.errno, logging.WARNING     # could not connect: refused, unreachable, ...
     if isinstance(exc, (ConnectionLost, SessionFailed, RemoteProtocolError)):
@@ -123,6 +129,12 @@ def classify(exc: BaseException) -> tuple[int, int]:
         if net is not None:
             return net, logging.WARNING
     return errno.EIO, logging.ERROR
+
+
+def fail(code: int) -> pyfuse3.FUSEError:
+    """The error a handler raises to answer ``code`` (an errno) itself: a request it refuses
+    (EPERM, EINVAL, ENOENT, ...), as opposed to an exception from below (``errno_for``)."""
+    return pyfuse3.FUSEError(code)
 
 
 def errno_for(exc: BaseException, op: str = "operation") -> int:

@@ -5,7 +5,10 @@ Owns:
 - ``targets/`` listings: the SendTargets answer (minus targets removed with rmdir) plus the
   hand-added node records of the portal; only the records with ``nodiscovery``, and the
   records (with a warning) when discovery fails;
-- ``luns/`` listings, rescanned when a command saw UNIT ATTENTION 3F/0E (LUNs changed);
+- ``luns/`` listings, and the tree following every new LUN list the backend has (it rescans
+  by itself when the target says its LUNs changed, or a LUN number names another logical unit
+  after a relogin): new LUNs appear, removed ones leave ``luns/``, ``by-path/`` and ``by-id/``,
+  a replaced one gets new inodes, and the kernel forgets the names that changed;
 - ``by-path/``: links for the LUNs already listed, and a name not seen yet resolved by listing
   that target (which logs in);
 - ``by-id/``: one multipath device per LUN identity over every target of every portal of the
@@ -26,14 +29,16 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 import pyfuse3
 import trio
 
-from iscsifs.core.discovery import Portal, parse_portal, printable, valid_iscsi_name
+from iscsifs.core.names import Portal, parse_portal, printable, valid_iscsi_name
 from iscsifs.fs.backend import Backend, LunListing
+from iscsifs.fs.errno_map import fail as _fail
 from iscsifs.fs.records import NodeRecords
 from iscsifs.fs.render import by_id_name, by_path_name
 from iscsifs.fs.tree import Kind, Node, Tree
@@ -44,10 +49,6 @@ NAME_MAX = 255
 # by-path/ names: ip-<addr:port>-iscsi-<iqn>-lun-<n>
 BY_PATH_RE = re.compile(r"^ip-(?P<portal>\[[0-9a-fA-F:.]+\]:\d+|[^\[\]/:]+:\d+)-iscsi-"
                         r"(?P<target>.+)-lun-(?P<lun>\d+)$")
-
-
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
 
 
 class Namespace:
@@ -63,6 +64,19 @@ class Namespace:
         self.kernel_notify = kernel_notify
         # the portals given on the command line: their directories can't go away
         self.mount_portals = [n.portal for n in tree.portal_nodes()]
+        backend.watch_luns(self.luns_updated)
+        # the discovery failure last reported for a portal (a WARNING): the same one again
+        # is DEBUG, so a failing portal is one warning, not one per listing
+        self._reported: dict[tuple[str, int], str] = {}
+
+    def discovery_failed(self, portal: Portal, exc: BaseException) -> bool:
+        """Note ``exc`` as the discovery failure of ``portal``; True when it is news (not the
+        failure reported last for it), to be told at WARNING."""
+        text = f"{type(exc).__name__}: {exc}"
+        key = (portal.host, portal.port)
+        news = self._reported.get(key) != text
+        self._reported[key] = text
+        return news
 
     # -- listings ---------------------------------------------------------------------------
     async def populate(self, node: Node) -> None:
@@ -73,14 +87,7 @@ class Namespace:
         elif node.kind is Kind.LUNS:
             assert node.target is not None and node.portal is not None
             entries: Sequence[LunListing] = await self.backend.luns(node.target, node.portal)
-            if any(e.device is not None and e.device.luns_changed for e in entries):
-                # a command saw UNIT ATTENTION 3F/0E (REPORTED LUNS DATA HAS CHANGED)
-                log.info("%s: the target reports changed LUNs; rescanning", node.target)
-                entries = await self.backend.rescan(node.target, node.portal)
-                for e in entries:
-                    if e.device is not None:
-                        e.device.luns_changed = False
-            self.tree.set_luns(node, entries)
+            self.set_luns(node, entries)
         elif node.kind is Kind.BY_PATH:
             self.build_by_path(node)
         elif node.kind is Kind.BY_ID:
@@ -103,9 +110,11 @@ class Namespace:
             fallback = records.targets_at(portal, static_only=False)
             if not fallback:
                 raise
-            log.warning("discovery at %s failed (%s); listing its %d node record(s)",
-                        portal.address, exc or type(exc).__name__, len(fallback))
+            log.log(logging.WARNING if self.discovery_failed(portal, exc) else logging.DEBUG,
+                    "discovery at %s failed (%s); listing its %d node record(s)",
+                    portal.address, exc or type(exc).__name__, len(fallback))
             return fallback
+        self._reported.pop((portal.host, portal.port), None)
         hidden = self.hidden_at(portal)
         names = [t.name for t in targets if t.name not in hidden]
         if records is not None:
@@ -189,6 +198,87 @@ class Namespace:
             entries.append((name, device))
         self.tree.set_by_id(node, entries)
 
+    # -- LUN changes -------------------------------------------------------------------------
+    def luns_updated(self, target: str, portal: Portal, entries: Sequence[LunListing]) -> None:
+        """The backend has a new LUN list for ``target`` at ``portal``: its ``luns/`` follows
+        (if it was listed), ``by-path/`` too, ``by-id/`` loses the devices that are gone, and
+        the kernel forgets every name whose inode changed or went away."""
+        luns = self.tree.by_path("portals", portal.address, "targets", target, "luns")
+        if luns is None or luns.kind is not Kind.LUNS or luns.children is None:
+            return
+        before = dict(luns.children)
+        self.set_luns(luns, entries)
+        after = luns.children or {}
+        stale = [name for name, inode in before.items() if after.get(name) != inode]
+        added = [name for name in after if name not in before]
+        if not stale and not added:
+            self.notify_attrs([n for n in self.tree.subtree(luns) if n.kind is Kind.RAW])
+            return
+        log.debug("%s at %s: LUNs now %s", target, portal.address,
+                 ", ".join(after) or "none")
+        self.forget_names(luns, stale)
+        by_path = self.tree.by_path_dir
+        if by_path.children is not None:
+            links = dict(by_path.children)
+            self.build_by_path(by_path)
+            self.forget_names(by_path, [n for n in links if n not in (by_path.children or {})])
+        by_id = self.tree.by_id_dir
+        dead = [n for n in self.tree.children(by_id)
+                if n.kind is Kind.MPATH and n.mpath is not None and n.mpath.is_gone]
+        for node in dead:
+            status = self.tree.by_path(*by_id.path, ".multipath", node.name)
+            self.tree.forget(node)
+            if status is not None:
+                self.tree.forget(status)
+                self.forget_names(self.tree.node(status.parent), [node.name])
+        self.forget_names(by_id, [n.name for n in dead])
+        self.notify_attrs([luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW])
+
+    def set_luns(self, luns: Node, entries: Sequence[LunListing]) -> None:
+        """``Tree.set_luns``, and a ``raw`` whose LU went away (or was replaced by another)
+        takes its cached pages with it, as a deleted disk's do."""
+        before = self._raw_inodes(luns)
+        self.tree.set_luns(luns, entries)
+        self.drop_data_later(before - self._raw_inodes(luns))
+
+    def _raw_inodes(self, luns: Node) -> set[int]:
+        found = set()
+        for inode in (luns.children or {}).values():
+            lnode = self.tree.get(inode)
+            raw = (lnode.children or {}).get("raw") if lnode is not None else None
+            if raw is not None:
+                found.add(raw)
+        return found
+
+    def drop_data_later(self, inodes: set[int]) -> None:
+        """Make the kernel drop the cached pages of ``inodes`` (``raw`` files whose LU went
+        away), from a thread of its own: the kernel waits for pages a read request of ours
+        holds locked, so a handler must never wait for this itself."""
+        if not self.kernel_notify or not inodes:
+            return
+
+        def drop() -> None:
+            for inode in inodes:
+                try:
+                    pyfuse3.invalidate_inode(inode, attr_only=False)
+                except Exception:       # the kernel never looked it up, or has forgotten it
+                    log.debug("invalidate_inode(%d) failed", inode, exc_info=True)
+
+        threading.Thread(target=drop, name="iscsifs-drop-cache", daemon=True).start()
+
+    def forget_names(self, directory: Node, names: Sequence[str]) -> None:
+        """Make the kernel drop its cached entries ``names`` of ``directory`` (their inodes
+        changed or went away). Asynchronous: safe inside a request handler."""
+        if not self.kernel_notify:
+            return
+        for name in names:
+            try:
+                pyfuse3.invalidate_entry_async(directory.inode, name.encode("utf-8"),
+                                               ignore_enoent=True)
+            except Exception:
+                log.debug("invalidate_entry(%d, %r) failed", directory.inode, name,
+                          exc_info=True)
+
     # -- rescans and capacity ---------------------------------------------------------------
     def notify_attrs(self, nodes: list[Node]) -> None:
         """Make the kernel forget cached attributes (e.g. a raw's size after a rescan)."""
@@ -247,7 +337,7 @@ class Namespace:
         entries = await self.backend.rescan(node.target, node.portal)
         luns = self.tree.child(tnode, "luns") if tnode is not None else None
         if luns is not None:
-            self.tree.set_luns(luns, entries)
+            self.set_luns(luns, entries)
             changed = [luns] + [n for n in self.tree.subtree(luns) if n.kind is Kind.RAW]
             # by-id files over this target's LUNs take the capacities the rescan read
             changed += [n for n in self.tree.children(self.tree.by_id_dir)

@@ -1,8 +1,9 @@
 """pyfuse3 request handlers.
 
 Owns: what each FUSE request does on the tree of ``fs/tree.py``: attributes, directory listings,
-open files (per-handle text snapshots, LUN handles), byte I/O on ``raw`` and ``by-id`` files
-through the LUN's ``BlockDevice``, extended attributes (the names and values are
+open files (per-handle text snapshots, LUN handles; the cache mode of each open), byte I/O
+and fallocate on ``raw`` and ``by-id`` files through the LUN's ``BlockDevice``, extended
+attributes (the names and values are
 ``fs/xattrs.py``'s; setting ``user.iscsi.discard`` discards a range), statfs. Handlers are thin and concurrent (pyfuse3 runs them as trio tasks; no
 lock here serialises I/O): the rules behind listings, rescans, by-path, mkdir and rmdir live in
 ``fs/namespace.py``. Every handler wears ``errno_map.fuse_errors`` - the one place where
@@ -21,12 +22,13 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pyfuse3
 
 from iscsifs.fs import render, xattrs
 from iscsifs.fs.backend import Backend
+from iscsifs.fs.errno_map import fail as _fail
 from iscsifs.fs.errno_map import fuse_errors
 from iscsifs.fs.namespace import NAME_MAX, Namespace
 from iscsifs.fs.records import NodeRecords
@@ -34,13 +36,19 @@ from iscsifs.fs.tree import Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
-CACHE_MODES = ("direct", "page")     # mount option cache=: see docs/mount-options.md
+# mount option cache= (docs/mount-options.md): auto = like a block device, the page cache for
+# buffered opens and none for O_DIRECT ones; direct = never; page = always
+CACHE_MODES = ("auto", "direct", "page")
+# fallocate(2) modes (<linux/falloc.h>)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+# What a patched pyfuse3 offers (patches/pyfuse3/README.md); without it raw has no fallocate
+# (the kernel answers EOPNOTSUPP itself) and O_DIRECT writes to one raw run one at a time.
+HAVE_FALLOCATE = hasattr(pyfuse3.Operations, "fallocate")
+HAVE_PARALLEL_DIRECT_WRITES = bool(getattr(pyfuse3, "HAVE_PARALLEL_DIRECT_WRITES", False))
 STATFS_BLOCK_SIZE = 4096
 RAW_BLKSIZE = 1 << 20        # st_blksize of raw: the largest request the kernel sends (1 MiB)
-
-
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
 
 
 @dataclass(eq=False)
@@ -53,9 +61,12 @@ class _Handle:
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     supports_dot_lookup = True
+    # asynchronous direct I/O and read-ahead the kernel may have outstanding (its default is
+    # 12, fewer than one fio job at iodepth 16); a patched pyfuse3 asks for it in FUSE_INIT
+    max_background = 64
 
     def __init__(self, initiator: Backend, tree: Tree, *, initiator_name: str,
-                 read_only: bool = False, cache: str = "direct",
+                 read_only: bool = False, cache: str = "auto",
                  uid: int | None = None, gid: int | None = None,
                  attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  records: NodeRecords | None = None, kernel_notify: bool = False):
@@ -76,6 +87,13 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[str, int]]] = {}
         self.namespace = Namespace(initiator, tree, records=records,
                                    kernel_notify=kernel_notify)
+        # called once the kernel's FUSE_INIT has been answered (the mount's kernel knobs)
+        self.on_init: Callable[[], None] | None = None
+
+    def init(self) -> None:
+        """pyfuse3 calls this while it answers FUSE_INIT (synchronously)."""
+        if self.on_init is not None:
+            self.on_init()
 
     # -- helpers --------------------------------------------------------------------------
     def _node(self, inode: int) -> Node:
@@ -116,6 +134,9 @@ class Operations(pyfuse3.Operations):
         elif node.kind is Kind.MPATH_STATUS:
             assert node.mpath is not None
             text = render.render_multipath(node.mpath, node.name)
+        elif node.kind is Kind.MPATH_JSON:
+            assert node.mpath is not None
+            text = render.render_multipath_json(node.mpath, node.name.removesuffix(".json"))
         else:
             raise _fail(errno.EINVAL)
         return text.encode("utf-8", "backslashreplace")
@@ -128,9 +149,8 @@ class Operations(pyfuse3.Operations):
             assert pnode.portal is not None
             for target in self.initiator.logged_in_targets(pnode.portal):
                 info = self.initiator.session_info(target, pnode.portal)
-                sid = getattr(info, "sid", None)
-                if sid is not None:
-                    found.append((int(sid), pnode.portal, target))
+                if info is not None:
+                    found.append((info.sid, pnode.portal, target))
         return found
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -292,15 +312,13 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes ----------------------------------------------------------------
     def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         """The identity attributes of a LUN's file (``raw``, or ``by-id``: its target, portal
-        and LUN are those of the path I/O goes to now); nothing elsewhere."""
+        and LUN are those of the path that answered last, and it has a path count); nothing
+        elsewhere."""
         dev = node.device
         if node.kind is Kind.RAW and dev is not None and node.lun is not None:
             return xattrs.lun_xattrs(dev, node.target, node.portal, node.lun)
         if node.kind is Kind.MPATH and node.mpath is not None:
-            states = node.mpath.path_states()
-            path = node.mpath.active_path() or (states[0] if states else None)
-            if path is not None:
-                return xattrs.lun_xattrs(node.mpath, path.target, path.portal, path.lun)
+            return xattrs.multipath_xattrs(node.mpath)
         return {}
 
     @fuse_errors
@@ -309,7 +327,13 @@ class Operations(pyfuse3.Operations):
             # e.g. security.capability, which the kernel asks before every buffered write
             # (cache=page): answer at once, without building the LUN's facts
             raise _fail(pyfuse3.ENOATTR)
-        value = self._xattrs(self._node(inode)).get(name)
+        node = self._node(inode)
+        action = xattrs.PR_IN.get(name)
+        if action is not None and node.kind.is_device and node.device is not None:
+            # PERSISTENT RESERVE IN through this file's own session(s): asked afresh each time
+            result = await node.device.persistent_reserve_in(action)
+            return render.render_pr_json(action.name.lower(), result).encode("ascii")
+        value = self._xattrs(node).get(name)
         if value is None:
             raise _fail(pyfuse3.ENOATTR)
         return value
@@ -323,6 +347,9 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if name == xattrs.DISCARD and node.kind.is_device and node.device is not None:
             await self._discard(node, value)
+            return
+        if name == xattrs.PR_OUT and node.kind.is_device and node.device is not None:
+            await self._pr_out(node, value)
             return
         if name in xattrs.IDENTITY_NAMES and self._xattrs(node):
             raise _fail(errno.EPERM)          # the LUN's identity: read-only
@@ -352,6 +379,19 @@ class Operations(pyfuse3.Operations):
         self.namespace.notify_data(node)
         log.info("%s: discarded %d bytes at offset %d (%d unmapped, %d written as zeros)",
                  path, length, offset, unmapped, zeroed)
+
+    async def _pr_out(self, node: Node, value: bytes) -> None:
+        """``iscsifs pr --out``: one PERSISTENT RESERVE OUT through this file's session(s).
+        The value holds keys: it is never logged."""
+        path = "/".join(node.path)
+        try:
+            request = xattrs.parse_pr_out(value)
+        except ValueError as exc:
+            log.info("%s: %s", path, exc)
+            raise _fail(errno.EINVAL) from None
+        assert node.device is not None
+        await node.device.persistent_reserve_out(request)
+        log.info("%s: PERSISTENT RESERVE OUT %s done", path, request.action.name)
 
     # -- directories ------------------------------------------------------------------------
     @fuse_errors
@@ -385,9 +425,18 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     def _open_under(self, node: Node) -> bool:
+        """Whether removing ``node`` (a target or portal directory) would take an open file's
+        LUN away: a ``raw`` file below it, or a ``by-id`` file all of whose paths go through
+        it."""
         prefix = node.path
-        return any(h.node.kind is Kind.RAW and h.node.path[:len(prefix)] == prefix
-                   for h in self._handles.values())
+        for h in self._handles.values():
+            if h.node.kind is Kind.RAW and h.node.path[:len(prefix)] == prefix:
+                return True
+            if h.node.kind is Kind.MPATH and h.node.mpath is not None:
+                paths = h.node.mpath.path_states()
+                if paths and all(_behind(node, p.target, p.portal) for p in paths):
+                    return True
+        return False
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any = None
@@ -450,14 +499,24 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if not node.kind.is_device or node.device is None:
             raise _fail(errno.ENXIO)
+        if node.device.is_gone:     # an old inode of a LUN that names another LU now
+            raise _fail(errno.ENXIO)
         if wants_write and self._lun_read_only(node):
             raise _fail(errno.EROFS)
         if flags & os.O_TRUNC:
             # like a block device: O_TRUNC on a LUN does nothing (ftruncate is refused)
             log.debug("%s: O_TRUNC ignored", "/".join(node.path))
+        # like a block device's: the page cache lives while the LUN is open, and a first
+        # open starts without it (what another initiator wrote meanwhile is read anew)
+        keep_cache = any(h.node is node for h in self._handles.values())
         fh = next(self._fh)
         self._handles[fh] = _Handle(node, writable=wants_write)
-        return pyfuse3.FileInfo(fh=fh, direct_io=(self.cache == "direct"), keep_cache=False)
+        direct = self.cache == "direct" or (self.cache == "auto" and bool(flags & os.O_DIRECT))
+        if direct and HAVE_PARALLEL_DIRECT_WRITES:
+            # concurrent writes need no inode lock: the device orders overlapping ones
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=keep_cache,
+                                    parallel_direct_writes=True)
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=keep_cache)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> Any:
@@ -513,6 +572,38 @@ class Operations(pyfuse3.Operations):
         return written
 
     @fuse_errors
+    async def fallocate(self, fh: int, mode: int, off: int, length: int) -> None:
+        """``fallocate(2)`` on ``raw`` and ``by-id`` files: PUNCH_HOLE|KEEP_SIZE deallocates
+        (``BlockDevice.punch_hole``), ZERO_RANGE zeroes (``BlockDevice.zero_range``); both
+        leave the range reading zeros. Other modes, and LUNs that can't, get EOPNOTSUPP. The
+        kernel drops the range from the page cache itself. Called by a patched pyfuse3 only
+        (``HAVE_FALLOCATE``)."""
+        handle = self._handle(fh)
+        node = handle.node
+        if handle.data is not None or not node.kind.is_device or node.device is None:
+            raise _fail(errno.EOPNOTSUPP)
+        if mode not in (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE,
+                        FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE):
+            raise _fail(errno.EOPNOTSUPP)       # allocation: a LUN is always all there
+        if not handle.writable:
+            raise _fail(errno.EBADF)
+        if self._lun_read_only(node):
+            raise _fail(errno.EROFS)
+        await self.namespace.refresh_capacity(node)
+        dev = node.device
+        if mode & FALLOC_FL_KEEP_SIZE:          # past the end: nothing to do, as for a file
+            length = max(0, min(length, dev.size - off))
+        if length == 0:
+            return
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            unmapped, zeroed = await dev.punch_hole(off, length)
+        else:
+            unmapped, zeroed = await dev.zero_range(off, length)
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        log.debug("%s: fallocate mode 0x%x: %d bytes at %d (%d unmapped, %d written as zeros)",
+                  "/".join(node.path), mode, length, off, unmapped, zeroed)
+
+    @fuse_errors
     async def flush(self, fh: int) -> None:
         # called at every close(); writes are write-through, so nothing is pending here
         self._handle(fh)
@@ -526,3 +617,12 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
+
+
+def _behind(node: Node, target: str, portal: Any) -> bool:
+    """Whether a path to ``target`` at ``portal`` goes through ``node`` (a target or portal
+    directory)."""
+    assert node.portal is not None
+    if (portal.host, portal.port) != (node.portal.host, node.portal.port):
+        return False
+    return node.kind is Kind.PORTAL or target == node.target

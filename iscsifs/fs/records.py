@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from iscsifs.config.nodedb import NodeDB, NodeRecord, PortalKey
-from iscsifs.core.discovery import DiscoveredTarget, Portal, valid_iscsi_name
+from iscsifs.config.nodedb import NodeDB, NodeRecord
+from iscsifs.core.discovery import DiscoveredTarget
+from iscsifs.core.names import Portal, valid_iscsi_name
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ class NodeRecords:
         """``iscsiadm -m node -T target -p portal -o new`` (ConfigError for a bad name)."""
         if self.has_record(target, portal):
             return
-        self.db.add(target, PortalKey.of(portal))
-        log.info("node record added: %s %s", PortalKey.of(portal), target)
+        record = self.db.add(target, portal)
+        log.info("node record added: %s", record)
 
     def delete(self, target: str, portal: Portal) -> int:
         """Delete target's records at portal's host and port (any TPGT)."""

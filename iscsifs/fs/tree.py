@@ -17,9 +17,12 @@ Owns: the inode table and the names under the mount point::
 
 Inodes are allocated once per path (a dict path-tuple -> inode) and never reused, so a target
 that disappears and comes back gets its old inode - except after ``forget`` (a directory removed
-with rmdir is dead for the kernel, so what comes back at that path needs a new inode). Names
+with rmdir is dead for the kernel, so what comes back at that path needs a new inode), and
+except for a LUN: ``luns/<n>`` (and a ``by-id`` entry) is bound to one logical unit, so when
+the number names another one (a new ``Lun`` from the backend) it gets new inodes, and a file
+opened on the old one stays bound to the old one. Names
 coming from the target are untrusted: a target name becomes a directory name only if it passes
-``iscsifs.core.discovery.valid_iscsi_name``; others are skipped with a warning.
+``iscsifs.core.names.valid_iscsi_name``; others are skipped with a warning.
 
 Must not know: pyfuse3, trio, sessions. The tree is pure data; ``fs/namespace.py`` asks the
 backend and feeds the answers in through ``set_targets`` / ``set_luns``.
@@ -35,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from iscsifs.core.discovery import Portal, printable, valid_iscsi_name
+from iscsifs.core.names import Portal, printable, valid_iscsi_name
 from iscsifs.fs.backend import BlockDevice, LunListing, MultipathBlockDevice
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ class Kind(enum.Enum):
     MPATH = "mpath"                     # a LUN through all of its paths (node.mpath)
     MPATH_DIR = "mpath_dir"             # by-id/.multipath/
     MPATH_STATUS = "mpath_status"       # text: multipath -ll layout
+    MPATH_JSON = "mpath_json"           # text: the same snapshot as JSON
 
     @property
     def is_dir(self) -> bool:
@@ -73,7 +77,7 @@ class Kind(enum.Enum):
     @property
     def is_text(self) -> bool:
         return self in (Kind.INITIATOR_NAME, Kind.SESSIONS, Kind.SESSION, Kind.SESSION_JSON,
-                        Kind.INFO, Kind.INFO_JSON, Kind.MPATH_STATUS)
+                        Kind.INFO, Kind.INFO_JSON, Kind.MPATH_STATUS, Kind.MPATH_JSON)
 
     @property
     def is_device(self) -> bool:
@@ -275,6 +279,14 @@ class Tree:
         status files of ``.multipath/`` with them (names already checked by the caller)."""
         assert directory.kind is Kind.BY_ID
         old = directory.children or {}
+        devices = list(devices)
+        for name, device in devices:
+            known = self.by_path(*directory.path, name)
+            if known is not None and known.mpath is not None and known.mpath is not device:
+                self.forget(known)      # another device under this name: a new inode
+                status = self.by_path(*directory.path, ".multipath", name)
+                if status is not None:
+                    self.forget(status)
         directory.children = {}
         status_dir = self._add(directory, ".multipath", Kind.MPATH_DIR)
         old_status = status_dir.children or {}
@@ -282,6 +294,7 @@ class Tree:
         for name, device in devices:
             self._add(directory, name, Kind.MPATH, mpath=device)
             self._add(status_dir, name, Kind.MPATH_STATUS, mpath=device)
+            self._add(status_dir, name + ".json", Kind.MPATH_JSON, mpath=device)
         if set(old) != set(directory.children):
             directory.mtime_ns = directory.ctime_ns = time.time_ns()
         if set(old_status) != set(status_dir.children):
@@ -337,6 +350,10 @@ class Tree:
         for entry in entries:
             number = int(entry.lun)
             name = str(number)
+            known = self.by_path(*luns_dir.path, name)
+            if known is not None and known.entry is not None \
+                    and not _same_unit(known.entry, entry):
+                self.forget(known)      # another logical unit: new inodes from here down
             attrs = dict(portal=luns_dir.portal, target=luns_dir.target, lun=number, entry=entry)
             lnode = self._add(luns_dir, name, Kind.LUN, **attrs)
             lnode.children = {}
@@ -348,3 +365,12 @@ class Tree:
         if set(old) != set(luns_dir.children):
             luns_dir.mtime_ns = luns_dir.ctime_ns = time.time_ns()
         return result
+
+
+def _same_unit(old: LunListing, new: LunListing) -> bool:
+    """Whether two listings of one LUN number are the same logical unit: the same block
+    device (the backend gives a new one for another logical unit), or neither has one and
+    the device type is the same."""
+    if old.device is not None or new.device is not None:
+        return old.device is new.device
+    return old.device_type == new.device_type

@@ -16,12 +16,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from iscsifs.cli.common import initiator_name
 from iscsifs.config import locations
+from iscsifs.config.initiatorname import choose_initiator_name
 from iscsifs.config.nodedb import NodeDB
 from iscsifs.config.settings import NodeSettings
 from iscsifs.core.chap import ChapCredentials
-from iscsifs.core.discovery import Portal
+from iscsifs.core.names import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, ConfigError, QuietError
 from iscsifs.fs.records import NodeRecords
 from iscsifs.initiator import NodeOptions
@@ -39,7 +39,7 @@ def resolve_initiator_name(opts: MountOptions) -> str:
             and not os.path.isdir(opts.config_dir):
         raise QuietError(f"config_dir {opts.config_dir} is not a directory",
                          EXIT_INVALID_ARGUMENT)
-    name, note = initiator_name(
+    name, note = choose_initiator_name(
         opts.initiator_name, opts.config_dir, option="initiator_name",
         open_iscsi_dir=locations.OPEN_ISCSI_DIR if opts.open_iscsi else None)
     if note is not None:
@@ -67,7 +67,9 @@ def _override(options: NodeOptions, opts: MountOptions) -> NodeOptions:
                                  ("data_digest", opts.data_digest)) if v is not None}
     if digests and params is not None:
         params = dataclasses.replace(params, **digests)
-    return dataclasses.replace(options, timeouts=timeouts, login_params=params)
+    source = opts.source_address or options.source_address
+    return dataclasses.replace(options, timeouts=timeouts, login_params=params,
+                               source_address=source)
 
 
 def load_config(opts: MountOptions) -> MountConfig:

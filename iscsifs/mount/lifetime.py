@@ -6,7 +6,8 @@
         with a warning the user sees; without records the mount fails)
     log in as login= says (automatic: node.startup = automatic records; all; lazy: none),
         concurrently, and list those targets' LUNs, so by-path/ is complete at once
-    pyfuse3.init -> ready -> pyfuse3.main, until unmounted or SIGTERM/SIGINT
+    pyfuse3.init -> pyfuse3.main -> FUSE_INIT answered: read-ahead set, ready, until
+        unmounted or SIGTERM/SIGINT
     log out every session -> pyfuse3.close(unmount=True)
 
 Cleanups are registered as things are created and run in reverse. User errors are raised as
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -27,17 +29,23 @@ import pyfuse3
 import trio
 
 from iscsifs import __version__
-from iscsifs.cli.common import quiet_error
-from iscsifs.core.discovery import Portal
-from iscsifs.errors import EXIT_GENERIC, EXIT_TRANSPORT_FAILURE, QuietError, os_reason
+from iscsifs.core.discovery import DiscoveredTarget
+from iscsifs.core.names import Portal
+from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, EXIT_NO_OBJECTS,
+                            EXIT_TRANSPORT_FAILURE, ConnectionLost, IscsiError, QuietError,
+                            SourceAddressError)
+from iscsifs.exits import quiet_error
 from iscsifs.fs.namespace import Namespace
 from iscsifs.fs.ops import Operations
 from iscsifs.fs.records import NodeRecords
 from iscsifs.fs.tree import Node, Tree
 from iscsifs.initiator import Initiator
+from iscsifs.mount import kernel
 from iscsifs.mount.config import MountConfig, load_config, resolve_initiator_name
 from iscsifs.mount.options import MountOptions
 from iscsifs.mount.sids import SidCounter
+from iscsifs.net.isns import isns_discover
+from iscsifs.net.transport import tcp_connector
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +62,22 @@ def fuse_options(opts: MountOptions) -> set[str]:
     return options
 
 
-async def check_portal_tcp(portal: Portal, timeout: float) -> None:
-    """The portal answers a TCP connect within timeout, or QuietError."""
+async def check_portal_tcp(portal: Portal, timeout: float,
+                           source_address: str | None = None) -> None:
+    """The portal answers a TCP connect (from ``source_address`` when given) within
+    timeout, or QuietError: exit 7 when the source address cannot be used here, else exit 4
+    in the words every command uses for it (``net.transport``'s connectors)."""
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(portal.host, portal.port)
+            sock = await tcp_connector(source_address)(portal)
     except trio.TooSlowError:
-        raise QuietError(f"cannot connect to portal {portal.address}: no answer in "
-                         f"{timeout:g} s", EXIT_TRANSPORT_FAILURE) from None
-    except OSError as exc:
-        raise QuietError(f"cannot connect to portal {portal.address}: {os_reason(exc)}",
+        raise QuietError(f"cannot connect to {portal.address}: no answer in {timeout:g} s",
                          EXIT_TRANSPORT_FAILURE) from None
-    await stream.aclose()
+    except SourceAddressError as exc:
+        raise QuietError(f"portal {portal.address}: {exc}", EXIT_INVALID_ARGUMENT) from None
+    except ConnectionLost as exc:
+        raise QuietError(str(exc), EXIT_TRANSPORT_FAILURE) from None
+    sock.close()
 
 
 async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
@@ -128,8 +140,42 @@ async def login_at_mount(namespace: Namespace, records: NodeRecords, mode: str,
         log.info("login=%s: %d of %d target(s) logged in", mode, len(done), len(chosen))
 
 
+async def isns_portals(opts: MountOptions, initiator_name: str, config: MountConfig,
+                       timeout: float) -> list[DiscoveredTarget]:
+    """``isns=``: ask the iSNS server for the targets; the portals it reports become the
+    mount's (before those given on the command line), and its answer is recorded as node
+    records (``node.discovery_type = isns``). QuietError if it fails or reports nothing."""
+    assert opts.isns is not None
+    server = opts.isns
+    try:
+        with trio.fail_after(timeout * 4 + 5):
+            targets = await isns_discover(
+                server, initiator_name=initiator_name, timeout=timeout,
+                connector=tcp_connector(config.default_options.source_address))
+    except (IscsiError, OSError, trio.TooSlowError) as exc:
+        raise quiet_error(exc, doing=f"iSNS discovery at {server.address}") from None
+    if not targets:
+        raise QuietError(f"no targets found at iSNS server {server.address}", EXIT_NO_OBJECTS)
+    found: list[Portal] = []
+    for target in targets:
+        for portal in target.portals:
+            plain = Portal(portal.host, portal.port)
+            if all(p.address != plain.address for p in found):
+                found.append(plain)
+    opts.portals = found + [p for p in opts.portals
+                            if all(p.address != q.address for q in found)]
+    try:
+        config.records.db.record_isns(server, [(t.name, list(t.portals)) for t in targets])
+    except (IscsiError, OSError) as exc:
+        log.warning("recording the iSNS answer from %s failed: %s", server.address, exc)
+    log.info("iSNS server %s reports %d target(s) at %d portal(s)", server.address,
+             len(targets), len(found))
+    return targets
+
+
 def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nursery,
-                   config: MountConfig) -> Initiator:
+                   config: MountConfig,
+                   isns_answer: list[DiscoveredTarget] | None = None) -> Initiator:
     defaults = config.default_options
     return Initiator(initiator_name=initiator_name, portals=list(opts.portals),
                      nursery=nursery, timeouts=defaults.timeouts,
@@ -140,7 +186,12 @@ def make_initiator(opts: MountOptions, initiator_name: str, nursery: trio.Nurser
                      discovery_chap_for=config.discovery_chap_for,
                      on_discovered=config.records.record_discovery,
                      multipath_policy=opts.multipath,
-                     sid_source=SidCounter().next)
+                     sid_source=SidCounter().next,
+                     reservation_key=opts.reservation_key,
+                     reservation_aptpl=opts.reservation_aptpl,
+                     alua_transition_timeout=opts.alua_transition_timeout,
+                     source_address=defaults.source_address,
+                     isns_server=opts.isns, isns_answer=isns_answer)
 
 
 async def run_mount(opts: MountOptions, ready: Callable[[], None],
@@ -156,8 +207,26 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
     config = load_config(opts)
     login_timeout = float(config.default_options.timeouts.login) or 15.0
     logout_timeout = float(config.default_options.timeouts.logout) or 15.0
+    isns_answer = None
+    if opts.isns is not None:
+        isns_answer = await isns_portals(opts, initiator_name, config, login_timeout)
+    reported = {(p.host, p.port) for t in isns_answer or () for p in t.portals}
+    unreachable: list[QuietError] = []
     for portal in opts.portals:
-        await check_portal_tcp(portal, login_timeout)
+        try:
+            await check_portal_tcp(portal, login_timeout,
+                                   config.default_options.source_address)
+        except QuietError as exc:
+            if (portal.host, portal.port) not in reported:
+                raise
+            unreachable.append(exc)      # iSNS may list portals that are gone: a warning
+    if unreachable and len(unreachable) == len(opts.portals):
+        raise unreachable[0]
+    for exc in unreachable:
+        message = f"{exc}; its directory lists what iSNS reports, and logins are tried on use"
+        log.warning("%s", message)
+        if warn is not None:
+            warn(message)
 
     fuse_mounted = False
     terminated = False
@@ -197,10 +266,14 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
         stack.callback(close_fuse)                       # runs after logout_all
         await nursery.start(watch_signals, nursery)
         if backend is None:
-            initiator = make_initiator(opts, initiator_name, nursery, config)
+            initiator = make_initiator(opts, initiator_name, nursery, config, isns_answer)
         else:
             initiator = backend(opts, initiator_name, nursery)
         stack.push_async_callback(logout_all, initiator)
+        tree = Tree(opts.portals)
+        ops = Operations(initiator, tree, initiator_name=initiator_name,
+                         read_only=opts.read_only, cache=opts.cache,
+                         records=config.records, kernel_notify=True)
         for portal in opts.portals if not opts.nodiscovery else ():
             try:
                 with trio.fail_after(login_timeout + 5):
@@ -218,23 +291,31 @@ async def run_mount(opts: MountOptions, ready: Callable[[], None],
                 log.warning("%s", message)
                 if warn is not None:
                     warn(message)
-        tree = Tree(opts.portals)
-        ops = Operations(initiator, tree, initiator_name=initiator_name,
-                         read_only=opts.read_only, cache=opts.cache,
-                         records=config.records, kernel_notify=True)
+                # said: the listings that follow (login= below, the first ls) fall back the
+                # same way and must not say it again, once per listing
+                ops.namespace.discovery_failed(portal, exc)
         # login + LUN scan of one target, each bounded by login_timeout
         await login_at_mount(ops.namespace, config.records, opts.login, opts.portals,
                              2 * login_timeout, warn)
         if terminated:
             return
+        real_mountpoint = os.path.realpath(opts.mountpoint)     # before it is ours to answer
         try:
             pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
         except Exception as exc:
             raise QuietError(f"cannot mount on {opts.mountpoint}: {exc}", EXIT_GENERIC) from None
         fuse_mounted = True
-        log.info("mounted %s on %s (iscsifs %s, initiator %s, login=%s)", opts.spec,
-                 opts.mountpoint, __version__, initiator_name, opts.login)
-        ready()
+
+        async def initialized() -> None:
+            # after FUSE_INIT's answer (which can only lower the read-ahead), before the mount
+            # is reported ready: every open then reads ahead as far as it should
+            kernel.tune(real_mountpoint, opts.read_ahead_kb)
+            log.info("mounted %s on %s (iscsifs %s, initiator %s, login=%s)", opts.spec,
+                     opts.mountpoint, __version__, initiator_name, opts.login)
+            ready()
+
+        # pyfuse3 calls Operations.init while it answers FUSE_INIT: the task runs after that
+        ops.on_init = lambda: nursery.start_soon(initialized)
         # Keep idle FUSE workers around: with pyfuse3's default (1), every burst of parallel
         # requests spawns tasks that exit again at once (measured: 1 spawn per 3 requests).
         await pyfuse3.main(min_tasks=FUSE_IDLE_WORKERS, max_tasks=FUSE_MAX_WORKERS)

@@ -22,11 +22,11 @@ import sys
 
 import trio
 
-from iscsifs.cli.common import (SYSLOG, open_log_file, quiet_error, quiet_error_in,
-                                setup_logging)
 from iscsifs.config.locations import default_log_file
 from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, IscsiError, QuietError,
                             single_exception)
+from iscsifs.exits import quiet_error, quiet_error_in
+from iscsifs.logs import SYSLOG, open_log_file, setup_logging
 from iscsifs.mount.lifetime import run_mount
 from iscsifs.mount.options import PROG, MountOptions, check_mountpoint, parse_args
 
@@ -90,16 +90,23 @@ def _failure(exc: BaseException) -> QuietError:
 def resolve_logfile(opts: MountOptions) -> None:
     """Settle ``opts.logfile`` before anything starts: the file given or the default one,
     created now (mode 0600) so a problem is reported on the terminal. A default file that
-    can't be created falls back to syslog with a warning; a given one is an error (exit 7).
+    can't be created falls back to syslog with a warning; a given one is an error (exit 7),
+    and so is a given one whose directory does not exist (nothing is created then).
     In the foreground without ``logfile=`` it stays None: stderr."""
     if opts.logfile == SYSLOG or (opts.foreground and opts.logfile is None):
         return
     path = opts.logfile or default_log_file(opts.mountpoint)
     try:
-        open_log_file(path)
+        # the default directory is ours to make; a file the user names must be where they say
+        open_log_file(path, make_dir=opts.logfile is None)
     except OSError as exc:
         if opts.logfile is not None:
-            raise QuietError(f"cannot open log file {path}: {exc.strerror or exc}",
+            why = exc.strerror or str(exc)
+            if exc.filename not in (None, path):          # its directory
+                why = f"{exc.filename} " + ("is not a directory"
+                                            if isinstance(exc, NotADirectoryError)
+                                            else "does not exist")
+            raise QuietError(f"cannot open log file {path}: {why}",
                              EXIT_INVALID_ARGUMENT) from None
         _print_error(f"warning: cannot log to {path} ({exc.strerror or exc}); "
                      f"logging to syslog")
@@ -195,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _print_error(str(exc))
         return exc.exit_code
+    if not (opts.foreground and opts.logfile is None):
+        # what the command line itself warns about (-s: an unknown option) goes to the
+        # terminal now; the log gets it too, but a daemon's log is not the terminal
+        for warning in opts.warnings:
+            _print_error(f"warning: {warning}")
     if opts.foreground:
         return run_foreground(opts)
     return daemonize(opts)

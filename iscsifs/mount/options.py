@@ -3,6 +3,7 @@ options included), and the checks made before anything is mounted.
 
     mount.iscsifs PORTAL[,PORTAL...] MOUNTPOINT [-o OPTIONS] [-f] [-d] [-v] [-s] [-n]
     mount -t iscsifs 127.0.0.1:3260 /mnt/san        (mount(8) runs /sbin/mount.iscsifs)
+    mount -t iscsifs -o isns=10.0.0.1 isns /mnt/san (portals and targets from iSNS)
 
 Owns: ``MountOptions`` (everything one mount was asked for), ``parse_args`` / ``apply_option``
 (QuietError, exit 7, for bad input), the help text, and ``check_mountpoint``.
@@ -11,16 +12,20 @@ Owns: ``MountOptions`` (everything one mount was asked for), ``parse_args`` / ``
 from __future__ import annotations
 
 import getopt
+import ipaddress
 import os
 import stat
 from dataclasses import dataclass, field
 
 from iscsifs import __version__
-from iscsifs.cli.common import SYSLOG, iscsifs_mounts, portal_arg
 from iscsifs.config.locations import default_config_dir
-from iscsifs.core.discovery import Portal
+from iscsifs.core.isns import ISNS_PORT
+from iscsifs.core.names import Portal
 from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.exits import portal_arg
 from iscsifs.fs.ops import CACHE_MODES
+from iscsifs.logs import SYSLOG
+from iscsifs.mounttable import iscsifs_mounts
 from iscsifs.multipath import POLICIES as MULTIPATH_POLICIES
 
 PROG = "mount.iscsifs"
@@ -54,6 +59,8 @@ TIMEOUT_OPTIONS = {            # mount option -> net.session.Timeouts field
     "lu_reset_timeout": "lu_reset",
     "tgt_reset_timeout": "tgt_reset",
 }
+# the PORTAL argument of a mount whose portals all come from iSNS (-o isns=HOST)
+ISNS_SPEC = "isns"
 # login=: which targets the mount logs in to before it reports ready (docs/mount-options.md)
 LOGIN_MODES = ("automatic", "all", "lazy")
 DIGESTS = {                    # mount option value (',' is the -o separator, so '+') -> key value
@@ -71,7 +78,9 @@ options (-o, comma separated; later ones win):
                            $ISCSIFS_CONFIG_DIR, /etc/iscsifs as root, ~/.config/iscsifs)
   open_iscsi               also read /etc/iscsi/iscsid.conf and initiatorname.iscsi
   nodiscovery              never send SendTargets: list the node records of each portal
-  cache=direct|page        raw files: direct = no page cache (default), page = kernel cache
+  cache=auto|direct|page   raw files: auto = like a block device, the page cache for
+                           buffered opens and none for O_DIRECT (default); direct = never
+                           the page cache; page = always
   multipath=failover|round-robin   by-id files: one active path, the others standby
                            (default), or every healthy path in turn
   allow_other              let other users access the mount (modes still apply)
@@ -86,12 +95,28 @@ options (-o, comma separated; later ones win):
                            to nothing; the rest logs in on first use
   login_timeout=S logout_timeout=S noop_out_interval=S noop_out_timeout=S
   replacement_timeout=S command_timeout=S      seconds, as in iscsid.conf
+                           0: noop_out_interval sends no NOP-Out, noop_out_timeout waits for
+                           its answer without limit (no ping ever fails a connection),
+                           command_timeout has no limit; replacement_timeout<0: for ever
   abort_timeout=S lu_reset_timeout=S tgt_reset_timeout=S   error recovery steps (seconds)
   header_digest=V data_digest=V                V: none | crc32c | crc32c+none | none+crc32c
+  isns=HOST[:PORT]         find targets and portals through this iSNS server (port 3205
+                           by default) instead of SendTargets; PORTAL may then be "isns"
+  source_address=ADDR      bind every connection (discovery, login, relogin) to this
+                           local IP address (open-iscsi's iface.ipaddress)
   max_sectors_kb=N         split larger reads and writes into concurrent commands of N KiB
                            at most (4..1024, default 512; the LUN's own limit also applies)
+  read_ahead_kb=N          the kernel's read-ahead for buffered reads of raw files, in KiB
+                           (default 1024; 0 keeps the kernel's 128; needs root)
+  reservation_key=0xKEY[:aptpl]   register this persistent reservation key (up to 8 bytes,
+                           hex) on every LUN at every login, before any I/O (multipath.conf)
+  alua_transition_timeout=S   by-id files: how long commands wait for a path in an ALUA
+                           transition (default 60)
   nosuid suid nodev dev noexec exec sync async dirsync atime noatime   passed to the kernel
-  _netdev noauto auto nofail user users nouser owner group defaults x-* comment=*  ignored
+  _netdev noauto auto nofail user users nouser owner group defaults loud silent x-*
+  comment=*                fstab bookkeeping: ignored
+  relatime norelatime strictatime nostrictatime lazytime nolazytime diratime nodiratime
+  iversion noiversion mand nomand      ignored (libfuse refuses them; relatime is the default)
 flags: -f foreground, -d debug, -v verbose, -s sloppy (unknown options only warn), -n ignored
 In the foreground the log goes to stderr unless logfile= is given. See mount.iscsifs(8).
 """
@@ -108,7 +133,7 @@ class MountOptions:
     config_dir_given: bool = False
     open_iscsi: bool = False
     nodiscovery: bool = False
-    cache: str = "direct"
+    cache: str = "auto"
     multipath: str = "failover"
     allow_other: bool = False
     debug: bool = False
@@ -119,8 +144,14 @@ class MountOptions:
     login: str = "automatic"                                        # one of LOGIN_MODES
     timeouts: dict[str, int] = field(default_factory=dict)          # Timeouts field -> value
     max_sectors_kb: int = 512                                       # requests split above
+    read_ahead_kb: int = 1024                                       # the mount's bdi
+    reservation_key: int | None = field(default=None, repr=False)   # registered everywhere
+    reservation_aptpl: bool = False
+    alua_transition_timeout: int = 60
     header_digest: str | None = None
     data_digest: str | None = None
+    source_address: str | None = None                               # local IP to bind to
+    isns: Portal | None = None                                      # iSNS server to ask
     fuse_options: list[str] = field(default_factory=list)           # passed through to libfuse
     ignored: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -190,7 +221,8 @@ def apply_option(opts: MountOptions, item: str) -> None:
         opts.login = value
     elif key == "cache":
         if value not in CACHE_MODES:
-            raise _usage_error(f"bad value for cache: {value!r} (expected direct or page)")
+            raise _usage_error(f"bad value for cache: {value!r} "
+                               f"(expected {', '.join(CACHE_MODES)})")
         opts.cache = value
     elif key == "multipath":
         if value not in MULTIPATH_POLICIES:
@@ -205,6 +237,25 @@ def apply_option(opts: MountOptions, item: str) -> None:
         if not 4 <= kib <= 1024:
             raise _usage_error(f"bad value for max_sectors_kb: {value!r} (4 to 1024)")
         opts.max_sectors_kb = kib
+    elif key == "read_ahead_kb":
+        kib = _int_value(key, value, unit="KiB")
+        if not 0 <= kib <= 65536:
+            raise _usage_error(f"bad value for read_ahead_kb: {value!r} (0 to 65536)")
+        opts.read_ahead_kb = kib
+    elif key == "isns":
+        if not value:
+            raise _usage_error("isns= needs the iSNS server: isns=HOST[:PORT]")
+        opts.isns = portal_arg(value, default_port=ISNS_PORT)
+    elif key == "source_address":
+        try:
+            opts.source_address = str(ipaddress.ip_address(value.strip("[]")))
+        except ValueError:
+            raise _usage_error(f"bad value for source_address: {value!r} (expected an IP "
+                               f"address of this host)") from None
+    elif key == "reservation_key":
+        opts.reservation_key, opts.reservation_aptpl = parse_reservation_key(value)
+    elif key == "alua_transition_timeout":
+        opts.alua_transition_timeout = _int_value(key, value)
     elif key in ("header_digest", "data_digest"):
         digest = DIGESTS.get(value.lower())
         if digest is None:
@@ -213,6 +264,21 @@ def apply_option(opts: MountOptions, item: str) -> None:
         setattr(opts, key, digest)
     else:
         _unknown(opts, item)
+
+
+def parse_reservation_key(value: str) -> tuple[int, bool]:
+    """multipath.conf's reservation_key: ``0x`` and up to 16 hex digits (8 bytes), optionally
+    ``:aptpl`` (register with APTPL). The key itself never appears in the error."""
+    text, _, suffix = value.partition(":")
+    digits = text[2:] if text[:2].lower() == "0x" else text
+    if suffix not in ("", "aptpl") or not 1 <= len(digits) <= 16 or \
+            any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise _usage_error("bad value for reservation_key (expected 0x and at most 16 hex "
+                           "digits, optionally :aptpl)")
+    key = int(digits, 16)
+    if key == 0:
+        raise _usage_error("bad value for reservation_key: 0 is no key (it unregisters)")
+    return key, suffix == "aptpl"
 
 
 def _unknown(opts: MountOptions, item: str) -> None:
@@ -259,7 +325,7 @@ def parse_args(argv: list[str]) -> MountOptions:
         raise _usage_error(f"expected PORTAL[,PORTAL...] and MOUNTPOINT ({USAGE})")
     spec, mountpoint = positional
     portals = []
-    for text in spec.split(","):
+    for text in [] if spec == ISNS_SPEC else spec.split(","):
         if not text.strip():
             raise _usage_error(f"bad portal list {spec!r}: empty entry")
         portal = portal_arg(text)
@@ -269,6 +335,8 @@ def parse_args(argv: list[str]) -> MountOptions:
                         sloppy=sloppy, verbose=verbose)
     for item in option_items:
         apply_option(opts, item)
+    if spec == ISNS_SPEC and opts.isns is None:
+        raise _usage_error(f"PORTAL {ISNS_SPEC!r} needs -o isns=HOST[:PORT] (the iSNS server)")
     opts.foreground = opts.foreground or foreground or debug
     opts.debug = opts.debug or debug
     return opts

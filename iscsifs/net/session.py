@@ -8,6 +8,12 @@ The command path is short: the caller's own task gives the command to the protoc
 machine and sends its PDU (``Transport.send`` never yields); the reader task receives the
 answer into the caller's buffer and wakes the caller. Nothing else runs per command.
 
+The session's state and its connection's live in one state machine
+(:mod:`iscsifs.core.state`): every change is an event looked up in one table, and what the
+session does (start a relogin, fail waiting commands, take I/O) follows from the transition,
+never from a flag beside it. Command timeouts and the escalation for a timed-out command are
+:mod:`iscsifs.net.error_handler`'s.
+
 Commands belong to the session, not to a connection. When a connection fails, the session
 logs in again with the same ISID (session reinstatement, RFC 7143 §6.3.5) and re-issues every
 command whose caller is still waiting. Two rules keep that safe:
@@ -46,17 +52,18 @@ from typing import Awaitable, Callable, Sequence
 import trio
 
 from ..core.chap import ChapCredentials
-from ..core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET, TMF_TARGET_WARM_RESET,
-                               AsyncEventReceived, Connection, LogoutComplete, NopReceived,
+from ..core.connection import (AsyncEventReceived, Connection, LogoutComplete, NopReceived,
                                RejectReceived, TaskComplete, TaskFailed,
                                TaskManagementComplete, TextComplete)
-from ..core.discovery import Portal, parse_portal, printable
+from ..core.names import Portal, parse_portal, printable
 from ..core.keys import LoginParams, NegotiatedParams
 from ..core.login import Login, LoginComplete
-from ..core.pdu import LoginResponse
+from ..core.pdu import AsyncMessage, LoginResponse
+from ..core.state import ConnectionState, SessionEvent, SessionState, SessionStateMachine
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
                       LoginError, PathFailed, RemoteProtocolError, SessionFailed)
-from ..scsi.sense import check_status
+from ..scsi.sense import ScsiStatus, check_status
+from .error_handler import ErrorHandler
 from .transport import Connector, Transport, open_tcp
 
 log = logging.getLogger(__name__)
@@ -71,11 +78,21 @@ RETRY_CAP = 5.0
 MAX_REISSUE = 5
 # Login redirections followed before a login gives up (a target that redirects in a loop).
 MAX_REDIRECTS = 4
+# BUSY and TASK SET FULL: sent again after this pause, doubling up to the cap (seconds), within
+# command_timeout (SAM-5 §5.3: the device server did not run the command).
+BUSY_DELAY = 0.01
+BUSY_DELAY_MAX = 1.0
+_TASK_SET_FULL = ScsiStatus.TASK_SET_FULL
+_RETRIED_STATUS = (ScsiStatus.BUSY, ScsiStatus.TASK_SET_FULL)
 # Asynchronous events kept for the session file (the newest).
 ASYNC_EVENTS_KEPT = 32
-# TMF responses (RFC 7143 §11.6.1) after which the referenced task no longer exists.
-_TMF_COMPLETE = 0
-_TMF_NO_TASK = 1
+
+# The reader stops reading while more buffers than this wait for the socket (what the target
+# makes us send, NOP-Out answers to a ping flood, Data-Out for its R2Ts, cannot pile up), and
+# goes on once half of them went out.
+MAX_BACKLOG_BUFFERS = 16384
+
+S, C, E = SessionState, ConnectionState, SessionEvent
 
 ScsiResult = TaskComplete      # what execute() returns: status GOOD, residuals, data length
 
@@ -128,6 +145,17 @@ class _Command:
         self.timed_out = False      # the watchdog handed it to error recovery
 
 
+class _SlotWaiter:
+    """A caller waiting for a ``cmds_max`` slot (its command does not exist yet)."""
+
+    __slots__ = ("lun", "scope", "error")
+
+    def __init__(self, lun: int):
+        self.lun = lun
+        self.scope = trio.CancelScope()
+        self.error: BaseException | None = None   # set by fail_waiting: answer this
+
+
 class _Request:
     """A non-SCSI exchange (NOP, text, TMF, logout) waiting for its answer."""
 
@@ -152,12 +180,14 @@ class _Link:
         self.error: BaseException | None = None     # why it failed (the first reason)
         self.timed_out: deque[_Command] = deque()   # waiting for error recovery
         self.recovery_wanted = trio.Event()
+        self.renegotiating = False      # answering the target's AsyncEvent 4
 
-    def push(self) -> None:
-        """Send whatever the state machine has queued (synchronous; ordered)."""
+    def push(self, batch: bool = False) -> None:
+        """Send whatever the state machine has queued (synchronous; ordered). ``batch``: with
+        what other tasks queue in this scheduler pass, in one ``sendmsg`` after it."""
         conn = self.conn
         if conn.has_output:
-            self.transport.send(conn.data_to_send())
+            self.transport.send(conn.data_to_send(), batch=batch)
 
 
 class Session:
@@ -192,8 +222,7 @@ class Session:
         self.isid = (0x80 << 40) | (secrets.randbits(24) << 16)
         self.tsih = 0
         self.negotiated: NegotiatedParams | None = None
-        self.connection_state = "FREE"
-        self.session_state = "FREE"
+        self._sm = SessionStateMachine()
         self.local_address = ""
         self.reconnects = 0
         self.async_events: deque[str] = deque(maxlen=ASYNC_EVENTS_KEPT)
@@ -202,30 +231,35 @@ class Session:
         # every command whose caller still waits, in arrival order (bounded by cmds_max)
         self._unfinished: dict[_Command, None] = {}
         self._admission = trio.Semaphore(cmds_max)
-        self._state_changed = trio.Event()
-        self._recovering = False
-        self._given_up = False          # replacement timeout expired: fail I/O at once
-        self._closed = False
+        self._slot_waiters: set[_SlotWaiter] = set()    # callers waiting for a slot
+        self._recovery_scope: trio.CancelScope | None = None
         self._counters_base: dict[str, int] = {}
         # called (synchronously, with the session) after every change of session_state
         self.listeners: list[Callable[[Session], None]] = []
+        # called (synchronously, with the session and the AsyncMessage) for every
+        # asynchronous message, before the session acts on it (e.g. a SCSI async event
+        # saying the target's LUNs changed)
+        self.async_listeners: list[Callable[[Session, AsyncMessage], None]] = []
         # awaited, in order, after every login before the session takes I/O (LoginHook)
         self.login_hooks: list[LoginHook] = list(login_hooks)
-        self._setting_up = False        # login hooks are running: only setup commands go out
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     async def connect(cls, portal: Portal, target_name: str | None, **kwargs) -> Session:
         """Log in and start the connection's tasks. Raises LoginError, ConnectionLost, ..."""
         session = cls(portal, target_name, **kwargs)
-        link = await session._login()
+        session._fire(E.LOGIN_STARTED)
+        try:
+            link = await session._login()
+        except BaseException:
+            session._fire(E.CLOSE)
+            raise
         session._start(link)
         try:
             await session._run_login_hooks(link)
         except BaseException:
-            session._closed = True
+            session._fire(E.CLOSE)
             session._drop_link(link)
-            session.connection_state = session.session_state = "FREE"
             raise
         session._open()
         # one INFO line per login and logout of a normal session (the mount's log shows
@@ -239,13 +273,30 @@ class Session:
         return logging.INFO if self.target_name else logging.DEBUG
 
     @property
+    def session_state(self) -> SessionState:
+        return self._sm.session
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        return self._sm.connection
+
+    @property
     def logged_in(self) -> bool:
-        return self.session_state == "LOGGED_IN"
+        return self._sm.session is S.LOGGED_IN
+
+    def _fire(self, event: SessionEvent) -> SessionState:
+        """Move the state machine (``core.state``); listeners hear of a new session state.
+        Returns the session state before the event."""
+        before, _ = self._sm.process(event)
+        if self._sm.session is not before:
+            self._notify()
+        return before
 
     async def _login(self) -> _Link:
         """Log in at the persistent portal, following the target's redirections (RFC 7143
         §11.13.5: status 0x0101 moved temporarily, 0x0102 moved permanently, with a
         TargetAddress) for at most ``MAX_REDIRECTS`` hops, each within ``login_timeout``.
+        The caller fires LOGIN_STARTED before and LOGIN_DONE / LOGIN_FAILED after.
         A temporary redirection holds for this connection only: the next login starts at
         the persistent portal again; a permanent one is where later logins start."""
         portal = self._login_portal
@@ -281,7 +332,6 @@ class Session:
     async def _login_at(self, portal: Portal) -> _Link:
         """Open a connection to ``portal`` and run the login phase on it (RFC 7143 §6),
         within ``login_timeout``."""
-        self.connection_state = "IN LOGIN"
         try:
             with trio.fail_after(self.timeouts.login):
                 if self.transport_factory is not None:
@@ -294,15 +344,10 @@ class Session:
                     await transport.aclose()
                     raise
         except trio.TooSlowError:
-            self.connection_state = "FREE"
             raise ConnectionLost(f"timed out after {self.timeouts.login:g} s",
                                  errno=errno.ETIMEDOUT).located(self._who()) from None
         except (LoginError, RemoteProtocolError) as exc:   # name the target and the portal
-            self.connection_state = "FREE"
             raise exc.located(self._who())
-        except BaseException:
-            self.connection_state = "FREE"
-            raise
         self.tsih = complete.tsih
         self.negotiated = complete.params
         self.local_address = transport.local_address
@@ -334,8 +379,7 @@ class Session:
     def _start(self, link: _Link) -> None:
         """Serve a logged-in connection; it takes only setup commands until ``_open``."""
         self._link = link
-        self.connection_state = "LOGGED IN"
-        self._setting_up = True
+        self._fire(E.LOGIN_DONE)
         self._nursery.start_soon(self._serve, link)
 
     async def _run_login_hooks(self, link: _Link) -> None:
@@ -357,18 +401,9 @@ class Session:
 
     def _open(self) -> None:
         """The session takes I/O: logged in, and the commands waiting for it go out."""
-        self._setting_up = False
-        self.session_state = "LOGGED_IN"
-        self._given_up = False
-        self._notify()
-
-    def _install(self, link: _Link) -> None:
-        self._start(link)
-        self._open()
+        self._fire(E.OPENED)
 
     def _notify(self) -> None:
-        self._state_changed.set()
-        self._state_changed = trio.Event()
         for listener in list(self.listeners):
             listener(self)
 
@@ -380,20 +415,21 @@ class Session:
 
     async def close(self) -> None:
         """Log out (bounded by the logout timeout) and stop the connection's tasks."""
-        if self._closed:
+        if self._sm.session is S.CLOSED:
             return
-        self._closed = True
+        if self._recovery_scope is not None:
+            self._recovery_scope.cancel()
         link = self._link
-        if link is not None and not link.failed:
-            self.connection_state = "IN LOGOUT"
+        self._sm.process(E.CLOSE)              # listeners hear of it once it is over
+        if self._sm.connection is C.IN_LOGOUT:       # it was logged in: log out
+            assert link is not None
             with trio.move_on_after(self.timeouts.logout):
                 try:
                     await self._request(link, link.conn.logout(0))
                 except IscsiError as exc:
                     log.debug("logout from %s: %s", self._who(), exc)
+            self._sm.process(E.LOGGED_OUT)
         self._drop_link(link)
-        self.connection_state = "FREE"
-        self.session_state = "FREE"
         self._fail_waiting(SessionFailed(f"session to {self._who()} was logged out"))
         self._notify()
         log.log(self._level, "logged out of %s (sid %d)", self._who(), self.sid)
@@ -415,13 +451,18 @@ class Session:
         with link.scope:
             try:
                 async with trio.open_nursery() as nursery:
+                    handler = ErrorHandler(link, self.timeouts, who=self._who,
+                                           complete=self._complete,
+                                           timeout_error=self._timeout_error,
+                                           link_failed=self._link_failed,
+                                           request=self._request)
                     nursery.start_soon(self._reader, link)
                     nursery.start_soon(link.transport.drain)
-                    nursery.start_soon(self._error_recovery, link)
+                    nursery.start_soon(handler.run)
                     if self.timeouts.noop_out_interval > 0 and self.session_type == "Normal":
                         nursery.start_soon(self._keepalive, link)
                     if self.timeouts.command > 0:
-                        nursery.start_soon(self._watchdog, link)
+                        nursery.start_soon(handler.watchdog)
             except* (IscsiError, OSError) as group:
                 self._link_failed(link, group.exceptions[0])
         await link.transport.aclose()
@@ -438,15 +479,31 @@ class Session:
                 while (pdu := decoder.next_pdu()) is not None:
                     for event in conn.receive_pdu(pdu):
                         if type(event) is TaskComplete:
+                            if event.status == _TASK_SET_FULL:
+                                self._queue_full(link)
                             cmd = commands.pop(event.itt, None)
                             if cmd is not None:
                                 complete(cmd, event, None)
                         else:
                             self._dispatch(link, event)
                 link.push()     # R2T answers, NOP replies, commands the window let through
+                if transport.backlog > MAX_BACKLOG_BUFFERS:
+                    await transport.wait_backlog(MAX_BACKLOG_BUFFERS // 2)
         except IscsiError as exc:
             # at once, so that no command is given to this connection any more
             self._link_failed(link, exc)
+
+    def _queue_full(self, link: _Link) -> None:
+        """TASK SET FULL: the connection's queue depth drops to the commands the target still
+        holds (Linux's scsi_track_queue_full does the same, by steps); a new connection
+        starts at the configured depth again."""
+        self._count("queue_full")
+        conn = link.conn
+        depth = max(1, conn.outstanding)
+        if depth < conn.queue_depth:
+            log.info("%s: TASK SET FULL with %d commands at the target; queue depth %d -> %d",
+                     self._who(), conn.outstanding, conn.queue_depth, depth)
+            conn.queue_depth = depth
 
     def _dispatch(self, link: _Link, event) -> None:
         if isinstance(event, TaskFailed):
@@ -505,15 +562,21 @@ class Session:
         code = pdu.async_event
         self.async_events.append(f"event {code} (parameters {pdu.parameter1}, {pdu.parameter2}, "
                                  f"{pdu.parameter3})")
+        for listener in list(self.async_listeners):
+            listener(self, pdu)
         if code == 0:
             log.info("%s: asynchronous SCSI event", self._who())
         elif code == 1:
+            if link is not self._link or self._sm.connection is not C.LOGGED_IN:
+                log.debug("%s asks again to log out; one logout is under way", self._who())
+                return
             log.info("%s asks us to log out within %d s; reconnecting", self._who(), pdu.parameter3)
+            self._fire(E.LOGOUT_STARTED)
             self._nursery.start_soon(self._logout_and_reconnect, link)
         elif code in (2, 3):
             log.info("%s will drop the connection; relogin after %d s", self._who(), pdu.parameter2)
         elif code == 4:
-            log.info("%s asks to renegotiate parameters (ignored)", self._who())
+            self._nursery.start_soon(self._renegotiate, link)
         else:
             log.info("%s: async event %d", self._who(), code)
 
@@ -527,6 +590,33 @@ class Session:
                 log.debug("logout for recovery from %s: %s", self._who(), exc)
         self._link_failed(link, ConnectionLost("target requested logout"))
 
+    async def _renegotiate(self, link: _Link) -> None:
+        """AsyncEvent 4 (RFC 7143 §11.9.1): the target asks to renegotiate. Answered at once
+        with a Text Request without keys on the same connection (one at a time). If the
+        target's answer proposes keys to change, or none comes within ``login_timeout``,
+        the connection is logged out for recovery and the relogin negotiates every key anew
+        (the section's other answer), instead of changing limits under commands in flight."""
+        if link.failed or link.renegotiating or self._sm.connection is not C.LOGGED_IN:
+            return
+        log.info("%s asks to renegotiate parameters; sending a Text Request", self._who())
+        link.renegotiating = True
+        try:
+            result = None
+            with trio.move_on_after(self.timeouts.login):
+                result = await self._request(link, link.conn.send_text([]))
+            if link.failed or self._sm.connection is not C.LOGGED_IN:
+                return
+            if isinstance(result, TextComplete) and not result.pairs:
+                return                              # nothing to change
+            keys = ", ".join(k for k, _ in result.pairs) if isinstance(result, TextComplete) \
+                else None
+            log.info("%s: renegotiation %s; logging out to log in again", self._who(),
+                     f"proposes {keys}" if keys else "got no answer")
+            self._fire(E.LOGOUT_STARTED)
+            await self._logout_and_reconnect(link)
+        finally:
+            link.renegotiating = False
+
     # ------------------------------------------------------------------ commands
     async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0, read_buffer=None,
                       write_data=None, fail_fast: bool = False,
@@ -538,28 +628,55 @@ class Session:
         ``fail_fast``, PathFailed when the connection is down or fails before the answer. In
         every case where this raises, the command will not be sent again.
 
+        BUSY and TASK SET FULL are sent again (a new command each time) after a pause of
+        ``BUSY_DELAY`` doubling up to ``BUSY_DELAY_MAX``, while the next try starts within
+        ``command_timeout`` of the first, as Linux's SCSI layer requeues them; TASK SET FULL
+        also lowers the connection's queue depth to what the target holds.
+
         ``setup`` is for login hooks (``LoginHook``): the command goes out on the connection
         being set up, before the session takes other I/O, and fails fast like ``fail_fast``.
         """
-        if self._closed:
-            raise SessionFailed(f"session to {self._who()} is closed")
-        if setup:
-            if self._link is None or not self._setting_up:
-                raise PathFailed(f"session to {self._who()} is not setting up a login")
-        elif self._link is None or self._setting_up:
-            if fail_fast:
-                raise PathFailed(f"session to {self._who()} is not logged in")
-            if self._given_up or not self.recover:
-                raise SessionFailed(f"session to {self._who()} is not logged in")
-        try:
-            self._admission.acquire_nowait()
-        except trio.WouldBlock:
-            await self._admission.acquire()
+        timeout = self.timeouts.command
+        deadline = trio.current_time() + timeout if timeout > 0 else math.inf
+        delay = BUSY_DELAY
+        while True:
+            result = await self._execute_once(lun, cdb, read_length, read_buffer, write_data,
+                                              fail_fast, setup)
+            status = result.status
+            if status in _RETRIED_STATUS and trio.current_time() + delay <= deadline:
+                self._count("busy_retries")
+                log.debug("%s: command 0x%s answered status 0x%02x; again in %g s",
+                          self._who(), cdb[:1].hex(), status, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, BUSY_DELAY_MAX)
+                continue
+            if status:
+                check_status(status, result.sense)
+            return result
+
+    async def _execute_once(self, lun: int, cdb: bytes, read_length: int, read_buffer,
+                            write_data, fail_fast: bool, setup: bool) -> ScsiResult:
+        """One command, whatever its status (``execute`` without the BUSY retries)."""
+        refusal = self._refusal(setup, fail_fast)
+        if refusal is not None:
+            raise refusal
+        # a login hook's commands take no cmds_max slot: the slots may all be held by
+        # commands waiting for this very login to finish
+        if not setup:
+            try:
+                self._admission.acquire_nowait()
+            except trio.WouldBlock:
+                await self._wait_for_slot(lun)
+                # the session may have closed or given up while we waited for the slot
+                refusal = self._refusal(setup, fail_fast)
+                if refusal is not None:
+                    self._admission.release()
+                    raise refusal
         cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast, setup)
         self._unfinished[cmd] = None
         try:
             link = self._link
-            if link is not None and self._setting_up == setup:
+            if link is not None and (self._sm.connection is C.SETUP) == setup:
                 self._issue(link, cmd)
             elif cmd.fail_fast:     # the connection changed while we waited for admission
                 self._complete(cmd, None, PathFailed(f"session to {self._who()} is not "
@@ -568,15 +685,30 @@ class Session:
                 cmd.task = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(_abort_wait(cmd))
         finally:
-            self._admission.release()
+            if not setup:
+                self._admission.release()
             if not cmd.done:
                 self._forget(cmd)       # the caller is leaving unanswered: never send it again
         if cmd.error is not None:
             raise cmd.error
-        result = cmd.result
-        if result.status:
-            check_status(result.status, result.sense)
-        return result
+        return cmd.result
+
+    def _refusal(self, setup: bool, fail_fast: bool) -> IscsiError | None:
+        """Why the session takes no such command now (None: it does, or it waits)."""
+        state, conn = self._sm.session, self._sm.connection
+        if state is S.CLOSED:
+            return SessionFailed(f"session to {self._who()} is closed")
+        if setup:
+            if conn is not C.SETUP:
+                return PathFailed(f"session to {self._who()} is not setting up a login")
+            return None
+        if state is S.LOGGED_IN:
+            return None
+        if fail_fast:
+            return PathFailed(f"session to {self._who()} is not logged in")
+        if state is S.FAILED:
+            return SessionFailed(f"session to {self._who()} is not logged in")
+        return None         # FREE, RECOVERING: it waits for the (re)login
 
     def _issue(self, link: _Link, cmd: _Command) -> None:
         """Give ``cmd`` to the connection and send it (no await: callers rely on that)."""
@@ -600,7 +732,9 @@ class Session:
         cmd.deadline = trio.current_time() + timeout if timeout > 0 else math.inf
         link.commands[itt] = cmd
         try:
-            link.push()
+            # alone on the connection (queue depth 1): at once; else with the other commands
+            # issued in this scheduler pass, in one sendmsg
+            link.push(batch=len(link.commands) > 1)
         except ConnectionLost as exc:
             self._link_failed(link, exc)
 
@@ -636,20 +770,40 @@ class Session:
         if link is not None and link.commands.get(cmd.itt) is cmd:
             del link.commands[cmd.itt]
             if not link.failed:
-                link.conn.abandon(cmd.itt)
+                link.conn.abort(cmd.itt)    # ABORT TASK: the target must not keep it
                 try:
                     link.push()
                 except ConnectionLost as exc:
                     self._link_failed(link, exc)
 
+    async def _wait_for_slot(self, lun: int) -> None:
+        """Wait for a ``cmds_max`` slot; ``fail_waiting(lun, error)`` ends the wait with
+        ``error`` (and the slot, if it came meanwhile, goes back)."""
+        waiter = _SlotWaiter(lun)
+        self._slot_waiters.add(waiter)
+        try:
+            with waiter.scope:
+                await self._admission.acquire()
+        finally:
+            self._slot_waiters.discard(waiter)
+        if waiter.error is not None:
+            if not waiter.scope.cancelled_caught:
+                self._admission.release()
+            raise waiter.error
+
     def fail_waiting(self, lun: int, error: BaseException) -> int:
         """Answer ``error`` to every caller whose command for ``lun`` waits for the session
-        to take I/O again (a login hook's way of keeping them off a logical unit that is no
-        longer the one they were meant for). Returns how many there were."""
+        to take I/O again, or for a ``cmds_max`` slot (a login hook's way of keeping them off
+        a logical unit that is no longer the one they were meant for): none of those commands
+        is ever sent. Returns how many callers there were."""
         waiting = [cmd for cmd in self._unfinished if cmd.lun == lun and cmd.link is None]
         for cmd in waiting:
             self._complete(cmd, None, error)
-        return len(waiting)
+        admitting = [w for w in self._slot_waiters if w.lun == lun and w.error is None]
+        for waiter in admitting:
+            waiter.error = error
+            waiter.scope.cancel()
+        return len(waiting) + len(admitting)
 
     def _fail_waiting(self, error: BaseException) -> None:
         for cmd in list(self._unfinished):
@@ -659,94 +813,6 @@ class Session:
         self._count("cmd_timeouts")
         return CommandTimeout(f"command to {self._who()} timed out after "
                               f"{self.timeouts.command:g} s")
-
-    # ------------------------------------------------------------------ timeouts
-    async def _watchdog(self, link: _Link) -> None:
-        """Time out commands ``timeouts.command`` after they were issued (one timer per
-        connection). A command that never got a CmdSN is simply withdrawn and fails; one that
-        was sent goes to error recovery."""
-        timeout = self.timeouts.command
-        commands = link.commands
-        while True:
-            now = trio.current_time()
-            wake = now + timeout
-            for cmd in list(commands.values()):
-                if cmd.timed_out:
-                    continue
-                if cmd.deadline > now:
-                    wake = cmd.deadline     # commands are in issue order: this is the next
-                    break
-                if link.conn.was_sent(cmd.itt):
-                    cmd.timed_out = True
-                    link.timed_out.append(cmd)
-                    link.recovery_wanted.set()
-                else:
-                    log.warning("%s: command 0x%s got no CmdSN within %g s (the target keeps "
-                                "its command window closed)", self._who(), cmd.cdb[:1].hex(),
-                                timeout)
-                    del commands[cmd.itt]
-                    link.conn.abandon(cmd.itt)
-                    self._complete(cmd, None, self._timeout_error())
-            link.push()
-            await trio.sleep_until(wake)
-
-    async def _error_recovery(self, link: _Link) -> None:
-        """open-iscsi's escalation for timed-out commands, one at a time: ABORT TASK, then
-        LOGICAL UNIT RESET, then TARGET WARM RESET, then drop the connection (the relogin
-        reinstates the session, which ends every task of the old connection)."""
-        t = self.timeouts
-        while True:
-            if not link.timed_out:
-                await link.recovery_wanted.wait()
-                link.recovery_wanted = trio.Event()
-                continue
-            cmd = link.timed_out.popleft()
-            if cmd.done:
-                continue
-            what = f"command 0x{cmd.cdb[:1].hex()} to LUN {cmd.lun}"
-            log.warning("%s: %s timed out after %g s; aborting it", self._who(), what, t.command)
-            steps = ((TMF_ABORT_TASK, t.abort, "ABORT TASK"),
-                     (TMF_LOGICAL_UNIT_RESET, t.lu_reset, "LOGICAL UNIT RESET"),
-                     (TMF_TARGET_WARM_RESET, t.tgt_reset, "TARGET WARM RESET"))
-            for function, timeout, name in steps:
-                if cmd.done:
-                    break
-                response = await self._task_management(link, function, cmd, timeout)
-                if response in (_TMF_COMPLETE, _TMF_NO_TASK) and (
-                        function == TMF_ABORT_TASK or response == _TMF_COMPLETE):
-                    log.warning("%s: %s ended by %s", self._who(), what, name)
-                    if not cmd.done:    # "no such task": the TMF's events did not end it
-                        link.conn.abandon(cmd.itt)
-                        self._complete(cmd, None, self._timeout_error())
-                    break
-                log.warning("%s: %s for %s %s", self._who(), name, what,
-                            "got no answer" if response is None else
-                            f"failed (response {response})")
-            else:
-                if not cmd.done:
-                    log.error("%s: error recovery for %s failed; dropping the connection",
-                              self._who(), what)
-                    self._link_failed(link, ConnectionLost(
-                        f"error recovery for a timed-out {what} failed"))
-                    return
-
-    async def _task_management(self, link: _Link, function: int, cmd: _Command,
-                               timeout: float) -> int | None:
-        """Send one TMF about ``cmd``; its response code, or None (no answer in time)."""
-        ref = cmd.itt if function == TMF_ABORT_TASK else None
-        if function == TMF_ABORT_TASK and not link.conn.was_sent(cmd.itt):
-            return _TMF_NO_TASK
-        itt = link.conn.task_management(function, cmd.lun, ref)
-        result = None
-        with trio.move_on_after(timeout):
-            result = await self._request(link, itt)
-        if result is None:
-            if not link.failed:
-                link.conn.abandon(itt)
-            return None
-        if isinstance(result, TaskManagementComplete):
-            return result.response
-        return -1       # rejected
 
     # ------------------------------------------------------------------ recovery
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
@@ -768,104 +834,110 @@ class Session:
                 self._complete(cmd, None, PathFailed(f"connection to {self._who()} "
                                                      f"failed: {exc}"))
         link.commands.clear()
-        if not was_current or self._closed:
+        if not was_current or self._sm.session is S.CLOSED:
             return
         # a session that does not recover hands the failure to its caller, who reports it
         log.log(logging.WARNING if self.recover else logging.INFO,
                 "connection to %s failed: %s", self._who(), exc)
-        self.connection_state = "TRANSPORT WAIT"
-        self.session_state = "FAILED"
-        self._notify()
+        if self._fire(E.LINK_FAILED) is not S.LOGGED_IN:
+            return      # a login's setup failed: connect() raises, or the relogins go on
         if not self.recover:
+            self._fire(E.GIVE_UP)
             self._fail_waiting(SessionFailed(f"connection to {self._who()} lost: {exc}"))
-        elif not self._recovering:
-            self._recovering = True
+        else:
             self._nursery.start_soon(self._recover)
 
     def _give_up(self) -> None:
-        self._given_up = True
+        self._fire(E.GIVE_UP)
         log.error("%s: replacement timeout (%g s) expired; failing I/O", self._who(),
                   self.timeouts.replacement_timeout)
         self._fail_waiting(SessionFailed(
             f"session to {self._who()} could not be recovered within "
             f"{self.timeouts.replacement_timeout:g} s"))
-        self._notify()
 
     async def _recover(self) -> None:
-        """Relogin with the same ISID until it works. ``replacement_timeout`` after the
-        failure, waiting commands fail (an attempt running then is cancelled) and new ones
-        fail at once; the attempts go on, and the first that works ends that."""
-        try:
-            limit = self.timeouts.replacement_timeout
-            failed_at = trio.current_time()
-            last_error = ""
-            deadline = trio.current_time() + limit if limit >= 0 else math.inf
-            delay = 0.0
-            while not self._closed:
-                if not self._given_up and trio.current_time() >= deadline:
-                    self._give_up()
-                bound = math.inf if self._given_up else deadline
-                if delay:
-                    await trio.sleep_until(min(trio.current_time() + delay, bound))
-                    if self._closed:
-                        return
-                    if not self._given_up and trio.current_time() >= deadline:
-                        continue
-                delay = min(max(delay * 2, 0.5), RETRY_CAP)
-                link = None
-                with trio.move_on_at(bound):
-                    try:
-                        link = await self._login()
-                    # one line per reason: a long outage repeats the same one every
-                    # RETRY_CAP seconds, and those repeats go to DEBUG
-                    except AuthenticationError as exc:
-                        last_error = _log_once(logging.ERROR, last_error, "relogin to %s: %s",
-                                               self._who(), exc.detail)
-                    except (IscsiError, OSError) as exc:
-                        last_error = _log_once(
-                            logging.INFO, last_error, "relogin to %s failed: %s", self._who(),
-                            exc.detail if isinstance(exc, IscsiError) else exc)
-                if link is None:
-                    self.connection_state = "TRANSPORT WAIT"
-                    continue
-                if self._closed:
-                    await link.transport.aclose()
+        """Relogin with the same ISID until it works (started by the LOGGED_IN -> RECOVERING
+        transition; it ends when the session is LOGGED_IN again or CLOSED, and close()
+        cancels it). ``replacement_timeout`` after the failure, waiting commands fail (an
+        attempt running then is cancelled) and new ones fail at once (RECOVERING -> FAILED);
+        the attempts go on, and the first that works ends that."""
+        with trio.CancelScope() as scope:
+            self._recovery_scope = scope
+            await self._relogin_until_done()
+
+    async def _relogin_until_done(self) -> None:
+        limit = self.timeouts.replacement_timeout
+        failed_at = trio.current_time()
+        last_error = ""
+        deadline = trio.current_time() + limit if limit >= 0 else math.inf
+        delay = 0.0
+        while self._sm.session in (S.RECOVERING, S.FAILED):
+            if self._sm.session is S.RECOVERING and trio.current_time() >= deadline:
+                self._give_up()
+            bound = math.inf if self._sm.session is S.FAILED else deadline
+            if delay:
+                await trio.sleep_until(min(trio.current_time() + delay, bound))
+                if self._sm.session is S.CLOSED:
                     return
-                self._start(link)
+                if self._sm.session is S.RECOVERING and trio.current_time() >= deadline:
+                    continue
+            delay = min(max(delay * 2, 0.5), RETRY_CAP)
+            link = None
+            self._fire(E.LOGIN_STARTED)
+            with trio.move_on_at(bound):
                 try:
-                    with trio.move_on_at(bound) as hooks_scope:
-                        await self._run_login_hooks(link)
-                    if hooks_scope.cancelled_caught:
-                        raise ConnectionLost("setup after login cut short by the replacement "
-                                             "timeout")
+                    link = await self._login()
+                # one line per reason: a long outage repeats the same one every
+                # RETRY_CAP seconds, and those repeats go to DEBUG
+                except AuthenticationError as exc:
+                    last_error = _log_once(logging.ERROR, last_error, "relogin to %s: %s",
+                                           self._who(), exc.detail)
                 except (IscsiError, OSError) as exc:
-                    last_error = _log_once(logging.WARNING, last_error,
-                                           "relogin to %s failed: %s", self._who(),
-                                           exc.detail if isinstance(exc, IscsiError) else exc)
-                    self._link_failed(link, exc)
-                    continue
-                if self._closed:
-                    return
-                self.reconnects += 1
-                self._count("reconnects")
-                self._open()
-                log.info("relogged in to %s (sid %d, tsih %d) %.1f s after the connection "
-                         "failed", self._who(), self.sid, self.tsih,
-                         trio.current_time() - failed_at)
-                for cmd in list(self._unfinished):
-                    if cmd.link is None and not cmd.done:
-                        self._reissue(link, cmd)
-                        if link.failed:
-                            break
+                    last_error = _log_once(
+                        logging.INFO, last_error, "relogin to %s failed: %s", self._who(),
+                        exc.detail if isinstance(exc, IscsiError) else exc)
+            if self._sm.session is S.CLOSED:
+                if link is not None:
+                    await link.transport.aclose()
                 return
-        finally:
-            self._recovering = False
+            if link is None:
+                self._fire(E.LOGIN_FAILED)
+                continue
+            self._start(link)
+            try:
+                with trio.move_on_at(bound) as hooks_scope:
+                    await self._run_login_hooks(link)
+                if hooks_scope.cancelled_caught:
+                    raise ConnectionLost("setup after login cut short by the replacement "
+                                         "timeout")
+            except (IscsiError, OSError) as exc:
+                last_error = _log_once(logging.WARNING, last_error,
+                                       "relogin to %s failed: %s", self._who(),
+                                       exc.detail if isinstance(exc, IscsiError) else exc)
+                self._link_failed(link, exc)
+                continue
+            if self._sm.session is S.CLOSED:
+                return
+            self.reconnects += 1
+            self._count("reconnects")
+            # LOGGED_IN: a failure from here on (even while re-issuing below) is a new one,
+            # with a recovery of its own
+            self._open()
+            log.info("relogged in to %s (sid %d, tsih %d) %.1f s after the connection "
+                     "failed", self._who(), self.sid, self.tsih,
+                     trio.current_time() - failed_at)
+            for cmd in list(self._unfinished):
+                if cmd.link is None and not cmd.done:
+                    self._reissue(link, cmd)
+                    if link.failed:
+                        break
+            return
 
     # ------------------------------------------------------------------ text
     async def text(self, pairs) -> list[tuple[str, str]]:
         """A Text request/response exchange (SendTargets on a discovery session)."""
         link = self._link
-        if link is None or self._closed:
+        if link is None or self._sm.session is S.CLOSED:
             raise SessionFailed(f"session to {self._who()} is not logged in")
         result = None
         with trio.move_on_after(self.timeouts.login):

@@ -10,6 +10,14 @@ is synchronous, the order of calls is the order on the wire: whoever takes bytes
 protocol state machine and passes them here in the same step keeps PDUs in the order the state
 machine produced them, whichever task that is.
 
+``send(..., batch=True)`` (the session passes it while other commands are in flight) only
+queues the buffers and wakes :meth:`drain`, which runs after every task of the current
+scheduler pass: the PDUs that several callers produced in one pass leave in one ``sendmsg``.
+On loopback a ``sendmsg`` also runs the receiver's side of TCP and wakes the target, so at
+queue depth 16 one call for several commands saves most of that cost; a command sent with
+nothing else in flight (queue depth 1) still goes at once. Any send first takes what is queued,
+so the order on the wire stays the order of the calls.
+
 Receiving goes straight into the decoder's buffer (``recv_into``). Exactly one task at a time
 may receive (the login code, then the session's reader task).
 """
@@ -17,6 +25,7 @@ may receive (the login code, then the session's reader task).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import struct
@@ -25,9 +34,9 @@ from typing import Awaitable, Callable, Iterable
 
 import trio
 
-from ..core.discovery import Portal
+from ..core.names import Portal
 from ..core.pdu import RECEIVE_CHUNK, PduDecoder, encode, summary
-from ..errors import ConnectionLost, os_errno, os_reason
+from ..errors import ConnectionLost, SourceAddressError, os_errno, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,9 @@ log = logging.getLogger(__name__)
 _IOV_BATCH = 512
 
 Connector = Callable[[Portal], Awaitable[socket.socket]]
+# Linux: bind() picks no port until connect() does (so many connections may share a source
+# address without running out of ports); not in the socket module's constants
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 async def open_tcp(portal: Portal) -> socket.socket:
@@ -42,16 +54,81 @@ async def open_tcp(portal: Portal) -> socket.socket:
     try:
         stream = await trio.open_tcp_stream(portal.host, portal.port)
     except OSError as exc:
-        reason = os_reason(exc)
-        if isinstance(exc, socket.gaierror):
-            reason = f"cannot resolve {portal.host}"
-        raise ConnectionLost(f"cannot connect to {portal.host}:{portal.port}: {reason}",
-                             errno=os_errno(exc)) from None
-    trio_sock = stream.socket
+        # the words every command uses for a portal it cannot reach (mount.iscsifs's check too)
+        raise ConnectionLost(f"cannot connect to {portal.address}: "
+                             f"{os_reason(exc, portal.host)}", errno=os_errno(exc)) from None
+    return _plain_socket(stream.socket)
+
+
+def _plain_socket(trio_sock) -> socket.socket:
     sock = socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto,
                          fileno=trio_sock.detach())
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
     return sock
+
+
+def source_family(source_address: str) -> int:
+    """AF_INET or AF_INET6 for a source address (ValueError if it is not an IP address)."""
+    return socket.AF_INET6 if ipaddress.ip_address(source_address).version == 6 \
+        else socket.AF_INET
+
+
+async def open_tcp_from(portal: Portal, source_address: str) -> socket.socket:
+    """Connect to a portal from ``source_address`` (bound before connecting, as open-iscsi's
+    ``iface.ipaddress``): the portal's addresses of that family are tried in turn.
+    SourceAddressError if the address cannot be bound here, ConnectionLost otherwise."""
+    where = portal.address
+    try:
+        family = source_family(source_address)
+    except ValueError:
+        raise SourceAddressError(f"source address {source_address!r} is not an IP address",
+                                 errno=errno.EINVAL) from None
+    version = "IPv6" if family == socket.AF_INET6 else "IPv4"
+    try:
+        infos = await trio.socket.getaddrinfo(portal.host, portal.port, family,
+                                              socket.SOCK_STREAM)
+    except socket.gaierror:
+        infos = []
+    if not infos:
+        raise SourceAddressError(f"cannot connect to {where} from source address "
+                                 f"{source_address}: {portal.host} has no {version} address",
+                                 errno=errno.EADDRNOTAVAIL)
+    last: OSError | None = None
+    for fam, kind, proto, _name, sockaddr in infos:
+        sock = trio.socket.socket(fam, kind, proto)
+        try:
+            if fam == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+            try:
+                await sock.bind((source_address, 0))
+            except OSError as exc:
+                raise SourceAddressError(
+                    f"cannot bind to source address {source_address}: {os_reason(exc)}",
+                    errno=exc.errno) from None
+            await sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return _plain_socket(sock)
+    assert last is not None
+    raise ConnectionLost(f"cannot connect to {where} from {source_address}: "
+                         f"{os_reason(last, portal.host)}", errno=os_errno(last))
+
+
+def tcp_connector(source_address: str | None = None) -> Connector:
+    """The connector for every connection of a session or a discovery: ``open_tcp``, or
+    ``open_tcp_from(source_address)`` when a source address is configured."""
+    if not source_address:
+        return open_tcp
+
+    async def connect(portal: Portal) -> socket.socket:
+        return await open_tcp_from(portal, source_address)
+    connect.source_address = source_address  # type: ignore[attr-defined]
+    return connect
 
 
 class Transport:
@@ -70,6 +147,9 @@ class Transport:
         self.rx_bytes = 0
         self._backlog: deque[memoryview] = deque()   # bytes the socket did not take yet
         self._backlog_changed = trio.Event()
+        self._backlog_sent = trio.Event()           # set (and replaced) as drain() sends
+        self._batch: list = []          # buffers queued by send(batch=True) for drain()
+        self.sendmsg_calls = 0
         self._error: ConnectionLost | None = None
         self._closed = False
         try:
@@ -98,17 +178,31 @@ class Transport:
         """Buffers waiting for the socket (0 when everything sent was taken at once)."""
         return len(self._backlog)
 
-    def send(self, buffers: Iterable[bytes | bytearray | memoryview]) -> None:
+    def send(self, buffers: Iterable[bytes | bytearray | memoryview], *,
+             batch: bool = False) -> None:
         """Send ``buffers`` after everything sent before; never blocks, never yields.
 
-        What the socket does not take now stays queued for :meth:`drain`. The buffers are
-        not copied: the caller must not change them until they are sent (a write's data stays
-        put until its command completes, which is after it was sent).
+        What the socket does not take now stays queued for :meth:`drain`. With ``batch``,
+        nothing is sent now: :meth:`drain` sends the buffers of every such call of this
+        scheduler pass together. The buffers are not copied: the caller must not change them
+        until they are sent (a write's data stays put until its command completes, which is
+        after it was sent).
         """
         if self._error is not None:
             raise self._error
         if self._closed:
             raise ConnectionLost(f"connection to {self._where()} is closed")
+        if batch:
+            if not self._batch:
+                self._backlog_changed.set()      # drain() runs after this pass
+            self._batch.extend(buffers)
+            return
+        if self._batch:
+            buffers = self._batch + list(buffers)
+            self._batch = []
+        self._send_now(buffers)
+
+    def _send_now(self, buffers) -> None:
         if self._backlog:
             self._backlog.extend(memoryview(b).cast("B") for b in buffers if len(b))
             return
@@ -129,6 +223,7 @@ class Transport:
             start += _IOV_BATCH
 
     def _sendmsg(self, buffers) -> int:
+        self.sendmsg_calls += 1
         try:
             return self.sock.sendmsg(buffers)
         except (BlockingIOError, InterruptedError):
@@ -173,6 +268,9 @@ class Transport:
         """Run forever (in the session's nursery): send the backlog whenever the socket can
         take it. Raises ConnectionLost when the socket fails."""
         while True:
+            if self._batch:
+                buffers, self._batch = self._batch, []
+                self._send_now(buffers)
             if not self._backlog:
                 await self._backlog_changed.wait()
                 self._backlog_changed = trio.Event()
@@ -180,10 +278,20 @@ class Transport:
             await self._writable()
             while self._backlog and self._push_backlog():
                 pass
+            self._backlog_sent.set()
+            self._backlog_sent = trio.Event()
+
+    async def wait_backlog(self, buffers: int) -> None:
+        """Wait until at most ``buffers`` buffers wait for the socket (``drain`` must run)."""
+        while len(self._backlog) > buffers:
+            await self._backlog_sent.wait()
 
     async def flush(self) -> None:
         """Wait until everything sent so far is in the socket (the login phase, before any
         task runs :meth:`drain`)."""
+        if self._batch:
+            buffers, self._batch = self._batch, []
+            self._send_now(buffers)
         while self._backlog:
             await self._writable()
             self._push_backlog()
@@ -239,7 +347,9 @@ class Transport:
             return
         self._closed = True
         self._backlog.clear()
+        self._batch.clear()
         self._backlog_changed.set()
+        self._backlog_sent.set()
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
         await trio.lowlevel.checkpoint()

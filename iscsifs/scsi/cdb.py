@@ -22,6 +22,9 @@ __all__ = [
     "max_blocks_per_cdb", "synchronize_cache10", "synchronize_cache16", "synchronize_cache",
     "mode_sense6", "mode_sense10", "UNMAP_NO_LIMIT", "MAX_UNMAP_DESCRIPTORS", "unmap",
     "unmap_parameter_list", "write_same16",
+    "PrInAction", "PrOutAction", "PrType", "PR_TYPE_NAMES", "persistent_reserve_in",
+    "persistent_reserve_out", "pr_out_parameter_list", "REPORT_TARGET_PORT_GROUPS_SA",
+    "report_target_port_groups",
 ]
 
 
@@ -36,6 +39,8 @@ class Opcode(enum.IntEnum):
     WRITE_10 = 0x2A
     SYNCHRONIZE_CACHE_10 = 0x35
     UNMAP = 0x42
+    PERSISTENT_RESERVE_IN = 0x5E
+    PERSISTENT_RESERVE_OUT = 0x5F
     MODE_SENSE_10 = 0x5A
     READ_16 = 0x88
     WRITE_16 = 0x8A
@@ -43,6 +48,7 @@ class Opcode(enum.IntEnum):
     WRITE_SAME_16 = 0x93
     SERVICE_ACTION_IN_16 = 0x9E
     REPORT_LUNS = 0xA0
+    MAINTENANCE_IN = 0xA3
 
 
 class VpdPage(enum.IntEnum):
@@ -121,6 +127,20 @@ _UNMAP = struct.Struct(">BB4xBHB")
 # reserved (4)
 _UNMAP_HEADER = struct.Struct(">HH4x")
 _UNMAP_DESCRIPTOR = struct.Struct(">QI4x")
+# PERSISTENT RESERVE IN, SPC-4 §6.13.1 table 166: opcode, service action (bits 4-0),
+# reserved (5), allocation length (2), control
+_PR_IN = struct.Struct(">BB5xHB")
+# PERSISTENT RESERVE OUT, SPC-4 §6.14.1 table 180: opcode, service action (bits 4-0),
+# scope (bits 7-4) + type (bits 3-0), reserved (2), parameter list length (4), control
+_PR_OUT = struct.Struct(">BBB2xIB")
+# PERSISTENT RESERVE OUT basic parameter list, SPC-4 §6.14.3 table 185: reservation key (8),
+# service action reservation key (8), obsolete (4), SPEC_I_PT (bit 3) + ALL_TG_PT (bit 2) +
+# APTPL (bit 0), reserved, obsolete (2)
+_PR_OUT_PARAMETERS = struct.Struct(">QQ4xBx2x")    # 24 bytes
+# MAINTENANCE IN / REPORT TARGET PORT GROUPS, SPC-4 §6.35 table 290: opcode, parameter data
+# format (bits 7-5) + service action (bits 4-0), reserved (4), allocation length (4),
+# reserved, control
+_REPORT_TPGS = struct.Struct(">BB4xIxB")
 
 
 def _check(name: str, value: object, low: int, high: int) -> int:
@@ -320,3 +340,103 @@ def write_same16(lba: int, blocks: int, *, unmap: bool = False) -> bytes:
     must not be 0: for WRITE SAME, 0 means "to the end of the medium"."""
     _check("blocks", blocks, 1, MAX_BLOCKS_16)
     return _cdb16(Opcode.WRITE_SAME_16, _WS_UNMAP if unmap else 0, lba, blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistent reservations (SPC-4 §5.13, §6.13, §6.14)
+# ---------------------------------------------------------------------------------------------
+
+class PrInAction(enum.IntEnum):
+    """PERSISTENT RESERVE IN service actions (SPC-4 §6.13.1 table 167)."""
+
+    READ_KEYS = 0x00
+    READ_RESERVATION = 0x01
+    REPORT_CAPABILITIES = 0x02
+    READ_FULL_STATUS = 0x03
+
+
+class PrOutAction(enum.IntEnum):
+    """PERSISTENT RESERVE OUT service actions (SPC-4 §6.14.2 table 181)."""
+
+    REGISTER = 0x00
+    RESERVE = 0x01
+    RELEASE = 0x02
+    CLEAR = 0x03
+    PREEMPT = 0x04
+    PREEMPT_AND_ABORT = 0x05
+    REGISTER_AND_IGNORE_EXISTING_KEY = 0x06
+    REGISTER_AND_MOVE = 0x07
+    REPLACE_LOST_RESERVATION = 0x08
+
+
+class PrType(enum.IntEnum):
+    """Persistent reservation types (SPC-4 §6.13.3.4 table 175)."""
+
+    WRITE_EXCLUSIVE = 0x1
+    EXCLUSIVE_ACCESS = 0x3
+    WRITE_EXCLUSIVE_REGISTRANTS_ONLY = 0x5
+    EXCLUSIVE_ACCESS_REGISTRANTS_ONLY = 0x6
+    WRITE_EXCLUSIVE_ALL_REGISTRANTS = 0x7
+    EXCLUSIVE_ACCESS_ALL_REGISTRANTS = 0x8
+
+
+# The names sg_persist prints for the TYPE field (0..15; the gaps are obsolete codes)
+PR_TYPE_NAMES = (
+    "obsolete [0]", "Write Exclusive", "obsolete [2]", "Exclusive Access", "obsolete [4]",
+    "Write Exclusive, registrants only", "Exclusive Access, registrants only",
+    "Write Exclusive, all registrants", "Exclusive Access, all registrants",
+    "obsolete [9]", "obsolete [0xa]", "obsolete [0xb]", "obsolete [0xc]", "obsolete [0xd]",
+    "obsolete [0xe]", "obsolete [0xf]",
+)
+
+_SPEC_I_PT = 0x08
+_ALL_TG_PT = 0x04
+_APTPL = 0x01
+MAX_KEY = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def persistent_reserve_in(service_action: int, alloc: int = 8192) -> bytes:
+    """PERSISTENT RESERVE IN (SPC-4 §6.13): READ KEYS, READ RESERVATION, REPORT CAPABILITIES
+    or READ FULL STATUS (``PrInAction``)."""
+    _check("service_action", service_action, 0, 0x1F)
+    _check("alloc", alloc, 0, 0xFFFF)
+    return _PR_IN.pack(Opcode.PERSISTENT_RESERVE_IN, service_action, alloc, 0)
+
+
+def persistent_reserve_out(service_action: int, pr_type: int = 0, *, scope: int = 0,
+                           parameter_list_length: int = _PR_OUT_PARAMETERS.size) -> bytes:
+    """PERSISTENT RESERVE OUT (SPC-4 §6.14) with the basic parameter list (24 bytes, see
+    :func:`pr_out_parameter_list`) as its data. ``scope`` 0 is LU_SCOPE, the only one SPC-4
+    keeps."""
+    _check("service_action", service_action, 0, 0x1F)
+    _check("pr_type", pr_type, 0, 0xF)
+    _check("scope", scope, 0, 0xF)
+    _check("parameter_list_length", parameter_list_length, 0, 0xFFFF_FFFF)
+    return _PR_OUT.pack(Opcode.PERSISTENT_RESERVE_OUT, service_action, (scope << 4) | pr_type,
+                        parameter_list_length, 0)
+
+
+def pr_out_parameter_list(reservation_key: int = 0, service_action_key: int = 0, *,
+                          aptpl: bool = False, all_tg_pt: bool = False) -> bytes:
+    """The basic PERSISTENT RESERVE OUT parameter list (SPC-4 §6.14.3), without TransportIDs
+    (SPEC_I_PT is never set)."""
+    _check("reservation_key", reservation_key, 0, MAX_KEY)
+    _check("service_action_key", service_action_key, 0, MAX_KEY)
+    flags = (_ALL_TG_PT if all_tg_pt else 0) | (_APTPL if aptpl else 0)
+    return _PR_OUT_PARAMETERS.pack(reservation_key, service_action_key, flags)
+
+
+# ---------------------------------------------------------------------------------------------
+# Asymmetric logical unit access (SPC-4 §5.16)
+# ---------------------------------------------------------------------------------------------
+
+REPORT_TARGET_PORT_GROUPS_SA = 0x0A      # SPC-4 §6.35: MAINTENANCE IN service action 0Ah
+
+
+def report_target_port_groups(alloc: int = 1024, *, extended: bool = False) -> bytes:
+    """REPORT TARGET PORT GROUPS (SPC-4 §6.35): MAINTENANCE IN with service action 0Ah.
+    ``extended`` asks for the extended header (parameter data format 001b), which adds the
+    implicit transition time."""
+    _check("alloc", alloc, 4, 0xFFFF_FFFF)
+    return _REPORT_TPGS.pack(Opcode.MAINTENANCE_IN,
+                             (0x20 if extended else 0) | REPORT_TARGET_PORT_GROUPS_SA, alloc, 0)

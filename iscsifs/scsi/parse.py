@@ -3,8 +3,9 @@
 Owns: standard INQUIRY data (SPC-4 §6.6.2), the VPD pages 00h/80h/83h (SPC-4 §7.8), B0h
 (SBC-3 §6.5.3) and B2h (SBC-3 r35 §6.6.4 / SBC-4 §6.6.6), READ CAPACITY(10)/(16) parameter
 data (SBC-3 §5.15.2, §5.16.2), REPORT LUNS parameter data (SPC-4 §6.33) with LUN decoding
-(SAM-5 §4.7), and the WP bit of a MODE SENSE header (SPC-4 §7.5.5, SBC-3 §6.4.1). Knows
-nothing of iSCSI and does no I/O.
+(SAM-5 §4.7), the WP bit of a MODE SENSE header (SPC-4 §7.5.5, SBC-3 §6.4.1), PERSISTENT
+RESERVE IN parameter data (SPC-4 §6.13) and REPORT TARGET PORT GROUPS parameter data (SPC-4
+§6.35). Knows nothing of iSCSI and does no I/O.
 
 Every parser accepts truncated data (a short allocation length, or a residual): fields that
 are missing read as 0/empty, and a length field that claims more than is present is clamped.
@@ -29,6 +30,11 @@ __all__ = [
     "ProvisioningType", "LogicalBlockProvisioning", "parse_vpd_logical_block_provisioning",
     "Capacity", "parse_read_capacity10", "parse_read_capacity16",
     "decode_lun_entry", "parse_report_luns", "report_luns_needed", "parse_mode_sense_wp",
+    "target_port_group", "relative_target_port",
+    "PrKeys", "PrReservation", "PrCapabilities", "PrStatusDescriptor", "PrFullStatus",
+    "parse_pr_read_keys", "parse_pr_read_reservation", "parse_pr_report_capabilities",
+    "parse_pr_read_full_status", "transport_id_text",
+    "AluaState", "TargetPortGroup", "parse_report_target_port_groups",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -570,3 +576,274 @@ def parse_mode_sense_wp(data: Buffer, ten: bool) -> bool:
             f"MODE SENSE({10 if ten else 6}) data of {len(raw)} bytes has no device-specific "
             "parameter")
     return bool(raw[index] & _WP)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target port designators of VPD 83h (ALUA)
+# ---------------------------------------------------------------------------------------------
+
+def _port_designator(designators: list[Designator], dtype: int) -> int | None:
+    for d in designators:
+        if d.association == Association.TARGET_PORT and d.designator_type == dtype \
+                and len(d.value) >= 4:
+            return int.from_bytes(d.value[2:4], "big")
+    return None
+
+
+def target_port_group(designators: list[Designator]) -> int | None:
+    """The target port group of the port the page came through: the Target Port Group
+    designator (SPC-4 §7.8.6.7: reserved (2), group (2)), or None."""
+    return _port_designator(designators, DesignatorType.TARGET_PORT_GROUP)
+
+
+def relative_target_port(designators: list[Designator]) -> int | None:
+    """The relative target port identifier (SPC-4 §7.8.6.6: obsolete (2), identifier (2)) of
+    the port the page came through, or None."""
+    return _port_designator(designators, DesignatorType.RELATIVE_TARGET_PORT)
+
+
+# ---------------------------------------------------------------------------------------------
+# PERSISTENT RESERVE IN
+# ---------------------------------------------------------------------------------------------
+
+# SPC-4 §6.13.2 table 168 / §6.13.3 table 169 / §6.13.5 table 178: PRGENERATION (4),
+# ADDITIONAL LENGTH (4)
+_PR_HEADER = struct.Struct(">II")
+# SPC-4 §6.13.3.3 table 170: reservation key (8), obsolete (4), reserved, scope + type,
+# obsolete (2)
+_PR_RESERVATION = struct.Struct(">Q4xxBxx")    # 16 bytes
+# SPC-4 §6.13.4 table 172: length (2), RLR_C + CRH + SIP_C + ATP_C + PTPL_C, TMV + ALLOW
+# COMMANDS + PTPL_A, persistent reservation type mask (2), reserved (2)
+_PR_CAPABILITIES = struct.Struct(">HBBH2x")    # 8 bytes
+# SPC-4 §6.13.5.2 table 179: reservation key (8), reserved (4), ALL_TG_PT + R_HOLDER, scope +
+# type, reserved (4), relative target port identifier (2), additional descriptor length (4)
+_PR_STATUS = struct.Struct(">Q4xBB4xHI")      # 24 bytes, then a TransportID
+
+
+@dataclass(frozen=True, slots=True)
+class PrKeys:
+    """READ KEYS: the generation and every registered key (one per registered I_T nexus)."""
+
+    generation: int
+    keys: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PrReservation:
+    """READ RESERVATION: the reservation, if one is held (``key`` None: none)."""
+
+    generation: int
+    key: int | None = None
+    scope: int = 0
+    type: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PrCapabilities:
+    """REPORT CAPABILITIES (SPC-4 §6.13.4): flags as sg_persist names them, and the type
+    mask as the set of reservation types the LUN supports (valid only when ``tmv``)."""
+
+    rlr_c: bool
+    crh: bool
+    sip_c: bool
+    atp_c: bool
+    ptpl_c: bool
+    tmv: bool
+    allow_commands: int
+    ptpl_a: bool
+    types: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class PrStatusDescriptor:
+    """One registered I_T nexus of READ FULL STATUS."""
+
+    key: int
+    all_tg_pt: bool
+    holder: bool
+    scope: int
+    type: int
+    relative_target_port: int
+    transport_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrFullStatus:
+    generation: int
+    descriptors: tuple[PrStatusDescriptor, ...]
+
+
+def _pr_body(data: Buffer, what: str) -> tuple[int, bytes]:
+    raw = bytes(data)
+    if len(raw) < _PR_HEADER.size:
+        raise RemoteProtocolError(f"PERSISTENT RESERVE IN ({what}) data of {len(raw)} bytes "
+                                  f"(need 8)")
+    generation, length = _PR_HEADER.unpack_from(raw)
+    return generation, raw[_PR_HEADER.size:_PR_HEADER.size + length]
+
+
+def parse_pr_read_keys(data: Buffer) -> PrKeys:
+    """READ KEYS parameter data (SPC-4 §6.13.2); keys cut off by truncation are left out."""
+    generation, body = _pr_body(data, "READ KEYS")
+    keys = tuple(int.from_bytes(body[i:i + 8], "big") for i in range(0, len(body) - 7, 8))
+    return PrKeys(generation, keys)
+
+
+def parse_pr_read_reservation(data: Buffer) -> PrReservation:
+    """READ RESERVATION parameter data (SPC-4 §6.13.3): no reservation when the additional
+    length is 0 (or too short for the 16-byte descriptor)."""
+    generation, body = _pr_body(data, "READ RESERVATION")
+    if len(body) < _PR_RESERVATION.size:
+        return PrReservation(generation)
+    key, scope_type = _PR_RESERVATION.unpack_from(body)
+    return PrReservation(generation, key, scope_type >> 4, scope_type & 0x0F)
+
+
+# PERSISTENT RESERVATION TYPE MASK bits (SPC-4 §6.13.4 table 174): bit -> type
+_TYPE_MASK = ((0x8000, 7), (0x4000, 6), (0x2000, 5), (0x0800, 3), (0x0200, 1), (0x0001, 8))
+
+
+def parse_pr_report_capabilities(data: Buffer) -> PrCapabilities:
+    """REPORT CAPABILITIES parameter data (SPC-4 §6.13.4); its LENGTH field must say 8."""
+    raw = bytes(data)
+    if len(raw) < _PR_CAPABILITIES.size:
+        raise RemoteProtocolError(f"PERSISTENT RESERVE IN (REPORT CAPABILITIES) data of "
+                                  f"{len(raw)} bytes (need 8)")
+    length, b2, b3, mask = _PR_CAPABILITIES.unpack_from(raw)
+    if length != _PR_CAPABILITIES.size:
+        raise RemoteProtocolError(f"PERSISTENT RESERVE IN (REPORT CAPABILITIES) says length "
+                                  f"{length} (expected 8)")
+    return PrCapabilities(
+        rlr_c=bool(b2 & 0x80), crh=bool(b2 & 0x10), sip_c=bool(b2 & 0x08),
+        atp_c=bool(b2 & 0x04), ptpl_c=bool(b2 & 0x01), tmv=bool(b3 & 0x80),
+        allow_commands=(b3 >> 4) & 0x07, ptpl_a=bool(b3 & 0x01),
+        types=frozenset(t for bit, t in _TYPE_MASK if mask & bit))
+
+
+def parse_pr_read_full_status(data: Buffer) -> PrFullStatus:
+    """READ FULL STATUS parameter data (SPC-4 §6.13.5): every complete descriptor."""
+    generation, body = _pr_body(data, "READ FULL STATUS")
+    out = []
+    offset = 0
+    while offset + _PR_STATUS.size <= len(body):
+        key, flags, scope_type, rtp, tid_len = _PR_STATUS.unpack_from(body, offset)
+        start = offset + _PR_STATUS.size
+        tid = body[start:start + tid_len]
+        if len(tid) < tid_len:
+            break
+        out.append(PrStatusDescriptor(key, bool(flags & 0x02), bool(flags & 0x01),
+                                      scope_type >> 4, scope_type & 0x0F, rtp, tid))
+        offset = start + tid_len
+    return PrFullStatus(generation, tuple(out))
+
+
+_TPROTO_ISCSI = 0x5
+
+
+def transport_id_text(tid: bytes) -> str | None:
+    """The initiator of an iSCSI TransportID (SPC-4 §7.6.4.6): ``iqn...`` or
+    ``iqn...,i,0x<isid>``; None for another protocol or a malformed one."""
+    if len(tid) < 4 or tid[0] & 0x0F != _TPROTO_ISCSI:
+        return None
+    length = int.from_bytes(tid[2:4], "big")
+    name = tid[4:4 + length].split(b"\0", 1)[0]
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# REPORT TARGET PORT GROUPS
+# ---------------------------------------------------------------------------------------------
+
+class AluaState(enum.IntEnum):
+    """Asymmetric access states (SPC-4 §6.35 table 292)."""
+
+    ACTIVE_OPTIMIZED = 0x0
+    ACTIVE_NON_OPTIMIZED = 0x1
+    STANDBY = 0x2
+    UNAVAILABLE = 0x3
+    LBA_DEPENDENT = 0x4
+    OFFLINE = 0xE
+    TRANSITIONING = 0xF
+
+    @property
+    def label(self) -> str:
+        """``active/optimized``, ``active/non-optimized``, ``standby``, ... (Linux's names)."""
+        return _ALUA_LABELS[self]
+
+
+_ALUA_LABELS = {
+    AluaState.ACTIVE_OPTIMIZED: "active/optimized",
+    AluaState.ACTIVE_NON_OPTIMIZED: "active/non-optimized",
+    AluaState.STANDBY: "standby",
+    AluaState.UNAVAILABLE: "unavailable",
+    AluaState.LBA_DEPENDENT: "lba-dependent",
+    AluaState.OFFLINE: "offline",
+    AluaState.TRANSITIONING: "transitioning",
+}
+
+# SPC-4 §6.35 table 291 (after the 4-byte RETURN DATA LENGTH, or the 8-byte extended header):
+# PREF + asymmetric access state, T_SUP O_SUP LBD_SUP U_SUP S_SUP AN_SUP AO_SUP, target port
+# group (2), reserved, status code, vendor specific, target port count; then 4 bytes per
+# port: obsolete (2), relative target port identifier (2)
+_TPG_DESCRIPTOR = struct.Struct(">BBHxBBB")    # 8 bytes
+_RTPG_EXTENDED = 0x10       # FORMAT TYPE 001b in byte 4 bits 6-4
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPortGroup:
+    """One target port group of REPORT TARGET PORT GROUPS. ``state`` is an ``AluaState``
+    (or the raw int for a reserved value); ``supported`` the states the group may take."""
+
+    group: int
+    state: AluaState | int
+    preferred: bool
+    supported: frozenset[int]
+    status_code: int
+    ports: tuple[int, ...]
+
+    @property
+    def state_label(self) -> str:
+        return self.state.label if isinstance(self.state, AluaState) else \
+            f"reserved state {int(self.state):#x}"
+
+
+# support bits of byte 1 -> the state each allows
+_SUPPORT_BITS = ((0x80, AluaState.TRANSITIONING), (0x40, AluaState.OFFLINE),
+                 (0x10, AluaState.LBA_DEPENDENT), (0x08, AluaState.UNAVAILABLE),
+                 (0x04, AluaState.STANDBY), (0x02, AluaState.ACTIVE_NON_OPTIMIZED),
+                 (0x01, AluaState.ACTIVE_OPTIMIZED))
+
+
+def parse_report_target_port_groups(data: Buffer) -> list[TargetPortGroup]:
+    """REPORT TARGET PORT GROUPS parameter data (SPC-4 §6.35), in the length-only or the
+    extended header format. A descriptor cut off by truncation ends the list."""
+    raw = bytes(data)
+    if len(raw) < 4:
+        raise RemoteProtocolError(f"REPORT TARGET PORT GROUPS data of {len(raw)} bytes "
+                                  f"(need 4)")
+    length = int.from_bytes(raw[:4], "big")
+    header = 8 if len(raw) >= 8 and (raw[4] & 0x70) == _RTPG_EXTENDED else 4
+    body = raw[header:4 + length]
+    groups = []
+    offset = 0
+    while offset + _TPG_DESCRIPTOR.size <= len(body):
+        b0, b1, group, status, _vendor, count = _TPG_DESCRIPTOR.unpack_from(body, offset)
+        start = offset + _TPG_DESCRIPTOR.size
+        ports_raw = body[start:start + 4 * count]
+        if len(ports_raw) < 4 * count:
+            break
+        try:
+            state: AluaState | int = AluaState(b0 & 0x0F)
+        except ValueError:
+            state = b0 & 0x0F
+        groups.append(TargetPortGroup(
+            group=group, state=state, preferred=bool(b0 & 0x80),
+            supported=frozenset(s for bit, s in _SUPPORT_BITS if b1 & bit),
+            status_code=status,
+            ports=tuple(int.from_bytes(ports_raw[i + 2:i + 4], "big")
+                        for i in range(0, len(ports_raw), 4))))
+        offset = start + 4 * count
+    return groups

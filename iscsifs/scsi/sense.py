@@ -23,6 +23,7 @@ from iscsifs.errors import IscsiError, RemoteProtocolError
 __all__ = [
     "ScsiStatus", "SenseKey", "Sense", "ScsiError", "parse_sense", "asc_name", "check_status",
     "is_unit_attention", "is_capacity_changed", "is_luns_changed", "is_data_protect",
+    "is_reservation_conflict", "is_alua_state_changed", "alua_not_ready",
     "RESPONSE_FIXED_CURRENT", "RESPONSE_FIXED_DEFERRED",
     "RESPONSE_DESCRIPTOR_CURRENT", "RESPONSE_DESCRIPTOR_DEFERRED",
 ]
@@ -523,6 +524,32 @@ def is_data_protect(what: Sense | ScsiError | None) -> bool:
     """DATA PROTECT (e.g. 27/00 WRITE PROTECTED): the medium refuses the write."""
     sense = _sense_of(what)
     return sense is not None and sense.key is SenseKey.DATA_PROTECT
+
+
+def is_reservation_conflict(what: ScsiError | None) -> bool:
+    """Status RESERVATION CONFLICT (18h): another I_T nexus holds a persistent reservation
+    that excludes this command. The logical unit's answer, not the path's."""
+    return isinstance(what, ScsiError) and what.status == ScsiStatus.RESERVATION_CONFLICT
+
+
+def is_alua_state_changed(what: Sense | ScsiError | None) -> bool:
+    """UNIT ATTENTION 2A/06 ASYMMETRIC ACCESS STATE CHANGED (re-read the port groups)."""
+    sense = _sense_of(what)
+    return is_unit_attention(sense) and sense is not None and sense.asc_ascq == (0x2A, 0x06)
+
+
+# NOT READY 04/0A, 04/0B, 04/0C (SPC-4 §5.16.2.5): the port is in transition, standby or
+# unavailable; the ALUA state names of scsi.parse.AluaState
+_ALUA_NOT_READY = {0x0A: "transitioning", 0x0B: "standby", 0x0C: "unavailable"}
+
+
+def alua_not_ready(what: Sense | ScsiError | None) -> str | None:
+    """``"transitioning"``, ``"standby"`` or ``"unavailable"`` for NOT READY 04/0A, 04/0B
+    or 04/0C (the target port is not in an active ALUA state); else None."""
+    sense = _sense_of(what)
+    if sense is None or sense.key is not SenseKey.NOT_READY or sense.asc != 0x04:
+        return None
+    return _ALUA_NOT_READY.get(sense.ascq)
 
 
 def check_status(status: int, sense_bytes: bytes | bytearray | memoryview = b"") -> None:
