@@ -39,6 +39,8 @@ from collections import Counter
 import trio
 
 from iscsifs.errors import CommandTimeout, SessionFailed
+from iscsifs.scsi.sense import ScsiError
+from iscsifs.net import session as _session_mod
 from iscsifs.net.session import RETRY_CAP
 
 from . import disk
@@ -46,13 +48,15 @@ from .disk import CELL
 from .model import Model
 
 EPS = 0.01
+_BUSY_PAUSE = getattr(_session_mod, "BUSY_DELAY_MAX", 0.0)
 
 
 class ExecRec:
     __slots__ = ("session", "info", "lun", "cdb", "fail_fast", "start", "start_t", "end",
-                 "end_t")
+                 "end_t", "setup")
 
-    def __init__(self, session, info, lun, cdb, fail_fast, start, start_t):
+    def __init__(self, session, info, lun, cdb, fail_fast, start, start_t, setup=False):
+        self.setup = setup          # a login hook's command: part of a login
         self.session = session
         self.info = info
         self.lun = lun
@@ -135,11 +139,14 @@ class Checker:
         info.closed_at = trio.current_time()
 
     # ------------------------------------------------------------------ execute
-    def exec_start(self, session, lun, cdb, fail_fast) -> ExecRec:
+    def exec_start(self, session, lun, cdb, fail_fast, setup=False) -> ExecRec:
         info = self.info(session)
         rec = ExecRec(session, info, lun, cdb, fail_fast, self.world.next_seq(),
-                      trio.current_time())
+                      trio.current_time(), setup)
         self.pending[rec] = None
+        self.world.trace_list.append((rec.start_t, "exec", rec.start, session.sid,
+                                      rec.cdb[:1].hex(), "ff" if fail_fast else "",
+                                      "setup" if setup else ""))
         # the PDU's CDB field is 16 bytes: shorter CDBs arrive padded with zeros
         self.by_key.setdefault((session.isid, lun, rec.cdb.ljust(16, b"\0")), []).append(rec)
         return rec
@@ -149,6 +156,8 @@ class Checker:
         rec.end = world.next_seq()
         rec.end_t = now = trio.current_time()
         self.pending.pop(rec, None)
+        world.trace_list.append((now, "exec-end", rec.start, type(exc).__name__ if exc
+                                 else "ok"))
         if world.stopped:
             return
         self.checks["bound.exec"] += 1
@@ -158,11 +167,19 @@ class Checker:
         t = self.t
         elapsed = now - rec.start_t
         info = rec.info
-        if isinstance(exc, CommandTimeout) and elapsed < t.command - EPS:
+        status = getattr(exc, "status", None)
+        if isinstance(exc, ScsiError) and status in (0x08, 0x28) \
+                and elapsed < t.command - _BUSY_PAUSE - EPS:
+            # BUSY / TASK SET FULL are retried for command_timeout (Linux requeues them)
+            self.fail("error.transient", f"command 0x{rec.cdb[:1].hex()} (sid "
+                      f"{rec.session.sid}) failed with status {status:#04x} after "
+                      f"{elapsed:.3f} s, within command_timeout ({t.command:g} s): BUSY and "
+                      f"TASK SET FULL are to be retried")
+        elif isinstance(exc, CommandTimeout) and elapsed < t.command - EPS:
             self.fail("bound.early", f"CommandTimeout after {elapsed:.3f} s, before "
                       f"command_timeout ({t.command:g} s): {exc}")
         elif isinstance(exc, SessionFailed) and info.close_started is None \
-                and info.down_since is not None and not rec.fail_fast \
+                and info.down_since is not None and not rec.fail_fast and not rec.setup \
                 and now < info.down_since + t.replacement_timeout - EPS:
             self.fail("bound.early", f"SessionFailed {now - info.down_since:.3f} s into an "
                       f"outage, before replacement_timeout ({t.replacement_timeout:g} s): {exc}")
@@ -171,7 +188,16 @@ class Checker:
         """Did ``rec`` wait (until ``now``) where no caller may?"""
         info = rec.info
         t = self.t
-        limit = 0.0 if rec.fail_fast else t.replacement_timeout
+        if rec.setup:
+            # a login hook's command is part of a login: login_timeout bounds it
+            if now - rec.start_t > t.login + EPS:
+                self.fail("bound.login", f"setup command 0x{rec.cdb[:1].hex()} (sid "
+                          f"{rec.session.sid}) waited {now - rec.start_t:.2f} s, past "
+                          f"login_timeout ({t.login:g} s)")
+            return
+        # a fail-fast command is answered at once - or, if it was pausing between BUSY
+        # retries when the path failed, when that pause ends
+        limit = _BUSY_PAUSE if rec.fail_fast else t.replacement_timeout
         for start, end in info.outages:
             if end <= rec.start_t or start >= now:
                 continue
@@ -182,8 +208,9 @@ class Checker:
                                         or info.close_started > since + EPS):
                 if rec.fail_fast:
                     self.fail("bound.fail_fast", f"a fail-fast command 0x{rec.cdb[:1].hex()} "
-                              f"waited {until - since:.2f} s while its session "
-                              f"(sid {rec.session.sid}) was down")
+                              f"(issued at {rec.start_t:.3f}) waited {until - start:.2f} s "
+                              f"while its session (sid {rec.session.sid}) was down (since "
+                              f"{start:.3f})")
                 else:
                     self.fail("bound.replacement", f"command 0x{rec.cdb[:1].hex()} (sid "
                               f"{rec.session.sid}) still waited {until - start:.2f} s into an "
@@ -276,7 +303,8 @@ class Checker:
         t = self.t
         quiet = t.noop_out_interval + t.noop_out_timeout + 1
         if tconn.logged_out or tconn.misbehaved or tconn.tmf_fault or tconn.async_logout_sent \
-                or tconn.renegotiate_deadline is not None:
+                or tconn.renegotiate_deadline is not None or tconn.window_closed:
+            # (a window held shut: commands, a login's setup ones too, may time out)
             return
         if max(tconn.portal.stalled_until, tconn.paused_until) > now - quiet \
                 or tconn.pause_end > now - quiet or tconn.target.last_unstall > now - quiet:

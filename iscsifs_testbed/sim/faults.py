@@ -189,7 +189,8 @@ class FaultPlan:
             if self._fire(kind, f"{portal.host} for {seconds:.1f} s"):
                 target.stall(portal, seconds)
         elif kind == "nop_flood":
-            n = 200 + int(b * 3000)
+            # hundreds, or more NOP-Ins than any bound on the backlog of answers
+            n = 200 + int(b * 3000) if b < 0.6 else 20000 + int(b * 10000)
             seconds = 2 + c * 20
             if self._fire(kind, f"connection {conn.id}: {n} NOP-Ins, not reading for "
                                 f"{seconds:.1f} s"):

@@ -229,6 +229,10 @@ class SimTransport(Transport):
             return
         self._closed = True
         self._backlog.clear()
+        getattr(self, "_batch", []).clear()
         self._backlog_changed.set()
+        sent = getattr(self, "_backlog_sent", None)
+        if sent is not None:
+            sent.set()
         self.conn.initiator_close(reset=self.sock.linger0)
         await trio.lowlevel.checkpoint()

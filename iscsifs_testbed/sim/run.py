@@ -263,8 +263,12 @@ class World:
             return
         cmds = self.limits["cmds_max"]
         per_cmd = wl.max_command_bytes + 64 * (wl.max_command_bytes // 512 + 2)
-        self.limits["backlog_bytes"] = cmds * per_cmd + 65536
-        self.limits["backlog_buffers"] = cmds * 3 * (wl.max_command_bytes // 512 + 2) + 512
+        # the session's own bound on the backlog (16384 buffers when it states none), plus
+        # what its commands may add between two checks
+        declared = getattr(session_mod, "MAX_BACKLOG_BUFFERS", 16384)
+        self.limits["backlog_bytes"] = declared * 64 + cmds * per_cmd + 65536
+        self.limits["backlog_buffers"] = declared + cmds * 3 * (wl.max_command_bytes // 512 + 2) \
+            + 512
         now = trio.current_time()
         faults = self.faults
         faults.start = now
@@ -449,7 +453,8 @@ def _patched(world: World):
 
     async def execute(self, lun, cdb, **kw):
         checker = world.checker
-        rec = checker.exec_start(self, lun, cdb, kw.get("fail_fast", False))
+        rec = checker.exec_start(self, lun, cdb, kw.get("fail_fast", False),
+                                 kw.get("setup", False))
         try:
             result = await orig_execute(self, lun, cdb, **kw)
         except BaseException as exc:

@@ -134,6 +134,7 @@ class TConn:
         self.tmf_fault = False          # we ignored or refused a TMF on it
         self.async_logout_sent = False
         self.logged_out = False
+        self.window_closed = False      # its command window was held shut at some time
         self.paused_until = 0.0
         self.pause_end = -1e9
         self.login_isid = 0
@@ -822,6 +823,7 @@ class Target:
         if self.window_frozen_until > trio.current_time():
             sess.frozen = True
             sess.max_cmd_sn = (exp - 1) & MASK
+            conn.window_closed = True
         self.sessions[nexus] = sess
         conn.session = sess
         self.known_nexus[nexus] = None
@@ -1054,6 +1056,8 @@ class Target:
         self.window_frozen_until = trio.current_time() + seconds
         for sess in self.sessions.values():
             sess.frozen = True
+            if sess.conn is not None:
+                sess.conn.window_closed = True
         self.world.call_at(self.window_frozen_until, self._thaw)
 
     def _thaw(self) -> None:

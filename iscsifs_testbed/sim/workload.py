@@ -163,10 +163,8 @@ class Workload:
             if isinstance(leaf, trio.Cancelled):
                 continue
             if isinstance(leaf, ScsiError):
-                if leaf.status in _BUSY_STATUSES:
-                    world.violation("error.transient", f"{what}: the caller got "
-                                    f"{leaf.status!s} ({leaf}), which is to be retried")
-                    return
+                # (BUSY and TASK SET FULL: the checker judges each command, against
+                # command_timeout)
                 if leaf.sense is not None and leaf.sense.key is SenseKey.UNIT_ATTENTION:
                     world.violation("error.transient", f"{what}: the caller got UNIT "
                                     f"ATTENTION ({leaf}), which is to be retried")
