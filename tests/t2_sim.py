@@ -2,11 +2,11 @@
 
 What is checked here: a seed replays exactly (the same trace, in this process and in another
 one with another hash seed); the shrinker brings a failing seed down to the fault it needs;
-replays suppress the faults they are told to; and, per known defect of issue 15, a pinned seed
-that shows it. Those pinned tests are ``xfail(strict=True)`` while the defect is open: the day
-a fix makes its seed pass, the test XPASSes and fails - remove its mark then (the seed stays as
-the defect's regression test). The small budget of seeds below is tied to the CI switch in
-``iscsifs_testbed/sim/gate.py`` the same way.
+replays suppress the faults they are told to; and, per known defect of issue 15, a pinned seed:
+one that showed a fixed defect before its fix (it must not show it now), or one that shows an
+open defect today, ``xfail(strict=True)``: the day its fix makes the seed pass, the test
+XPASSes and fails - move the seed to ``REGRESSION`` then. The small budget of seeds below is
+tied to the CI switch in ``iscsifs_testbed/sim/gate.py`` the same way.
 """
 
 from __future__ import annotations
@@ -74,21 +74,34 @@ def test_a_run_checks_what_it_claims():
         assert checks.get(name, 0) > 0, (name, checks)
 
 
-# Seeds that show each known defect of issue 15 (found by `bash scripts/sim --defects`).
-PINNED = {
-    1: 151, 2: 53, 3: 187, 4: 157, 5: 67, 6: 134, 7: 167, 8: 122, 9: 196, 13: 180, 14: 121,
-    15: 125, 17: 192, 18: 131,
-}
+# One seed per known defect of issue 15 (found by `bash scripts/sim --defects`). REGRESSION:
+# seeds that showed the defect on the code before its fix (commit 497014333f5a, this branch
+# before it merged the fixes); they must not show it now. OPEN: seeds that show a defect on
+# today's code - expected failures (strict) until it is fixed, then move them up.
+REGRESSION = {1: 151, 4: 157, 5: 76, 6: 181, 7: 167, 8: 122, 9: 196, 13: 180, 15: 47, 18: 147}
+OPEN = {2: 154, 3: 2, 14: 44, 17: 59}
+
+
+def _shows(defect: int, seed: int) -> str | None:
+    result = run_seed(seed, keep_going=True)
+    found = attribute(result.violations, {f.kind for f in result.faults})
+    return found.get(defect)
+
+
+@pytest.mark.parametrize("defect, seed", [pytest.param(d, s, id=f"defect{d}-seed{s}")
+                                          for d, s in REGRESSION.items()])
+def test_pinned_seed_of_a_fixed_defect(defect, seed):
+    why = _shows(defect, seed)
+    assert why is None, f"{why}  [replay: bash scripts/sim --seed {seed}]"
 
 
 @pytest.mark.parametrize("defect, seed", [
     pytest.param(d, s, id=f"defect{d}-seed{s}",
                  marks=pytest.mark.xfail(strict=True, reason=f"issue 15 defect {d} is open"))
-    for d, s in PINNED.items()])
-def test_pinned_seed(defect, seed):
-    result = run_seed(seed, keep_going=True)
-    found = attribute(result.violations, {f.kind for f in result.faults})
-    assert defect not in found, f"{found[defect]}  [replay: bash scripts/sim --seed {seed}]"
+    for d, s in OPEN.items()])
+def test_pinned_seed_of_an_open_defect(defect, seed):
+    why = _shows(defect, seed)
+    assert why is None, f"{why}  [replay: bash scripts/sim --seed {seed}]"
 
 
 @pytest.mark.xfail(gate.mode() != "gate", strict=True,
