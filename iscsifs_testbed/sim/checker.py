@@ -311,6 +311,9 @@ class Checker:
             return
         if world.closing or world.target_rng is None:
             return
+        if any(info.session.isid == tconn.login_isid and info.close_started is not None
+               for info in self.sessions):
+            return      # a logout (rmdir, unmount) closes it, even in the middle of a login
         why = " / ".join(world.warnings[-3:]) or "no reason logged"
         self.fail("conn.healthy_drop", f"the initiator dropped connection {tconn.id} to a "
                   f"target that answered everything correctly; last warnings: {why}")
