@@ -319,8 +319,13 @@ class Workload:
     # ------------------------------------------------------------------ after the horizon
     async def liveness(self) -> None:
         """Every file works again: sessions back, whole-LU reads, a write read back,
-        ``by-id`` lists every logical unit and every file knows its LU's size."""
+        ``by-id`` lists every logical unit and every file knows its LU's size. (A file of a
+        logical unit that a restart replaced - ``--lu-swap`` - is gone: it is left out.)"""
         world = self.world
+        current = {lu.tag for lu in world.target.lun_map.values()}
+        for f in self.files:
+            if f.tag not in current:
+                f.dead = True
         for pair in self.pairs:
             ok, exc = await self.call(f"login {pair[1].host} (liveness)", self.open_raw, pair)
             if not ok:
