@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 import trio
 
@@ -39,7 +39,7 @@ from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
 from .net.isns import isns_discover
 from .net.session import Session, Timeouts
-from .net.transport import Connector, open_tcp, tcp_connector
+from .net.transport import Connector, Transport, open_tcp, tcp_connector
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.sense import ScsiError, is_capacity_changed, is_luns_changed, parse_sense
@@ -132,7 +132,8 @@ class Initiator:
                  alua_transition_timeout: float = ALUA_TRANSITION_TIMEOUT,
                  source_address: str | None = None,
                  isns_server: Portal | None = None,
-                 isns_answer: list[DiscoveredTarget] | None = None):
+                 isns_answer: list[DiscoveredTarget] | None = None,
+                 transport_factory: Callable[[Portal], Awaitable[Transport]] | None = None):
         self.initiator_name = initiator_name
         self.initiator_alias = initiator_alias
         self.portals = list(portals)
@@ -150,6 +151,8 @@ class Initiator:
         # session IDs for new sessions (the mount's are unique machine-wide); None: per process
         self.sid_source = sid_source
         self.connector = connector      # how sessions reach a portal (tests: a socketpair)
+        # or a whole transport per portal (the simulator's in-memory network); None: TCP
+        self.transport_factory = transport_factory
         # local address every connection is bound to (source_address=, iface.ipaddress);
         # a node record's iface.ipaddress wins for that node's sessions
         self.source_address = source_address
@@ -262,6 +265,7 @@ class Initiator:
                     cmds_max=opts.cmds_max or 128,
                     initiator_alias=self.initiator_alias,
                     sid=self.sid_source() if self.sid_source is not None else None,
+                    transport_factory=self.transport_factory,
                     # identity first: nothing else goes to a LUN that may be another LU now
                     login_hooks=[self._identity_hook(_key(target, portal)),
                                  *self._login_hooks(entry)],

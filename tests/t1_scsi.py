@@ -24,7 +24,7 @@ from iscsifs.scsi.parse import (
 )
 from iscsifs.scsi.sense import (
     ScsiError, ScsiStatus, SenseKey, asc_name, check_status, is_capacity_changed,
-    is_luns_changed, is_unit_attention, parse_sense,
+    is_data_protect, is_luns_changed, is_unit_attention, parse_sense,
 )
 
 H = bytes.fromhex
@@ -453,6 +453,17 @@ class TestScsiError:
         assert is_capacity_changed(cap)
         # 2A/09 with another key is not a capacity-changed unit attention
         assert not is_capacity_changed(parse_sense(fixed_sense(0x5, 0x2A, 0x09)))
+
+    def test_helpers_take_any_exception(self):
+        # device.Lun.write asks is_data_protect() of every leaf of a failed write's error,
+        # which may be a CommandTimeout or SessionFailed (found by the simulator: it raised
+        # AttributeError, so a timed-out write failed with a traceback instead of EIO)
+        from iscsifs.errors import CommandTimeout, SessionFailed
+        for exc in (CommandTimeout("timed out"), SessionFailed("gone"), ValueError("x")):
+            assert not is_data_protect(exc)
+            assert not is_unit_attention(exc)
+            assert not is_capacity_changed(exc) and not is_luns_changed(exc)
+        assert is_data_protect(ScsiError(2, parse_sense(fixed_sense(0x7, 0x27, 0))))
 
     def test_pickle(self):
         err = ScsiError(2, parse_sense(fixed_sense(0x3, 0x11, 0)), fixed_sense(0x3, 0x11, 0))

@@ -198,7 +198,8 @@ class Session:
                  chap: ChapCredentials | None = None, timeouts: Timeouts | None = None,
                  initiator_alias: str | None = None, queue_depth: int = 32,
                  cmds_max: int = 128, recover: bool = True, connector: Connector = open_tcp,
-                 sid: int | None = None, login_hooks: Sequence[LoginHook] = ()):
+                 sid: int | None = None, login_hooks: Sequence[LoginHook] = (),
+                 transport_factory: Callable[[Portal], Awaitable[Transport]] | None = None):
         self.portal = portal                # the persistent portal (the node's)
         self.current_portal = portal        # where the connection is (after redirections)
         self._login_portal = portal         # where the next login starts
@@ -212,6 +213,9 @@ class Session:
         self.queue_depth = queue_depth
         self.recover = recover
         self.connector = connector
+        # opens a Transport to a portal (default: a TCP connection made by ``connector``);
+        # the deterministic simulator (iscsifs_testbed.sim) passes an in-memory one
+        self.transport_factory = transport_factory
         # the session ID iscsiadm would show; the mount passes machine-wide unique ones
         self.sid = next(_sid_counter) if sid is None else sid
         # ISID type 0x80 "random" (RFC 7143 §11.12.5): T=10b, then 24 random bits, qualifier 0.
@@ -330,7 +334,10 @@ class Session:
         within ``login_timeout``."""
         try:
             with trio.fail_after(self.timeouts.login):
-                transport = await Transport.open(portal, self.connector)
+                if self.transport_factory is not None:
+                    transport = await self.transport_factory(portal)
+                else:
+                    transport = await Transport.open(portal, self.connector)
                 try:
                     complete = await self._login_exchange(transport)
                 except BaseException:

@@ -494,10 +494,12 @@ class ScsiError(IscsiError):
         return (type(self), (int(self.status), self.sense, self.sense_bytes))
 
 
-def _sense_of(what: Sense | ScsiError | None) -> Sense | None:
+def _sense_of(what: Sense | BaseException | None) -> Sense | None:
+    """The sense data of ``what``: a Sense, a ScsiError, or any other exception (a leaf of a
+    failed command's error: CommandTimeout, SessionFailed, ...), which has none."""
     if isinstance(what, ScsiError):
         return what.sense
-    return what
+    return what if isinstance(what, Sense) else None
 
 
 def is_unit_attention(what: Sense | ScsiError | None) -> bool:
