@@ -461,6 +461,52 @@ async def test_a_caller_waiting_for_a_cmds_max_slot_hears_of_the_replacement_tim
     await session.close()
 
 
+@CONN_FAILED
+@REPLACEMENT_EXPIRED
+async def test_a_fail_fast_caller_waiting_for_a_cmds_max_slot_hears_of_the_failure_at_once(
+        nursery, autojump_clock):
+    # the one slot is held by an ordinary command, which waits for the relogin; a fail-fast
+    # (multipath) caller waiting for that slot is answered when the path fails, not when the
+    # slot comes free at the replacement timeout (simulator seed 154)
+    target = FakeTarget(on_command=lambda conn, cmd: [], hang_login_after=1)
+    session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                    initiator_name=INITIATOR, nursery=nursery,
+                                    timeouts=Timeouts(noop_out_interval=0, command=0,
+                                                      replacement_timeout=20, login=5),
+                                    connector=target.socketpair_connector(nursery),
+                                    cmds_max=1)
+    outcome = {}
+
+    async def ordinary():
+        try:
+            await read(session, 0)
+        except SessionFailed:
+            outcome["ordinary"] = trio.current_time()
+
+    async def fast():
+        try:
+            await session.execute(1, read10(8), read_length=512, read_buffer=bytearray(512),
+                                  fail_fast=True)
+        except PathFailed as exc:
+            outcome["fast"] = (trio.current_time(), exc)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            n.start_soon(ordinary)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(fast)                          # waits for the one slot
+            await trio.testing.wait_all_tasks_blocked()
+            assert "fast" not in outcome
+            dropped = trio.current_time()
+            await target.live[1].close()
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome["fast"][0] == dropped        # at once, not at the give-up
+            assert "ordinary" not in outcome            # that one waits for the relogin
+    assert outcome["ordinary"] - dropped == pytest.approx(20, abs=EPS)
+    assert len(target.commands_seen()) == 1             # the fail-fast one never went out
+    await session.close()
+
+
 def write_held(held: list):
     """A script: WRITEs are held (their ScsiCommand kept in ``held``, no answer), anything
     else is read data."""

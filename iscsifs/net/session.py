@@ -148,10 +148,11 @@ class _Command:
 class _SlotWaiter:
     """A caller waiting for a ``cmds_max`` slot (its command does not exist yet)."""
 
-    __slots__ = ("lun", "scope", "error")
+    __slots__ = ("lun", "fail_fast", "scope", "error")
 
-    def __init__(self, lun: int):
+    def __init__(self, lun: int, fail_fast: bool):
         self.lun = lun
+        self.fail_fast = fail_fast
         self.scope = trio.CancelScope()
         self.error: BaseException | None = None   # set by fail_waiting: answer this
 
@@ -666,7 +667,7 @@ class Session:
             try:
                 self._admission.acquire_nowait()
             except trio.WouldBlock:
-                await self._wait_for_slot(lun)
+                await self._wait_for_slot(lun, fail_fast)
                 # the session may have closed or given up while we waited for the slot
                 refusal = self._refusal(setup, fail_fast)
                 if refusal is not None:
@@ -776,10 +777,10 @@ class Session:
                 except ConnectionLost as exc:
                     self._link_failed(link, exc)
 
-    async def _wait_for_slot(self, lun: int) -> None:
-        """Wait for a ``cmds_max`` slot; ``fail_waiting(lun, error)`` ends the wait with
-        ``error`` (and the slot, if it came meanwhile, goes back)."""
-        waiter = _SlotWaiter(lun)
+    async def _wait_for_slot(self, lun: int, fail_fast: bool) -> None:
+        """Wait for a ``cmds_max`` slot; ``_answer_slot_waiters`` ends the wait with an error
+        (and the slot, if it came meanwhile, goes back)."""
+        waiter = _SlotWaiter(lun, fail_fast)
         self._slot_waiters.add(waiter)
         try:
             with waiter.scope:
@@ -799,15 +800,24 @@ class Session:
         waiting = [cmd for cmd in self._unfinished if cmd.lun == lun and cmd.link is None]
         for cmd in waiting:
             self._complete(cmd, None, error)
-        admitting = [w for w in self._slot_waiters if w.lun == lun and w.error is None]
-        for waiter in admitting:
+        return len(waiting) + self._answer_slot_waiters(error, lambda w: w.lun == lun)
+
+    def _answer_slot_waiters(self, error: BaseException, which=None) -> int:
+        """End the wait of every caller waiting for a ``cmds_max`` slot (``which``: those it
+        is true for) with ``error``: none of their commands is ever sent."""
+        answered = [w for w in self._slot_waiters
+                    if w.error is None and (which is None or which(w))]
+        for waiter in answered:
             waiter.error = error
             waiter.scope.cancel()
-        return len(waiting) + len(admitting)
+        return len(answered)
 
     def _fail_waiting(self, error: BaseException) -> None:
+        """Answer ``error`` to every caller: those whose command waits, and those waiting for
+        a slot (they are not left to find the error when a slot comes free)."""
         for cmd in list(self._unfinished):
             self._complete(cmd, None, error)
+        self._answer_slot_waiters(error)
 
     def _timeout_error(self) -> CommandTimeout:
         self._count("cmd_timeouts")
@@ -841,6 +851,10 @@ class Session:
                 "connection to %s failed: %s", self._who(), exc)
         if self._fire(E.LINK_FAILED) is not S.LOGGED_IN:
             return      # a login's setup failed: connect() raises, or the relogins go on
+        # fail-fast callers still waiting for a cmds_max slot are answered now too: the slots
+        # may all be held by commands that wait for the relogin
+        self._answer_slot_waiters(PathFailed(f"connection to {self._who()} failed: {exc}"),
+                                  lambda w: w.fail_fast)
         if not self.recover:
             self._fire(E.GIVE_UP)
             self._fail_waiting(SessionFailed(f"connection to {self._who()} lost: {exc}"))
