@@ -739,6 +739,10 @@ def test_reject_of_scsi_command_fills_its_cmdsn_and_fails_the_task(reason, resen
     assert abort.immediate and abort.cmd_sn == 11       # RefCmdSN below it: inside the window
     assert isinstance(cmd, ScsiCommand) and (cmd.itt, cmd.cmd_sn) == (later, 11)
     assert itt != later                                 # its ITT is kept until the answer
+    # the session is told which ABORT TASK fills which CmdSN (error recovery drops the
+    # connection if the target leaves the gap open), and when the target has it
+    assert events[1].plug == (abort.itt, 10)
+    assert not conn.received(10)
     tgt.exp_cmd_sn = 11
     tgt.feed(TaskManagementResponse(itt=abort.itt, response=1, stat_sn=tgt._status(),
                                     **tgt._sn()))
@@ -878,6 +882,36 @@ def test_abort_of_a_sent_command_asks_the_target_to_end_it():
     assert conn.tombstones == 1
     tgt.feed(TaskManagementResponse(itt=tmf, response=0, stat_sn=tgt._status(), **tgt._sn()))
     assert (conn.itts_in_use, conn.tombstones, conn.outstanding) == (0, 0, 0)
+
+
+def test_a_reset_frees_the_tombstones_of_abandoned_commands_it_ended():
+    # an abandoned command may still be at the target; a LOGICAL UNIT RESET (of its LUN)
+    # or TARGET WARM RESET sent after it ends it there, so its tombstone goes with the answer
+    conn, tgt = make()
+    a = conn.start_command(1, bytes(6))
+    b = conn.start_command(2, bytes(6))
+    c = conn.start_command(1, bytes(6))
+    tgt.sent()
+    for itt in (a, b, c):
+        conn.abandon(itt)
+    assert conn.tombstones == 3 and all(conn.holds(itt) for itt in (a, b, c))
+    # ABORT TASK for an abandoned command still names its CmdSN
+    abort = conn.task_management(1, 1, referenced_itt=c)
+    (req,) = tgt.sent()
+    assert (req.referenced_task_tag, req.ref_cmd_sn) == (c, 12)
+    tgt.feed(TaskManagementResponse(itt=abort, response=0, stat_sn=tgt._status(), **tgt._sn()))
+    assert not conn.holds(c)
+    reset = conn.task_management(5, 1)
+    d = conn.start_command(1, bytes(6))         # after the reset: not ended by it
+    tgt.sent()
+    conn.abandon(d)
+    assert tgt.feed(TaskManagementResponse(itt=reset, response=0, stat_sn=tgt._status(),
+                                           **tgt._sn())) == [TaskManagementComplete(reset, 0)]
+    assert not conn.holds(a) and conn.holds(b) and conn.holds(d)
+    warm = conn.task_management(6, 0)
+    tgt.sent()
+    tgt.feed(TaskManagementResponse(itt=warm, response=0, stat_sn=tgt._status(), **tgt._sn()))
+    assert conn.itts_in_use == 0 and conn.tombstones == 0
 
 
 def test_unexpected_pdu_type_breaks_connection():

@@ -574,6 +574,68 @@ async def test_a_failed_chunk_aborts_its_siblings_at_the_target(nursery, autojum
     await session.close()
 
 
+def tmf_times(target: FakeTarget, start: float) -> dict:
+    """{function: [seconds after ``start`` each such TMF arrived]}."""
+    out: dict = {}
+    for (_, p), t in zip(target.received, target.received_at):
+        if isinstance(p, TaskManagementRequest):
+            out.setdefault(p.function, []).append(pytest.approx(t - start, abs=EPS))
+    return out
+
+
+@pytest.mark.expect_log('ABORT TASK for command 0x2a .* got no answer',
+                        logger='iscsifs.net.error_handler')
+@pytest.mark.expect_log('ended by LOGICAL UNIT RESET', logger='iscsifs.net.error_handler')
+async def test_an_unanswered_abort_of_a_cancelled_command_is_escalated(nursery, autojump_clock):
+    # the target ignores the ABORT TASK sent for a cancelled caller's write (simulator seed
+    # 2): it would wait for that write's data for ever; a LOGICAL UNIT RESET ends it
+    held: list = []
+    target = FakeTarget(on_command=write_held(held),
+                        on_tmf=lambda conn, req: [] if req.function == TMF_ABORT_TASK
+                        else tmf_answer(conn, req))
+    session = await open_session(target, nursery, command=0, abort=2, lu_reset=3, tgt_reset=4)
+    with trio.move_on_after(1):
+        await session.execute(1, write10(7), write_data=bytes(512))
+    cancelled = trio.current_time()
+    (write,) = held
+    with trio.fail_after(30):
+        while TMF_LOGICAL_UNIT_RESET not in tmfs(target):
+            await trio.sleep(0.1)
+        await trio.testing.wait_all_tasks_blocked()
+    assert not session._link.conn.holds(write.itt)
+    # ABORT TASK at once, the reset when abort_timeout has passed, not before
+    assert tmf_times(target, cancelled) == {TMF_ABORT_TASK: [0], TMF_LOGICAL_UNIT_RESET: [2]}
+    # the write's ITT is free; only the unanswered ABORT TASK's stays reserved (an answer
+    # may still come)
+    assert session._link.conn.tombstones == 1
+    assert await read(session) == PAYLOAD          # the connection goes on
+    assert target.connections == 1
+    await session.close()
+
+
+@TMF_UNANSWERED
+@RECOVERY_FAILED
+@CONN_FAILED
+async def test_a_cancelled_command_the_target_will_not_abort_ends_with_its_connection(
+        nursery, autojump_clock):
+    held: list = []
+    target = FakeTarget(on_command=write_held(held))        # ignores every TMF
+    session = await open_session(target, nursery, command=0, abort=2, lu_reset=3, tgt_reset=4)
+    with trio.move_on_after(1):
+        await session.execute(1, write10(7), write_data=bytes(512))
+    cancelled = trio.current_time()
+    with trio.fail_after(60):
+        while target.connections < 2 or not session.logged_in:
+            await trio.sleep(0.1)
+    # each step its whole timeout: ABORT TASK, LU RESET, TARGET WARM RESET, then the drop
+    assert tmf_times(target, cancelled) == {TMF_ABORT_TASK: [0], TMF_LOGICAL_UNIT_RESET: [2],
+                                            TMF_TARGET_WARM_RESET: [5]}
+    assert session.counters()["reconnects"] == 1
+    assert len(target.commands_seen(0x2A)) == 1     # and the write was never sent again
+    assert await read(session) == PAYLOAD
+    await session.close()
+
+
 def status_only(conn, cmd, status: int):
     return [ScsiResponse(itt=cmd.itt, response=0, status=status, exp_data_sn=0,
                          bidi_read_residual_count=0, residual_count=0, overflow=False,
@@ -660,6 +722,60 @@ async def test_task_set_full_is_retried_and_shrinks_the_queue_depth(nursery, aut
 def target_times(target):
     return target.command_times
 
+
+
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
+@pytest.mark.expect_log('rejected a PDU \\(reason 0x09\\)', logger='iscsifs.net.session')
+@pytest.mark.expect_log('ABORT TASK filling the CmdSN gap .* got no answer; dropping',
+                        logger='iscsifs.net.error_handler')
+@CONN_FAILED
+async def test_a_cmdsn_gap_the_target_does_not_fill_ends_with_its_connection(
+        nursery, autojump_clock):
+    # as above, but the target ignores the ABORT TASK that names the rejected CmdSN
+    # (simulator seed 59): every later command would wait behind the gap for ever
+    held: list = []
+    expected = {}
+
+    def on_command(conn, cmd):
+        if conn.number > 1:
+            return good_read(conn, cmd, PAYLOAD)
+        expected.setdefault("sn", cmd.cmd_sn)
+        if cmd.cdb[2:6] == bytes(4):
+            conn.exp_cmd_sn = cmd.cmd_sn                    # not received: a gap
+            return [Reject(reason=0x09, data_sn=0, data=bytes(encode(cmd)[0])[:48],
+                           **conn.sns())]
+        if cmd.cmd_sn != expected["sn"]:
+            conn.exp_cmd_sn = expected["sn"]
+            held.append(cmd)
+            return []
+        expected["sn"] += 1
+        return good_read(conn, cmd, PAYLOAD)
+
+    target = FakeTarget(on_command=on_command)              # ignores every TMF
+    session = await open_session(target, nursery, command=0, abort=2)
+    outcome = {}
+
+    async def rejected():
+        with pytest.raises(RemoteProtocolError, match="rejected"):
+            await read(session, 0)
+        outcome["rejected"] = trio.current_time()
+
+    async def later():
+        outcome["later"] = await read(session, 8)
+        outcome["later at"] = trio.current_time()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(rejected)
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            n.start_soon(later)
+    assert len(held) == 1                               # the target held it behind the gap
+    assert outcome["later"] == PAYLOAD                  # it went again after the relogin
+    # the connection went when abort_timeout had passed without an answer, not before
+    assert outcome["later at"] - start == pytest.approx(2, abs=0.01)
+    assert target.connections == 2
+    await session.close()
 
 
 @pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')

@@ -143,11 +143,15 @@ class TaskComplete(Event):
 class TaskFailed(Event):
     """A SCSI command ended without a SCSI status (target failure, reject, aborted by a TMF).
     ``aborted``: a task management function of ours ended it (the target never ran it to
-    completion, so it may safely be issued again)."""
+    completion, so it may safely be issued again). ``plug``: the target rejected the command,
+    so its CmdSN is a gap the target holds every later command behind; the ITT of the ABORT
+    TASK queued to fill it and that CmdSN, ``(tmf_itt, cmd_sn)`` (``Connection.received``
+    says when the target has it)."""
 
     itt: int
     reason: str
     aborted: bool = False
+    plug: tuple[int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +265,25 @@ class _Op:
         self.pairs: list | None = None
 
 
-_ABANDONED = object()   # tombstone in _itts: PDUs for it are dropped without complaint
+class _Gone:
+    """Tombstone of an abandoned exchange in ``_itts``: later PDUs for its ITT are dropped
+    without complaint, and the ITT is not reused while the target may still send them. A SCSI
+    command's keeps its LUN, queue order and CmdSN, so that a reset that ends its task at the
+    target frees it, and an ABORT TASK for it can still name its CmdSN."""
+
+    __slots__ = ("lun_field", "seq", "cmd_sn")
+
+    def __init__(self, lun_field: int | None = None, seq: int = -1, cmd_sn: int = -1) -> None:
+        self.lun_field = lun_field      # None: not a SCSI command (a ping, text, TMF, logout)
+        self.seq = seq
+        self.cmd_sn = cmd_sn
+
+
+_ABANDONED = _Gone()    # the tombstone of an exchange that is not a SCSI command
+
+
+def _tombstone(task: _Task) -> _Gone:
+    return _Gone(task.lun_field, task.seq, task.cmd_sn)
 
 Pdu = Union[NopIn, ScsiResponse, TaskManagementResponse, TextResponse, DataIn, LogoutResponse,
             R2T, AsyncMessage, Reject]
@@ -298,7 +320,7 @@ class Connection:
             raise LocalProtocolError("MaxXmitDataSegmentLength must be positive")
 
         self._next_itt = 1
-        self._itts: dict[int, Any] = {}        # itt -> _Task | _Op | _ABANDONED
+        self._itts: dict[int, Any] = {}        # itt -> _Task | _Op | _Gone (tombstone)
         self._waiting: deque[_Task] = deque()  # commands not yet given a CmdSN
         self._in_flight = 0                    # SCSI commands sent, not complete
         self._outq: deque[Any] = deque()       # PDUs and _DataJobs, in wire order
@@ -338,7 +360,20 @@ class Connection:
     @property
     def tombstones(self) -> int:
         """ITTs of abandoned exchanges still reserved (their late PDUs are dropped)."""
-        return sum(1 for item in self._itts.values() if item is _ABANDONED)
+        return sum(1 for item in self._itts.values() if type(item) is _Gone)
+
+    def holds(self, itt: int) -> bool:
+        """Whether the target may still hold SCSI command ``itt``: it was sent and neither its
+        status nor a task management function that ended it has come, whether its caller
+        still waits for it or it was abandoned."""
+        item = self._itts.get(itt)
+        if type(item) is _Task:
+            return item.sent and not item.done
+        return type(item) is _Gone and item.lun_field is not None
+
+    def received(self, cmd_sn: int) -> bool:
+        """Whether the target has acknowledged CmdSN ``cmd_sn`` (its ExpCmdSN is past it)."""
+        return sn_lt(cmd_sn, self.exp_cmd_sn)
 
     @property
     def window_open(self) -> bool:
@@ -442,6 +477,8 @@ class Connection:
                     raise LocalProtocolError(
                         f"task {referenced_itt:#x} has not been sent; use abandon()")
                 ref_cmd_sn = task.cmd_sn
+            elif type(task) is _Gone and task.lun_field is not None:
+                ref_cmd_sn = task.cmd_sn        # abandoned, but maybe still at the target
         itt = self._alloc_itt()
         op = _Op("tmf", itt, self._next_seq())
         op.function = function
@@ -476,7 +513,7 @@ class Connection:
         Later PDUs for it are dropped silently; its ITT is not reused while it may be live.
         Abandoning twice is harmless; an ITT never issued is a LocalProtocolError."""
         item = self._itts.get(itt)
-        if item is _ABANDONED:   # already forgotten (e.g. ended by a task management function)
+        if type(item) is _Gone:  # already forgotten (e.g. ended by a task management function)
             return
         if item is None:
             raise LocalProtocolError(f"no exchange with ITT {itt:#x}")
@@ -487,7 +524,9 @@ class Connection:
                 del self._itts[itt]
                 return
             self._in_flight -= 1
-        self._itts[itt] = _ABANDONED
+            self._itts[itt] = _tombstone(item)
+        else:
+            self._itts[itt] = _ABANDONED
         if self._broken is None:
             self._pump()
 
@@ -683,7 +722,7 @@ class Connection:
             if not task.sent:
                 raise RemoteProtocolError(f"{what} for ITT {itt:#x}, a command not sent yet")
             return task
-        if task is _ABANDONED:
+        if type(task) is _Gone:
             return None
         raise RemoteProtocolError(f"{what} for unknown ITT {itt:#x}")
 
@@ -848,7 +887,7 @@ class Connection:
             return []
         self._status_seen(pdu.stat_sn)
         op = self._itts.get(pdu.itt)
-        if op is _ABANDONED:
+        if type(op) is _Gone:
             del self._itts[pdu.itt]
             return []
         if type(op) is not _Op or op.kind != "nop":
@@ -858,7 +897,7 @@ class Connection:
 
     def _take_op(self, itt: int, kind: str, what: str) -> _Op | None:
         op = self._itts.get(itt)
-        if op is _ABANDONED:
+        if type(op) is _Gone:
             return None
         if type(op) is not _Op or op.kind != kind:
             raise RemoteProtocolError(f"{what} for ITT {itt:#x}, which has no such request")
@@ -894,37 +933,42 @@ class Connection:
         self.counters["tmfrsp_pdus"] += 1
         self._status_seen(pdu.stat_sn)
         plugged = self._plugs.pop(pdu.itt, None)
-        if plugged is not None and self._itts.get(plugged) is _ABANDONED:
+        if plugged is not None and type(self._itts.get(plugged)) is _Gone:
             del self._itts[plugged]     # a rejected command's CmdSN is filled: ITT free
         op = self._take_op(pdu.itt, "tmf", "Task Management Response")
         del self._itts[pdu.itt]
         if op is None:
             return []
-        if op.function == TMF_ABORT_TASK and pdu.response in _TMF_DONE \
-                and self._itts.get(op.referenced_itt) is _ABANDONED:
-            del self._itts[op.referenced_itt]     # ended at the target: nothing more comes
         events: list[Event] = [TaskManagementComplete(pdu.itt, pdu.response)]
         if pdu.response in _TMF_DONE:
             events.extend(self._tasks_ended_by(op))
         return events
 
     def _tasks_ended_by(self, op: _Op) -> list[Event]:
-        """Tasks a successful TMF terminated: the target sends no status for them."""
+        """Tasks a successful TMF terminated (those queued before it, in its scope): the
+        target sends no status for them, so their ITTs are free. Live ones are reported as
+        ``TaskFailed(aborted=True)``; tombstones of abandoned ones just go."""
         f = op.function
+        itts = self._itts
         if f == TMF_ABORT_TASK:
-            victims = [self._itts.get(op.referenced_itt)]
+            item = itts.get(op.referenced_itt)
+            victims = [(op.referenced_itt, item)] if item is not None else []
         elif f in (TMF_ABORT_TASK_SET, TMF_CLEAR_TASK_SET, TMF_LOGICAL_UNIT_RESET):
-            victims = [t for t in self._itts.values()
-                       if type(t) is _Task and t.lun_field == op.lun_field]
+            victims = [(itt, t) for itt, t in itts.items()
+                       if type(t) in (_Task, _Gone) and t.lun_field == op.lun_field]
         elif f in (TMF_TARGET_WARM_RESET, TMF_TARGET_COLD_RESET):
-            victims = [t for t in self._itts.values() if type(t) is _Task]
+            victims = [(itt, t) for itt, t in itts.items()
+                       if type(t) in (_Task, _Gone) and t.lun_field is not None]
         else:
             return []
         events: list[Event] = []
-        for task in victims:
-            if type(task) is _Task and task.sent and not task.done and task.seq < op.seq:
+        for itt, task in victims:
+            if type(task) is _Gone:
+                if task.lun_field is not None and task.seq < op.seq:
+                    del itts[itt]       # ended at the target: nothing more comes for it
+            elif type(task) is _Task and task.sent and not task.done and task.seq < op.seq:
                 # the target sends nothing for it after this answer: its ITT is free
-                del self._itts[task.itt]
+                del itts[itt]
                 task.done = True
                 self._in_flight -= 1
                 events.append(TaskFailed(task.itt, f"aborted by task management function {f}",
@@ -941,10 +985,10 @@ class Connection:
         issue it once more; after any other it fails."""
         tmf = self.task_management(TMF_ABORT_TASK, task.lun, task.itt)
         self._finish_task(task)
-        self._itts[task.itt] = _ABANDONED
+        self._itts[task.itt] = _ABANDONED      # not at the target: no reset ends it
         self._plugs[tmf] = task.itt
         return TaskFailed(task.itt, f"rejected by the target: {why}",
-                          aborted=reason in _RESENDABLE)
+                          aborted=reason in _RESENDABLE, plug=(tmf, task.cmd_sn))
 
     # -- Logout Response (§11.15)
     def _on_logout_response(self, pdu: LogoutResponse) -> list[Event]:
@@ -983,7 +1027,7 @@ class Connection:
             # §7.2: a Reject never ends a task under way; the target ends it with a SCSI
             # Response (after a data digest error, CHECK CONDITION, §7.6): wait for that
             return events
-        if item is _ABANDONED:
+        if type(item) is _Gone:
             del self._itts[itt]
         elif type(item) is _Task:
             if opcode in (Opcode.SCSI_COMMAND, Opcode.DATA_OUT) and item.sent:

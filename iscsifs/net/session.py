@@ -63,7 +63,7 @@ from ..core.state import ConnectionState, SessionEvent, SessionState, SessionSta
 from ..errors import (AuthenticationError, CommandTimeout, ConnectionLost, IscsiError,
                       LoginError, PathFailed, RemoteProtocolError, SessionFailed)
 from ..scsi.sense import ScsiStatus, check_status
-from .error_handler import ErrorHandler
+from .error_handler import ErrorHandler, Recovery, describe
 from .transport import Connector, Transport, open_tcp
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,7 @@ class _Link:
         self.last_rx = trio.current_time()
         self.failed = False
         self.error: BaseException | None = None     # why it failed (the first reason)
-        self.timed_out: deque[_Command] = deque()   # waiting for error recovery
-        self.recovery_wanted = trio.Event()
+        self.handler: ErrorHandler | None = None    # its watchdog and error recovery
         self.renegotiating = False      # answering the target's AsyncEvent 4
 
     def push(self, batch: bool = False) -> None:
@@ -379,6 +378,9 @@ class Session:
 
     def _start(self, link: _Link) -> None:
         """Serve a logged-in connection; it takes only setup commands until ``_open``."""
+        link.handler = ErrorHandler(link, self.timeouts, who=self._who,
+                                    complete=self._complete, timeout_error=self._timeout_error,
+                                    link_failed=self._link_failed, request=self._request)
         self._link = link
         self._fire(E.LOGIN_DONE)
         self._nursery.start_soon(self._serve, link)
@@ -452,11 +454,7 @@ class Session:
         with link.scope:
             try:
                 async with trio.open_nursery() as nursery:
-                    handler = ErrorHandler(link, self.timeouts, who=self._who,
-                                           complete=self._complete,
-                                           timeout_error=self._timeout_error,
-                                           link_failed=self._link_failed,
-                                           request=self._request)
+                    handler = link.handler
                     nursery.start_soon(self._reader, link)
                     nursery.start_soon(link.transport.drain)
                     nursery.start_soon(handler.run)
@@ -509,6 +507,14 @@ class Session:
     def _dispatch(self, link: _Link, event) -> None:
         if isinstance(event, TaskFailed):
             cmd = link.commands.pop(event.itt, None)
+            if event.plug is not None:
+                # a rejected command: the target holds every later one until its CmdSN is
+                # filled by the ABORT TASK queued for it; error recovery sees that it is
+                tmf, cmd_sn = event.plug
+                link.handler.recover(Recovery(
+                    event.itt, cmd.lun if cmd else 0,
+                    describe(cmd) if cmd else f"a command (ITT {event.itt:#x})",
+                    tmf=tmf, request=self._expect(link, tmf), cmd_sn=cmd_sn))
             if cmd is None:
                 return
             if cmd.timed_out:
@@ -546,11 +552,17 @@ class Session:
             self._count("timeout_err")
             raise ConnectionLost(f"no answer to NOP-Out from {self._who()} within {timeout:g} s")
 
+    def _expect(self, link: _Link, itt: int) -> _Request:
+        """Register request ``itt`` (already queued) so that its answer is kept."""
+        request = _Request()
+        link.requests[itt] = request
+        return request
+
     async def _request(self, link: _Link, itt: int):
         """Send what the state machine queued for request ``itt`` and wait for its answer
         (None if the connection failed meanwhile)."""
-        request = _Request()
-        link.requests[itt] = request
+        self._expect(link, itt)
+        request = link.requests[itt]
         link.push()
         try:
             await request.event.wait()
@@ -764,18 +776,29 @@ class Session:
             trio.lowlevel.reschedule(task)
 
     def _forget(self, cmd: _Command) -> None:
-        """The caller left without an answer (cancelled, or an error on its own path)."""
+        """The caller left without an answer (cancelled, or an error on its own path). Its
+        command is never sent again; one the target may hold is aborted there (ABORT TASK at
+        once, escalated by error recovery if the target does not answer it)."""
         cmd.done = True
         self._unfinished.pop(cmd, None)
         link = cmd.link
         if link is not None and link.commands.get(cmd.itt) is cmd:
             del link.commands[cmd.itt]
-            if not link.failed:
-                link.conn.abort(cmd.itt)    # ABORT TASK: the target must not keep it
-                try:
-                    link.push()
-                except ConnectionLost as exc:
-                    self._link_failed(link, exc)
+            if link.failed:
+                return
+            conn = link.conn
+            if cmd.timed_out:
+                conn.abandon(cmd.itt)       # its error recovery goes on without a caller
+                return
+            tmf = conn.abort(cmd.itt)
+            if tmf is not None:
+                link.handler.recover(Recovery(cmd.itt, cmd.lun, describe(cmd) + " (given up "
+                                              "by its caller)", tmf=tmf,
+                                              request=self._expect(link, tmf)))
+            try:
+                link.push()
+            except ConnectionLost as exc:
+                self._link_failed(link, exc)
 
     async def _wait_for_slot(self, lun: int, fail_fast: bool) -> None:
         """Wait for a ``cmds_max`` slot; ``_answer_slot_waiters`` ends the wait with an error

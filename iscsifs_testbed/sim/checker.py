@@ -442,15 +442,8 @@ def _lun_number(field: int) -> int:
 
 
 def _tombstones(session) -> int | None:
-    """ITT tombstones (abandoned exchanges) of the session's current connection. Reads private
-    state of the product (``Session._link.conn._itts``): the only place that knows."""
+    """ITT tombstones (abandoned exchanges) of the session's current connection (reads the
+    session's private ``_link``: the only place that knows its connection)."""
     link = getattr(session, "_link", None)
     conn = getattr(link, "conn", None)
-    itts = getattr(conn, "_itts", None)
-    if itts is None:
-        return None
-    from iscsifs.core import connection as c
-    marker = getattr(c, "_ABANDONED", None)
-    if marker is None:
-        return None
-    return sum(1 for v in itts.values() if v is marker)
+    return None if conn is None else conn.tombstones
