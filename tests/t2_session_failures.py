@@ -7,6 +7,7 @@ so a 30-second timeout takes no real time and the timing asserted is exact.
 from __future__ import annotations
 
 import errno
+import math
 
 import pytest
 import trio
@@ -537,6 +538,51 @@ async def test_a_cancelled_callers_command_is_aborted_at_the_target(nursery, aut
     assert conn.itts_in_use == 0 and conn.tombstones == 0
     assert await read(session) == PAYLOAD          # and the connection goes on
     assert target.connections == 1
+    await session.close()
+
+
+async def test_a_cancelled_caller_leaves_only_once_its_command_is_out(nursery, autojump_clock):
+    # the target stops reading, so commands wait in the send backlog; a caller cancelled
+    # meanwhile must not be answered while its SCSI Command can still be put on the wire
+    # after it (simulator seed 8): its command has a CmdSN and goes out (the target would
+    # otherwise hold every later command behind the gap), then its ABORT TASK; the caller
+    # leaves when that is done
+    import socket as socketmod
+    held: list = []
+    target = FakeTarget(on_command=write_held(held), on_tmf=tmf_answer)
+    session = await open_session(target, nursery, command=0)
+    transport = session._link.transport
+    transport.sock.setsockopt(socketmod.SOL_SOCKET, socketmod.SO_SNDBUF, 4096)
+    target.live[1].stream.socket.setsockopt(socketmod.SOL_SOCKET, socketmod.SO_RCVBUF, 4096)
+    await trio.testing.wait_all_tasks_blocked()
+    target.pause_reading(1)
+    outcome = {}
+
+    async def write(lba, cancel_after=math.inf):
+        with trio.move_on_after(cancel_after):
+            await session.execute(1, write10(lba), write_data=bytes(8192))
+        outcome[lba] = trio.current_time()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            lba = 0
+            while not transport.backlog:               # fill the socket
+                n.start_soon(write, lba)
+                lba += 1
+                await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(write, 1000, 1)               # its command waits in the backlog
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            await trio.sleep(5)
+            assert 1000 not in outcome                  # cancelled at 1 s, but not gone
+            target.resume_reading(1)
+            while 1000 not in outcome:
+                await trio.sleep(0.1)
+            n.cancel_scope.cancel()
+    assert outcome[1000] - start >= 5
+    (cmd,) = [p for _, p in target.commands_seen() if p.cdb[:10] == write10(1000)]
+    aborts = [p for _, p in target.received if isinstance(p, TaskManagementRequest)]
+    assert (aborts[0].referenced_task_tag, aborts[0].ref_cmd_sn) == (cmd.itt, cmd.cmd_sn)
     await session.close()
 
 

@@ -441,6 +441,9 @@ class Session:
         if link is None or link.failed:
             return
         link.failed = True
+        # nothing more leaves for it, whichever of its tasks would have sent next: callers
+        # answered from here on know that their commands' PDUs are not put on the wire later
+        link.transport.discard()
         link.scope.cancel()
         for request in link.requests.values():
             request.event.set()
@@ -464,6 +467,8 @@ class Session:
                         nursery.start_soon(handler.watchdog)
             except* (IscsiError, OSError) as group:
                 self._link_failed(link, group.exceptions[0])
+            finally:
+                link.transport.discard()    # (cancelled from outside too: nothing waits on it)
         await link.transport.aclose()
 
     async def _reader(self, link: _Link) -> None:
@@ -702,9 +707,31 @@ class Session:
                 self._admission.release()
             if not cmd.done:
                 self._forget(cmd)       # the caller is leaving unanswered: never send it again
+                await self._sent_before_answer(cmd.link)
         if cmd.error is not None:
+            await self._sent_before_answer(cmd.link)
             raise cmd.error
-        return cmd.result
+        result = cmd.result
+        if result.status:               # an error status (BUSY / TASK SET FULL go again)
+            await self._sent_before_answer(cmd.link)
+        return result
+
+    @staticmethod
+    async def _sent_before_answer(link: _Link | None) -> None:
+        """Before a caller hears that its command failed, or leaves it (cancelled): let what
+        was queued for the connection so far, its command's PDUs among them, go to the
+        socket first. A caller is never answered while its command can still be put on the
+        wire after that (the command has a CmdSN, so it cannot be taken back without
+        leaving a gap the target holds every later command behind). Bounded: a connection
+        that is given up drops what waits (``Transport.discard``), and error recovery or the
+        NOP ping give up on one whose target stopped reading."""
+        if link is None or link.failed:
+            return
+        transport = link.transport
+        unsent = transport.unsent
+        if unsent:
+            with trio.CancelScope(shield=True):
+                await transport.wait_sent(transport.tx_bytes + unsent)
 
     def _refusal(self, setup: bool, fail_fast: bool) -> IscsiError | None:
         """Why the session takes no such command now (None: it does, or it waits)."""

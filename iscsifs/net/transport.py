@@ -148,6 +148,7 @@ class Transport:
         self._backlog: deque[memoryview] = deque()   # bytes the socket did not take yet
         self._backlog_changed = trio.Event()
         self._backlog_sent = trio.Event()           # set (and replaced) as drain() sends
+        self._sent_event: trio.Event | None = None  # wait_sent() waits for more to go out
         self._batch: list = []          # buffers queued by send(batch=True) for drain()
         self.sendmsg_calls = 0
         self._error: ConnectionLost | None = None
@@ -177,6 +178,38 @@ class Transport:
     def backlog(self) -> int:
         """Buffers waiting for the socket (0 when everything sent was taken at once)."""
         return len(self._backlog)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes passed to :meth:`send` that the socket has not taken yet: everything sent so
+        far has left the process once ``tx_bytes`` reaches ``tx_bytes + unsent``."""
+        return sum(map(len, self._batch)) + sum(map(len, self._backlog))
+
+    async def wait_sent(self, mark: int) -> None:
+        """Wait until ``tx_bytes`` reaches ``mark`` (the socket took everything up to it), or
+        until nothing more will be sent (:meth:`discard`, a send error, :meth:`aclose`)."""
+        while self.tx_bytes < mark and self._error is None and not self._closed:
+            if self._sent_event is None:
+                self._sent_event = trio.Event()
+            await self._sent_event.wait()
+
+    def _wake_sent(self) -> None:
+        event = self._sent_event
+        if event is not None:
+            self._sent_event = None
+            event.set()
+
+    def discard(self) -> None:
+        """Give the connection up: what waits to be sent is dropped and :meth:`send` fails
+        from now on, at once, whatever task would have sent it next (:meth:`aclose` still
+        closes the socket)."""
+        if self._error is None:
+            self._error = ConnectionLost(f"connection to {self._where()} was given up")
+        self._backlog.clear()
+        self._batch.clear()
+        self._backlog_changed.set()
+        self._backlog_sent.set()
+        self._wake_sent()
 
     def send(self, buffers: Iterable[bytes | bytearray | memoryview], *,
              batch: bool = False) -> None:
@@ -219,8 +252,10 @@ class Transport:
                 self._backlog.extend(memoryview(b).cast("B")
                                      for b in buffers[start + _IOV_BATCH:] if len(b))
                 self._backlog_changed.set()
-                return
+                break
             start += _IOV_BATCH
+        if self._sent_event is not None:
+            self._wake_sent()
 
     def _sendmsg(self, buffers) -> int:
         self.sendmsg_calls += 1
@@ -280,6 +315,7 @@ class Transport:
                 pass
             self._backlog_sent.set()
             self._backlog_sent = trio.Event()
+            self._wake_sent()
 
     async def wait_backlog(self, buffers: int) -> None:
         """Wait until at most ``buffers`` buffers wait for the socket (``drain`` must run)."""
@@ -350,6 +386,7 @@ class Transport:
         self._batch.clear()
         self._backlog_changed.set()
         self._backlog_sent.set()
+        self._wake_sent()
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
         await trio.lowlevel.checkpoint()

@@ -234,5 +234,8 @@ class SimTransport(Transport):
         sent = getattr(self, "_backlog_sent", None)
         if sent is not None:
             sent.set()
+        wake = getattr(self, "_wake_sent", None)
+        if wake is not None:
+            wake()
         self.conn.initiator_close(reset=self.sock.linger0)
         await trio.lowlevel.checkpoint()
