@@ -90,6 +90,61 @@ async def test_command_the_window_never_admits_fails_at_command_timeout_without_
     await session.close()
 
 
+@READ_TIMED_OUT
+@pytest.mark.expect_log('ended by ABORT TASK', logger='iscsifs.net.error_handler')
+async def test_command_timeout_starts_when_our_queue_depth_lets_a_command_out(
+        nursery, autojump_clock):
+    # queue depth 1 and a target that takes 2 s per command: five commands at once wait for
+    # our own queue depth, up to 8 s, longer than command_timeout (5 s). That wait is ours,
+    # not the target's window: as Linux's block layer, the timer starts when the command
+    # goes to the target (its CmdSN), not while it is queued (simulator seed 106, with the
+    # slow target the simulator had been told to leave out at that scale)
+    arrived = {}
+
+    def on_command(conn, cmd):
+        lba = int.from_bytes(cmd.cdb[2:6], "big")
+        arrived[lba] = trio.current_time()
+        if lba == 32:
+            return []                               # the last one is never answered
+
+        async def later():
+            await trio.sleep(2)
+            await conn.send(*good_read(conn, cmd, PAYLOAD))
+        nursery.start_soon(later)
+        return []
+
+    target = FakeTarget(on_command=on_command, on_tmf=tmf_answer)
+    with trio.fail_after(5):
+        session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                        initiator_name=INITIATOR, nursery=nursery,
+                                        timeouts=Timeouts(noop_out_interval=0, command=5),
+                                        connector=target.socketpair_connector(nursery),
+                                        queue_depth=1)
+    outcome = {}
+
+    async def reader(lba):
+        try:
+            outcome[lba] = (await read(session, lba), trio.current_time())
+        except CommandTimeout as exc:
+            outcome[lba] = (exc, trio.current_time())
+
+    start = trio.current_time()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            for lba in (0, 8, 16, 24, 32):
+                n.start_soon(reader, lba)
+                await trio.testing.wait_all_tasks_blocked()
+    for i, lba in enumerate((0, 8, 16, 24)):
+        assert outcome[lba][0] == PAYLOAD
+        assert outcome[lba][1] - start == pytest.approx(2 * (i + 1), abs=EPS)
+    # the last went out at 8 s and timed out command_timeout later: not before, not after
+    assert arrived[32] - start == pytest.approx(8, abs=EPS)
+    assert isinstance(outcome[32][0], CommandTimeout)
+    assert outcome[32][1] - start == pytest.approx(8 + 5, abs=EPS)
+    assert tmfs(target) == [TMF_ABORT_TASK]
+    await session.close()
+
+
 @CONN_FAILED
 @REPLACEMENT_EXPIRED
 async def test_replacement_timeout_cancels_a_hanging_relogin_at_the_deadline(

@@ -1,7 +1,7 @@
 """Command timeouts and error recovery for one connection: open-iscsi's SCSI error handler.
 
-Owns: the command watchdog (``command_timeout`` from when a command was issued on the
-connection) and the *recoveries*: every SCSI command the target must be made
+Owns: the command watchdog (``command_timeout`` from when a command got its CmdSN, see
+:meth:`ErrorHandler.watchdog`) and the *recoveries*: every SCSI command the target must be made
 to end, and every CmdSN gap it must be made to fill:
 
 * a command that timed out (its caller waits for the outcome),
@@ -104,9 +104,13 @@ class ErrorHandler:
         self._wanted.set()
 
     async def watchdog(self) -> None:
-        """Time out commands ``timeouts.command`` after they were issued (one timer for the
-        connection). A command that never got a CmdSN is withdrawn and fails; one that was
-        sent goes to error recovery."""
+        """Time out commands at their ``deadline`` (one timer for the connection): the session
+        sets it ``timeouts.command`` after a command was issued, and again when one that had
+        to wait for its CmdSN gets it. One that was sent then goes to error recovery. One
+        still without a CmdSN is withdrawn and fails when the target's window holds it back
+        (the window is closed); while it only waits for our own queue depth its timer has
+        not started (Linux's block layer does not time out requests the driver has not
+        taken yet) and the deadline moves on."""
         link = self.link
         timeout = self.timeouts.command
         commands = link.commands
@@ -118,11 +122,14 @@ class ErrorHandler:
                 if cmd.timed_out:
                     continue
                 if cmd.deadline > now:
-                    wake = cmd.deadline     # commands are in issue order: this is the next
-                    break
+                    wake = min(wake, cmd.deadline)
+                    continue
                 if conn.was_sent(cmd.itt):
                     cmd.timed_out = True
                     self.recover(Recovery(cmd.itt, cmd.lun, describe(cmd), cmd=cmd))
+                elif conn.window_open:
+                    cmd.deadline = now + timeout    # our own queue depth holds it
+                    wake = min(wake, cmd.deadline)
                 else:
                     log.warning("%s: command 0x%s got no CmdSN within %g s (the target keeps "
                                 "its command window closed)", self._who(), cmd.cdb[:1].hex(),

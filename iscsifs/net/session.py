@@ -170,11 +170,15 @@ class _Request:
 class _Link:
     """One logged-in connection: transport, protocol state, its commands and its tasks."""
 
-    def __init__(self, transport: Transport, conn: Connection):
+    def __init__(self, transport: Transport, conn: Connection, command_timeout: float = 0):
         self.transport = transport
         self.conn = conn
         self.scope = trio.CancelScope()
         self.commands: dict[int, _Command] = {}     # itt -> command, in the order issued
+        # commands that got no CmdSN when issued (our queue depth or the target's window
+        # held them), in that order: their command_timeout starts when they get one
+        self.unsent: deque[_Command] = deque()
+        self.command_timeout = command_timeout
         self.requests: dict[int, _Request] = {}
         self.last_rx = trio.current_time()
         self.failed = False
@@ -187,7 +191,22 @@ class _Link:
         what other tasks queue in this scheduler pass, in one ``sendmsg`` after it."""
         conn = self.conn
         if conn.has_output:
+            if self.unsent:
+                self._started()
             self.transport.send(conn.data_to_send(), batch=batch)
+
+    def _started(self) -> None:
+        """Commands that waited for a CmdSN and go out now: their command_timeout starts
+        (Linux starts a request's timer when the driver takes it, not while it is queued)."""
+        unsent, conn = self.unsent, self.conn
+        deadline = trio.current_time() + self.command_timeout
+        while unsent:
+            cmd = unsent[0]
+            if not cmd.done and cmd.link is self and not cmd.timed_out:
+                if not conn.was_sent(cmd.itt):
+                    break       # it waits still, and so do those after it (they go in order)
+                cmd.deadline = deadline
+            unsent.popleft()
 
 
 class Session:
@@ -355,7 +374,7 @@ class Session:
                               complete.params.max_recv_data_segment_length)
         conn = Connection(complete, queue_depth=self.queue_depth)
         log.debug("login to %s complete (sid %d, tsih %d)", self._who(), self.sid, self.tsih)
-        return _Link(transport, conn)
+        return _Link(transport, conn, max(self.timeouts.command, 0))
 
     async def _login_exchange(self, transport: Transport) -> LoginComplete:
         # Every login, first or after a failure, asks for a new session (TSIH 0) with the same
@@ -763,13 +782,19 @@ class Session:
                 self._complete(cmd, None, PathFailed(f"connection to {self._who()} is "
                                                      f"going away"))
             return
+        cmd_sn = conn.cmd_sn
         cmd.itt = itt = conn.start_command(cmd.lun, cmd.cdb, read_length=cmd.read_length,
                                            read_buffer=cmd.read_buffer,
                                            write_data=cmd.write_data)
         cmd.link = link
         cmd.attempts += 1
         timeout = self.timeouts.command
-        cmd.deadline = trio.current_time() + timeout if timeout > 0 else math.inf
+        if timeout > 0:
+            cmd.deadline = trio.current_time() + timeout
+            if conn.cmd_sn == cmd_sn:   # no CmdSN yet (the commands before it wait too):
+                link.unsent.append(cmd)  # its deadline starts again when it has one
+        else:
+            cmd.deadline = math.inf
         link.commands[itt] = cmd
         try:
             # alone on the connection (queue depth 1): at once; else with the other commands

@@ -28,6 +28,7 @@ DEFECTS = {
     18: "Async event 4 (renegotiate) ignored",
     # found by the simulator, not in the issue
     "A1": "a command still in the transport backlog goes out after its caller was answered",
+    "A2": "commands waiting for our own queue depth time out as if the window were closed",
 }
 
 
@@ -84,6 +85,10 @@ def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict:
                 # later command; a by-id without paths after a capacity change (14)
                 if "reject_command" in fault_kinds and "timed out" in msg:
                     note(17, inv, msg)
+                elif "CommandTimeout" in msg:
+                    # once the faults stopped nothing times out, unless a command's timer
+                    # ran while our own queue depth held it (a slow target at depth 1)
+                    note("A2", inv, msg)
                 elif "no path is available" in msg and "capacity_change" in fault_kinds:
                     note(14, inv, msg)
     return found

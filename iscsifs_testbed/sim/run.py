@@ -131,11 +131,11 @@ class World:
                               first_burst=min(fb, mb), max_burst=mb,
                               mrdsl=crng.choice((2048, 8192, 65536)),
                               window=crng.choice((4, 16, 64)),
-                              # a slow target only with timeouts that allow it (scale 0.2
+                              # a slow target with every scale of timeouts too (scale 0.2
                               # makes command_timeout 6 s: 64 commands queued behind a queue
-                              # depth of 1 at 0.1 s each would time out while waiting)
-                              service=crng.choice(((0.0, 0.001), (0.0, 0.02), (0.001, 0.2)
-                                                   if scale >= 0.5 else (0.0, 0.02))),
+                              # depth of 1 at 0.1 s each wait longer than that for their turn,
+                              # which is not a timeout: their timers start with their CmdSN)
+                              service=crng.choice(((0.0, 0.001), (0.0, 0.02), (0.001, 0.2))),
                               r2t_delay=crng.choice((0.0, 0.002, 0.02)))
         self.target = Target(self, TARGET, portals, lun_map, params)
         self.lu_by_wwn: dict[str, LogicalUnit] = {}
