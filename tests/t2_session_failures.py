@@ -90,6 +90,66 @@ async def test_command_the_window_never_admits_fails_at_command_timeout_without_
     await session.close()
 
 
+@CONN_FAILED
+@REPLACEMENT_EXPIRED
+async def test_the_replacement_timeout_does_not_cut_a_relogin_short(nursery, autojump_clock):
+    # the relogin logged in, and its setup (a login hook's command) is still running when the
+    # replacement timeout expires: the waiting callers fail then, but the relogin goes on and
+    # brings the session back on that connection; dropping a connection that works only
+    # starts another attempt (simulator seed 145, conn.healthy_drop)
+    def on_command(conn, cmd):
+        if cmd.cdb[0] == 0x12:                          # the hook's INQUIRY
+            if conn.number == 1:
+                return good_read(conn, cmd, PAYLOAD)
+
+            async def later():
+                await trio.sleep(3)
+                try:
+                    await conn.send(*good_read(conn, cmd, PAYLOAD))
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass                                # the initiator dropped it
+            nursery.start_soon(later)
+            return []
+        return [] if conn.number == 1 else good_read(conn, cmd, PAYLOAD)
+
+    async def hook(session):
+        await session.execute(1, bytes([0x12, 0, 0, 0, 36, 0]), read_length=36, setup=True)
+
+    target = FakeTarget(on_command=on_command)
+    with trio.fail_after(5):
+        session = await Session.connect(
+            Portal("127.0.0.1", 3260), target.target_name, initiator_name=INITIATOR,
+            nursery=nursery, connector=target.socketpair_connector(nursery),
+            timeouts=Timeouts(noop_out_interval=0, command=0, replacement_timeout=2,
+                              login=15),
+            login_hooks=[hook])
+    states = []
+    session.listeners.append(lambda s: states.append((s.session_state, trio.current_time())))
+    outcome = {}
+
+    async def reader():
+        try:
+            await read(session)
+        except SessionFailed:
+            outcome["failed_at"] = trio.current_time()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        dropped_at = trio.current_time()
+        await target.live[1].close()
+    assert outcome["failed_at"] - dropped_at == pytest.approx(2, abs=EPS)
+    with trio.fail_after(30):
+        while not session.logged_in:
+            await trio.sleep(0.1)
+    assert [s for s, _ in states] == [SessionState.RECOVERING, SessionState.FAILED,
+                                      SessionState.LOGGED_IN]
+    assert states[-1][1] - dropped_at == pytest.approx(3, abs=EPS)
+    assert target.connections == 2                      # the relogin's connection, kept
+    assert await read(session) == PAYLOAD
+    await session.close()
+
+
 @READ_TIMED_OUT
 @pytest.mark.expect_log('ended by ABORT TASK', logger='iscsifs.net.error_handler')
 async def test_command_timeout_starts_when_our_queue_depth_lets_a_command_out(
@@ -147,7 +207,7 @@ async def test_command_timeout_starts_when_our_queue_depth_lets_a_command_out(
 
 @CONN_FAILED
 @REPLACEMENT_EXPIRED
-async def test_replacement_timeout_cancels_a_hanging_relogin_at_the_deadline(
+async def test_replacement_timeout_fails_waiting_io_at_the_deadline_while_a_relogin_hangs(
         nursery, autojump_clock):
     target = FakeTarget(hang_login_after=1,
                         on_command=lambda conn, cmd: [] if conn.number == 1

@@ -26,8 +26,8 @@ command whose caller is still waiting. Two rules keep that safe:
 
 Waiting is bounded too: a command that never got a CmdSN (the target keeps the window shut)
 fails after ``command_timeout``; while the session is down, commands wait at most
-``replacement_timeout`` (a deadline: a login attempt still running then is cancelled), after
-which they, and new ones, fail at once until a relogin succeeds.
+``replacement_timeout`` (a deadline, on a timer of its own: a login attempt still running
+then goes on), after which they, and new ones, fail at once until a relogin succeeds.
 
 A *fail-fast* command (``execute(..., fail_fast=True)``, what the multipath layer sends, as
 dm-multipath marks its requests REQ_FAILFAST_TRANSPORT) is not held across a connection
@@ -887,11 +887,13 @@ class Session:
             waiter.scope.cancel()
         return len(answered)
 
-    def _fail_waiting(self, error: BaseException) -> None:
-        """Answer ``error`` to every caller: those whose command waits, and those waiting for
-        a slot (they are not left to find the error when a slot comes free)."""
+    def _fail_waiting(self, error: BaseException, setup: bool = True) -> None:
+        """Answer ``error`` to every caller (``setup`` False: but a login hook's): those whose
+        command waits, and those waiting for a slot (they are not left to find the error when
+        a slot comes free)."""
         for cmd in list(self._unfinished):
-            self._complete(cmd, None, error)
+            if setup or not cmd.setup:
+                self._complete(cmd, None, error)
         self._answer_slot_waiters(error)
 
     def _timeout_error(self) -> CommandTimeout:
@@ -940,51 +942,61 @@ class Session:
         self._fire(E.GIVE_UP)
         log.error("%s: replacement timeout (%g s) expired; failing I/O", self._who(),
                   self.timeouts.replacement_timeout)
+        # a relogin's setup commands go on: they are that attempt's, bounded by login_timeout
         self._fail_waiting(SessionFailed(
             f"session to {self._who()} could not be recovered within "
-            f"{self.timeouts.replacement_timeout:g} s"))
+            f"{self.timeouts.replacement_timeout:g} s"), setup=False)
 
     async def _recover(self) -> None:
         """Relogin with the same ISID until it works (started by the LOGGED_IN -> RECOVERING
         transition; it ends when the session is LOGGED_IN again or CLOSED, and close()
-        cancels it). ``replacement_timeout`` after the failure, waiting commands fail (an
-        attempt running then is cancelled) and new ones fail at once (RECOVERING -> FAILED);
-        the attempts go on, and the first that works ends that."""
+        cancels it). ``replacement_timeout`` after the failure, on a timer of its own,
+        waiting commands fail and new ones fail at once (RECOVERING -> FAILED); the attempts
+        go on, the one running then too (each is bounded by ``login_timeout``: cutting it
+        short would only drop a connection that may be about to work), and the first that
+        works ends that."""
         with trio.CancelScope() as scope:
             self._recovery_scope = scope
-            await self._relogin_until_done()
+            limit = self.timeouts.replacement_timeout
+            timer = trio.CancelScope()
+            async with trio.open_nursery() as nursery:
+                if limit == 0:
+                    self._give_up()                 # fail at once
+                elif 0 < limit < math.inf:
+                    nursery.start_soon(self._give_up_at, trio.current_time() + limit, timer)
+                await self._relogin_until_done(timer)
+                timer.cancel()
 
-    async def _relogin_until_done(self) -> None:
-        limit = self.timeouts.replacement_timeout
+    async def _give_up_at(self, deadline: float, timer: trio.CancelScope) -> None:
+        with timer:
+            await trio.sleep_until(deadline)
+            # (a relogin that worked cancels the timer first, also in this very instant)
+            if not timer.cancel_called and self._sm.session is S.RECOVERING:
+                self._give_up()
+
+    async def _relogin_until_done(self, timer: trio.CancelScope) -> None:
         failed_at = trio.current_time()
         last_error = ""
-        deadline = trio.current_time() + limit if limit >= 0 else math.inf
         delay = 0.0
         while self._sm.session in (S.RECOVERING, S.FAILED):
-            if self._sm.session is S.RECOVERING and trio.current_time() >= deadline:
-                self._give_up()
-            bound = math.inf if self._sm.session is S.FAILED else deadline
             if delay:
-                await trio.sleep_until(min(trio.current_time() + delay, bound))
+                await trio.sleep(delay)
                 if self._sm.session is S.CLOSED:
                     return
-                if self._sm.session is S.RECOVERING and trio.current_time() >= deadline:
-                    continue
             delay = min(max(delay * 2, 0.5), RETRY_CAP)
             link = None
             self._fire(E.LOGIN_STARTED)
-            with trio.move_on_at(bound):
-                try:
-                    link = await self._login()
-                # one line per reason: a long outage repeats the same one every
-                # RETRY_CAP seconds, and those repeats go to DEBUG
-                except AuthenticationError as exc:
-                    last_error = _log_once(logging.ERROR, last_error, "relogin to %s: %s",
-                                           self._who(), exc.detail)
-                except (IscsiError, OSError) as exc:
-                    last_error = _log_once(
-                        logging.INFO, last_error, "relogin to %s failed: %s", self._who(),
-                        exc.detail if isinstance(exc, IscsiError) else exc)
+            try:
+                link = await self._login()
+            # one line per reason: a long outage repeats the same one every
+            # RETRY_CAP seconds, and those repeats go to DEBUG
+            except AuthenticationError as exc:
+                last_error = _log_once(logging.ERROR, last_error, "relogin to %s: %s",
+                                       self._who(), exc.detail)
+            except (IscsiError, OSError) as exc:
+                last_error = _log_once(
+                    logging.INFO, last_error, "relogin to %s failed: %s", self._who(),
+                    exc.detail if isinstance(exc, IscsiError) else exc)
             if self._sm.session is S.CLOSED:
                 if link is not None:
                     await link.transport.aclose()
@@ -994,11 +1006,7 @@ class Session:
                 continue
             self._start(link)
             try:
-                with trio.move_on_at(bound) as hooks_scope:
-                    await self._run_login_hooks(link)
-                if hooks_scope.cancelled_caught:
-                    raise ConnectionLost("setup after login cut short by the replacement "
-                                         "timeout")
+                await self._run_login_hooks(link)
             except (IscsiError, OSError) as exc:
                 last_error = _log_once(logging.WARNING, last_error,
                                        "relogin to %s failed: %s", self._who(),
@@ -1010,7 +1018,8 @@ class Session:
             self.reconnects += 1
             self._count("reconnects")
             # LOGGED_IN: a failure from here on (even while re-issuing below) is a new one,
-            # with a recovery of its own
+            # with a recovery (and a replacement timer) of its own
+            timer.cancel()
             self._open()
             log.info("relogged in to %s (sid %d, tsih %d) %.1f s after the connection "
                      "failed", self._who(), self.sid, self.tsih,

@@ -29,6 +29,7 @@ DEFECTS = {
     # found by the simulator, not in the issue
     "A1": "a command still in the transport backlog goes out after its caller was answered",
     "A2": "commands waiting for our own queue depth time out as if the window were closed",
+    "A3": "the replacement timeout cuts a relogin's setup short and drops its connection",
 }
 
 
@@ -64,6 +65,8 @@ def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict:
             elif inv == "conn.healthy_drop" and "unknown ITT" in msg \
                     and "reject_data_out" in fault_kinds:
                 note(6, inv, msg)
+            elif inv == "conn.healthy_drop" and "replacement timeout" in msg:
+                note("A3", inv, msg)
             elif inv == "queue.tombstones":
                 note(7, inv, msg)
             elif inv == "queue.backlog":
