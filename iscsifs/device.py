@@ -206,7 +206,12 @@ async def read_identity(session, lun: int, **kw) -> tuple[scsi_parse.Inquiry, li
     """Standard INQUIRY, the supported VPD pages, VPD 0x80 and 0x83 of ``lun``: its INQUIRY
     data, supported pages and :class:`Identity`; None when no logical unit is there
     (peripheral qualifier 011b, or ILLEGAL REQUEST 25/00). ``kw`` goes to ``read_data``
-    (``setup=True`` from a login hook). UNIT ATTENTION is retried."""
+    (``setup=True`` from a login hook). UNIT ATTENTION is retried.
+
+    Only a definite answer is one: any other failure (a Reject, a timeout, an error status)
+    raises, and so does a VPD 0x00 that fails with anything but ILLEGAL REQUEST (a LU that
+    does not do EVPD): an identity read while the LU had trouble answering would differ from
+    its real one, and be taken for another logical unit."""
     try:
         inquiry = scsi_parse.parse_inquiry(
             await read_data(session, lun, scsi_cdb.inquiry(alloc=96), 96, **kw))
@@ -217,7 +222,9 @@ async def read_identity(session, lun: int, **kw) -> tuple[scsi_parse.Inquiry, li
             pages = scsi_parse.parse_vpd_supported_pages(await read_data(
                 session, lun, scsi_cdb.inquiry(evpd=True, page=0x00, alloc=255), 255, **kw))
         except ScsiError as exc:
-            if is_lun_not_supported(exc):
+            sense = exc.sense
+            if is_lun_not_supported(exc) or sense is None \
+                    or sense.key != SenseKey.ILLEGAL_REQUEST:
                 raise
         serial = wwn = None
         designators: tuple[str, ...] = ()

@@ -34,7 +34,7 @@ from .core.keys import LoginParams, NegotiatedParams
 from .core.pdu import AsyncMessage, decode_lun
 from .core.state import ConnectionState, SessionState
 from .device import DEFAULT_MAX_COMMAND, Identity, Lun, read_data, read_identity
-from .errors import IscsiError, LoggedOut, RemoteProtocolError
+from .errors import IdentityUnverified, IscsiError, LoggedOut, RemoteProtocolError
 from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
 from .net.isns import isns_discover
@@ -54,6 +54,10 @@ __all__ = ["Initiator", "LunEntry", "SessionInfo", "Timeouts", "NodeOptions",
 
 # SendTargets results older than this are refreshed on the next listing (seconds).
 DISCOVERY_TTL = 30.0
+# After a relogin, a LUN's identity INQUIRYs are sent this many times in all when they fail
+# without a definite answer (a Reject, an error status), before that relogin fails (Linux's
+# scsi_probe_lun sends INQUIRY three times too).
+IDENTITY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -430,7 +434,14 @@ class Initiator:
     def _identity_hook(self, key: tuple[str, str, int]):
         """The login hook of the session ``key``: after every login, before any command is
         re-issued or new I/O sent, each known LUN's identity is read again; a LUN that names
-        another logical unit now (or none) is gone, and a rescan follows."""
+        another logical unit now (or none) is gone, and a rescan follows.
+
+        Only a definite answer makes a LUN gone: another identity, peripheral qualifier 011b
+        or ILLEGAL REQUEST 25/00 (``read_identity``). Any other failure of those INQUIRYs (a
+        Reject, an error status) is tried again, ``IDENTITY_ATTEMPTS`` times in all; after
+        that (or when the connection fails or a command times out) this relogin fails
+        (``IdentityUnverified``): the session drops the connection and logs in again with
+        back-off, and nothing is re-issued or sent until a login has checked every LUN."""
         async def verify_identity(session: Session) -> None:
             entry = self._entries.get(key)
             if entry is None or not entry.luns:
@@ -441,13 +452,11 @@ class Initiator:
                 if dev is None or dev.is_gone:
                     continue
                 try:
-                    found = await read_identity(session, dev.lun, setup=True)
-                except (ScsiError, RemoteProtocolError) as exc:
-                    # it answers, but not who it is: not to be trusted with the open files
-                    self._unit_gone(key, dev, None, "after a relogin", f"does not say which "
-                                    f"logical unit it is ({exc})")
-                    changed = True
-                    continue
+                    found = await _read_identity_again(session, dev.lun)
+                except IdentityUnverified:
+                    if changed:
+                        self._rescan_soon(key)
+                    raise
                 now = found[2] if found is not None else None
                 if now != dev.lu_identity:
                     self._unit_gone(key, dev, now, "after a relogin")
@@ -635,3 +644,22 @@ class Initiator:
             for entry in entries:
                 if entry.session is not None:
                     nursery.start_soon(entry.session.close)
+
+
+async def _read_identity_again(session: Session, lun: int):
+    """``read_identity`` of a known LUN in a login hook: a failure that says nothing about
+    which logical unit is there (a Reject, an error status other than "no logical unit") is
+    tried again, ``IDENTITY_ATTEMPTS`` times in all, then raised as ``IdentityUnverified``
+    (the relogin fails). The connection's own failures and timeouts are raised at once."""
+    for attempt in range(1, IDENTITY_ATTEMPTS + 1):
+        try:
+            return await read_identity(session, lun, setup=True)
+        except (ScsiError, RemoteProtocolError) as exc:
+            if attempt == IDENTITY_ATTEMPTS:
+                raise IdentityUnverified(
+                    f"LUN {lun} did not say which logical unit it is ({exc}, {attempt} "
+                    f"times); logging in again") from exc
+            log.info("%s: LUN %d: reading its identity after the relogin failed (%s); "
+                     "trying again", session.target_name, lun, exc)
+    raise AssertionError("unreachable")
+

@@ -6,7 +6,7 @@ replays suppress the faults they are told to; and, per known defect of issue 15,
 one that showed a fixed defect before its fix (it must not show it now), or one that shows an
 open defect today, ``xfail(strict=True)``: the day its fix makes the seed pass, the test
 XPASSes and fails - move the seed to ``REGRESSION`` then. The small budget of seeds below is
-tied to the CI switch in ``iscsifs_testbed/sim/gate.py`` the same way.
+tied to the CI switch in ``iscsifs_testbed/sim/gate.py``: it must pass in gate mode.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def test_a_run_checks_what_it_claims():
 # seeds that showed the defect on the code before its fix (commit 497014333f5a, this branch
 # before it merged the fixes); they must not show it now. OPEN: seeds that show a defect on
 # today's code - expected failures (strict) until it is fixed, then move them up.
-REGRESSION = {1: 151, 4: 157, 5: 76, 6: 181, 7: 167, 8: 122, 9: 196, 13: 180, 15: 47, 18: 147}
+REGRESSION = {1: 151, 4: 157, 5: 76, 6: 181, 7: 167, 8: 122, 9: 196, 13: 180, 15: 47, 18: 147,
+              # found on main after the fixes above were merged (defects.py's "I" ones)
+              "I1": 51}
 OPEN = {2: 154, 3: 2, 14: 44, 17: 59}
 
 
@@ -104,7 +106,9 @@ def test_pinned_seed_of_an_open_defect(defect, seed):
     assert why is None, f"{why}  [replay: bash scripts/sim --seed {seed}]"
 
 
-@pytest.mark.xfail(gate.mode() != "gate", strict=True,
+# In report mode the small budget may pass or fail (its seeds passing says little about the
+# defects still open elsewhere: the pinned seeds above say which are); in gate mode it must pass.
+@pytest.mark.xfail(gate.mode() != "gate", strict=False,
                    reason="the simulator's CI budget is in report mode (gate.py)")
 def test_small_budget_of_seeds():
     failing = [r for r in (run_seed(s) for s in range(1000, 1012)) if r.failed]

@@ -28,6 +28,7 @@ DEFECTS = {
     18: "Async event 4 (renegotiate) ignored",
     # found by the simulator, not in the issue
     "A1": "a command still in the transport backlog goes out after its caller was answered",
+    "I1": "a failed identity INQUIRY after a relogin (a Reject) marks the LUN gone for good",
 }
 
 
@@ -81,8 +82,11 @@ def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict:
                 note("A1", inv, msg)
             elif inv in ("liveness", "bound.never_returned"):
                 # what is left broken when the faults stop: the CmdSN gap (17) holds every
-                # later command; a by-id without paths after a capacity change (14)
-                if "reject_command" in fault_kinds and "timed out" in msg:
+                # later command; a by-id without paths after a capacity change (14); a LUN
+                # taken for gone although no restart put another LU behind it (I1)
+                if "NoSuchDevice" in msg and "restart_swap" not in fault_kinds:
+                    note("I1", inv, msg)
+                elif "reject_command" in fault_kinds and "timed out" in msg:
                     note(17, inv, msg)
                 elif "no path is available" in msg and "capacity_change" in fault_kinds:
                     note(14, inv, msg)
