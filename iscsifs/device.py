@@ -321,6 +321,9 @@ class Lun:
         # called (synchronously, with this Lun) after a command saw 3F/0E or 25/00: the
         # owner rescans the target's LUNs
         self.on_luns_changed: Callable[[Lun], None] | None = None
+        # called (synchronously, with this Lun) after every READ CAPACITY of it: the
+        # multipath device of its logical unit takes the new geometry too
+        self.on_capacity: Callable[[Lun], None] | None = None
         self.why_gone: str | None = None    # set by gone(): this LU is not there any more
         self._via = _Guarded(self)
 
@@ -528,7 +531,8 @@ class Lun:
         self.write_protected = protected
 
     async def read_capacity(self) -> None:
-        """READ CAPACITY(16), falling back to (10); sets block size and block count."""
+        """READ CAPACITY(16), falling back to (10); sets block size and block count, then
+        tells ``on_capacity``."""
         try:
             cap = scsi_parse.parse_read_capacity16(
                 await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
@@ -555,6 +559,8 @@ class Lun:
         self.max_transfer_bytes = max(self.block_size, limit // self.block_size * self.block_size)
         chunk = min(self.max_transfer_bytes, self.max_command_bytes)
         self._chunk = max(self.block_size, chunk // self.block_size * self.block_size)
+        if self.on_capacity is not None:
+            self.on_capacity(self)
 
     # ------------------------------------------------------------------ data path
     async def _rw(self, lba: int, view, write: bool) -> None:

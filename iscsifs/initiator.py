@@ -604,13 +604,13 @@ class Initiator:
                 device = e.device
                 if device is None or not device.wwn or device.is_gone:
                     continue
-                mdev = self._multipath_for(device, target, portal, i)
+                mdev = await self._multipath_for(device, target, portal, i)
                 if mdev is not None:
                     seen.setdefault(mdev.identity, mdev)
         return [m for m in seen.values() if m.group.paths]
 
-    def _multipath_for(self, device: Lun, target: str, portal: Portal,
-                       rank: int) -> MultipathDevice | None:
+    async def _multipath_for(self, device: Lun, target: str, portal: Portal,
+                             rank: int) -> MultipathDevice | None:
         identity = device.wwn
         assert identity is not None
         mdev = self._multipath.get(identity)
@@ -628,11 +628,51 @@ class Initiator:
             if (device.block_size, device.num_blocks) != (mdev.block_size, mdev.num_blocks):
                 mdev.capacity_changed = True
         elif (why := mdev.same_unit(device)) is not None:
-            log.warning("multipath: LUN %d of %s at %s reports the identity %s but %s; not "
-                        "used as a path", device.lun, target, portal.address, identity, why)
-            return None
+            if device.serial == mdev.serial:
+                # only the geometry differs, and a capacity changes: judge on what both say
+                # now, not on what each was told last
+                why = await self._same_geometry_now(mdev, device)
+                if self._multipath.get(identity) is not mdev:
+                    return None     # gone meanwhile (its last path went): the next listing
+            if why is not None:
+                log.warning("multipath: LUN %d of %s at %s reports the identity %s but %s; "
+                            "not used as a path", device.lun, target, portal.address,
+                            identity, why)
+                return None
         mdev.group.add(Path(target, portal, device, rank))
+        device.on_capacity = mdev.path_capacity
         return mdev
+
+    async def _same_geometry_now(self, mdev: MultipathDevice, device: Lun) -> str | None:
+        """Why ``device`` (a LUN with ``mdev``'s identity and serial, but not its block size
+        or count) is not a path of ``mdev``, judged on geometries read now; None: it is.
+
+        Each side's numbers may be old: a capacity change is reported (UNIT ATTENTION 2A/09)
+        once to each I_T nexus, by whichever command comes first, and a device whose paths
+        were all logged out saw none at all. So both are read again: the candidate through
+        its own session, the device through its paths (which passes the result on to every
+        path). A device with no usable path has nothing newer than the candidate's: it
+        takes that (the logical unit changed size while none of its paths was logged in).
+        Two geometries that still differ are two logical units claiming one identity (tgt
+        derives its names from the target id and LUN number). Bounded by ``login_timeout``,
+        as the listing's own logins are."""
+        limit = device.session.timeouts.login
+        with trio.move_on_after(limit):
+            try:
+                await device.read_capacity()
+                if (why := mdev.same_unit(device)) is None:
+                    return None
+                if mdev.group.logged_in:
+                    await mdev.read_capacity()
+                else:
+                    old = mdev.num_blocks * mdev.block_size
+                    mdev.copy_geometry(device)
+                    log.info("multipath: %s: %d bytes now, %d before (it had no path to "
+                             "see the change)", mdev.identity, mdev.size, old)
+                return mdev.same_unit(device)
+            except IscsiError as exc:
+                return f"a different capacity, and reading it again failed ({exc})"
+        return f"a different capacity, and reading it again took longer than {limit:g} s"
 
     async def aclose(self) -> None:
         """Log out of every session (concurrently, each bounded by its logout timeout)."""
