@@ -426,10 +426,10 @@ class Lun:
         if is_lun_not_supported(exc) and self.on_luns_changed is not None:
             self.on_luns_changed(self)
 
-    async def _read_bytes(self, cdb: bytes, alloc: int) -> bytes:
+    async def _read_bytes(self, cdb: bytes, alloc: int, **kw: Any) -> bytes:
         try:
             return await read_data(self._via, self.lun, cdb, alloc,
-                                   on_unit_attention=self._unit_attention)
+                                   on_unit_attention=self._unit_attention, **kw)
         except ScsiError as exc:
             self._not_supported(exc)
             raise
@@ -530,22 +530,23 @@ class Lun:
                      "write-protected" if protected else "writable")
         self.write_protected = protected
 
-    async def read_capacity(self) -> None:
+    async def read_capacity(self, **kw: Any) -> None:
         """READ CAPACITY(16), falling back to (10); sets block size and block count, then
-        tells ``on_capacity``."""
+        tells ``on_capacity``. ``kw`` goes to ``session.execute`` (``setup=True`` from a
+        login hook)."""
         try:
             cap = scsi_parse.parse_read_capacity16(
-                await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
+                await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32, **kw))
         except ScsiError:
             cap = scsi_parse.parse_read_capacity10(
-                await self._read_bytes(scsi_cdb.read_capacity10(), 8))
+                await self._read_bytes(scsi_cdb.read_capacity10(), 8, **kw))
             if cap.needs_16:
                 # SBC-3 §5.15.2: FFFFFFFFh means the capacity does not fit in (10); only (16)
                 # can say it, so ask it again (its error is the answer: never a guessed size)
                 log.info("LUN %d: READ CAPACITY(10) says more than 2**32 blocks; asking "
                          "READ CAPACITY(16) again", self.lun)
                 cap = scsi_parse.parse_read_capacity16(
-                    await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
+                    await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32, **kw))
         self.lbpme, self.lbprz = cap.lbpme, cap.lbprz
         self.block_size = cap.block_size
         self.num_blocks = cap.num_blocks

@@ -436,6 +436,10 @@ class Initiator:
         re-issued or new I/O sent, each known LUN's identity is read again; a LUN that names
         another logical unit now (or none) is gone, and a rescan follows.
 
+        The same LU's capacity is read again too: a relogin is a new I_T nexus (after a
+        target restart, or one redirected to another portal group), which the target tells
+        "power on, reset" (29/00) and not of a capacity change made before it existed.
+
         Only a definite answer makes a LUN gone: another identity, peripheral qualifier 011b
         or ILLEGAL REQUEST 25/00 (``read_identity``). Any other failure of those INQUIRYs (a
         Reject, an error status) is tried again, ``IDENTITY_ATTEMPTS`` times in all; after
@@ -461,6 +465,8 @@ class Initiator:
                 if now != dev.lu_identity:
                     self._unit_gone(key, dev, now, "after a relogin")
                     changed = True
+                    continue
+                await _read_capacity_again(dev)
             if changed:
                 self._rescan_soon(key)
         return verify_identity
@@ -703,3 +709,15 @@ async def _read_identity_again(session: Session, lun: int):
                      "trying again", session.target_name, lun, exc)
     raise AssertionError("unreachable")
 
+
+async def _read_capacity_again(dev: Lun) -> None:
+    """READ CAPACITY of a known LUN in a login hook (``Lun.on_capacity`` passes a new size on
+    to its ``by-id`` device). One that fails without the connection failing (an error
+    status, a Reject) leaves the size as it was and ``capacity_changed`` set: the next
+    read, write or ``stat`` of its file reads it again."""
+    try:
+        await dev.read_capacity(setup=True)
+    except (ScsiError, RemoteProtocolError) as exc:
+        dev.capacity_changed = True
+        log.info("LUN %d: reading its capacity after the relogin failed (%s); it is read "
+                 "again with the next I/O", dev.lun, exc)

@@ -580,11 +580,11 @@ class MultipathDevice(Lun):
         path's Lun (after a rescan re-read them)."""
         _copy_geometry(self, source)
 
-    async def read_capacity(self) -> None:
+    async def read_capacity(self, **kw: Any) -> None:
         """READ CAPACITY through a path, and the new geometry for every path's own Lun too:
         they are the same logical unit (their ``raw`` files show the new size, and the
         identity check of the next listing sees the same capacity)."""
-        await super().read_capacity()
+        await super().read_capacity(**kw)
         for path in self.group.paths:
             _copy_geometry(path.device, self)
             path.device.capacity_changed = False

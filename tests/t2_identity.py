@@ -141,7 +141,8 @@ async def test_the_same_lu_after_a_relogin_gets_its_waiting_write(nursery, autoj
         await target.live[1].close()
     assert results == [512] and lu_a.writes == [(0, b"w" * 512)]
     second = [(lun_, op) for c, lun_, op in table.commands if c == 2]
-    assert second[:4] == [(1, 0x12)] * 4 and second[4:] == [(1, 0x2A), (1, 0x2A)]  # UA 29/00
+    # the identity, the capacity (twice: UA 29/00 first), then the write
+    assert second == [(1, 0x12)] * 4 + [(1, 0x9E), (1, 0x9E), (1, 0x2A)]
     assert not dev.is_gone and await lun(init, 1) is dev
     await init.aclose()
 
@@ -211,9 +212,9 @@ async def test_a_failed_identity_read_after_a_relogin_is_no_evidence_the_lu_chan
     if refusals == 1:
         assert target.connections == 2
         # the refused INQUIRY (a rejected one, or the standard one and VPD 00h), the four of
-        # the check again, then the write (twice: UA 29/00 first)
+        # the check again, the capacity (twice: UA 29/00 first), then the write
         inquiries = 5 if how == "reject" else 6
-        assert on_lun1[2] == [0x12] * inquiries + [0x2A, 0x2A]
+        assert on_lun1[2] == [0x12] * inquiries + [0x9E, 0x9E, 0x2A]
     else:
         # nothing but the identity check went to LUN 1 on the connection that could not
         # check it; the next login was made after the back-off (0.5 s), not at once
@@ -225,6 +226,51 @@ async def test_a_failed_identity_read_after_a_relogin_is_no_evidence_the_lu_chan
         assert "(ABORTED COMMAND" in caplog.text or "(command failed: rejected" in caplog.text
     assert await lun(init, 1) is dev
     assert await dev.read(0, 512) == b"w" * 512
+    await init.aclose()
+
+
+@CONN_FAILED
+@pytest.mark.expect_log("no healthy path left", logger="iscsifs.multipath")
+@pytest.mark.parametrize("answer", ["good", "aborted"])
+async def test_a_relogin_reads_the_capacity_the_new_nexus_was_not_told_of(
+        nursery, autojump_clock, answer):
+    # the simulator's seed 312: the LU grew while the session was down, and the relogin is a
+    # new I_T nexus (a restarted target, a redirection to another portal group) that gets
+    # UNIT ATTENTION 29/00 only, never 2A/09. The relogin reads the capacity, and by-id
+    # follows; when that READ CAPACITY fails, the next I/O reads it
+    lu_a = FakeLU("beaf11", NAA_A)
+    table = LuTable({1: lu_a})
+
+    aborted: set = set()
+
+    def on_command(conn, cmd):
+        op = cmd.cdb[0]
+        if answer == "aborted" and conn.number == 2 and op in (0x9E, 0x25) \
+                and op not in aborted:          # READ CAPACITY(16), then (10): the hook's
+            aborted.add(op)
+            return [respond(conn, cmd, 2, sense_data(0x0B, 0x00, 0x00))]
+        return table(conn, cmd)
+
+    target = FakeTarget(target_name=IQN, on_command=on_command)
+    init = initiator(nursery, {PORTAL: target})
+    (mdev,) = await init.multipath([(IQN, PORTAL)])
+    dev = await lun(init, 1)
+    assert dev.size == mdev.size == 64 * 512
+    lu_a.data.extend(bytes(64 * 512))
+    lu_a.blocks = 128
+    await target.live[1].close()
+    session = await init.session(IQN, PORTAL)
+    await wait_until(lambda: _reconnected(session))
+    assert not dev.is_gone
+    if answer == "good":
+        assert dev.size == mdev.size == 128 * 512
+        assert not dev.capacity_changed and not mdev.capacity_changed
+    else:
+        assert dev.size == 64 * 512 and dev.capacity_changed
+        await dev.read_capacity()           # what the FUSE layer does after the next I/O
+        assert dev.size == mdev.size == 128 * 512
+    assert await mdev.write(100 * 512, b"g" * 512) == 512
+    assert lu_a.data[100 * 512:101 * 512] == b"g" * 512
     await init.aclose()
 
 

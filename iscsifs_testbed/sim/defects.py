@@ -29,6 +29,7 @@ DEFECTS = {
     # found by the simulator, not in the issue
     "A1": "a command still in the transport backlog goes out after its caller was answered",
     "I1": "a failed identity INQUIRY after a relogin (a Reject) marks the LUN gone for good",
+    "I2": "a capacity change made before a relogin's new I_T nexus existed is never learned",
 }
 
 
@@ -70,6 +71,9 @@ def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict:
                 note(8, inv, msg)
             elif inv == "queue.logouts":
                 note(9, inv, msg)
+            elif inv == "by_id.size" and msg.startswith("raw#"):
+                # a raw file that never learned the size: its nexus was not told (I2)
+                note("I2", inv, msg)
             elif inv in ("by_id.lost", "by_id.size"):
                 note(14, inv, msg)
             elif inv == "error.unexpected" and "KeyError" in msg or inv == "unmount.session_left":
