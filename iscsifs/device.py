@@ -206,7 +206,12 @@ async def read_identity(session, lun: int, **kw) -> tuple[scsi_parse.Inquiry, li
     """Standard INQUIRY, the supported VPD pages, VPD 0x80 and 0x83 of ``lun``: its INQUIRY
     data, supported pages and :class:`Identity`; None when no logical unit is there
     (peripheral qualifier 011b, or ILLEGAL REQUEST 25/00). ``kw`` goes to ``read_data``
-    (``setup=True`` from a login hook). UNIT ATTENTION is retried."""
+    (``setup=True`` from a login hook). UNIT ATTENTION is retried.
+
+    Only a definite answer is one: any other failure (a Reject, a timeout, an error status)
+    raises, and so does a VPD 0x00 that fails with anything but ILLEGAL REQUEST (a LU that
+    does not do EVPD): an identity read while the LU had trouble answering would differ from
+    its real one, and be taken for another logical unit."""
     try:
         inquiry = scsi_parse.parse_inquiry(
             await read_data(session, lun, scsi_cdb.inquiry(alloc=96), 96, **kw))
@@ -217,7 +222,9 @@ async def read_identity(session, lun: int, **kw) -> tuple[scsi_parse.Inquiry, li
             pages = scsi_parse.parse_vpd_supported_pages(await read_data(
                 session, lun, scsi_cdb.inquiry(evpd=True, page=0x00, alloc=255), 255, **kw))
         except ScsiError as exc:
-            if is_lun_not_supported(exc):
+            sense = exc.sense
+            if is_lun_not_supported(exc) or sense is None \
+                    or sense.key != SenseKey.ILLEGAL_REQUEST:
                 raise
         serial = wwn = None
         designators: tuple[str, ...] = ()
@@ -314,6 +321,9 @@ class Lun:
         # called (synchronously, with this Lun) after a command saw 3F/0E or 25/00: the
         # owner rescans the target's LUNs
         self.on_luns_changed: Callable[[Lun], None] | None = None
+        # called (synchronously, with this Lun) after every READ CAPACITY of it: the
+        # multipath device of its logical unit takes the new geometry too
+        self.on_capacity: Callable[[Lun], None] | None = None
         self.why_gone: str | None = None    # set by gone(): this LU is not there any more
         self._via = _Guarded(self)
 
@@ -416,10 +426,10 @@ class Lun:
         if is_lun_not_supported(exc) and self.on_luns_changed is not None:
             self.on_luns_changed(self)
 
-    async def _read_bytes(self, cdb: bytes, alloc: int) -> bytes:
+    async def _read_bytes(self, cdb: bytes, alloc: int, **kw: Any) -> bytes:
         try:
             return await read_data(self._via, self.lun, cdb, alloc,
-                                   on_unit_attention=self._unit_attention)
+                                   on_unit_attention=self._unit_attention, **kw)
         except ScsiError as exc:
             self._not_supported(exc)
             raise
@@ -520,21 +530,23 @@ class Lun:
                      "write-protected" if protected else "writable")
         self.write_protected = protected
 
-    async def read_capacity(self) -> None:
-        """READ CAPACITY(16), falling back to (10); sets block size and block count."""
+    async def read_capacity(self, **kw: Any) -> None:
+        """READ CAPACITY(16), falling back to (10); sets block size and block count, then
+        tells ``on_capacity``. ``kw`` goes to ``session.execute`` (``setup=True`` from a
+        login hook)."""
         try:
             cap = scsi_parse.parse_read_capacity16(
-                await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
+                await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32, **kw))
         except ScsiError:
             cap = scsi_parse.parse_read_capacity10(
-                await self._read_bytes(scsi_cdb.read_capacity10(), 8))
+                await self._read_bytes(scsi_cdb.read_capacity10(), 8, **kw))
             if cap.needs_16:
                 # SBC-3 §5.15.2: FFFFFFFFh means the capacity does not fit in (10); only (16)
                 # can say it, so ask it again (its error is the answer: never a guessed size)
                 log.info("LUN %d: READ CAPACITY(10) says more than 2**32 blocks; asking "
                          "READ CAPACITY(16) again", self.lun)
                 cap = scsi_parse.parse_read_capacity16(
-                    await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32))
+                    await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32, **kw))
         self.lbpme, self.lbprz = cap.lbpme, cap.lbprz
         self.block_size = cap.block_size
         self.num_blocks = cap.num_blocks
@@ -548,6 +560,8 @@ class Lun:
         self.max_transfer_bytes = max(self.block_size, limit // self.block_size * self.block_size)
         chunk = min(self.max_transfer_bytes, self.max_command_bytes)
         self._chunk = max(self.block_size, chunk // self.block_size * self.block_size)
+        if self.on_capacity is not None:
+            self.on_capacity(self)
 
     # ------------------------------------------------------------------ data path
     async def _rw(self, lba: int, view, write: bool) -> None:

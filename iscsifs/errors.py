@@ -121,6 +121,13 @@ class PathFailed(ConnectionLost):
     path."""
 
 
+class IdentityUnverified(ConnectionLost):
+    """After a relogin, a LUN did not say which logical unit it is: its identity INQUIRY
+    (standard, VPD 0x00, 0x80, 0x83) failed (a Reject, a timeout, an error status other than
+    "no logical unit here"). That is no evidence either way, so nothing may go to it yet: the
+    relogin fails (its connection is dropped) and the session logs in again, with back-off."""
+
+
 class IsnsError(IscsiError):
     """An iSNS server refused a query or a registration (``status``: its RFC 4171 status
     code, None when it broke the protocol). Exit 25, or 26 for a registration."""

@@ -34,7 +34,7 @@ from .core.keys import LoginParams, NegotiatedParams
 from .core.pdu import AsyncMessage, decode_lun
 from .core.state import ConnectionState, SessionState
 from .device import DEFAULT_MAX_COMMAND, Identity, Lun, read_data, read_identity
-from .errors import IscsiError, LoggedOut, RemoteProtocolError
+from .errors import IdentityUnverified, IscsiError, LoggedOut, RemoteProtocolError
 from .multipath import POLICIES, MultipathDevice, Path
 from .net.discovery import discover
 from .net.isns import isns_discover
@@ -54,6 +54,10 @@ __all__ = ["Initiator", "LunEntry", "SessionInfo", "Timeouts", "NodeOptions",
 
 # SendTargets results older than this are refreshed on the next listing (seconds).
 DISCOVERY_TTL = 30.0
+# After a relogin, a LUN's identity INQUIRYs are sent this many times in all when they fail
+# without a definite answer (a Reject, an error status), before that relogin fails (Linux's
+# scsi_probe_lun sends INQUIRY three times too).
+IDENTITY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -430,7 +434,18 @@ class Initiator:
     def _identity_hook(self, key: tuple[str, str, int]):
         """The login hook of the session ``key``: after every login, before any command is
         re-issued or new I/O sent, each known LUN's identity is read again; a LUN that names
-        another logical unit now (or none) is gone, and a rescan follows."""
+        another logical unit now (or none) is gone, and a rescan follows.
+
+        The same LU's capacity is read again too: a relogin is a new I_T nexus (after a
+        target restart, or one redirected to another portal group), which the target tells
+        "power on, reset" (29/00) and not of a capacity change made before it existed.
+
+        Only a definite answer makes a LUN gone: another identity, peripheral qualifier 011b
+        or ILLEGAL REQUEST 25/00 (``read_identity``). Any other failure of those INQUIRYs (a
+        Reject, an error status) is tried again, ``IDENTITY_ATTEMPTS`` times in all; after
+        that (or when the connection fails or a command times out) this relogin fails
+        (``IdentityUnverified``): the session drops the connection and logs in again with
+        back-off, and nothing is re-issued or sent until a login has checked every LUN."""
         async def verify_identity(session: Session) -> None:
             entry = self._entries.get(key)
             if entry is None or not entry.luns:
@@ -441,17 +456,17 @@ class Initiator:
                 if dev is None or dev.is_gone:
                     continue
                 try:
-                    found = await read_identity(session, dev.lun, setup=True)
-                except (ScsiError, RemoteProtocolError) as exc:
-                    # it answers, but not who it is: not to be trusted with the open files
-                    self._unit_gone(key, dev, None, "after a relogin", f"does not say which "
-                                    f"logical unit it is ({exc})")
-                    changed = True
-                    continue
+                    found = await _read_identity_again(session, dev.lun)
+                except IdentityUnverified:
+                    if changed:
+                        self._rescan_soon(key)
+                    raise
                 now = found[2] if found is not None else None
                 if now != dev.lu_identity:
                     self._unit_gone(key, dev, now, "after a relogin")
                     changed = True
+                    continue
+                await _read_capacity_again(dev)
             if changed:
                 self._rescan_soon(key)
         return verify_identity
@@ -595,13 +610,13 @@ class Initiator:
                 device = e.device
                 if device is None or not device.wwn or device.is_gone:
                     continue
-                mdev = self._multipath_for(device, target, portal, i)
+                mdev = await self._multipath_for(device, target, portal, i)
                 if mdev is not None:
                     seen.setdefault(mdev.identity, mdev)
         return [m for m in seen.values() if m.group.paths]
 
-    def _multipath_for(self, device: Lun, target: str, portal: Portal,
-                       rank: int) -> MultipathDevice | None:
+    async def _multipath_for(self, device: Lun, target: str, portal: Portal,
+                             rank: int) -> MultipathDevice | None:
         identity = device.wwn
         assert identity is not None
         mdev = self._multipath.get(identity)
@@ -619,11 +634,51 @@ class Initiator:
             if (device.block_size, device.num_blocks) != (mdev.block_size, mdev.num_blocks):
                 mdev.capacity_changed = True
         elif (why := mdev.same_unit(device)) is not None:
-            log.warning("multipath: LUN %d of %s at %s reports the identity %s but %s; not "
-                        "used as a path", device.lun, target, portal.address, identity, why)
-            return None
+            if device.serial == mdev.serial:
+                # only the geometry differs, and a capacity changes: judge on what both say
+                # now, not on what each was told last
+                why = await self._same_geometry_now(mdev, device)
+                if self._multipath.get(identity) is not mdev:
+                    return None     # gone meanwhile (its last path went): the next listing
+            if why is not None:
+                log.warning("multipath: LUN %d of %s at %s reports the identity %s but %s; "
+                            "not used as a path", device.lun, target, portal.address,
+                            identity, why)
+                return None
         mdev.group.add(Path(target, portal, device, rank))
+        device.on_capacity = mdev.path_capacity
         return mdev
+
+    async def _same_geometry_now(self, mdev: MultipathDevice, device: Lun) -> str | None:
+        """Why ``device`` (a LUN with ``mdev``'s identity and serial, but not its block size
+        or count) is not a path of ``mdev``, judged on geometries read now; None: it is.
+
+        Each side's numbers may be old: a capacity change is reported (UNIT ATTENTION 2A/09)
+        once to each I_T nexus, by whichever command comes first, and a device whose paths
+        were all logged out saw none at all. So both are read again: the candidate through
+        its own session, the device through its paths (which passes the result on to every
+        path). A device with no usable path has nothing newer than the candidate's: it
+        takes that (the logical unit changed size while none of its paths was logged in).
+        Two geometries that still differ are two logical units claiming one identity (tgt
+        derives its names from the target id and LUN number). Bounded by ``login_timeout``,
+        as the listing's own logins are."""
+        limit = device.session.timeouts.login
+        with trio.move_on_after(limit):
+            try:
+                await device.read_capacity()
+                if (why := mdev.same_unit(device)) is None:
+                    return None
+                if mdev.group.logged_in:
+                    await mdev.read_capacity()
+                else:
+                    old = mdev.num_blocks * mdev.block_size
+                    mdev.copy_geometry(device)
+                    log.info("multipath: %s: %d bytes now, %d before (it had no path to "
+                             "see the change)", mdev.identity, mdev.size, old)
+                return mdev.same_unit(device)
+            except IscsiError as exc:
+                return f"a different capacity, and reading it again failed ({exc})"
+        return f"a different capacity, and reading it again took longer than {limit:g} s"
 
     async def aclose(self) -> None:
         """Log out of every session (concurrently, each bounded by its logout timeout)."""
@@ -635,3 +690,34 @@ class Initiator:
             for entry in entries:
                 if entry.session is not None:
                     nursery.start_soon(entry.session.close)
+
+
+async def _read_identity_again(session: Session, lun: int):
+    """``read_identity`` of a known LUN in a login hook: a failure that says nothing about
+    which logical unit is there (a Reject, an error status other than "no logical unit") is
+    tried again, ``IDENTITY_ATTEMPTS`` times in all, then raised as ``IdentityUnverified``
+    (the relogin fails). The connection's own failures and timeouts are raised at once."""
+    for attempt in range(1, IDENTITY_ATTEMPTS + 1):
+        try:
+            return await read_identity(session, lun, setup=True)
+        except (ScsiError, RemoteProtocolError) as exc:
+            if attempt == IDENTITY_ATTEMPTS:
+                raise IdentityUnverified(
+                    f"LUN {lun} did not say which logical unit it is ({exc}, {attempt} "
+                    f"times); logging in again") from exc
+            log.info("%s: LUN %d: reading its identity after the relogin failed (%s); "
+                     "trying again", session.target_name, lun, exc)
+    raise AssertionError("unreachable")
+
+
+async def _read_capacity_again(dev: Lun) -> None:
+    """READ CAPACITY of a known LUN in a login hook (``Lun.on_capacity`` passes a new size on
+    to its ``by-id`` device). One that fails without the connection failing (an error
+    status, a Reject) leaves the size as it was and ``capacity_changed`` set: the next
+    read, write or ``stat`` of its file reads it again."""
+    try:
+        await dev.read_capacity(setup=True)
+    except (ScsiError, RemoteProtocolError) as exc:
+        dev.capacity_changed = True
+        log.info("LUN %d: reading its capacity after the relogin failed (%s); it is read "
+                 "again with the next I/O", dev.lun, exc)

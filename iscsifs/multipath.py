@@ -580,14 +580,29 @@ class MultipathDevice(Lun):
         path's Lun (after a rescan re-read them)."""
         _copy_geometry(self, source)
 
-    async def read_capacity(self) -> None:
+    async def read_capacity(self, **kw: Any) -> None:
         """READ CAPACITY through a path, and the new geometry for every path's own Lun too:
         they are the same logical unit (their ``raw`` files show the new size, and the
         identity check of the next listing sees the same capacity)."""
-        await super().read_capacity()
+        await super().read_capacity(**kw)
         for path in self.group.paths:
             _copy_geometry(path.device, self)
             path.device.capacity_changed = False
+
+    def path_capacity(self, device: Lun) -> None:
+        """A path's own Lun read its capacity (its ``raw`` file saw UNIT ATTENTION 2A/09, a
+        rescan, a relogin): the logical unit has that geometry, so this device and the
+        other paths' Luns take it too - the ``by-id`` file shows the new size at once, not
+        after the next listing. (``Lun.on_capacity`` of every path; a Lun that is no path
+        of this device any more is ignored.)"""
+        if not any(p.device is device for p in self.group.paths):
+            return
+        _copy_geometry(self, device)
+        self.capacity_changed = False
+        for path in self.group.paths:
+            if path.device is not device:
+                _copy_geometry(path.device, device)
+                path.device.capacity_changed = False
 
     @property
     def policy(self) -> str:

@@ -13,11 +13,11 @@ import pytest
 import trio
 import trio.testing
 
-from fake_lu import FakeLU, LuTable, sense_data
+from fake_lu import FakeLU, LuTable, respond, sense_data
 from fake_target import FakeTarget
 from helpers import CONN_FAILED
 from iscsifs.core.names import Portal
-from iscsifs.core.pdu import AsyncMessage, encode_lun
+from iscsifs.core.pdu import AsyncMessage, LoginRequest, Reject, decode_lun, encode, encode_lun
 from iscsifs.errors import NoSuchDevice
 from iscsifs.initiator import Initiator, NodeOptions
 from iscsifs.net.session import Timeouts
@@ -30,8 +30,8 @@ PORTAL_B = Portal("127.0.0.2", 3260)
 NAA_A = "60000000000000000e00000000010001"
 NAA_B = "6001405aa00000000000000000000b0b"
 LU_GONE = pytest.mark.expect_log(r"(After a relogin|On a rescan), LUN \d+ of .* (is another "
-                                 r"logical unit|is not reported by the target any more|does "
-                                 r"not say which logical unit it is)", logger="iscsifs.initiator")
+                                 r"logical unit|is not reported by the target any more)",
+                                 logger="iscsifs.initiator")
 
 
 def initiator(nursery, targets: dict[Portal, FakeTarget], **kw) -> Initiator:
@@ -141,8 +141,136 @@ async def test_the_same_lu_after_a_relogin_gets_its_waiting_write(nursery, autoj
         await target.live[1].close()
     assert results == [512] and lu_a.writes == [(0, b"w" * 512)]
     second = [(lun_, op) for c, lun_, op in table.commands if c == 2]
-    assert second[:4] == [(1, 0x12)] * 4 and second[4:] == [(1, 0x2A), (1, 0x2A)]  # UA 29/00
+    # the identity, the capacity (twice: UA 29/00 first), then the write
+    assert second == [(1, 0x12)] * 4 + [(1, 0x9E), (1, 0x9E), (1, 0x2A)]
     assert not dev.is_gone and await lun(init, 1) is dev
+    await init.aclose()
+
+
+def _login_times(target: FakeTarget) -> dict[int, float]:
+    """When each connection sent its first Login Request."""
+    times: dict[int, float] = {}
+    for (number, pdu), at in zip(target.received, target.received_at):
+        if isinstance(pdu, LoginRequest):
+            times.setdefault(number, at)
+    return times
+
+
+def _refuse_identity_reads(table: LuTable, how: str, count: int):
+    """``on_command``: on connection 2 (the relogin), the first ``count`` identity reads of
+    LUN 1 fail without saying anything about the LU: the INQUIRY is answered with a Reject
+    (``how="reject"``), or its VPD 00h page with ABORTED COMMAND (``how="aborted"``);
+    everything else is ``table``'s."""
+    refused: list = []
+
+    def on_command(conn, cmd):
+        if conn.number == 2 and len(refused) < count and cmd.cdb[0] == 0x12 \
+                and decode_lun(cmd.lun) == 1:
+            if how == "reject":
+                refused.append(cmd)
+                table.commands.append((conn.number, 1, 0x12))
+                return [Reject(reason=0x09, data_sn=0, data=bytes(encode(cmd)[0])[:48],
+                               **conn.sns())]
+            if cmd.cdb[1] & 1 and cmd.cdb[2] == 0x00:
+                refused.append(cmd)
+                table.commands.append((conn.number, 1, 0x12))
+                return [respond(conn, cmd, 2, sense_data(0x0B, 0x00, 0x00))]
+        return table(conn, cmd)
+    return on_command
+
+
+@CONN_FAILED
+@pytest.mark.expect_log(r"relogin to .* failed: LUN 1 did not say which logical unit it is "
+                        r"\(.*, 3 times\)", logger="iscsifs.net.session", optional=True)
+@pytest.mark.expect_log("rejected a PDU", logger="iscsifs", optional=True)
+@pytest.mark.parametrize("how", ["reject", "aborted"])
+@pytest.mark.parametrize("refusals", [1, 3])
+async def test_a_failed_identity_read_after_a_relogin_is_no_evidence_the_lu_changed(
+        nursery, autojump_clock, caplog, how, refusals):
+    # the relogin's INQUIRY to LUN 1 is rejected (or its VPD 00h answered ABORTED COMMAND):
+    # that says nothing about which LU is there, so the LUN is not gone. Once: read again on
+    # the same connection. Every time (3 attempts): that relogin fails, and the next one
+    # (after the session's back-off) reads the identity. Either way the waiting write goes to
+    # the same LU, after the check, and nothing else goes to LUN 1 before it
+    lu_a = FakeLU("beaf11", NAA_A)
+    table = LuTable({1: lu_a})
+    target = FakeTarget(target_name=IQN, on_command=_refuse_identity_reads(table, how, refusals))
+    init = initiator(nursery, {PORTAL: target})
+    dev = await lun(init, 1)
+    table.hold = held_writes
+    results: list = []
+    async with trio.open_nursery() as n:
+        n.start_soon(write_or_error, dev, b"w" * 512, results)
+        await trio.testing.wait_all_tasks_blocked()
+        await target.live[1].close()
+    assert results == [512] and not dev.is_gone
+    assert lu_a.writes == [(0, b"w" * 512)]
+    session = await init.session(IQN, PORTAL)
+    assert session.reconnects == 1
+    on_lun1 = {c: [op for c_, lun_, op in table.commands if c_ == c and lun_ == 1]
+               for c in (2, 3)}
+    if refusals == 1:
+        assert target.connections == 2
+        # the refused INQUIRY (a rejected one, or the standard one and VPD 00h), the four of
+        # the check again, the capacity (twice: UA 29/00 first), then the write
+        inquiries = 5 if how == "reject" else 6
+        assert on_lun1[2] == [0x12] * inquiries + [0x9E, 0x9E, 0x2A]
+    else:
+        # nothing but the identity check went to LUN 1 on the connection that could not
+        # check it; the next login was made after the back-off (0.5 s), not at once
+        assert target.connections == 3
+        assert set(on_lun1[2]) == {0x12}
+        assert on_lun1[3][:4] == [0x12] * 4 and 0x2A in on_lun1[3]
+        times = _login_times(target)
+        assert 0.5 <= times[3] - times[2] < 1.0
+        assert "(ABORTED COMMAND" in caplog.text or "(command failed: rejected" in caplog.text
+    assert await lun(init, 1) is dev
+    assert await dev.read(0, 512) == b"w" * 512
+    await init.aclose()
+
+
+@CONN_FAILED
+@pytest.mark.expect_log("no healthy path left", logger="iscsifs.multipath")
+@pytest.mark.parametrize("answer", ["good", "aborted"])
+async def test_a_relogin_reads_the_capacity_the_new_nexus_was_not_told_of(
+        nursery, autojump_clock, answer):
+    # the simulator's seed 312: the LU grew while the session was down, and the relogin is a
+    # new I_T nexus (a restarted target, a redirection to another portal group) that gets
+    # UNIT ATTENTION 29/00 only, never 2A/09. The relogin reads the capacity, and by-id
+    # follows; when that READ CAPACITY fails, the next I/O reads it
+    lu_a = FakeLU("beaf11", NAA_A)
+    table = LuTable({1: lu_a})
+
+    aborted: set = set()
+
+    def on_command(conn, cmd):
+        op = cmd.cdb[0]
+        if answer == "aborted" and conn.number == 2 and op in (0x9E, 0x25) \
+                and op not in aborted:          # READ CAPACITY(16), then (10): the hook's
+            aborted.add(op)
+            return [respond(conn, cmd, 2, sense_data(0x0B, 0x00, 0x00))]
+        return table(conn, cmd)
+
+    target = FakeTarget(target_name=IQN, on_command=on_command)
+    init = initiator(nursery, {PORTAL: target})
+    (mdev,) = await init.multipath([(IQN, PORTAL)])
+    dev = await lun(init, 1)
+    assert dev.size == mdev.size == 64 * 512
+    lu_a.data.extend(bytes(64 * 512))
+    lu_a.blocks = 128
+    await target.live[1].close()
+    session = await init.session(IQN, PORTAL)
+    await wait_until(lambda: _reconnected(session))
+    assert not dev.is_gone
+    if answer == "good":
+        assert dev.size == mdev.size == 128 * 512
+        assert not dev.capacity_changed and not mdev.capacity_changed
+    else:
+        assert dev.size == 64 * 512 and dev.capacity_changed
+        await dev.read_capacity()           # what the FUSE layer does after the next I/O
+        assert dev.size == mdev.size == 128 * 512
+    assert await mdev.write(100 * 512, b"g" * 512) == 512
+    assert lu_a.data[100 * 512:101 * 512] == b"g" * 512
     await init.aclose()
 
 

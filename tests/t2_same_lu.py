@@ -95,16 +95,73 @@ async def test_a_capacity_change_seen_through_by_id_reaches_the_paths(nursery, a
     # the identity guard keeps the group's own path: by-id is still there, one path
     assert await init.multipath([(IQN, PORTAL_A)]) == [mdev]
     assert len(mdev.group.paths) == 1
-    # and the other way round: raw sees it first; by-id is kept and re-reads
+    # and the other way round: raw sees it first; by-id takes the size it read at once
     grow(shared, 192)
     table.ua(1, 0x2A, 0x09)
     await raw.read(0, 512)
+    assert raw.capacity_changed
     await raw.read_capacity()
-    assert raw.size == 192 * 512
+    assert raw.size == mdev.size == 192 * 512 and not mdev.capacity_changed
     assert await init.multipath([(IQN, PORTAL_A)]) == [mdev]
-    assert mdev.capacity_changed
-    await mdev.read_capacity()
-    assert mdev.size == 192 * 512
+    assert len(mdev.group.paths) == 1
+    await init.aclose()
+
+
+@pytest.mark.expect_log("no healthy path left", logger="iscsifs.multipath", optional=True)
+@pytest.mark.parametrize("case", ["one path out", "every path out", "stale raw"])
+async def test_a_path_that_comes_back_after_a_capacity_change_is_a_path_again(
+        nursery, autojump_clock, caplog, case):
+    # the simulator's seed 44: by-id's paths leave with a logout (rmdir of the target), the
+    # LU grows meanwhile, and the LUN that comes back is judged against what by-id knew.
+    # "one path out": by-id still has path A, which has not seen the change yet; "every path
+    # out": by-id has no path that could have seen it; "stale raw": B's raw was opened
+    # before the change and has not seen it yet, by-id has. Either way it is the same LU:
+    # the path is added again and every file shows the new size
+    shared = FakeLU("beaf11", NAA)
+    tables = {PORTAL_A: LuTable({1: shared}), PORTAL_B: LuTable({1: shared})}
+    init = initiator(nursery, {p: FakeTarget(target_name=IQN, on_command=t)
+                               for p, t in tables.items()})
+    pairs = [(IQN, PORTAL_A), (IQN, PORTAL_B)]
+    (mdev,) = await init.multipath(pairs)
+    await mdev.read(0, 512)
+    await init.logout(IQN, PORTAL_B)
+    if case == "every path out":
+        await init.logout(IQN, PORTAL_A)
+    if case == "stale raw":
+        await init.luns(IQN, PORTAL_B)      # logged in again, raw opened: not a path yet
+    grow(shared, 128)
+    for table in tables.values():
+        table.ua(1, 0x2A, 0x09)            # to each nexus, at its next command
+    if case == "stale raw":
+        await mdev.read(0, 512)             # by-id sees it through A, and re-reads
+        await mdev.read_capacity()
+        assert mdev.size == 128 * 512
+    assert await init.multipath(pairs) == [mdev]
+    assert [p.portal for p in mdev.group.paths] == [PORTAL_A, PORTAL_B]
+    raws = [{e.lun: e.device for e in await init.luns(*pair)}[1] for pair in pairs]
+    assert [p.device for p in mdev.group.paths] == raws
+    assert mdev.size == raws[0].size == raws[1].size == 128 * 512
+    assert "not used as a path" not in caplog.text
+    # the new blocks are usable through by-id, on both paths
+    assert await mdev.write(100 * 512, b"n" * 512) == 512
+    assert shared.data[100 * 512:101 * 512] == b"n" * 512
+    await init.aclose()
+
+
+@pytest.mark.expect_log(f"LUN 1 of {IQN} at 127.0.0.2:3260 reports the identity naa.{NAA} but "
+                        f"96 blocks instead of 64; not used as a path", logger="iscsifs.initiator")
+async def test_two_lus_that_claim_one_identity_stay_apart(nursery, autojump_clock):
+    # tgt derives its names from the target id and LUN number: LUN 1 of target 1 has the
+    # same NAA name and serial on every tgtd. Read again, their capacities still differ
+    lu_a, lu_b = FakeLU("beaf11", NAA), FakeLU("beaf11", NAA, blocks=96)
+    init = initiator(nursery, {PORTAL_A: FakeTarget(target_name=IQN,
+                                                    on_command=LuTable({1: lu_a})),
+                               PORTAL_B: FakeTarget(target_name=IQN,
+                                                    on_command=LuTable({1: lu_b}))})
+    (mdev,) = await init.multipath([(IQN, PORTAL_A), (IQN, PORTAL_B)])
+    assert [p.portal for p in mdev.group.paths] == [PORTAL_A] and mdev.size == 64 * 512
+    raw_b = {e.lun: e.device for e in await init.luns(IQN, PORTAL_B)}[1]
+    assert raw_b.size == 96 * 512
     await init.aclose()
 
 

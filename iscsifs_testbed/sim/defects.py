@@ -30,6 +30,8 @@ DEFECTS = {
     "A1": "a command still in the transport backlog goes out after its caller was answered",
     "A2": "commands waiting for our own queue depth time out as if the window were closed",
     "A3": "the replacement timeout cuts a relogin's setup short and drops its connection",
+    "I1": "a failed identity INQUIRY after a relogin (a Reject) marks the LUN gone for good",
+    "I2": "a capacity change made before a relogin's new I_T nexus existed is never learned",
 }
 
 
@@ -73,6 +75,9 @@ def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict:
                 note(8, inv, msg)
             elif inv == "queue.logouts":
                 note(9, inv, msg)
+            elif inv == "by_id.size" and msg.startswith("raw#"):
+                # a raw file that never learned the size: its nexus was not told (I2)
+                note("I2", inv, msg)
             elif inv in ("by_id.lost", "by_id.size"):
                 note(14, inv, msg)
             elif inv == "error.unexpected" and "KeyError" in msg or inv == "unmount.session_left":
@@ -85,8 +90,11 @@ def attribute(violations: dict[str, list[str]], fault_kinds: set[str]) -> dict:
                 note("A1", inv, msg)
             elif inv in ("liveness", "bound.never_returned"):
                 # what is left broken when the faults stop: the CmdSN gap (17) holds every
-                # later command; a by-id without paths after a capacity change (14)
-                if "reject_command" in fault_kinds and "timed out" in msg:
+                # later command; a by-id without paths after a capacity change (14); a LUN
+                # taken for gone although no restart put another LU behind it (I1)
+                if "NoSuchDevice" in msg and "restart_swap" not in fault_kinds:
+                    note("I1", inv, msg)
+                elif "reject_command" in fault_kinds and "timed out" in msg:
                     note(17, inv, msg)
                 elif "CommandTimeout" in msg:
                     # once the faults stopped nothing times out, unless a command's timer
