@@ -866,6 +866,33 @@ def test_abandon_sent_and_queued_commands():
         conn.abandon(0x4242)
 
 
+def test_unanswered_tmfs_and_pings_hold_no_itt_for_ever():
+    # issue 15 (found by the simulator, seed 77): every TMF the target dropped kept an ITT
+    # tombstone for the connection's life
+    conn, tgt = make()
+    lost = []
+    for i in range(200):
+        lost.append(conn.task_management(5, 1) if i % 2 else conn.send_nop())
+        tgt.sent()
+        conn.abandon(lost[-1])
+        conn.abandon(lost[-1])          # twice: harmless
+    assert (conn.itts_in_use, conn.tombstones) == (0, 0)
+    # a late answer to one of the latest is dropped; an answer to one long forgotten is a
+    # protocol error, like one to an ITT never issued
+    assert tgt.feed(TaskManagementResponse(itt=lost[-1], response=0, stat_sn=tgt._status(),
+                                           **tgt._sn())) == []
+    assert tgt.nop_in(itt=lost[-2]) == []
+    with pytest.raises(RemoteProtocolError):
+        tgt.nop_in(itt=lost[-2])        # answered twice
+    conn, tgt = make()
+    first = conn.send_nop()
+    conn.abandon(first)
+    for _ in range(100):
+        conn.abandon(conn.send_nop())
+    with pytest.raises(RemoteProtocolError):
+        tgt.nop_in(itt=first)
+
+
 def test_abort_of_a_sent_command_asks_the_target_to_end_it():
     conn, tgt = make(cmd_sn=10, max_cmd_sn=10)
     a = conn.start_command(3, WRITE10, write_data=payload(100000))

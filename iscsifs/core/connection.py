@@ -280,6 +280,7 @@ class _Gone:
 
 
 _ABANDONED = _Gone()    # the tombstone of an exchange that is not a SCSI command
+_FORGOTTEN = 64         # abandoned non-SCSI exchanges whose late answer is still dropped
 
 
 def _tombstone(task: _Task) -> _Gone:
@@ -321,6 +322,11 @@ class Connection:
 
         self._next_itt = 1
         self._itts: dict[int, Any] = {}        # itt -> _Task | _Op | _Gone (tombstone)
+        # ITTs of the latest abandoned pings, TMFs, text and logout exchanges: a late answer
+        # to one is dropped, not taken as a protocol error. Bounded: a target that never
+        # answers them costs no memory (ITTs are issued in order, so none is reused while
+        # it is here).
+        self._forgotten: deque[int] = deque(maxlen=_FORGOTTEN)
         self._waiting: deque[_Task] = deque()  # commands not yet given a CmdSN
         self._in_flight = 0                    # SCSI commands sent, not complete
         self._outq: deque[Any] = deque()       # PDUs and _DataJobs, in wire order
@@ -511,10 +517,12 @@ class Connection:
     def abandon(self, itt: int) -> None:
         """Forget an exchange (a timed-out command being re-issued elsewhere, a lost ping).
         Later PDUs for it are dropped silently; its ITT is not reused while it may be live.
-        Abandoning twice is harmless; an ITT never issued is a LocalProtocolError."""
+        Abandoning twice is harmless; an ITT never issued is a LocalProtocolError. A ping,
+        TMF, text or logout exchange keeps no tombstone: only the latest few abandoned ones
+        are remembered, so that a late answer is dropped."""
         item = self._itts.get(itt)
-        if type(item) is _Gone:  # already forgotten (e.g. ended by a task management function)
-            return
+        if type(item) is _Gone or (item is None and itt in self._forgotten):
+            return              # already forgotten (e.g. ended by a task management function)
         if item is None:
             raise LocalProtocolError(f"no exchange with ITT {itt:#x}")
         if type(item) is _Task:
@@ -526,7 +534,8 @@ class Connection:
             self._in_flight -= 1
             self._itts[itt] = _tombstone(item)
         else:
-            self._itts[itt] = _ABANDONED
+            del self._itts[itt]             # no reset ends it: the target may never answer
+            self._forgotten.append(itt)
         if self._broken is None:
             self._pump()
 
@@ -890,14 +899,26 @@ class Connection:
         if type(op) is _Gone:
             del self._itts[pdu.itt]
             return []
+        if op is None and self._late(pdu.itt):
+            return []
         if type(op) is not _Op or op.kind != "nop":
             raise RemoteProtocolError(f"NOP-In for ITT {pdu.itt:#x}, which is not a ping of ours")
         del self._itts[pdu.itt]
         return [NopReceived(pdu.itt)]
 
+    def _late(self, itt: int) -> bool:
+        """Whether ``itt`` is an abandoned exchange's (its answer came late: drop it)."""
+        if itt in self._forgotten:
+            self._forgotten.remove(itt)
+            return True
+        return False
+
     def _take_op(self, itt: int, kind: str, what: str) -> _Op | None:
+        """The request ``itt`` answers; None for an abandoned one (its ITT is then free)."""
         op = self._itts.get(itt)
         if type(op) is _Gone:
+            return None
+        if op is None and self._late(itt):
             return None
         if type(op) is not _Op or op.kind != kind:
             raise RemoteProtocolError(f"{what} for ITT {itt:#x}, which has no such request")
@@ -910,7 +931,7 @@ class Connection:
         op = self._take_op(pdu.itt, "text", "Text Response")
         if op is None:
             if pdu.final:
-                del self._itts[pdu.itt]
+                self._itts.pop(pdu.itt, None)
             return []
         if pdu.final and pdu.cont:
             raise RemoteProtocolError("Text Response with both the F and C bits")
@@ -936,7 +957,7 @@ class Connection:
         if plugged is not None and type(self._itts.get(plugged)) is _Gone:
             del self._itts[plugged]     # a rejected command's CmdSN is filled: ITT free
         op = self._take_op(pdu.itt, "tmf", "Task Management Response")
-        del self._itts[pdu.itt]
+        self._itts.pop(pdu.itt, None)
         if op is None:
             return []
         events: list[Event] = [TaskManagementComplete(pdu.itt, pdu.response)]
@@ -995,7 +1016,7 @@ class Connection:
         self.counters["logoutrsp_pdus"] += 1
         self._status_seen(pdu.stat_sn)
         op = self._take_op(pdu.itt, "logout", "Logout Response")
-        del self._itts[pdu.itt]
+        self._itts.pop(pdu.itt, None)
         if op is None:
             return []
         return [LogoutComplete(pdu.response, pdu.time2wait, pdu.time2retain, pdu.itt)]
