@@ -185,6 +185,8 @@ class _Link:
         self.error: BaseException | None = None     # why it failed (the first reason)
         self.handler: ErrorHandler | None = None    # its watchdog and error recovery
         self.renegotiating = False      # answering the target's AsyncEvent 4
+        # AsyncEvents 1 and 4 that came while the login hooks ran: acted on once it serves
+        self.deferred_async: list = []
 
     def push(self, batch: bool = False) -> None:
         """Send whatever the state machine has queued (synchronous; ordered). ``batch``: with
@@ -422,8 +424,14 @@ class Session:
                                  f"login: {link.error}")
 
     def _open(self) -> None:
-        """The session takes I/O: logged in, and the commands waiting for it go out."""
+        """The session takes I/O: logged in, and the commands waiting for it go out. A
+        request to log out or renegotiate that came during the login hooks is acted on now."""
         self._fire(E.OPENED)
+        link = self._link
+        if link is not None and link.deferred_async:
+            deferred, link.deferred_async = link.deferred_async, []
+            for pdu in deferred:
+                self._act_on_async(link, pdu)
 
     def _notify(self) -> None:
         for listener in list(self.listeners):
@@ -601,6 +609,15 @@ class Session:
                                  f"{pdu.parameter3})")
         for listener in list(self.async_listeners):
             listener(self, pdu)
+        if code in (1, 4) and link is self._link and self._sm.connection is C.SETUP:
+            log.debug("%s: async event %d during the login hooks; acted on after them",
+                      self._who(), code)
+            link.deferred_async.append(pdu)
+            return
+        self._act_on_async(link, pdu)
+
+    def _act_on_async(self, link: _Link, pdu) -> None:
+        code = pdu.async_event
         if code == 0:
             log.info("%s: asynchronous SCSI event", self._who())
         elif code == 1:
