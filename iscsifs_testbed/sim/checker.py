@@ -25,7 +25,8 @@ What is watched, and how (``invariant`` names as the report counts them):
   ``command_timeout`` plus the whole escalation after the initiator could have given up; an
   Async renegotiation request is answered (Text or Logout) in time.
 * ``conn.healthy_drop`` - the initiator closes a connection only for a reason: the target
-  misbehaved, stalled or ignored a TMF, asked for a logout, or the initiator logged out.
+  misbehaved, stalled or ignored a TMF, asked for a logout, ended a task without a word (another
+  connection's reset, TAS=0), or the initiator logged out.
 * ``error.*`` - a caller never sees BUSY, TASK SET FULL or UNIT ATTENTION (they are retried),
   nor an exception that is not the library's (a ``KeyError`` is a bug).
 * ``liveness``, ``by_id.lost``, ``unmount.*`` - checked by the workload (:mod:`.workload`).
@@ -303,7 +304,8 @@ class Checker:
         t = self.t
         quiet = t.noop_out_interval + t.noop_out_timeout + 1
         if tconn.logged_out or tconn.misbehaved or tconn.tmf_fault or tconn.async_logout_sent \
-                or tconn.renegotiate_deadline is not None or tconn.window_closed:
+                or tconn.renegotiate_deadline is not None or tconn.window_closed \
+                or tconn.silent_kill:
             # (a window held shut: commands, a login's setup ones too, may time out)
             return
         if max(tconn.portal.stalled_until, tconn.paused_until) > now - quiet \
@@ -340,8 +342,9 @@ class Checker:
         """No session stays down without trying to log in again (``session.stuck``)."""
         t = self.t
         # the back-off is at most RETRY_CAP, and the give-up at replacement_timeout may
-        # start one more wait: two RETRY_CAPs and a login attempt
-        bound = 2 * RETRY_CAP + t.login + 1
+        # start one more wait: two RETRY_CAPs and a login attempt (the login phase within
+        # login_timeout, then its setup commands within another)
+        bound = 2 * RETRY_CAP + 2 * t.login + 1
         for info in self.sessions:
             if info.down_since is None or info.close_started is not None:
                 continue

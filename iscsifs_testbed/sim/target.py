@@ -132,6 +132,9 @@ class TConn:
         self.renegotiate_deadline: float | None = None
         self.misbehaved = False         # we sent something a conforming target never sends
         self.tmf_fault = False          # we ignored or refused a TMF on it
+        # another connection's reset ended one of its tasks without a word (TAS=0, as tgt
+        # does): to the initiator that is a command the target never answers
+        self.silent_kill = False
         self.async_logout_sent = False
         self.logged_out = False
         self.window_closed = False      # its command window was held shut at some time
@@ -748,7 +751,7 @@ class TConn:
                     continue
                 for task in list(conn.tasks.values()):
                     if task.lun == lun and task.state != "done":
-                        conn._kill(task, "LU RESET" if f == 5 else "ABORT TASK SET")
+                        conn._kill(task, "LU RESET" if f == 5 else "ABORT TASK SET", self)
             if f == 5:
                 target.unit_attention(lun, 0x29, 0x03, except_nexus=self.session.nexus
                                       if self.session else None)
@@ -756,7 +759,7 @@ class TConn:
             for conn in list(target.conns.values()):
                 for task in list(conn.tasks.values()):
                     if task.state != "done":
-                        conn._kill(task, "TARGET RESET")
+                        conn._kill(task, "TARGET RESET", self)
             for n in target.lun_map:
                 target.unit_attention(n, 0x29, 0x02, except_nexus=self.session.nexus
                                       if self.session else None)
@@ -764,8 +767,10 @@ class TConn:
             response = 5
         self.send(TaskManagementResponse(itt=pdu.itt, response=response, **self.sns()))
 
-    def _kill(self, task: TTask, why: str) -> None:
+    def _kill(self, task: TTask, why: str, by=None) -> None:
         self.world.trace("kill", self.id, task.itt, why)
+        if by is not None and by is not self:
+            self.silent_kill = True
         task.state = "done"
         self.tasks.pop(task.itt, None)
         sess = self.session
