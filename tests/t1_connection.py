@@ -750,6 +750,32 @@ def test_reject_of_scsi_command_fills_its_cmdsn_and_fails_the_task(reason, resen
 
 
 @pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
+def test_reject_of_an_abandoned_command_fills_its_cmdsn_too():
+    # simulator seed 1247: the caller gave up (ABORT TASK queued, later refused by the
+    # target), then the Reject of its SCSI Command came; the tombstone was dropped and
+    # nothing filled the CmdSN, so the target held every later command for ever
+    conn, tgt = make()
+    itt = conn.start_command(2, bytes(6))
+    bhs = bytes(encode(ScsiCommand(itt=itt, lun=0, cdb=bytes(6), expected_data_transfer_length=0,
+                                   cmd_sn=10, exp_stat_sn=100, read=False, write=False))[0])
+    tgt.sent()
+    first = conn.abort(itt)
+    tgt.sent()
+    events = tgt.feed(Reject(reason=0x09, stat_sn=tgt._status(), **tgt._sn(), data_sn=0,
+                             data=bhs))
+    assert [type(e) for e in events] == [RejectReceived, TaskFailed]
+    (abort,) = tgt.sent()
+    assert isinstance(abort, TaskManagementRequest) and abort.itt != first
+    assert (abort.function, abort.referenced_task_tag, abort.ref_cmd_sn) == (1, itt, 10)
+    assert events[1].plug == (abort.itt, 10) and not events[1].aborted
+    tgt.feed(TaskManagementResponse(itt=first, response=5, stat_sn=tgt._status(), **tgt._sn()))
+    tgt.exp_cmd_sn = 11
+    tgt.feed(TaskManagementResponse(itt=abort.itt, response=0, stat_sn=tgt._status(),
+                                    **tgt._sn()))
+    assert conn.received(10) and conn.itts_in_use == 0
+
+
+@pytest.mark.expect_log('target rejected a PDU', logger='iscsifs.core.connection')
 def test_reject_of_a_data_out_leaves_the_task_to_its_response():
     # RFC 7143 §7.2: a Reject does not end a task that is under way; the target ends it
     # with a SCSI Response (§7.6: CHECK CONDITION after a data digest error)

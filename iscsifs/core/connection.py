@@ -57,7 +57,7 @@ from iscsifs.core.pdu import (
     TextResponse,
     encode,
     encode_data_out,
-    encode_lun,
+    decode_lun, encode_lun,
     encode_scsi_command,
 )
 from iscsifs.errors import LocalProtocolError, RemoteProtocolError
@@ -1011,6 +1011,15 @@ class Connection:
         return TaskFailed(task.itt, f"rejected by the target: {why}",
                           aborted=reason in _RESENDABLE, plug=(tmf, task.cmd_sn))
 
+    def _abandoned_rejected(self, itt: int, gone: _Gone, why: str) -> TaskFailed:
+        """A Reject of an abandoned command (its caller gave up, an ABORT TASK for it may be
+        on its way): as for a live one, an ABORT TASK naming its CmdSN fills the gap, and
+        the session's error recovery sees that it does (the earlier abort may be refused)."""
+        tmf = self.task_management(TMF_ABORT_TASK, decode_lun(gone.lun_field), itt)
+        self._itts[itt] = _ABANDONED
+        self._plugs[tmf] = itt
+        return TaskFailed(itt, f"rejected by the target: {why}", plug=(tmf, gone.cmd_sn))
+
     # -- Logout Response (§11.15)
     def _on_logout_response(self, pdu: LogoutResponse) -> list[Event]:
         self.counters["logoutrsp_pdus"] += 1
@@ -1049,7 +1058,11 @@ class Connection:
             # Response (after a data digest error, CHECK CONDITION, §7.6): wait for that
             return events
         if type(item) is _Gone:
-            del self._itts[itt]
+            if opcode == Opcode.SCSI_COMMAND and item.lun_field is not None:
+                # an abandoned command's CmdSN never arrived either: it leaves the same gap
+                events.append(self._abandoned_rejected(itt, item, why))
+            else:
+                del self._itts[itt]
         elif type(item) is _Task:
             if opcode in (Opcode.SCSI_COMMAND, Opcode.DATA_OUT) and item.sent:
                 events.append(self._command_rejected(item, pdu.reason, why))
