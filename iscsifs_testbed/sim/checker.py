@@ -391,7 +391,11 @@ class Checker:
             for c in target.conns.values():
                 if c.login_isid == s.isid and c.phase == "ffp" and not c.dead:
                     conn_t = c
-            if conn_t is None or conn_t.sim.down.size:
+            # only when the wire is quiet: PDUs the target has not read yet (a stall, a
+            # pause, a backlog) or answers the initiator has not read are no leak
+            if conn_t is None or conn_t.sim.down.size or conn_t.sim.up.size \
+                    or conn_t.stalled() or conn_t.paused_until > trio.current_time() \
+                    or (conn_t.sim.transport is not None and conn_t.sim.transport._backlog):
                 continue
             self.checks["queue.tombstones"] += 1
             self.max_seen["tombstones"] = max(self.max_seen["tombstones"], tomb)
