@@ -26,7 +26,8 @@ What is watched, and how (``invariant`` names as the report counts them):
   Async renegotiation request is answered (Text or Logout) in time.
 * ``conn.healthy_drop`` - the initiator closes a connection only for a reason: the target
   misbehaved, stalled or ignored a TMF, asked for a logout, ended a task without a word (another
-  connection's reset, TAS=0), or the initiator logged out.
+  connection's reset, TAS=0), rejected a relogin's identity INQUIRY ``IDENTITY_ATTEMPTS``
+  times (the LUN cannot be verified: the relogin fails), or the initiator logged out.
 * ``error.*`` - a caller never sees BUSY, TASK SET FULL or UNIT ATTENTION (they are retried),
   nor an exception that is not the library's (a ``KeyError`` is a bug).
 * ``liveness``, ``by_id.lost``, ``unmount.*`` - checked by the workload (:mod:`.workload`).
@@ -40,6 +41,7 @@ from collections import Counter
 import trio
 
 from iscsifs.errors import CommandTimeout, SessionFailed
+from iscsifs.initiator import IDENTITY_ATTEMPTS
 from iscsifs.scsi.sense import ScsiError
 from iscsifs.net import session as _session_mod
 from iscsifs.net.session import RETRY_CAP
@@ -305,7 +307,7 @@ class Checker:
         quiet = t.noop_out_interval + t.noop_out_timeout + 1
         if tconn.logged_out or tconn.misbehaved or tconn.tmf_fault or tconn.async_logout_sent \
                 or tconn.renegotiate_deadline is not None or tconn.window_closed \
-                or tconn.silent_kill:
+                or tconn.silent_kill or tconn.rejected_commands >= IDENTITY_ATTEMPTS:
             # (a window held shut: commands, a login's setup ones too, may time out)
             return
         if max(tconn.portal.stalled_until, tconn.paused_until) > now - quiet \

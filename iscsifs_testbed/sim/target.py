@@ -135,6 +135,7 @@ class TConn:
         # another connection's reset ended one of its tasks without a word (TAS=0, as tgt
         # does): to the initiator that is a command the target never answers
         self.silent_kill = False
+        self.rejected_commands = 0      # SCSI Commands we rejected (reject_command)
         self.async_logout_sent = False
         self.logged_out = False
         self.window_closed = False      # its command window was held shut at some time
@@ -456,6 +457,7 @@ class TConn:
                             f"{self.id}")
             return
         if world.faults.roll("reject_command", conn=self):
+            self.rejected_commands += 1
             # §11.17: rejected, so not received: its CmdSN stays expected (a gap)
             self.send(Reject(reason=0x09, data_sn=0, data=b"".join(encode(pdu))[:48],
                              **self.sns()))
