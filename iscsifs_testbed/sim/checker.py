@@ -19,8 +19,9 @@ What is watched, and how (``invariant`` names as the report counts them):
 * ``data.*`` - the read rule of :mod:`.model` for every read and, at the end, for every cell of
   every disk; a write's cells must carry its LU's tag and their own position
   (``data.wrong_lu``, ``data.misplaced``).
-* ``queue.*`` - the transport backlog, the ITT tombstones, the async event log, and at most
-  one Logout Request per connection.
+* ``queue.*`` - the transport backlog, the ITT tombstones (in number, and none left for a
+  task a TMF on its own connection ended), the async event log, and at most one Logout
+  Request per connection.
 * ``target.*`` - no task waits for Data-Out, and no command for a CmdSN gap, longer than
   ``command_timeout`` plus the whole escalation after the initiator could have given up; an
   Async renegotiation request is answered (Text or Logout) in time.
@@ -362,6 +363,7 @@ class Checker:
     def _queues(self) -> None:
         world = self.world
         w = world
+        now = trio.current_time()
         for transport in list(w.transports):
             if transport._closed:
                 w.transports.remove(transport)
@@ -407,6 +409,20 @@ class Checker:
                 self.fail("queue.tombstones", f"session {s.sid} keeps {tomb} ITT tombstones "
                           f"while the target holds {live} of its tasks (bound {bound})")
                 return
+            # and each one precisely: a task a TMF on this connection ended (its answer came
+            # more than a second ago) leaves no tombstone
+            link = getattr(s, "_link", None)
+            if link is None or conn_t.sim.transport is not getattr(link, "transport", None):
+                continue
+            itts = link.conn._itts
+            for itt, when in conn_t.tmf_ended.items():
+                item = itts.get(itt)
+                if now - when > 1 and type(item).__name__ == "_Gone":
+                    self.checks["queue.tombstones"] += 1
+                    self.fail("queue.tombstones", f"session {s.sid} keeps the ITT {itt:#x} "
+                              f"of a task a TMF ended {now - when:.1f} s ago (the TMF's "
+                              f"answer frees it)")
+                    return
 
     def _target_waits(self, now: float) -> None:
         world = self.world

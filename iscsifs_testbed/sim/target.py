@@ -136,6 +136,9 @@ class TConn:
         # does): to the initiator that is a command the target never answers
         self.silent_kill = False
         self.rejected_commands = 0      # SCSI Commands we rejected (reject_command)
+        # ITT -> when a TMF on this connection ended that task (its answer says so, so the
+        # initiator must free the ITT), until the ITT comes again with a new command
+        self.tmf_ended: dict[int, float] = {}
         self.async_logout_sent = False
         self.logged_out = False
         self.window_closed = False      # its command window was held shut at some time
@@ -471,6 +474,7 @@ class TConn:
         task = TTask(pdu.itt, lun, bytes(pdu.cdb), pdu.expected_data_transfer_length,
                      pdu.read, pdu.write, pdu.cmd_sn, pdu.immediate, trio.current_time())
         self.tasks[pdu.itt] = task
+        self.tmf_ended.pop(pdu.itt, None)
         if pdu.write:
             neg = self.negotiated
             task.data = bytearray(task.edtl)
@@ -773,6 +777,8 @@ class TConn:
         self.world.trace("kill", self.id, task.itt, why)
         if by is not None and by is not self:
             self.silent_kill = True
+        else:
+            self.tmf_ended[task.itt] = trio.current_time()
         task.state = "done"
         self.tasks.pop(task.itt, None)
         sess = self.session
