@@ -40,13 +40,15 @@ def write10(lba: int) -> bytes:
     return bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 1, 0])
 
 
-async def open_session(target: FakeTarget, nursery, **timeouts) -> Session:
+async def open_session(target: FakeTarget, nursery, cmds_max: int | None = None,
+                       **timeouts) -> Session:
     timeouts.setdefault("noop_out_interval", 0)
+    extra = {} if cmds_max is None else {"cmds_max": cmds_max}
     with trio.fail_after(5):
         return await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
                                      initiator_name=INITIATOR, nursery=nursery,
                                      timeouts=Timeouts(**timeouts),
-                                     connector=target.socketpair_connector(nursery))
+                                     connector=target.socketpair_connector(nursery), **extra)
 
 
 async def read(session, lba: int = 0) -> bytes:
@@ -518,11 +520,7 @@ async def test_a_send_failing_right_after_a_relogin_starts_another_recovery(
 
 async def test_a_caller_waiting_for_a_cmds_max_slot_hears_of_close(nursery, autojump_clock):
     target = FakeTarget(on_command=lambda conn, cmd: [])          # never answers
-    session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
-                                    initiator_name=INITIATOR, nursery=nursery,
-                                    timeouts=Timeouts(noop_out_interval=0, command=0),
-                                    connector=target.socketpair_connector(nursery),
-                                    cmds_max=1)
+    session = await open_session(target, nursery, cmds_max=1, command=0)
     outcome = {}
 
     async def reader(name, lba):
@@ -548,12 +546,8 @@ async def test_a_caller_waiting_for_a_cmds_max_slot_hears_of_close(nursery, auto
 async def test_a_caller_waiting_for_a_cmds_max_slot_hears_of_the_replacement_timeout(
         nursery, autojump_clock):
     target = FakeTarget(on_command=lambda conn, cmd: [], hang_login_after=1)
-    session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
-                                    initiator_name=INITIATOR, nursery=nursery,
-                                    timeouts=Timeouts(noop_out_interval=0, command=0,
-                                                      replacement_timeout=4, login=15),
-                                    connector=target.socketpair_connector(nursery),
-                                    cmds_max=1)
+    session = await open_session(target, nursery, cmds_max=1, command=0,
+                                 replacement_timeout=4, login=15)
     outcome = {}
 
     async def reader(name, lba):
@@ -585,12 +579,8 @@ async def test_a_fail_fast_caller_waiting_for_a_cmds_max_slot_hears_of_the_failu
     # (multipath) caller waiting for that slot is answered when the path fails, not when the
     # slot comes free at the replacement timeout (simulator seed 154)
     target = FakeTarget(on_command=lambda conn, cmd: [], hang_login_after=1)
-    session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
-                                    initiator_name=INITIATOR, nursery=nursery,
-                                    timeouts=Timeouts(noop_out_interval=0, command=0,
-                                                      replacement_timeout=20, login=5),
-                                    connector=target.socketpair_connector(nursery),
-                                    cmds_max=1)
+    session = await open_session(target, nursery, cmds_max=1, command=0,
+                                 replacement_timeout=20, login=5)
     outcome = {}
 
     async def ordinary():
