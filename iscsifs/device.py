@@ -17,14 +17,15 @@ are answered so too - nothing more is sent for it. Knows nothing of FUSE or errn
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import trio
 
 from .core.connection import TaskComplete
-from .errors import (IscsiError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
-                     leaf_exceptions)
+from .errors import (CommandTimeout, IscsiError, NoSpace, NoSuchDevice, NotSupported,
+                     RemoteProtocolError, leaf_exceptions)
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.cdb import PrInAction, PrOutAction
@@ -608,15 +609,68 @@ class Lun:
 
     async def _transfer(self, lba: int, view: memoryview, write: bool) -> None:
         """READ into / WRITE from ``view`` (whole blocks at ``lba``), in commands of at most
-        ``max_command_bytes`` (and the LUN's ``max_transfer_bytes``) that run concurrently."""
+        ``max_command_bytes`` (and the LUN's ``max_transfer_bytes``) that run concurrently.
+
+        A failed READ chunk cancels its siblings. A failed WRITE chunk does not: the others
+        run to their end, and then the errors are raised together (see ``_unrecallable``)."""
         chunk = self._chunk
         if len(view) <= chunk:
             await self._rw(lba, view, write)
             return
         bs = self.block_size
+        errors: list[Exception] = []
+
+        async def part(lba: int, part_view: memoryview) -> None:
+            try:
+                await self._rw(lba, part_view, write)
+            except Exception as exc:
+                if not write:
+                    raise
+                errors.append(exc)
+
         async with trio.open_nursery() as nursery:
             for off in range(0, len(view), chunk):
-                nursery.start_soon(self._rw, lba + off // bs, view[off:off + chunk], write)
+                nursery.start_soon(part, lba + off // bs, view[off:off + chunk])
+        if errors:
+            raise ExceptionGroup(f"LUN {self.lun}: write of {len(view) // bs} blocks at LBA "
+                                 f"{lba} failed", errors)
+
+    async def _unrecallable(self, write) -> None:
+        """Run ``write`` (a coroutine of WRITEs under the range lock) to its end, even when
+        its caller is cancelled meanwhile; the caller hears of it only then, as a process
+        waits for a write it cannot take back. Once a WRITE's data may be on its way the
+        target may still apply it, whatever becomes of its caller: released early, the lock
+        would let a later write to the same blocks go first, and the given-up write land
+        over it - or put back the stale edge bytes of a read-modify-write (simulator seed
+        7192). Each command keeps its own bounds (``command_timeout`` and error recovery,
+        ``replacement_timeout``, ``close()``); ``_write_bound`` caps the whole, so that a
+        shutdown that cancels the session's own tasks first cannot hang on it."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self._write_bound()
+            await write
+        if scope.cancelled_caught:
+            raise CommandTimeout(f"LUN {self.lun}: a write did not end within "
+                                 f"{self._write_bound():g} s")
+
+    def _write_bound(self) -> float:
+        """The most a write can take: every wait its commands may go through, a few times
+        over (BUSY retries, re-issues after relogins); infinite where one of them is."""
+        session = self.session
+        paths = getattr(session, "paths", None)     # a multipath device's path group
+        group_wait = getattr(session, "no_path_retry", 0.0) if paths is not None else 0.0
+        sessions = [p.session for p in paths] if paths is not None else [session]
+        t = next((s.timeouts for s in sessions if hasattr(s, "timeouts")), None)
+        if t is None or t.command <= 0 or t.replacement_timeout < 0 or group_wait < 0:
+            return math.inf
+        one_try = t.command + t.abort + t.lu_reset + t.tgt_reset
+        return 6 * (one_try + t.replacement_timeout + t.login) + group_wait + 10
+
+    async def _discard_locked(self, prov: Provisioning, offset: int, end: int, start_lba: int,
+                              stop_lba: int) -> None:
+        bs = self.block_size
+        await self._unmap(prov, start_lba, stop_lba)
+        await self._zero(offset, start_lba * bs)
+        await self._zero(stop_lba * bs, end)
 
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         """Read ``length`` bytes at ``offset``; short (or empty) at the end of the LUN."""
@@ -660,7 +714,7 @@ class Lun:
         last = (offset + length - 1) // bs
         entry = await self._locks.acquire(first, last)
         try:
-            await self._write_locked(offset, data)
+            await self._unrecallable(self._write_locked(offset, data))
             return length
         except Exception as exc:
             if any(isinstance(e, ScsiError) and is_data_protect(e)
@@ -735,11 +789,10 @@ class Lun:
         entry = await self._locks.acquire(offset // bs, (end - 1) // bs)
         try:
             if stop_lba > start_lba:
-                await self._unmap(prov, start_lba, stop_lba)
-                await self._zero(offset, start_lba * bs)
-                await self._zero(stop_lba * bs, end)
+                await self._unrecallable(self._discard_locked(prov, offset, end, start_lba,
+                                                              stop_lba))
             else:
-                await self._zero(offset, end)
+                await self._unrecallable(self._zero(offset, end))
         finally:
             self._locks.release(entry)
         unmapped = (stop_lba - start_lba) * bs

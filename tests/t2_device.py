@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from fake_lu import FakeLU, LuTable, respond, sense_data
 from fake_target import FakeTarget, good_read
 from iscsifs.core.names import Portal
 from iscsifs.core.pdu import DataIn, ScsiResponse
@@ -501,4 +502,71 @@ async def test_a_capacity_that_only_read_capacity_16_can_say_is_never_guessed(nu
     with trio.fail_after(10), pytest.raises(ScsiError):
         await lun.read_capacity()
     assert lun.num_blocks != 2 ** 32           # not sized at "exactly 2**32 blocks"
+    await lun.session.close()
+
+
+@pytest.mark.parametrize("how", ["cancelled caller", "failed sibling chunk"])
+async def test_a_write_given_up_by_its_caller_keeps_its_blocks_until_it_ended(
+        nursery, autojump_clock, how):
+    # simulator seed 7192: a read-modify-write whose caller was cancelled while its WRITE
+    # was still live at the target released its range lock at once; a later write to the
+    # same block went through, and then the first WRITE landed with the stale bytes it had
+    # read around its own, undoing an acknowledged write. A write runs to its end with its
+    # blocks locked, whatever becomes of its caller; a failed chunk does not cancel the others
+    lu = FakeLU("beaf11", "60000000000000000e00000000010001", blocks=64)
+    table = LuTable({1: lu})
+    held: list = []
+    first_write = {"cancelled caller": lambda cmd: int.from_bytes(cmd.cdb[2:6], "big") == 0,
+                   "failed sibling chunk": lambda cmd: int.from_bytes(cmd.cdb[2:6], "big") == 1}
+    table.hold = lambda conn, cmd: cmd.cdb[0] == 0x2A and not held and \
+        first_write[how](cmd) and not held.append((conn, cmd))
+    if how == "failed sibling chunk":
+        failing = table.__call__
+
+        def on_command(conn, cmd):          # the chunk at LBA 0 fails at once
+            if cmd.cdb[0] == 0x2A and int.from_bytes(cmd.cdb[2:6], "big") == 0:
+                return [respond(conn, cmd, 2, sense_data(0x03, 0x0C, 0x00))]
+            return failing(conn, cmd)
+    target = FakeTarget(on_command=table if how == "cancelled caller" else on_command)
+    lun = await lun_over_fake(target, nursery, max_command_bytes=512)
+    lun.num_blocks = 64
+    await lun.read(0, 512)                   # the UNIT ATTENTION 29/00 of the new nexus
+    before = bytes(lu.data[:1024])
+    outcome: dict = {}
+
+    async def first():
+        try:
+            with trio.move_on_after(1):      # the caller gives up (a cancelled request)
+                if how == "cancelled caller":
+                    await lun.write(100, b"A" * 300)            # reads block 0, writes it
+                else:
+                    await lun.write(0, b"A" * 1024)             # blocks 0 and 1, two chunks
+        except Exception as exc:
+            outcome["first"] = exc
+        outcome["first_done"] = trio.current_time()
+
+    async def second():
+        await lun.write(450, b"B" * 40) if how == "cancelled caller" \
+            else await lun.write(600, b"B" * 40)
+        outcome["second_done"] = trio.current_time()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            n.start_soon(first)
+            await trio.testing.wait_all_tasks_blocked()
+            assert held                                         # its WRITE is at the target
+            n.start_soon(second)
+            await trio.sleep(5)
+            # the second write waits for the blocks: nothing of it reached the target
+            assert "second_done" not in outcome
+            conn, cmd = held[0]
+            await conn.send(*table._disk(conn, cmd, lu, 0x2A))  # the held WRITE lands now
+    # the first caller heard of its write only once it had ended, before the second went
+    assert outcome["first_done"] <= outcome["second_done"]
+    if how == "cancelled caller":
+        want = before[:100] + b"A" * 300 + before[400:450] + b"B" * 40 + before[490:1024]
+    else:
+        assert isinstance(outcome["first"], Exception)          # the LBA 0 chunk failed
+        want = before[:512] + b"A" * 88 + b"B" * 40 + b"A" * (1024 - 640)
+    assert bytes(lu.data[:1024]) == want
     await lun.session.close()

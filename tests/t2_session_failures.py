@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from fake_target import FakeTarget, breaking_connector, good_read, tmf_answer
+from fake_target import FakeTarget, breaking_connector, good_read, good_status, tmf_answer
 from helpers import (ABORT_REFUSED, CONN_FAILED, ENDED_BY_LU_RESET, NO_CMDSN, READ_TIMED_OUT,
                      RECOVERY_FAILED, REPLACEMENT_EXPIRED, TMF_UNANSWERED)
 from iscsifs.core.connection import (TMF_ABORT_TASK, TMF_LOGICAL_UNIT_RESET,
@@ -691,9 +691,11 @@ async def test_a_cancelled_caller_leaves_only_once_its_command_is_out(nursery, a
     await session.close()
 
 
-async def test_a_failed_chunk_aborts_its_siblings_at_the_target(nursery, autojump_clock):
-    # Lun._transfer cancels the other chunks of a write when one fails: the caller has its
-    # error, and the sibling still live at the target must not wait there for Data-Out
+async def test_a_failed_chunk_leaves_its_siblings_to_end_at_the_target(nursery, autojump_clock):
+    # Lun._transfer once cancelled the other chunks of a write when one failed: the caller
+    # had its error while a sibling was still live at the target (defect 3's trigger). Now
+    # the siblings run to their end first (a write cannot be taken back: device.py,
+    # _unrecallable), and the caller hears of the failure only then
     from iscsifs.device import Lun
     from iscsifs.scsi.sense import ScsiError
     held: list = []
@@ -713,14 +715,27 @@ async def test_a_failed_chunk_aborts_its_siblings_at_the_target(nursery, autojum
     session = await open_session(target, nursery, command=0)
     lun = Lun(session, 1, max_command_bytes=64 * 1024)
     lun.block_size, lun.num_blocks = 512, 4096
-    with trio.fail_after(10), pytest.raises(Exception) as info:
-        await lun.write(0, bytes(128 * 1024))
-    assert [type(e) for e in leaf_exceptions(info.value)] == [ScsiError]
-    await trio.testing.wait_all_tasks_blocked()
-    (sibling,) = held
-    aborts = [p for _, p in target.received if isinstance(p, TaskManagementRequest)]
-    assert [(p.function, p.referenced_task_tag) for p in aborts] == \
-        [(TMF_ABORT_TASK, sibling.itt)]
+    outcome: dict = {}
+
+    async def writer():
+        try:
+            await lun.write(0, bytes(128 * 1024))
+        except Exception as exc:
+            outcome["error"] = (exc, trio.current_time())
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            n.start_soon(writer)
+            await trio.testing.wait_all_tasks_blocked()
+            (sibling,) = held
+            assert not outcome                      # the failed chunk waits for its sibling
+            await trio.sleep(2)
+            landed = trio.current_time()
+            await target.live[1].send(*good_status(target.live[1], sibling))
+    exc, when = outcome["error"]
+    assert [type(e) for e in leaf_exceptions(exc)] == [ScsiError]
+    assert when == landed
+    assert not [p for _, p in target.received if isinstance(p, TaskManagementRequest)]
     assert session._link.conn.itts_in_use == 0
     await session.close()
 
