@@ -185,7 +185,7 @@ class _Link:
         self.error: BaseException | None = None     # why it failed (the first reason)
         self.handler: ErrorHandler | None = None    # its watchdog and error recovery
         self.renegotiating = False      # answering the target's AsyncEvent 4
-        # AsyncEvents 1 and 4 that came while the login hooks ran: acted on once it serves
+        # an AsyncEvent 1 that came while the login hooks ran: acted on once it serves
         self.deferred_async: list = []
 
     def push(self, batch: bool = False) -> None:
@@ -425,7 +425,7 @@ class Session:
 
     def _open(self) -> None:
         """The session takes I/O: logged in, and the commands waiting for it go out. A
-        request to log out or renegotiate that came during the login hooks is acted on now."""
+        request to log out that came during the login hooks is acted on now."""
         self._fire(E.OPENED)
         link = self._link
         if link is not None and link.deferred_async:
@@ -609,7 +609,7 @@ class Session:
                                  f"{pdu.parameter3})")
         for listener in list(self.async_listeners):
             listener(self, pdu)
-        if code in (1, 4) and link is self._link and self._sm.connection is C.SETUP:
+        if code == 1 and link is self._link and self._sm.connection is C.SETUP:
             log.debug("%s: async event %d during the login hooks; acted on after them",
                       self._who(), code)
             link.deferred_async.append(pdu)
@@ -650,7 +650,8 @@ class Session:
         target's answer proposes keys to change, or none comes within ``login_timeout``,
         the connection is logged out for recovery and the relogin negotiates every key anew
         (the section's other answer), instead of changing limits under commands in flight."""
-        if link.failed or link.renegotiating or self._sm.connection is not C.LOGGED_IN:
+        serving = (C.LOGGED_IN, C.SETUP)   # (during the login hooks too: it wants an answer
+        if link.failed or link.renegotiating or self._sm.connection not in serving:    # in time)
             return
         log.info("%s asks to renegotiate parameters; sending a Text Request", self._who())
         link.renegotiating = True
@@ -658,7 +659,7 @@ class Session:
             result = None
             with trio.move_on_after(self.timeouts.login):
                 result = await self._request(link, link.conn.send_text([]))
-            if link.failed or self._sm.connection is not C.LOGGED_IN:
+            if link.failed or self._sm.connection not in serving:
                 return
             if isinstance(result, TextComplete) and not result.pairs:
                 return                              # nothing to change
@@ -666,6 +667,10 @@ class Session:
                 else None
             log.info("%s: renegotiation %s; logging out to log in again", self._who(),
                      f"proposes {keys}" if keys else "got no answer")
+            if self._sm.connection is C.SETUP:      # the login fails; the next one negotiates
+                self._link_failed(link, ConnectionLost(f"{self._who()} asked to renegotiate "
+                                                       f"during the setup after login"))
+                return
             self._fire(E.LOGOUT_STARTED)
             await self._logout_and_reconnect(link)
         finally:
@@ -743,7 +748,11 @@ class Session:
                 self._admission.release()
             if not cmd.done:
                 self._forget(cmd)       # the caller is leaving unanswered: never send it again
-                await self._sent_before_answer(cmd.link)
+                if not setup:
+                    # (a login hook's caller leaves only when the hooks failed or the session
+                    # closes: either way its connection is dropped, with what waits to be
+                    # sent, so its login stays within login_timeout)
+                    await self._sent_before_answer(cmd.link)
         if cmd.error is not None:
             await self._sent_before_answer(cmd.link)
             raise cmd.error
