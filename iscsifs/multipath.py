@@ -348,8 +348,19 @@ class PathGroup:
                 path.alua_stale = False
                 if not path.transitioning:
                     path.transition_since = None
+                if not path.device.geometry_known and path.usable and not path.transitioning:
+                    await self._read_geometry(path)
             self._alua_generation += 1
             self.update()
+
+    async def _read_geometry(self, path: Path) -> None:
+        """READ CAPACITY through ``path``, whose port refused it while it was not active
+        and is active now (its ``Lun.on_capacity`` gives the geometry to the device and the
+        other paths)."""
+        try:
+            await path.device.read_capacity(fail_fast=True)
+        except (IscsiError, OSError) as exc:
+            log.debug("%s: READ CAPACITY on path %s failed: %s", self.name, path, exc)
 
     async def _refresh_stale(self) -> None:
         stale = [p for p in self.paths if p.alua_stale and p.healthy]
@@ -580,6 +591,15 @@ class MultipathDevice(Lun):
         path's Lun (after a rescan re-read them)."""
         _copy_geometry(self, source)
 
+    def path_joined(self, device: Lun) -> None:
+        """``device`` (a path's Lun, just added) or this device has no geometry yet (its
+        port, in ALUA standby, unavailable or transition, refused READ CAPACITY): the other
+        one gives its own."""
+        if device.geometry_known and not self.geometry_known:
+            self.path_capacity(device)
+        elif self.geometry_known and not device.geometry_known:
+            _copy_geometry(device, self)
+
     async def read_capacity(self, **kw: Any) -> None:
         """READ CAPACITY through a path, and the new geometry for every path's own Lun too:
         they are the same logical unit (their ``raw`` files show the new size, and the
@@ -654,6 +674,8 @@ class MultipathDevice(Lun):
         different serial number (VPD 0x80), block size or capacity; else None."""
         if other.serial != self.serial:
             return f"serial {other.serial!r} instead of {self.serial!r}"
+        if not (other.geometry_known and self.geometry_known):
+            return None         # a port in ALUA standby could not say: the names must do
         if other.block_size != self.block_size:
             return f"block size {other.block_size} instead of {self.block_size}"
         if other.num_blocks != self.num_blocks:
@@ -666,6 +688,7 @@ def _copy_geometry(device: Lun, source: Lun) -> None:
     device.lbp, device.lbpme, device.lbprz = source.lbp, source.lbpme, source.lbprz
     device.block_size = source.block_size
     device.num_blocks = source.num_blocks
+    device.geometry_known = source.geometry_known
     device.max_transfer_bytes = source.max_transfer_bytes
     device._chunk = source._chunk
 
