@@ -7,12 +7,13 @@ unit after a relogin, an async event, UNIT ATTENTION on a chosen command).
 MODE SENSE(6), TEST UNIT READY, SYNCHRONIZE CACHE, WRITE SAME(16) with UNMAP (``thin``
 LUs) and READ/WRITE(10/16) (a write's data must come whole with the command: at most the
 target's 8 KiB, or gathered from Data-Out by ``FakeTarget(transfers=True)``) for the LUs in
-``luns`` (LUN 0 is a storage array controller, as tgt's). ``port=(relative port, target
-port group)`` makes the table one target port of an ALUA logical unit: INQUIRY reports TPGS
-(implicit) and VPD 83h that port's designators (``fake_target.AluaUnit``). A LUN number it does not have answers INQUIRY with peripheral
-qualifier 011b and everything else with ILLEGAL REQUEST 25/00, as tgt does. Every new
-connection gets UNIT ATTENTION 29/00 once per LU (tgt: "power on, reset"); ``replace``,
-``remove`` and ``add`` queue 3F/0E for the other LUs (tgt does); ``ua`` queues any other.
+``luns`` (LUN 0 is a storage array controller, as tgt's). A LUN number it does not have
+answers INQUIRY with peripheral qualifier 011b and everything else with ILLEGAL REQUEST
+25/00, as tgt does. Every new connection gets UNIT ATTENTION 29/00 once per LU (tgt: "power
+on, reset"); ``replace``, ``remove`` and ``add`` queue 3F/0E for the other LUs (tgt does);
+``ua`` queues any other. ``port=(relative port, target port group)`` makes the table one
+target port of an ALUA logical unit: INQUIRY reports TPGS (implicit) and VPD 83h that port's
+designators (``fake_target.AluaUnit``).
 """
 
 from __future__ import annotations
