@@ -133,6 +133,15 @@ class Path:
         return self.alua_state == AluaState.TRANSITIONING
 
     @property
+    def checker_state(self) -> str:
+        """multipath's path checker state: ``faulty`` (logged out, unavailable, offline),
+        ``ghost`` (standby) or ``ready``."""
+        state = self.alua_state
+        if not self.healthy or state in (AluaState.UNAVAILABLE, AluaState.OFFLINE):
+            return "faulty"
+        return "ghost" if state == AluaState.STANDBY else "ready"
+
+    @property
     def prio(self) -> int | None:
         """multipath's ``prio alua`` of the path, or None without ALUA."""
         state = self.alua_state
@@ -210,8 +219,7 @@ class PathGroup:
         self.paths.append(path)
         self._sort()
         self._watch(path)
-        log.info("%s: path %s added (%s)", self.name, path,
-                 "ready" if path.up else "faulty")
+        log.info("%s: path %s added (%s)", self.name, path, path.checker_state)
         self.update()
         self._wake()
         return path
@@ -520,13 +528,6 @@ class PathGroup:
             healthy = path.healthy
             device_state = path.session.session_state.device_state
             group = path.device.alua if path.device.tpgs else None
-            state = path.alua_state
-            if not healthy or state in (AluaState.UNAVAILABLE, AluaState.OFFLINE):
-                checker = "faulty"
-            elif state == AluaState.STANDBY:
-                checker = "ghost"           # multipath's name for a standby path
-            else:
-                checker = "ready"
             if alua:
                 priority = path.prio or 0
             else:
@@ -541,7 +542,7 @@ class PathGroup:
                 portal=path.portal, target=path.target, lun=path.lun,
                 priority=priority, group_active=group_active,
                 dm_state="active" if healthy else "failed",
-                checker_state=checker, device_state=device_state,
+                checker_state=path.checker_state, device_state=device_state,
                 ios=path.ios, errors=path.errors, failures=path.failures, device=path.device,
                 alua_state=group.state_label if group is not None else None,
                 target_port_group=group.group if group is not None else

@@ -260,7 +260,8 @@ def initiator_to(nursery, unit: AluaUnit, groups: dict[str, int]):
 
 @pytest.mark.parametrize("order", ["active first", "standby first"])
 async def test_a_port_in_standby_at_discovery_is_a_path_and_takes_over(nursery, autojump_clock,
-                                                                       order):
+                                                                       order, caplog):
+    caplog.set_level(logging.INFO, logger="iscsifs.multipath")
     unit = AluaUnit(groups={1: AO, 2: STANDBY})
     ports = {"a": 1, "b": 2} if order == "active first" else {"b": 2, "a": 1}
     init, pairs = initiator_to(nursery, unit, ports)
@@ -271,6 +272,10 @@ async def test_a_port_in_standby_at_discovery_is_a_path_and_takes_over(nursery, 
     portal_b = Portal("127.0.0.2" if order == "active first" else "127.0.0.1", 3260)
     assert table(mdev) == [(portal_a, 50, True, "active/optimized", "ready"),
                            (portal_b, 1, False, "standby", "ghost")]
+    added = [r.getMessage().split(": path ")[1] for r in caplog.records
+             if " added (" in r.getMessage()]
+    assert sorted(added) == sorted([f"{portal_a.address} {IQN} lun 1 added (ready)",
+                                    f"{portal_b.address} {IQN} lun 1 added (ghost)"])
     # its raw file is the same logical unit: the same size
     luns = {p: {e.lun: e.device for e in await init.luns(IQN, p)} for p in (portal_a, portal_b)}
     assert luns[portal_b][1].size == luns[portal_a][1].size == len(unit.data)
