@@ -2,13 +2,14 @@
 
 It logs in anyone (AuthMethod None, or CHAP through a hook), answers the operational keys the
 initiator offers, serves SendTargets from a list, answers NOP-Out and Logout, and hands every
-SCSI command to a script that returns the PDUs to send back (or raw bytes). It listens on
-a loopback address. Real data-path tests use tgtd; this exists for malformed PDUs, bad
-digests, oversized lengths, hostile names and CHAP algorithms tgt gets wrong, for what tgt
-cannot do (ALUA: ``AluaUnit``), and for timing cases that must run on trio's MockClock:
-``socketpair_connector()`` gives a ``Session`` a connector that joins it to this target over a
-socketpair in the same trio run, so no real time passes. ``TargetThread`` serves targets on
-real sockets and the real clock from a thread of their own, for a mount in another process.
+SCSI command to a script that returns the PDUs to send back (or raw bytes). It listens on a
+loopback address (127.0.0.1 unless told). Real data-path tests use tgtd; this exists for
+malformed PDUs, bad digests, oversized lengths, hostile names and CHAP algorithms tgt gets
+wrong, for what tgt cannot do (ALUA: ``AluaUnit``), and for timing cases that must run on
+trio's MockClock: ``socketpair_connector()`` gives a ``Session`` a connector that joins it to
+this target over a socketpair in the same trio run, so no real time passes. ``TargetThread``
+serves targets on real sockets and the real clock from a thread of their own, for a mount in
+another process.
 
 Scripts see each write's data in its command. By default the target takes only what came
 with the command (immediate data), and Data-Out goes to ``on_data_out``; with
@@ -194,8 +195,8 @@ class FakeTarget:
         return [(n, p) for n, p in self.received if isinstance(p, ScsiCommand)
                 and (opcode_byte is None or p.cdb[0] == opcode_byte)]
 
-    async def start(self, nursery: trio.Nursery, host: str | None = None) -> None:
-        """Listen on a free port of ``host`` (None: every address) in ``nursery``."""
+    async def start(self, nursery: trio.Nursery, host: str = "127.0.0.1") -> None:
+        """Listen on a free port of ``host`` (a loopback address) in ``nursery``."""
         listeners = await nursery.start(partial(trio.serve_tcp, self._handle, 0, host=host))
         for listener in listeners:
             sock = listener.socket
