@@ -132,6 +132,7 @@ _FILE_ERRNO_EXIT = {
     errno.EROFS: EXIT_ACCESS,
     errno.EACCES: EXIT_ACCESS,
     errno.EPERM: EXIT_ACCESS,
+    errno.EBADE: EXIT_ACCESS,                   # RESERVATION CONFLICT (another I_T nexus holds it)
     errno.ETIMEDOUT: EXIT_TRANSPORT_FAILURE,
     errno.ENOTCONN: EXIT_TRANSPORT_FAILURE,      # the mount's daemon is gone
     errno.ECONNREFUSED: EXIT_TRANSPORT_FAILURE,

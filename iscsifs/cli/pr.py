@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from iscsifs.errors import EXIT_ACCESS, EXIT_INVALID_ARGUMENT, QuietError
+from iscsifs.errors import EXIT_INVALID_ARGUMENT, QuietError
 from iscsifs.exits import file_error
 
 PREFIX = "user.iscsi.pr"
@@ -94,13 +94,6 @@ def _meaning() -> dict[int, str]:
         errno.EINVAL: "bad request",
         errno.EIO: "I/O error (the mount's log says why)",
     }
-
-
-def _fail(exc: OSError, path: str, doing: str) -> QuietError:
-    error = file_error(exc, path, doing=doing, meaning=_meaning())
-    if exc.errno == errno.EBADE:
-        error.exit_code = EXIT_ACCESS
-    return error
 
 
 def _check_file(path: str) -> None:
@@ -227,7 +220,7 @@ def pr(args: Any) -> int:
         try:
             value = os.getxattr(path, f"{PREFIX}.{action}")
         except OSError as exc:
-            raise _fail(exc, path, doing) from None
+            raise file_error(exc, path, doing=doing, meaning=_meaning()) from None
         print("\n".join(format_pr_in(json.loads(value))))
         return 0
     action = outs[0]
@@ -242,7 +235,7 @@ def pr(args: Any) -> int:
     try:
         os.setxattr(path, PREFIX, " ".join(words).encode("ascii"))
     except OSError as exc:
-        raise _fail(exc, path, doing) from None
+        raise file_error(exc, path, doing=doing, meaning=_meaning()) from None
     if args.pr_verbose:
         print(f"PR out: command ({PR_OUT[action]}) successful", file=sys.stderr)
     return 0
