@@ -29,8 +29,8 @@ from .errors import (CommandTimeout, IscsiError, NoSpace, NoSuchDevice, NotSuppo
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.cdb import PrInAction, PrOutAction
-from .scsi.sense import (ScsiError, SenseKey, is_capacity_changed, is_data_protect,
-                         is_luns_changed, is_unit_attention)
+from .scsi.sense import (ScsiError, SenseKey, alua_not_ready, is_capacity_changed,
+                         is_data_protect, is_luns_changed, is_unit_attention)
 
 # ILLEGAL REQUEST 25/00 LOGICAL UNIT NOT SUPPORTED: no logical unit at this LUN number
 _LUN_NOT_SUPPORTED = (0x25, 0x00)
@@ -295,6 +295,8 @@ class Lun:
         self.lun = lun
         self.block_size = 512
         self.num_blocks = 0
+        # a READ CAPACITY answered (False: not yet, e.g. a port in ALUA standby refused it)
+        self.geometry_known = False
         self.write_protected = False
         self.max_transfer_bytes = DEFAULT_MAX_TRANSFER     # the LUN's limit for one command
         self.max_command_bytes = max_command_bytes         # ours: requests split above this
@@ -458,7 +460,17 @@ class Lun:
                     await self._read_bytes(scsi_cdb.inquiry(evpd=True, page=0xB2, alloc=64), 64))
             except (ScsiError, RemoteProtocolError) as exc:
                 log.debug("LUN %d: VPD page B2h unusable: %s", self.lun, exc)
-        await self.read_capacity()
+        try:
+            await self.read_capacity()
+        except ScsiError as exc:
+            # SPC-4 §5.16.2.4: a port in standby, unavailable or transition may refuse READ
+            # CAPACITY. The LU is there all the same (its INQUIRY said so); this port is a
+            # path to it that takes no I/O now, and learns the geometry from the LU's other
+            # paths, or reads it once its group is active (multipath)
+            if not (self.tpgs and alua_not_ready(exc)):
+                raise
+            log.info("%s: no capacity through this port (%s); read when it is active",
+                     self._where(), exc)
         await self.read_write_protect()
         if self.tpgs:
             try:
@@ -538,7 +550,9 @@ class Lun:
         try:
             cap = scsi_parse.parse_read_capacity16(
                 await self._read_bytes(scsi_cdb.read_capacity16(alloc=32), 32, **kw))
-        except ScsiError:
+        except ScsiError as exc:
+            if alua_not_ready(exc):         # the port's answer, not the command's
+                raise
             cap = scsi_parse.parse_read_capacity10(
                 await self._read_bytes(scsi_cdb.read_capacity10(), 8, **kw))
             if cap.needs_16:
@@ -551,6 +565,7 @@ class Lun:
         self.lbpme, self.lbprz = cap.lbpme, cap.lbprz
         self.block_size = cap.block_size
         self.num_blocks = cap.num_blocks
+        self.geometry_known = True
         self.capacity_changed = False
         limit = DEFAULT_MAX_TRANSFER
         limits = self.block_limits

@@ -42,7 +42,8 @@ from .net.session import Session, Timeouts
 from .net.transport import Connector, Transport, open_tcp, tcp_connector
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
-from .scsi.sense import ScsiError, is_capacity_changed, is_luns_changed, parse_sense
+from .scsi.sense import (ScsiError, alua_not_ready, is_capacity_changed, is_luns_changed,
+                         parse_sense)
 # (apart from the block above: the defect commits of issue 15 must revert cleanly over it)
 from .device import register_key
 from .multipath import ALUA_TRANSITION_TIMEOUT
@@ -335,7 +336,7 @@ class Initiator:
                     continue
                 if luns.get(path.lun) is not path.device:
                     mdev.group.remove(lambda p, path=path: p is path)
-                else:
+                elif path.device.geometry_known:
                     mdev.copy_geometry(path.device)
         self._tell(target, portal, entry.luns)
         return entry.luns
@@ -371,7 +372,11 @@ class Initiator:
                 now = found[2] if found is not None else None
                 if now == dev.lu_identity:
                     assert prev is not None
-                    await dev.read_capacity()
+                    try:
+                        await dev.read_capacity()
+                    except ScsiError as exc:
+                        if not (dev.tpgs and alua_not_ready(exc)):
+                            raise       # a port in ALUA standby keeps the geometry it had
                     await dev.read_write_protect()
                     result.append(prev)
                     continue
@@ -613,6 +618,9 @@ class Initiator:
                 mdev = await self._multipath_for(device, target, portal, i)
                 if mdev is not None:
                     seen.setdefault(mdev.identity, mdev)
+        for mdev in seen.values():
+            if not mdev.geometry_known:     # every port was standby: one may be active now
+                await mdev.group.refresh_alua()
         return [m for m in seen.values() if m.group.paths]
 
     async def _multipath_for(self, device: Lun, target: str, portal: Portal,
@@ -647,6 +655,7 @@ class Initiator:
                 return None
         mdev.group.add(Path(target, portal, device, rank))
         device.on_capacity = mdev.path_capacity
+        mdev.path_joined(device)
         return mdev
 
     async def _same_geometry_now(self, mdev: MultipathDevice, device: Lun) -> str | None:
@@ -718,6 +727,10 @@ async def _read_capacity_again(dev: Lun) -> None:
     try:
         await dev.read_capacity(setup=True)
     except (ScsiError, RemoteProtocolError) as exc:
+        if dev.tpgs and alua_not_ready(exc):
+            log.debug("LUN %d: no capacity through a port in ALUA %s; it keeps the one it "
+                      "had", dev.lun, alua_not_ready(exc))
+            return
         dev.capacity_changed = True
         log.info("LUN %d: reading its capacity after the relogin failed (%s); it is read "
                  "again with the next I/O", dev.lun, exc)

@@ -133,6 +133,15 @@ class Path:
         return self.alua_state == AluaState.TRANSITIONING
 
     @property
+    def checker_state(self) -> str:
+        """multipath's path checker state: ``faulty`` (logged out, unavailable, offline),
+        ``ghost`` (standby) or ``ready``."""
+        state = self.alua_state
+        if not self.healthy or state in (AluaState.UNAVAILABLE, AluaState.OFFLINE):
+            return "faulty"
+        return "ghost" if state == AluaState.STANDBY else "ready"
+
+    @property
     def prio(self) -> int | None:
         """multipath's ``prio alua`` of the path, or None without ALUA."""
         state = self.alua_state
@@ -210,8 +219,7 @@ class PathGroup:
         self.paths.append(path)
         self._sort()
         self._watch(path)
-        log.info("%s: path %s added (%s)", self.name, path,
-                 "ready" if path.up else "faulty")
+        log.info("%s: path %s added (%s)", self.name, path, path.checker_state)
         self.update()
         self._wake()
         return path
@@ -348,8 +356,19 @@ class PathGroup:
                 path.alua_stale = False
                 if not path.transitioning:
                     path.transition_since = None
+                if not path.device.geometry_known and path.usable and not path.transitioning:
+                    await self._read_geometry(path)
             self._alua_generation += 1
             self.update()
+
+    async def _read_geometry(self, path: Path) -> None:
+        """READ CAPACITY through ``path``, whose port refused it while it was not active
+        and is active now (its ``Lun.on_capacity`` gives the geometry to the device and the
+        other paths)."""
+        try:
+            await path.device.read_capacity(fail_fast=True)
+        except (IscsiError, OSError) as exc:
+            log.debug("%s: READ CAPACITY on path %s failed: %s", self.name, path, exc)
 
     async def _refresh_stale(self) -> None:
         stale = [p for p in self.paths if p.alua_stale and p.healthy]
@@ -509,13 +528,6 @@ class PathGroup:
             healthy = path.healthy
             device_state = path.session.session_state.device_state
             group = path.device.alua if path.device.tpgs else None
-            state = path.alua_state
-            if not healthy or state in (AluaState.UNAVAILABLE, AluaState.OFFLINE):
-                checker = "faulty"
-            elif state == AluaState.STANDBY:
-                checker = "ghost"           # multipath's name for a standby path
-            else:
-                checker = "ready"
             if alua:
                 priority = path.prio or 0
             else:
@@ -530,7 +542,7 @@ class PathGroup:
                 portal=path.portal, target=path.target, lun=path.lun,
                 priority=priority, group_active=group_active,
                 dm_state="active" if healthy else "failed",
-                checker_state=checker, device_state=device_state,
+                checker_state=path.checker_state, device_state=device_state,
                 ios=path.ios, errors=path.errors, failures=path.failures, device=path.device,
                 alua_state=group.state_label if group is not None else None,
                 target_port_group=group.group if group is not None else
@@ -579,6 +591,15 @@ class MultipathDevice(Lun):
         """Take the block size, block count, transfer limits and write protection of a
         path's Lun (after a rescan re-read them)."""
         _copy_geometry(self, source)
+
+    def path_joined(self, device: Lun) -> None:
+        """``device`` (a path's Lun, just added) or this device has no geometry yet (its
+        port, in ALUA standby, unavailable or transition, refused READ CAPACITY): the other
+        one gives its own."""
+        if device.geometry_known and not self.geometry_known:
+            self.path_capacity(device)
+        elif self.geometry_known and not device.geometry_known:
+            _copy_geometry(device, self)
 
     async def read_capacity(self, **kw: Any) -> None:
         """READ CAPACITY through a path, and the new geometry for every path's own Lun too:
@@ -654,6 +675,8 @@ class MultipathDevice(Lun):
         different serial number (VPD 0x80), block size or capacity; else None."""
         if other.serial != self.serial:
             return f"serial {other.serial!r} instead of {self.serial!r}"
+        if not (other.geometry_known and self.geometry_known):
+            return None         # a port in ALUA standby could not say: the names must do
         if other.block_size != self.block_size:
             return f"block size {other.block_size} instead of {self.block_size}"
         if other.num_blocks != self.num_blocks:
@@ -666,6 +689,7 @@ def _copy_geometry(device: Lun, source: Lun) -> None:
     device.lbp, device.lbpme, device.lbprz = source.lbp, source.lbpme, source.lbprz
     device.block_size = source.block_size
     device.num_blocks = source.num_blocks
+    device.geometry_known = source.geometry_known
     device.max_transfer_bytes = source.max_transfer_bytes
     device._chunk = source._chunk
 

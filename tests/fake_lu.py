@@ -5,21 +5,27 @@ unit after a relogin, an async event, UNIT ATTENTION on a chosen command).
 
 ``LuTable`` answers INQUIRY (standard, VPD 00h/80h/83h), REPORT LUNS, READ CAPACITY(10/16),
 MODE SENSE(6), TEST UNIT READY, SYNCHRONIZE CACHE, WRITE SAME(16) with UNMAP (``thin``
-LUs) and READ/WRITE(10/16) (writes with their
-data in the command, i.e. at most 8 KiB here) for the LUs in ``luns`` (LUN 0 is a storage
-array controller, as tgt's). A LUN number it does not have answers INQUIRY with peripheral
-qualifier 011b and everything else with ILLEGAL REQUEST 25/00, as tgt does. Every new
-connection gets UNIT ATTENTION 29/00 once per LU (tgt: "power on, reset"); ``replace``,
-``remove`` and ``add`` queue 3F/0E for the other LUs (tgt does); ``ua`` queues any other.
+LUs) and READ/WRITE(10/16) (a write's data must come whole with the command: at most the
+target's 8 KiB, or gathered from Data-Out by ``FakeTarget(transfers=True)``) for the LUs in
+``luns`` (LUN 0 is a storage array controller, as tgt's). A LUN number it does not have
+answers INQUIRY with peripheral qualifier 011b and everything else with ILLEGAL REQUEST
+25/00, as tgt does. Every new connection gets UNIT ATTENTION 29/00 once per LU (tgt: "power
+on, reset"); ``replace``, ``remove`` and ``add`` queue 3F/0E for the other LUs (tgt does);
+``ua`` queues any other. ``port=(relative port, target port group)`` makes the table one
+target port of an ALUA logical unit: INQUIRY reports TPGS (implicit) and VPD 83h that port's
+designators (``fake_target.AluaUnit``).
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fake_target import TargetConn
 from iscsifs.core.pdu import DataIn, ScsiCommand, ScsiResponse, decode_lun
+
+if TYPE_CHECKING:       # fake_target imports this module (AluaUnit)
+    from fake_target import TargetConn
 
 
 @dataclass
@@ -33,6 +39,8 @@ class FakeLU:
     data: bytearray = field(default_factory=bytearray)
     writes: list = field(default_factory=list)          # (lba, bytes) of each WRITE
     thin: bool = False          # LBPME: discards go out as WRITE SAME(16) with UNMAP
+    vendor: str = "IET"         # standard INQUIRY (8 and 16 characters at most)
+    product: str = "VIRTUAL-DISK"
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -72,8 +80,9 @@ def data_in(conn: TargetConn, cmd: ScsiCommand, payload: bytes):
 class LuTable:
     """``on_command`` for ``FakeTarget``: the LUs of one target by LUN number."""
 
-    def __init__(self, luns: dict[int, FakeLU]):
+    def __init__(self, luns: dict[int, FakeLU], port: tuple[int, int] | None = None):
         self.luns = dict(luns)
+        self.port = port        # (relative target port, target port group): ALUA
         self.pending: dict[int, list[tuple[int, int]]] = {}     # LUN -> queued UA (asc, ascq)
         self.commands: list[tuple[int, int, int]] = []          # (connection, LUN, opcode)
         self._connections_seen: set[int] = set()
@@ -146,8 +155,11 @@ class LuTable:
         else:
             qualifier_type = 0x00
         if not evpd:
-            std = bytes([qualifier_type, 0, 5, 0x12, 91, 0, 0, 0x02]) + b"IET     " + \
-                b"VIRTUAL-DISK    " + b"0001"
+            tpgs = 0x10 if self.port is not None and lu is not None else 0   # implicit ALUA
+            vendor, product = (lu.vendor, lu.product) if lu is not None else \
+                ("IET", "VIRTUAL-DISK")
+            std = bytes([qualifier_type, 0, 5, 0x12, 91, tpgs, 0, 0x02]) + \
+                vendor.encode().ljust(8) + product.encode().ljust(16) + b"0001"
             return data_in(conn, cmd, std.ljust(96, b"\0"))
         if lu is None:
             return data_in(conn, cmd, bytes([qualifier_type, page, 0, 0]))
@@ -158,6 +170,10 @@ class LuTable:
         elif page == 0x83:
             naa = bytes.fromhex(lu.naa)
             body = bytes([0x01, 0x03, 0, len(naa)]) + naa
+            if self.port is not None:       # SPC-4 §7.8.6.6-7, association 01b: this port
+                relative, group = self.port
+                body += bytes([0x01, 0x14, 0, 4, 0, 0]) + relative.to_bytes(2, "big")
+                body += bytes([0x01, 0x15, 0, 4, 0, 0]) + group.to_bytes(2, "big")
         else:
             return respond(conn, cmd, 2, sense_data(0x05, 0x24, 0x00))
         return data_in(conn, cmd, bytes([0, page]) + len(body).to_bytes(2, "big") + body)

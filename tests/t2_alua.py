@@ -235,3 +235,74 @@ async def test_reservation_conflict_goes_to_the_caller_and_is_no_path_failure(
         mdev.group.close()
     await sa.close()
     await sb.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ports found in standby: SPC-4 lets a standby port refuse READ CAPACITY (NOT READY 04/0B, as
+# LIO did before 3.14 and some arrays still do). The LUN behind it is still a path of the
+# logical unit (multipath's "ghost"), found by the Initiator as a mount finds it.
+
+def initiator_to(nursery, unit: AluaUnit, groups: dict[str, int]):
+    """An Initiator whose portals (127.0.0.1, 127.0.0.2, ... in ``groups``' order) are the
+    ports of ``unit`` named in ``groups`` (port name -> target port group)."""
+    from iscsifs.initiator import Initiator
+    portals = {}
+    for i, (name, group) in enumerate(groups.items()):
+        portals[f"127.0.0.{i + 1}"] = unit.target(name, group, iqn=IQN).socketpair_connector(
+            nursery)
+
+    async def connect(portal):
+        return await portals[portal.host](portal)
+    pairs = [(IQN, Portal(host, 3260)) for host in portals]
+    return Initiator(initiator_name=INITIATOR, portals=[p for _, p in pairs], nursery=nursery,
+                     timeouts=Timeouts(noop_out_interval=0), connector=connect), pairs
+
+
+@pytest.mark.parametrize("order", ["active first", "standby first"])
+async def test_a_port_in_standby_at_discovery_is_a_path_and_takes_over(nursery, autojump_clock,
+                                                                       order, caplog):
+    caplog.set_level(logging.INFO, logger="iscsifs.multipath")
+    unit = AluaUnit(groups={1: AO, 2: STANDBY})
+    ports = {"a": 1, "b": 2} if order == "active first" else {"b": 2, "a": 1}
+    init, pairs = initiator_to(nursery, unit, ports)
+    [mdev] = await init.multipath(pairs)
+    assert mdev.size == len(unit.data)
+    assert unit.not_ready.get(("b", STANDBY), 0) >= 1       # its READ CAPACITY was refused
+    portal_a = Portal("127.0.0.1" if order == "active first" else "127.0.0.2", 3260)
+    portal_b = Portal("127.0.0.2" if order == "active first" else "127.0.0.1", 3260)
+    assert table(mdev) == [(portal_a, 50, True, "active/optimized", "ready"),
+                           (portal_b, 1, False, "standby", "ghost")]
+    added = [r.getMessage().split(": path ")[1] for r in caplog.records
+             if " added (" in r.getMessage()]
+    assert sorted(added) == sorted([f"{portal_a.address} {IQN} lun 1 added (ready)",
+                                    f"{portal_b.address} {IQN} lun 1 added (ghost)"])
+    # its raw file is the same logical unit: the same size
+    luns = {p: {e.lun: e.device for e in await init.luns(IQN, p)} for p in (portal_a, portal_b)}
+    assert luns[portal_b][1].size == luns[portal_a][1].size == len(unit.data)
+
+    assert await mdev.write(4096, b"a" * 4096) == 4096
+    unit.set_state(1, STANDBY)          # the other controller takes over
+    unit.set_state(2, AO)
+    assert await mdev.write(8192, b"b" * 4096) == 4096
+    assert await mdev.read(4096, 8192) == b"a" * 4096 + b"b" * 4096
+    assert unit.data[4096:12288] == b"a" * 4096 + b"b" * 4096
+    assert unit.served == {"a": 1, "b": 2}
+    assert table(mdev) == [(portal_b, 50, True, "active/optimized", "ready"),
+                           (portal_a, 1, False, "standby", "ghost")]
+    assert mdev.switches == 1
+    await init.aclose()
+
+
+async def test_every_port_in_standby_at_discovery_gives_the_size_once_one_is_active(
+        nursery, autojump_clock):
+    unit = AluaUnit(groups={1: STANDBY, 2: STANDBY})
+    init, pairs = initiator_to(nursery, unit, {"a": 1, "b": 2})
+    [mdev] = await init.multipath(pairs)
+    assert mdev.size == 0                       # nobody could say yet
+    assert [s.alua_state for s in mdev.path_states()] == ["standby", "standby"]
+    unit.set_state(2, AO)
+    [again] = await init.multipath(pairs)       # the next listing of by-id/
+    assert again is mdev and mdev.size == len(unit.data)
+    assert await mdev.read(0, 4096) == unit.data[:4096]
+    assert unit.served == {"b": 1}
+    await init.aclose()

@@ -570,3 +570,44 @@ async def test_a_write_given_up_by_its_caller_keeps_its_blocks_until_it_ended(
         want = before[:512] + b"A" * 88 + b"B" * 40 + b"A" * (1024 - 640)
     assert bytes(lu.data[:1024]) == want
     await lun.session.close()
+
+
+@pytest.mark.parametrize("initial_r2t", [False, True])
+async def test_the_scripted_target_moves_data_as_a_real_target_does(nursery, autojump_clock,
+                                                                    initial_r2t):
+    """``FakeTarget(transfers=True)`` (what tests/t5_alua.py mounts): the data of a write
+    comes as immediate data, unsolicited Data-Out and Data-Out answering its R2Ts (its
+    MaxRecvDataSegmentLength is 8 KiB), and a read's Data-In in PDUs of at most our
+    MaxRecvDataSegmentLength (our decoder refuses a longer one: the 512 KiB reads pass)."""
+    from iscsifs.core.keys import LoginParams
+    from iscsifs.core.pdu import DataOut
+
+    lu = FakeLU(blocks=4 * MiB // 512)
+    target = FakeTarget(on_command=LuTable({1: lu}), transfers=True)
+    params = LoginParams(initial_r2t=initial_r2t, first_burst_length=65536,
+                         max_recv_data_segment_length=65536)
+    session = await Session.connect(Portal("127.0.0.1", 3260), target.target_name,
+                                    initiator_name=INITIATOR, nursery=nursery, params=params,
+                                    timeouts=Timeouts(noop_out_interval=0),
+                                    connector=target.socketpair_connector(nursery))
+    lun = Lun(session, 1)
+    lun.block_size, lun.num_blocks = 512, lu.blocks
+    data = bytes(range(256)) * (MiB // 256)
+    with trio.fail_after(10):
+        assert await lun.write(512, data) == MiB
+        assert await lun.read(512, MiB) == data
+    assert bytes(lu.data[512:512 + MiB]) == data
+    assert [len(d) for _, d in lu.writes] == [512 * 1024] * 2    # max_command_bytes each
+    outs = [p for _, p in target.received if isinstance(p, DataOut)]
+    assert max(len(p.data) for p in outs) == 8192
+    # each WRITE (the first one again after its UNIT ATTENTION 29/00): 8 KiB immediate, the
+    # rest of the 64 KiB first burst unsolicited unless InitialR2T=Yes, the rest on R2Ts
+    writes = [p.itt for _, p in target.commands_seen(0x2A)]
+    assert len(writes) == 3
+    for itt in writes:
+        mine = [p for p in outs if p.itt == itt]
+        free = sum(len(p.data) for p in mine if p.ttt == 0xFFFFFFFF)
+        assert free == (0 if initial_r2t else 65536 - 8192)
+        assert sum(len(p.data) for p in mine) == 512 * 1024 - 8192
+    assert not target.live[1].writes                    # nothing left half-gathered
+    await session.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from fake_target import FakeTarget, good_read
+from fake_target import FakeTarget, TargetThread, good_read
 from helpers import (CONN_FAILED, READ_TIMED_OUT, RECOVERY_FAILED, TMF_UNANSWERED,
                      one_error_line, run_iscsifs)
 from iscsifs.core.names import Portal
@@ -188,31 +188,6 @@ async def test_hostile_target_names_are_dropped(nursery):
 # what the user reads when the target breaks the protocol or refuses the login: one line that
 # says why, composed once (no "X: X: ...", no "text request failed", no class name)
 
-def _serve_in_thread(target: FakeTarget):
-    """Run ``target`` in a thread of its own (the CLI runs its own trio.run); returns its
-    port and a function that stops it."""
-    import threading
-    started, running = threading.Event(), []
-
-    async def serve():
-        async with trio.open_nursery() as nursery:
-            await target.start(nursery)
-            running.append((trio.lowlevel.current_trio_token(), nursery.cancel_scope))
-            started.set()
-            await trio.sleep_forever()
-
-    thread = threading.Thread(target=lambda: trio.run(serve), daemon=True)
-    thread.start()
-    assert started.wait(10)
-
-    def stop():
-        token, scope = running[0]
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
-        thread.join(10)
-        assert not thread.is_alive()
-    return target.port, stop
-
-
 MALFORMED = [b"garbage\0", b"TargetAddress=127.0.0.1:3260,1\0TargetName=iqn.2026-11.org.x:y\0"]
 
 
@@ -230,12 +205,10 @@ async def test_malformed_sendtargets_answer_raises_the_protocol_error(nursery, r
 @pytest.mark.parametrize("raw", MALFORMED)
 def test_cli_discover_of_a_malformed_answer_is_one_line_with_exit_19(tmp_path, raw):
     target = FakeTarget(sendtargets_raw=raw)
-    port, stop = _serve_in_thread(target)
-    try:
+    with TargetThread() as thread:      # the CLI runs its own trio.run
+        port = thread.serve(target)
         r = run_iscsifs(tmp_path / "cfg", "discover", f"127.0.0.1:{port}", "--no-record",
                         "--initiator-name", INITIATOR)
-    finally:
-        stop()
     line = one_error_line(r, 19)
     reason = ("text item without '=': b'garbage'" if raw == MALFORMED[0]
               else "SendTargets answer has a TargetAddress before any TargetName")
