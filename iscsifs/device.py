@@ -660,12 +660,12 @@ class Lun:
         7192). Each command keeps its own bounds (``command_timeout`` and error recovery,
         ``replacement_timeout``, ``close()``); ``_write_bound`` caps the whole, so that a
         shutdown that cancels the session's own tasks first cannot hang on it."""
+        bound = self._write_bound()
         with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self._write_bound()
+            scope.deadline = trio.current_time() + bound
             await write
         if scope.cancelled_caught:
-            raise CommandTimeout(f"LUN {self.lun}: a write did not end within "
-                                 f"{self._write_bound():g} s")
+            raise CommandTimeout(f"LUN {self.lun}: a write did not end within {bound:g} s")
 
     def _write_bound(self) -> float:
         """The most a write can take: every wait its commands may go through, a few times

@@ -317,6 +317,15 @@ class Workload:
         await self.call(f"logout {pair[1].host}", self.initiator.logout, *pair)
 
     # ------------------------------------------------------------------ after the horizon
+
+    async def _all_listed_live(self) -> bool:
+        """After the faults: by-id lists and every LU is in it (a violation if not)."""
+        ok, mdevs = await self.call("by-id listing (liveness)", self.list_by_id)
+        if not ok:
+            self.world.violation("liveness", f"by-id listing failed after the faults "
+                                 f"stopped: {mdevs}")
+            return False
+        return self.all_listed(mdevs)
     async def liveness(self) -> None:
         """Every file works again: sessions back, whole-LU reads, a write read back,
         ``by-id`` lists every logical unit and every file knows its LU's size. (A file of a
@@ -332,12 +341,7 @@ class Workload:
                 world.violation("liveness", f"cannot log in to {pair[1].host} after the "
                                 f"faults stopped: {exc}")
                 return
-        ok, mdevs = await self.call("by-id listing (liveness)", self.list_by_id)
-        if not ok:
-            world.violation("liveness", f"by-id listing failed after the faults stopped: "
-                            f"{mdevs}")
-            return
-        if not self.all_listed(mdevs):
+        if not await self._all_listed_live():
             return
         for f in self.live_files():
             if not await self.read(f, 0, f.dev.size, must=True):
@@ -348,12 +352,7 @@ class Workload:
                     world.violation("liveness", f"{f.name}: read capacity failed after the "
                                     f"faults stopped: {exc}")
                     return
-        ok, mdevs = await self.call("by-id listing (liveness)", self.list_by_id)
-        if not ok:
-            world.violation("liveness", f"by-id listing failed after the faults stopped: "
-                            f"{mdevs}")
-            return
-        if not self.all_listed(mdevs):
+        if not await self._all_listed_live():
             return
         for f in self.live_files():
             lu = world.lu_by_wwn.get(f.dev.wwn)
