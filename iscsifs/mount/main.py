@@ -28,6 +28,7 @@ from iscsifs.errors import (EXIT_GENERIC, EXIT_INVALID_ARGUMENT, IscsiError, Qui
 from iscsifs.exits import quiet_error, quiet_error_in
 from iscsifs.logs import SYSLOG, open_log_file, setup_logging
 from iscsifs.mount.lifetime import run_mount
+from iscsifs.mount.malloc import keep_buffers
 from iscsifs.mount.options import PROG, MountOptions, check_mountpoint, parse_args
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def resolve_logfile(opts: MountOptions) -> None:
 
 def run_foreground(opts: MountOptions) -> int:
     setup_logging(debug=opts.debug, verbose=opts.verbose, logfile=opts.logfile, detailed=True)
+    keep_buffers()
     try:
         trio.run(run_mount, opts, lambda: None)
     except KeyboardInterrupt:
@@ -174,6 +176,7 @@ def daemonize(opts: MountOptions) -> int:
         setup_logging(debug=opts.debug, verbose=opts.verbose, logfile=opts.logfile,
                       syslog=True, detailed=True)
         reporter = Reporter(write_fd)
+        keep_buffers()
         try:
             trio.run(functools.partial(run_mount, warn=reporter.warning), opts,
                      reporter.ready)
