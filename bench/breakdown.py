@@ -236,6 +236,8 @@ def main() -> int:
     ap.add_argument("--qd", type=int, default=1,
                     help="queue depth; above 1: libaio, and a breakdown of the daemon's CPU")
     ap.add_argument("-o", "--mount-options", default="")
+    ap.add_argument("--keep-profile", metavar="FILE", type=Path,
+                    help="with --qd above 1: keep py-spy's raw (collapsed) samples here")
     args = ap.parse_args()
     if args.qd == 1 and args.rw not in ("randread", "read"):
         ap.error("at queue depth 1 the breakdown follows reads only (--rw randread or read)")
@@ -292,6 +294,8 @@ def main() -> int:
         if spy is not None:
             spy.wait(timeout=60)
             split = cpu_split(profile) if profile.exists() else None
+            if args.keep_profile and profile.exists():
+                shutil.copyfile(profile, args.keep_profile)
         subprocess.run(["umount", str(mnt)], check=True, timeout=60)
         daemon.wait(timeout=60)
         daemon = None
