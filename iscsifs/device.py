@@ -17,15 +17,14 @@ are answered so too - nothing more is sent for it. Knows nothing of FUSE or errn
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import trio
 
 from .core.connection import TaskComplete
-from .errors import (CommandTimeout, IscsiError, NoSpace, NoSuchDevice, NotSupported,
-                     RemoteProtocolError, leaf_exceptions)
+from .errors import (IscsiError, NoSpace, NoSuchDevice, NotSupported, RemoteProtocolError,
+                     leaf_exceptions)
 from .scsi import cdb as scsi_cdb
 from .scsi import parse as scsi_parse
 from .scsi.cdb import PrInAction, PrOutAction
@@ -106,10 +105,11 @@ class DeviceSession(Protocol):
 
     async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0,
                       read_buffer: bytearray | memoryview | None = None,
-                      write_data: bytes | bytearray | memoryview | None = None
-                      ) -> TaskComplete:
+                      write_data: bytes | bytearray | memoryview | None = None,
+                      unrecallable: bool = False) -> TaskComplete:
         """Run one SCSI command: its result on GOOD status, ``ScsiError`` otherwise;
-        ``SessionFailed`` / ``CommandTimeout`` (and the like) when it could not run."""
+        ``SessionFailed`` / ``CommandTimeout`` (and the like) when it could not run.
+        ``unrecallable``: once issued, a cancelled caller waits for the command to end."""
 
 
 @dataclass(frozen=True)
@@ -406,11 +406,12 @@ class Lun:
         return choose_provisioning(self.lbpme, self.lbprz, self.block_limits, self.lbp)
 
     async def command(self, cdb: bytes, *, read_length: int = 0, read_buffer=None,
-                      write_data=None):
+                      write_data=None, unrecallable: bool = False):
         """Run a command, retrying after UNIT ATTENTION (and noting what the UA said)."""
         try:
             return await execute_retrying(self._via, self.lun, cdb, read_length=read_length,
                                           read_buffer=read_buffer, write_data=write_data,
+                                          unrecallable=unrecallable,
                                           on_unit_attention=self._unit_attention)
         except ScsiError as exc:
             self._not_supported(exc)
@@ -590,7 +591,7 @@ class Lun:
             blocks = len(view) // bs
             if write:
                 cdb = scsi_cdb.write(lba, blocks)
-                kw = {"write_data": view}
+                kw = {"write_data": view, "unrecallable": True}
             else:
                 cdb = scsi_cdb.read(lba, blocks)
                 kw = {"read_length": len(view), "read_buffer": view}
@@ -627,7 +628,9 @@ class Lun:
         ``max_command_bytes`` (and the LUN's ``max_transfer_bytes``) that run concurrently.
 
         A failed READ chunk cancels its siblings. A failed WRITE chunk does not: the others
-        run to their end, and then the errors are raised together (see ``_unrecallable``)."""
+        run to their end, and then the errors are raised together. (A write cannot be taken
+        back: once issued, each WRITE's caller waits for it to end even when cancelled, see
+        ``Session.execute``; so the range lock the caller holds outlives every WRITE.)"""
         chunk = self._chunk
         if len(view) <= chunk:
             await self._rw(lba, view, write)
@@ -649,36 +652,6 @@ class Lun:
         if errors:
             raise ExceptionGroup(f"LUN {self.lun}: write of {len(view) // bs} blocks at LBA "
                                  f"{lba} failed", errors)
-
-    async def _unrecallable(self, write) -> None:
-        """Run ``write`` (a coroutine of WRITEs under the range lock) to its end, even when
-        its caller is cancelled meanwhile; the caller hears of it only then, as a process
-        waits for a write it cannot take back. Once a WRITE's data may be on its way the
-        target may still apply it, whatever becomes of its caller: released early, the lock
-        would let a later write to the same blocks go first, and the given-up write land
-        over it - or put back the stale edge bytes of a read-modify-write (simulator seed
-        7192). Each command keeps its own bounds (``command_timeout`` and error recovery,
-        ``replacement_timeout``, ``close()``); ``_write_bound`` caps the whole, so that a
-        shutdown that cancels the session's own tasks first cannot hang on it."""
-        bound = self._write_bound()
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + bound
-            await write
-        if scope.cancelled_caught:
-            raise CommandTimeout(f"LUN {self.lun}: a write did not end within {bound:g} s")
-
-    def _write_bound(self) -> float:
-        """The most a write can take: every wait its commands may go through, a few times
-        over (BUSY retries, re-issues after relogins); infinite where one of them is."""
-        session = self.session
-        paths = getattr(session, "paths", None)     # a multipath device's path group
-        group_wait = getattr(session, "no_path_retry", 0.0) if paths is not None else 0.0
-        sessions = [p.session for p in paths] if paths is not None else [session]
-        t = next((s.timeouts for s in sessions if hasattr(s, "timeouts")), None)
-        if t is None or t.command <= 0 or t.replacement_timeout < 0 or group_wait < 0:
-            return math.inf
-        one_try = t.command + t.abort + t.lu_reset + t.tgt_reset
-        return 6 * (one_try + t.replacement_timeout + t.login) + group_wait + 10
 
     async def _discard_locked(self, prov: Provisioning, offset: int, end: int, start_lba: int,
                               stop_lba: int) -> None:
@@ -729,7 +702,7 @@ class Lun:
         last = (offset + length - 1) // bs
         entry = await self._locks.acquire(first, last)
         try:
-            await self._unrecallable(self._write_locked(offset, data))
+            await self._write_locked(offset, data)
             return length
         except Exception as exc:
             if any(isinstance(e, ScsiError) and is_data_protect(e)
@@ -804,10 +777,9 @@ class Lun:
         entry = await self._locks.acquire(offset // bs, (end - 1) // bs)
         try:
             if stop_lba > start_lba:
-                await self._unrecallable(self._discard_locked(prov, offset, end, start_lba,
-                                                              stop_lba))
+                await self._discard_locked(prov, offset, end, start_lba, stop_lba)
             else:
-                await self._unrecallable(self._zero(offset, end))
+                await self._zero(offset, end)
         finally:
             self._locks.release(entry)
         unmapped = (stop_lba - start_lba) * bs
@@ -824,7 +796,7 @@ class Lun:
             else:
                 cdb, data = scsi_cdb.write_same16(lba, blocks, unmap=True), block
             try:
-                await self.command(cdb, write_data=data)
+                await self.command(cdb, write_data=data, unrecallable=True)
             except ScsiError as exc:
                 sense = exc.sense
                 if sense is not None and sense.key == SenseKey.ILLEGAL_REQUEST \

@@ -434,7 +434,7 @@ class PathGroup:
         raise SessionFailed(f"{self.name}: no path is available (none for {limit:g} s)")
 
     async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0, read_buffer=None,
-                      write_data=None):
+                      write_data=None, unrecallable: bool = False):
         """Run one command on a path (``lun`` is ignored: each path has its own LUN number).
 
         A path error sends a new command with the same CDB and buffers to another path at
@@ -461,7 +461,8 @@ class PathGroup:
                 # number names another one now), even if it waited for a slot meanwhile
                 result = await path.device.execute(path.lun, cdb, read_length=read_length,
                                                    read_buffer=read_buffer,
-                                                   write_data=write_data, fail_fast=True)
+                                                   write_data=write_data, fail_fast=True,
+                                                   unrecallable=unrecallable)
             except (*PATH_ERRORS, NoSuchDevice) as exc:
                 path.errors += 1
                 failed[path] = path.session.reconnects

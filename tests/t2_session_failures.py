@@ -646,6 +646,72 @@ async def test_a_cancelled_callers_command_is_aborted_at_the_target(nursery, aut
     await session.close()
 
 
+async def test_a_cancelled_writer_waits_for_its_unrecallable_write_to_end(nursery, autojump_clock):
+    # a WRITE of a Lun cannot be taken back (docs/failure.md): once issued, its caller is not
+    # let go when cancelled, but waits for the answer, and only then is cancelled. No ABORT
+    # TASK is sent for it: it was never given up
+    held: list = []
+    target = FakeTarget(on_command=write_held(held), on_tmf=tmf_answer)
+    session = await open_session(target, nursery, command=0)
+    outcome: dict = {}
+
+    async def writer():
+        with trio.move_on_after(1):
+            outcome["result"] = await session.execute(1, write10(7), write_data=bytes(512),
+                                                      unrecallable=True)
+        outcome["left"] = trio.current_time()
+
+    start = trio.current_time()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(writer)
+            await trio.sleep(5)
+            assert "left" not in outcome            # cancelled at 1 s, still waiting
+            (cmd,) = held
+            await target.live[1].send(*good_status(target.live[1], cmd))
+    assert outcome["left"] - start == pytest.approx(5, abs=EPS)
+    assert outcome["result"].status == 0
+    assert tmfs(target) == []
+    await session.close()
+
+
+async def test_a_writer_waiting_out_its_write_hears_when_the_sessions_nursery_goes(
+        nursery, autojump_clock):
+    # the nursery the session was given is cancelled without close() (its owner goes away):
+    # no task of the session is left to answer a caller waiting out an unrecallable WRITE, so
+    # the session closes at once and answers it (it would otherwise wait for ever)
+    held: list = []
+    target = FakeTarget(on_command=write_held(held), on_tmf=tmf_answer)
+    outcome: dict = {}
+    owner = trio.CancelScope()
+
+    async def run_session(task_status=trio.TASK_STATUS_IGNORED):
+        with owner:
+            async with trio.open_nursery() as own:
+                task_status.started(await open_session(target, own, command=0))
+                await trio.sleep_forever()
+
+    async def writer(session):
+        with trio.move_on_after(1):
+            try:
+                await session.execute(1, write10(7), write_data=bytes(512), unrecallable=True)
+            except SessionFailed as exc:
+                outcome["error"] = exc
+        outcome["left"] = trio.current_time()
+
+    start = trio.current_time()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            session = await n.start(run_session)
+            n.start_soon(writer, session)
+            await trio.sleep(3)
+            assert "left" not in outcome and len(held) == 1
+            owner.cancel()
+    assert outcome["left"] - start == pytest.approx(3, abs=EPS)
+    assert "was stopped" in str(outcome["error"])
+    assert session.session_state is SessionState.CLOSED
+
+
 async def test_a_cancelled_caller_leaves_only_once_its_command_is_out(nursery, autojump_clock):
     # the target stops reading, so commands wait in the send backlog; a caller cancelled
     # meanwhile must not be answered while its SCSI Command can still be put on the wire
@@ -694,8 +760,8 @@ async def test_a_cancelled_caller_leaves_only_once_its_command_is_out(nursery, a
 async def test_a_failed_chunk_leaves_its_siblings_to_end_at_the_target(nursery, autojump_clock):
     # Lun._transfer once cancelled the other chunks of a write when one failed: the caller
     # had its error while a sibling was still live at the target (defect 3's trigger). Now
-    # the siblings run to their end first (a write cannot be taken back: device.py,
-    # _unrecallable), and the caller hears of the failure only then
+    # the siblings run to their end first (a write cannot be taken back: Session.execute's
+    # ``unrecallable``), and the caller hears of the failure only then
     from iscsifs.device import Lun
     from iscsifs.scsi.sense import ScsiError
     held: list = []

@@ -123,11 +123,12 @@ class _Command:
 
     __slots__ = ("lun", "cdb", "read_length", "read_buffer", "write_data", "task", "done",
                  "result", "error", "link", "itt", "attempts", "deadline", "timed_out",
-                 "fail_fast", "setup")
+                 "fail_fast", "setup", "unrecallable")
 
     def __init__(self, lun: int, cdb: bytes, read_length: int, read_buffer, write_data,
-                 fail_fast: bool = False, setup: bool = False):
+                 fail_fast: bool = False, setup: bool = False, unrecallable: bool = False):
         self.lun = lun
+        self.unrecallable = unrecallable    # once issued, its caller waits for its end
         self.fail_fast = fail_fast or setup  # answered PathFailed instead of waiting for a relogin
         self.setup = setup          # a login hook's: goes out before the session takes I/O
         self.cdb = cdb
@@ -481,22 +482,43 @@ class Session:
 
     # ------------------------------------------------------------------ connection tasks
     async def _serve(self, link: _Link) -> None:
-        with link.scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    handler = link.handler
-                    nursery.start_soon(self._reader, link)
-                    nursery.start_soon(link.transport.drain)
-                    nursery.start_soon(handler.run)
-                    if self.timeouts.noop_out_interval > 0 and self.session_type == "Normal":
-                        nursery.start_soon(self._keepalive, link)
-                    if self.timeouts.command > 0:
-                        nursery.start_soon(handler.watchdog)
-            except* (IscsiError, OSError) as group:
-                self._link_failed(link, group.exceptions[0])
-            finally:
-                link.transport.discard()    # (cancelled from outside too: nothing waits on it)
+        try:
+            with link.scope:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        handler = link.handler
+                        nursery.start_soon(self._reader, link)
+                        nursery.start_soon(link.transport.drain)
+                        nursery.start_soon(handler.run)
+                        if self.timeouts.noop_out_interval > 0 and \
+                                self.session_type == "Normal":
+                            nursery.start_soon(self._keepalive, link)
+                        if self.timeouts.command > 0:
+                            nursery.start_soon(handler.watchdog)
+                except* (IscsiError, OSError) as group:
+                    self._link_failed(link, group.exceptions[0])
+                finally:
+                    link.transport.discard()    # (cancelled from outside too: nothing waits)
+        finally:
+            self._abandon_if_cancelled()
         await link.transport.aclose()
+
+    def _abandon_if_cancelled(self) -> None:
+        """From a session task that is ending: if the nursery the session was given is being
+        cancelled (its owner goes away without ``close()``), no task is left to answer the
+        callers, so close at once (no Logout) and answer them all now. Callers of a command
+        that cannot be taken back wait for it (``_abort_wait``): they are not left waiting."""
+        if trio.current_effective_deadline() != -math.inf or self._sm.session is S.CLOSED:
+            return
+        if self._recovery_scope is not None:
+            self._recovery_scope.cancel()
+        link = self._link
+        self._sm.process(E.CLOSE)
+        if self._sm.connection is C.IN_LOGOUT:
+            self._sm.process(E.LOGGED_OUT)
+        self._drop_link(link)
+        self._fail_waiting(SessionFailed(f"session to {self._who()} was stopped"))
+        self._notify()
 
     async def _reader(self, link: _Link) -> None:
         transport, conn = link.transport, link.conn
@@ -678,8 +700,8 @@ class Session:
 
     # ------------------------------------------------------------------ commands
     async def execute(self, lun: int, cdb: bytes, *, read_length: int = 0, read_buffer=None,
-                      write_data=None, fail_fast: bool = False,
-                      setup: bool = False) -> ScsiResult:
+                      write_data=None, fail_fast: bool = False, setup: bool = False,
+                      unrecallable: bool = False) -> ScsiResult:
         """Run one SCSI command; returns on GOOD status, raises ScsiError otherwise.
 
         Raises SessionFailed when the session is closed or could not be recovered in time,
@@ -694,13 +716,18 @@ class Session:
 
         ``setup`` is for login hooks (``LoginHook``): the command goes out on the connection
         being set up, before the session takes other I/O, and fails fast like ``fail_fast``.
+
+        ``unrecallable`` (a WRITE, UNMAP or WRITE SAME of ``device.Lun``): once the command
+        was issued its caller is not let go when cancelled, but waits for it to end (answered,
+        or ended by error recovery, the replacement timeout or ``close()``) and is cancelled
+        only then, as a process waits for a write it cannot take back; see ``_abort_wait``.
         """
         timeout = self.timeouts.command
         deadline = trio.current_time() + timeout if timeout > 0 else math.inf
         delay = BUSY_DELAY
         while True:
             result = await self._execute_once(lun, cdb, read_length, read_buffer, write_data,
-                                              fail_fast, setup)
+                                              fail_fast, setup, unrecallable)
             status = result.status
             if status in _RETRIED_STATUS and trio.current_time() + delay <= deadline:
                 self._count("busy_retries")
@@ -714,7 +741,8 @@ class Session:
             return result
 
     async def _execute_once(self, lun: int, cdb: bytes, read_length: int, read_buffer,
-                            write_data, fail_fast: bool, setup: bool) -> ScsiResult:
+                            write_data, fail_fast: bool, setup: bool,
+                            unrecallable: bool) -> ScsiResult:
         """One command, whatever its status (``execute`` without the BUSY retries)."""
         refusal = self._refusal(setup, fail_fast)
         if refusal is not None:
@@ -731,7 +759,8 @@ class Session:
                 if refusal is not None:
                     self._admission.release()
                     raise refusal
-        cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast, setup)
+        cmd = _Command(lun, cdb, read_length, read_buffer, write_data, fail_fast, setup,
+                       unrecallable)
         self._unfinished[cmd] = None
         try:
             link = self._link
@@ -981,17 +1010,21 @@ class Session:
         go on, the one running then too (each is bounded by ``login_timeout``: cutting it
         short would only drop a connection that may be about to work), and the first that
         works ends that."""
-        with trio.CancelScope() as scope:
-            self._recovery_scope = scope
-            limit = self.timeouts.replacement_timeout
-            timer = trio.CancelScope()
-            async with trio.open_nursery() as nursery:
-                if limit == 0:
-                    self._give_up()                 # fail at once
-                elif 0 < limit < math.inf:
-                    nursery.start_soon(self._give_up_at, trio.current_time() + limit, timer)
-                await self._relogin_until_done(timer)
-                timer.cancel()
+        try:
+            with trio.CancelScope() as scope:
+                self._recovery_scope = scope
+                limit = self.timeouts.replacement_timeout
+                timer = trio.CancelScope()
+                async with trio.open_nursery() as nursery:
+                    if limit == 0:
+                        self._give_up()                 # fail at once
+                    elif 0 < limit < math.inf:
+                        nursery.start_soon(self._give_up_at, trio.current_time() + limit,
+                                           timer)
+                    await self._relogin_until_done(timer)
+                    timer.cancel()
+        finally:
+            self._abandon_if_cancelled()
 
     async def _give_up_at(self, deadline: float, timer: trio.CancelScope) -> None:
         with timer:
@@ -1096,7 +1129,19 @@ def _log_once(level: int, last: str, fmt: str, *args: object) -> str:
 
 def _abort_wait(cmd: _Command):
     """Abort function for a caller sleeping on ``cmd``: a cancelled caller just stops
-    waiting (``execute`` then withdraws the command)."""
+    waiting (``execute`` then withdraws the command) - unless the command is
+    ``unrecallable`` and was issued. A WRITE whose data may be on its way cannot be taken
+    back, so its caller waits for it to end and is cancelled only then: the range lock the
+    caller holds outlives the WRITE, so a given-up write never lands after a later write to
+    its blocks (docs/failure.md, "A write cannot be taken back")."""
+    if cmd.unrecallable:
+        def abort_unless_issued(raise_cancel):
+            if cmd.attempts:
+                return trio.lowlevel.Abort.FAILED
+            cmd.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+        return abort_unless_issued
+
     def abort(raise_cancel):
         cmd.task = None
         return trio.lowlevel.Abort.SUCCEEDED
