@@ -919,6 +919,32 @@ def test_unanswered_tmfs_and_pings_hold_no_itt_for_ever():
         tgt.nop_in(itt=first)
 
 
+def test_a_late_answer_to_an_abandoned_abort_task_still_frees_its_victims_itt():
+    # simulator seed 500062: an ABORT TASK nobody waited for any more (error recovery had
+    # escalated to a LOGICAL UNIT RESET) was answered late; the answer was dropped, and with
+    # it the news that the aborted task had ended: its tombstone kept the ITT
+    conn, tgt = make()
+    a = conn.start_command(1, READ10, read_length=10)
+    tgt.sent()
+    tmf = conn.abort(a)                 # the caller gave up: ABORT TASK, and a tombstone
+    tgt.sent()
+    assert (conn.itts_in_use, conn.tombstones) == (2, 1)
+    conn.abandon(tmf)                   # its answer is awaited no more
+    assert tgt.feed(TaskManagementResponse(itt=tmf, response=0, stat_sn=tgt._status(),
+                                           **tgt._sn())) == []
+    assert (conn.itts_in_use, conn.tombstones) == (0, 0)
+    # a live command such a late answer ends is reported as aborted (the session re-issues it)
+    b = conn.start_command(1, READ10, read_length=10)
+    tgt.sent()
+    reset = conn.task_management(5, 1)
+    tgt.sent()
+    conn.abandon(reset)
+    events = tgt.feed(TaskManagementResponse(itt=reset, response=0, stat_sn=tgt._status(),
+                                             **tgt._sn()))
+    assert [(type(e), e.itt, e.aborted) for e in events] == [(TaskFailed, b, True)]
+    assert conn.itts_in_use == 0
+
+
 def test_abort_of_a_sent_command_asks_the_target_to_end_it():
     conn, tgt = make(cmd_sn=10, max_cmd_sn=10)
     a = conn.start_command(3, WRITE10, write_data=payload(100000))

@@ -327,6 +327,8 @@ class Connection:
         # answers them costs no memory (ITTs are issued in order, so none is reused while
         # it is here).
         self._forgotten: deque[int] = deque(maxlen=_FORGOTTEN)
+        # abandoned TMFs among them: a late answer still ends the tasks the TMF ended
+        self._forgotten_tmfs: dict[int, _Op] = {}
         self._waiting: deque[_Task] = deque()  # commands not yet given a CmdSN
         self._in_flight = 0                    # SCSI commands sent, not complete
         self._outq: deque[Any] = deque()       # PDUs and _DataJobs, in wire order
@@ -535,7 +537,12 @@ class Connection:
             self._itts[itt] = _tombstone(item)
         else:
             del self._itts[itt]             # no reset ends it: the target may never answer
-            self._forgotten.append(itt)
+            forgotten = self._forgotten
+            if len(forgotten) == forgotten.maxlen:
+                self._forgotten_tmfs.pop(forgotten[0], None)
+            forgotten.append(itt)
+            if item.kind == "tmf":
+                self._forgotten_tmfs[itt] = item
         if self._broken is None:
             self._pump()
 
@@ -959,6 +966,12 @@ class Connection:
         op = self._take_op(pdu.itt, "tmf", "Task Management Response")
         self._itts.pop(pdu.itt, None)
         if op is None:
+            # abandoned (its waiter escalated meanwhile), but the target did it: the tasks it
+            # ended are over there, and the tombstones of those abandoned free their ITTs
+            # (simulator seed 500062: a late ABORT TASK answer left its victim's ITT held)
+            late = self._forgotten_tmfs.pop(pdu.itt, None)
+            if late is not None and pdu.response in _TMF_DONE:
+                return self._tasks_ended_by(late)
             return []
         events: list[Event] = [TaskManagementComplete(pdu.itt, pdu.response)]
         if pdu.response in _TMF_DONE:
