@@ -712,6 +712,60 @@ async def test_a_writer_waiting_out_its_write_hears_when_the_sessions_nursery_go
     assert session.session_state is SessionState.CLOSED
 
 
+@CONN_FAILED
+async def test_a_writer_waiting_for_a_relogin_hears_when_the_sessions_nursery_goes(
+        nursery, autojump_clock):
+    # the same while the session is relogging in: its WRITE was issued on a connection that
+    # failed, so its caller waits for the relogin to re-issue it; the relogins fail, and the
+    # nursery goes away during them (the recovery task answers the caller on its way out)
+    held: list = []
+    target = FakeTarget(on_command=write_held(held), on_tmf=tmf_answer)
+    outcome: dict = {}
+    owner = trio.CancelScope()
+
+    async def run_session(task_status=trio.TASK_STATUS_IGNORED):
+        with owner:
+            async with trio.open_nursery() as own:
+                base = target.socketpair_connector(own)
+                made = [0]
+
+                async def connect(portal):
+                    made[0] += 1
+                    if made[0] > 1:
+                        raise OSError(errno.ECONNREFUSED, "refused")
+                    return await base(portal)
+                with trio.fail_after(5):
+                    session = await Session.connect(
+                        Portal("127.0.0.1", 3260), target.target_name,
+                        initiator_name=INITIATOR, nursery=own, connector=connect,
+                        timeouts=Timeouts(command=0, noop_out_interval=0))
+                task_status.started(session)
+                await trio.sleep_forever()
+
+    async def writer(session):
+        with trio.move_on_after(1):
+            try:
+                await session.execute(1, write10(7), write_data=bytes(512), unrecallable=True)
+            except SessionFailed as exc:
+                outcome["error"] = exc
+        outcome["left"] = trio.current_time()
+
+    start = trio.current_time()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            session = await n.start(run_session)
+            n.start_soon(writer, session)
+            await trio.testing.wait_all_tasks_blocked()
+            await target.live[1].close()                # the connection fails under it
+            await trio.sleep(3)
+            assert session.session_state is SessionState.RECOVERING
+            assert "left" not in outcome and len(held) == 1
+            owner.cancel()
+    assert outcome["left"] - start == pytest.approx(3, abs=EPS)
+    assert "was stopped" in str(outcome["error"])
+    assert session.session_state is SessionState.CLOSED
+
+
 async def test_a_cancelled_caller_leaves_only_once_its_command_is_out(nursery, autojump_clock):
     # the target stops reading, so commands wait in the send backlog; a caller cancelled
     # meanwhile must not be answered while its SCSI Command can still be put on the wire

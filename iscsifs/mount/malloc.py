@@ -10,9 +10,9 @@ the kernel zeroes each one, which costs more than the copy the data needs (most 
 cache is filling up, as in a buffered read of the whole LUN). Buffers below 32 MiB now stay in
 the heap and the heap keeps up to 128 MiB free at its top, so a steady stream of requests
 reuses the same pages. Measured with ``dd bs=1M`` over a 1 GiB tgt LUN on tmpfs, alternating
-runs: buffered reads 440-660 MB/s before, 660-900 after; ``iflag=direct`` 570-660 before,
-810-1100 after (docs/performance.md). The cost: up to 128 MiB the daemon has freed is not
-given back to the system until more is freed (its peak is what it held at once anyway).
+mounts: buffered reads 341-492 MB/s before, 440-580 after; ``iflag=direct`` unchanged
+(docs/performance.md). The cost: up to 128 MiB the daemon has freed is not given back to the
+system until more is freed (its peak is what it held at once anyway).
 
 Anything but glibc (or a glibc that refuses a value) keeps its own behaviour: one DEBUG line.
 """

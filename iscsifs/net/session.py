@@ -448,10 +448,7 @@ class Session:
         """Log out (bounded by the logout timeout) and stop the connection's tasks."""
         if self._sm.session is S.CLOSED:
             return
-        if self._recovery_scope is not None:
-            self._recovery_scope.cancel()
-        link = self._link
-        self._sm.process(E.CLOSE)              # listeners hear of it once it is over
+        link = self._begin_close()
         if self._sm.connection is C.IN_LOGOUT:       # it was logged in: log out
             assert link is not None
             with trio.move_on_after(self.timeouts.logout):
@@ -459,11 +456,23 @@ class Session:
                     await self._request(link, link.conn.logout(0))
                 except IscsiError as exc:
                     log.debug("logout from %s: %s", self._who(), exc)
+        self._end_close(link, "logged out")
+        log.log(self._level, "logged out of %s (sid %d)", self._who(), self.sid)
+
+    def _begin_close(self) -> _Link | None:
+        """CLOSED from here on (no relogin, no new command); returns the link to log out."""
+        if self._recovery_scope is not None:
+            self._recovery_scope.cancel()
+        self._sm.process(E.CLOSE)              # listeners hear of it once it is over
+        return self._link
+
+    def _end_close(self, link: _Link | None, how: str) -> None:
+        """Drop the connection and answer every caller: the session is over."""
+        if self._sm.connection is C.IN_LOGOUT:
             self._sm.process(E.LOGGED_OUT)
         self._drop_link(link)
-        self._fail_waiting(SessionFailed(f"session to {self._who()} was logged out"))
+        self._fail_waiting(SessionFailed(f"session to {self._who()} was {how}"))
         self._notify()
-        log.log(self._level, "logged out of %s (sid %d)", self._who(), self.sid)
 
     def _drop_link(self, link: _Link | None) -> None:
         if link is None or link.failed:
@@ -510,15 +519,7 @@ class Session:
         that cannot be taken back wait for it (``_abort_wait``): they are not left waiting."""
         if trio.current_effective_deadline() != -math.inf or self._sm.session is S.CLOSED:
             return
-        if self._recovery_scope is not None:
-            self._recovery_scope.cancel()
-        link = self._link
-        self._sm.process(E.CLOSE)
-        if self._sm.connection is C.IN_LOGOUT:
-            self._sm.process(E.LOGGED_OUT)
-        self._drop_link(link)
-        self._fail_waiting(SessionFailed(f"session to {self._who()} was stopped"))
-        self._notify()
+        self._end_close(self._begin_close(), "stopped")
 
     async def _reader(self, link: _Link) -> None:
         transport, conn = link.transport, link.conn
@@ -1134,15 +1135,9 @@ def _abort_wait(cmd: _Command):
     back, so its caller waits for it to end and is cancelled only then: the range lock the
     caller holds outlives the WRITE, so a given-up write never lands after a later write to
     its blocks (docs/failure.md, "A write cannot be taken back")."""
-    if cmd.unrecallable:
-        def abort_unless_issued(raise_cancel):
-            if cmd.attempts:
-                return trio.lowlevel.Abort.FAILED
-            cmd.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-        return abort_unless_issued
-
     def abort(raise_cancel):
+        if cmd.unrecallable and cmd.attempts:
+            return trio.lowlevel.Abort.FAILED
         cmd.task = None
         return trio.lowlevel.Abort.SUCCEEDED
     return abort
